@@ -1,0 +1,272 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { BlockError, fromNegativeErrno, toBlockError } from '../blockdev/errors.js';
+import { GroupCommit } from '../blockdev/group-commit.js';
+import { checkRange } from '../blockdev/range.js';
+import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
+import { closeFd, fdatasync, preadAll, pwriteAll, pwriteAllSync } from './fs-io.js';
+import {
+  EAGAIN, ENXIO, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
+  native, SEEK_DATA, SEEK_END, SEEK_HOLE,
+} from './native.js';
+
+export interface FileLegOptions {
+  path: string;
+  readOnly?: boolean;
+  /** Create the file with this size if it does not exist. */
+  createSizeBytes?: number;
+  /**
+   * Reads up to this size try the page cache from the event loop first
+   * (preadv2 RWF_NOWAIT) and use the thread pool only on a miss. Larger reads
+   * always go to the pool, where a long copy does not stall other clients.
+   */
+  inlineReadBytesMax?: number;
+  /**
+   * Non-FUA writes up to this size are written from the event loop, which
+   * saves a thread-pool round trip (most of a 4 KiB write's latency). A write
+   * into the page cache takes microseconds; when one takes longer than
+   * inlineWriteStallMs the kernel is throttling writeback, and writes go to the
+   * thread pool for a second so the event loop keeps serving other clients.
+   */
+  inlineWriteBytesMax?: number;
+}
+
+const inlineWriteStallMs = 1;
+const inlineWritePauseMs = 1000;
+
+/** Zero-filling falls back to plain writes of this chunk size. */
+const zeroChunkBytes = 1 << 20;
+/** Bounds the work of one blockStatus call; the reply may then cover a prefix. */
+const extentsPerCallMax = 4096;
+
+/**
+ * A leg backed by a regular file or a block device: positional I/O, flush as
+ * fdatasync, trim and write-zeroes as hole punching or zero-range where the
+ * filesystem allows it, block status from SEEK_DATA/SEEK_HOLE.
+ */
+export class FileLeg implements BlockDevice {
+  readonly blockSizeBytes = 512;
+  readonly capabilities: DeviceCapabilities;
+  private readonly flushes: GroupCommit;
+  private closed = false;
+  /** Cleared after the filesystem refuses fallocate once, so we stop asking. */
+  private fallocateWorks = native !== undefined;
+  /** performance.now() before which writes avoid the event loop (see inlineWriteBytesMax). */
+  private inlineWritesResumeAt = 0;
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    /** Opened O_DSYNC: a FUA write is one durable system call. */
+    private readonly syncFd: number,
+    readonly sizeBytes: number,
+    readonly readOnly: boolean,
+    private readonly inlineReadBytesMax: number,
+    private readonly inlineWriteBytesMax: number,
+    readonly isBlockDevice: boolean,
+  ) {
+    this.flushes = new GroupCommit(() => fdatasync(this.fd));
+    this.capabilities = {
+      readOnly,
+      flush: true,
+      fua: true,
+      trim: true,
+      writeZeroes: true,
+      fastZero: native !== undefined,
+      blockStatus: true,
+      multiConn: true,
+      rotational: false,
+    };
+  }
+
+  static async open(options: FileLegOptions): Promise<FileLeg> {
+    const readOnly = options.readOnly ?? false;
+    if (options.createSizeBytes !== undefined && !fs.existsSync(options.path)) {
+      assert(Number.isSafeInteger(options.createSizeBytes) && options.createSizeBytes > 0);
+      const created = fs.openSync(options.path, 'wx');
+      try {
+        fs.ftruncateSync(created, options.createSizeBytes);
+        fs.fsyncSync(created);
+      } finally {
+        fs.closeSync(created);
+      }
+    }
+    let fd: number;
+    try {
+      fd = fs.openSync(options.path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+    } catch (error) {
+      throw toBlockError(error, `cannot open leg ${options.path}`);
+    }
+    try {
+      const stat = fs.fstatSync(fd);
+      if (!stat.isFile() && !stat.isBlockDevice()) {
+        throw new BlockError('EINVAL', `${options.path} is neither a regular file nor a block device`);
+      }
+      const sizeBytes = stat.isBlockDevice() ? blockDeviceSize(fd, options.path) : stat.size;
+      if (sizeBytes <= 0) throw new BlockError('EINVAL', `${options.path} is empty`);
+      const syncFd = readOnly ? fd : fs.openSync(options.path, fs.constants.O_RDWR | fs.constants.O_DSYNC);
+      return new FileLeg(options.path, fd, syncFd, sizeBytes, readOnly,
+        options.inlineReadBytesMax ?? 65536, options.inlineWriteBytesMax ?? 65536, stat.isBlockDevice());
+    } catch (error) {
+      fs.closeSync(fd);
+      throw toBlockError(error, `cannot open leg ${options.path}`);
+    }
+  }
+
+  async read(offsetBytes: number, target: Buffer): Promise<void> {
+    this.checkOpen('read');
+    checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
+    let done = 0;
+    if (native !== undefined && target.length <= this.inlineReadBytesMax) {
+      const result = native.preadNoWait(this.fd, target, offsetBytes);
+      if (result === target.length) return;
+      if (result < 0 && result !== -EAGAIN) throw fromNegativeErrno(result, `read ${this.path} at ${offsetBytes}`);
+      done = Math.max(result, 0);
+    }
+    try {
+      done += await preadAll(this.fd, target, done, offsetBytes + done);
+    } catch (error) {
+      throw toBlockError(error, `read ${this.path} at ${offsetBytes}`);
+    }
+    // A file shorter than the device (truncated behind our back) reads as zeroes.
+    if (done < target.length) target.fill(0, done);
+  }
+
+  async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
+    this.checkWritable('write');
+    checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
+    if (!flags.fua && data.length <= this.inlineWriteBytesMax && performance.now() >= this.inlineWritesResumeAt) {
+      const started = performance.now();
+      try {
+        pwriteAllSync(this.fd, data, offsetBytes);
+      } catch (error) {
+        throw toBlockError(error, `write ${this.path} at ${offsetBytes}`);
+      }
+      const finished = performance.now();
+      if (finished - started > inlineWriteStallMs) this.inlineWritesResumeAt = finished + inlineWritePauseMs;
+      return;
+    }
+    try {
+      await pwriteAll(flags.fua ? this.syncFd : this.fd, data, offsetBytes);
+    } catch (error) {
+      throw toBlockError(error, `write ${this.path} at ${offsetBytes}`);
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.checkOpen('flush');
+    if (this.readOnly) return;
+    try {
+      await this.flushes.run();
+    } catch (error) {
+      throw toBlockError(error, `flush ${this.path}`);
+    }
+  }
+
+  async trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> {
+    this.checkWritable('trim');
+    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'trim');
+    // Trimmed blocks read back as zeroes either way, so the fallback is a zero write.
+    await this.zeroRange(offsetBytes, lengthBytes, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, false);
+    if (flags.fua) await this.flush();
+  }
+
+  async writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
+    this.checkWritable('write-zeroes');
+    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'write-zeroes');
+    const mode = flags.noHole ? FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+    await this.zeroRange(offsetBytes, lengthBytes, mode, flags.fast);
+    if (flags.fua) await this.flush();
+  }
+
+  async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
+    this.checkOpen('block-status');
+    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'block-status');
+    assert(lengthBytes > 0, 'block-status of an empty range');
+    const endBytes = offsetBytes + lengthBytes;
+    if (native === undefined) return [{ offsetBytes, lengthBytes, hole: false, zero: false }];
+    const extents: Extent[] = [];
+    let position = offsetBytes;
+    while (position < endBytes && extents.length < extentsPerCallMax) {
+      const dataStart = native.seek(this.fd, position, SEEK_DATA);
+      if (dataStart === -ENXIO) {
+        pushExtent(extents, position, endBytes, true);
+        break;
+      }
+      if (dataStart < 0) throw fromNegativeErrno(dataStart, `block-status ${this.path}`);
+      if (dataStart > position) {
+        const holeEnd = Math.min(dataStart, endBytes);
+        pushExtent(extents, position, holeEnd, true);
+        position = holeEnd;
+        continue;
+      }
+      const holeStart = native.seek(this.fd, position, SEEK_HOLE);
+      if (holeStart < 0) throw fromNegativeErrno(holeStart, `block-status ${this.path}`);
+      assert(holeStart > position, 'SEEK_HOLE went backwards');
+      const dataEnd = Math.min(holeStart, endBytes);
+      pushExtent(extents, position, dataEnd, false);
+      position = dataEnd;
+    }
+    assert(extents.length > 0 && extents[0].offsetBytes === offsetBytes);
+    return extents;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.syncFd !== this.fd) await closeFd(this.syncFd);
+    await closeFd(this.fd);
+  }
+
+  private async zeroRange(offsetBytes: number, lengthBytes: number, mode: number, fast: boolean): Promise<void> {
+    if (lengthBytes === 0) return;
+    if (this.fallocateWorks && native !== undefined) {
+      const result = await new Promise<number>((resolve) =>
+        native!.fallocateAsync(this.fd, mode, offsetBytes, lengthBytes, resolve));
+      if (result === 0) return;
+      if (result !== -95 && result !== -22) {
+        throw fromNegativeErrno(result, `zero ${this.path} at ${offsetBytes} length ${lengthBytes}`);
+      }
+      // EOPNOTSUPP/EINVAL: this filesystem or device cannot punch or zero ranges.
+      this.fallocateWorks = false;
+    }
+    if (fast) throw new BlockError('ENOTSUP', `fast zeroing is not supported by ${this.path}`);
+    const zeroes = Buffer.alloc(Math.min(zeroChunkBytes, lengthBytes));
+    for (let done = 0; done < lengthBytes; done += zeroes.length) {
+      const chunk = Math.min(zeroes.length, lengthBytes - done);
+      try {
+        await pwriteAll(this.fd, zeroes.subarray(0, chunk), offsetBytes + done);
+      } catch (error) {
+        throw toBlockError(error, `zero ${this.path} at ${offsetBytes + done}`);
+      }
+    }
+  }
+
+  private checkOpen(what: string): void {
+    if (this.closed) throw new BlockError('ESHUTDOWN', `${what}: leg ${this.path} is closed`);
+  }
+
+  private checkWritable(what: string): void {
+    this.checkOpen(what);
+    if (this.readOnly) throw new BlockError('EPERM', `${what}: leg ${this.path} is read-only`);
+  }
+}
+
+function pushExtent(extents: Extent[], startBytes: number, endBytes: number, hole: boolean): void {
+  if (endBytes <= startBytes) return;
+  const last = extents[extents.length - 1];
+  if (last !== undefined && last.hole === hole && last.offsetBytes + last.lengthBytes === startBytes) {
+    last.lengthBytes += endBytes - startBytes;
+    return;
+  }
+  extents.push({ offsetBytes: startBytes, lengthBytes: endBytes - startBytes, hole, zero: hole });
+}
+
+function blockDeviceSize(fd: number, path: string): number {
+  if (native === undefined) {
+    throw new BlockError('ENOTSUP', `${path}: sizing a block device needs the native addon (npm run install)`);
+  }
+  const size = native.seek(fd, 0, SEEK_END);
+  if (size < 0) throw fromNegativeErrno(size, `size of ${path}`);
+  return size;
+}

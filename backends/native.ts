@@ -1,0 +1,47 @@
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+/** System calls Node lacks, from our small addon (native/nbd_native.c). */
+export interface NativeCalls {
+  /** 0 or -errno. */
+  fallocate(fd: number, mode: number, offsetBytes: number, lengthBytes: number): number;
+  /** Same, on the thread pool; the callback gets 0 or -errno. */
+  fallocateAsync(fd: number, mode: number, offsetBytes: number, lengthBytes: number,
+    callback: (result: number) => void): void;
+  /** New offset or -errno. */
+  seek(fd: number, offsetBytes: number, whence: number): number;
+  /** Bytes transferred or -errno; -EAGAIN when the call would block. */
+  preadNoWait(fd: number, target: Buffer, positionBytes: number): number;
+  pwriteNoWait(fd: number, data: Buffer, positionBytes: number): number;
+}
+
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+export const SEEK_END = 2;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+export const ENXIO = 6;
+export const EAGAIN = 11;
+
+function load(): NativeCalls | undefined {
+  if (process.env.NBD_MIRROR_NO_NATIVE === '1') return undefined;
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const require = createRequire(import.meta.url);
+  for (const candidate of ['../../native/build/Release/nbd_native.node', '../native/build/Release/nbd_native.node']) {
+    try {
+      return require(path.join(here, candidate)) as NativeCalls;
+    } catch {
+      // Try the next layout (running from dist/ or from the source tree).
+    }
+  }
+  return undefined;
+}
+
+/**
+ * undefined when the addon was not built or NBD_MIRROR_NO_NATIVE=1; callers
+ * then use portable fallbacks (zero writes instead of hole punching, "all
+ * data" block status, thread-pool reads).
+ */
+export const native: NativeCalls | undefined = load();

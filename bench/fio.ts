@@ -1,0 +1,39 @@
+import { run } from '../test/helpers/tools.js';
+
+export interface FioJob {
+  name: string;
+  rw: 'randread' | 'randwrite' | 'read' | 'write';
+  blockSize: string;
+  iodepth: number;
+  /** Add an fsync (NBD flush) after every N writes. */
+  fsyncEvery?: number;
+}
+
+export interface FioResult {
+  iops: number;
+  bytesPerSecond: number;
+  latencyMeanUs: number;
+}
+
+/** Runs one time-based fio job with the nbd engine against `uri`. */
+export async function runFio(uri: string, job: FioJob, seconds: number, sizeBytes: number): Promise<FioResult> {
+  const args = [
+    '--name', job.name, '--ioengine=nbd', `--uri=${uri}`, `--rw=${job.rw}`, `--bs=${job.blockSize}`,
+    `--iodepth=${job.iodepth}`, `--size=${sizeBytes}`, '--time_based', `--runtime=${seconds}`,
+    '--ramp_time=1', '--randrepeat=0', '--norandommap', '--output-format=json',
+  ];
+  if (job.fsyncEvery !== undefined) args.push(`--fsync=${job.fsyncEvery}`);
+  const result = await run('fio', args, { timeoutMs: (seconds + 60) * 1000 });
+  if (result.code !== 0) throw new Error(`fio ${job.name} failed: ${result.stderr}`);
+  const parsed = JSON.parse(result.stdout.slice(result.stdout.indexOf('{'))) as {
+    jobs: Array<{ read: FioSide; write: FioSide }>;
+  };
+  const side = job.rw.includes('read') ? parsed.jobs[0].read : parsed.jobs[0].write;
+  return { iops: side.iops, bytesPerSecond: side.bw_bytes, latencyMeanUs: side.lat_ns.mean / 1000 };
+}
+
+interface FioSide {
+  iops: number;
+  bw_bytes: number;
+  lat_ns: { mean: number };
+}

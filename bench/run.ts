@@ -1,0 +1,81 @@
+/**
+ * npm run bench: our server against nbdkit's file plugin on identical files,
+ * measured side by side, job by job, rounds interleaved, so the ratio means
+ * something on a shared, noisy machine. Figures, not pass/fail.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { peakRssBytes, startServerProcess } from '../test/helpers/server-process.js';
+import { freePort, makeTempDir, writeRandomFile } from '../test/helpers/tools.js';
+import { type FioJob, type FioResult, runFio } from './fio.js';
+
+const seconds = Number(process.env.BENCH_SECONDS ?? 5);
+const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
+const sizeBytes = Number(process.env.BENCH_SIZE_BYTES ?? 1024 ** 3);
+
+const jobs: FioJob[] = [
+  { name: '4k-randread-qd1', rw: 'randread', blockSize: '4k', iodepth: 1 },
+  { name: '4k-randread-qd32', rw: 'randread', blockSize: '4k', iodepth: 32 },
+  { name: '4k-randwrite-qd1', rw: 'randwrite', blockSize: '4k', iodepth: 1 },
+  { name: '4k-randwrite-qd32', rw: 'randwrite', blockSize: '4k', iodepth: 32 },
+  { name: '1m-seqread-qd8', rw: 'read', blockSize: '1m', iodepth: 8 },
+  { name: '1m-seqwrite-qd8', rw: 'write', blockSize: '1m', iodepth: 8 },
+];
+
+async function startNbdkit(file: string): Promise<{ uri: string; child: ChildProcess }> {
+  const port = await freePort();
+  const child = spawn('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), 'file', file], { stdio: 'ignore' });
+  for (let attempt = 0; attempt < 100; attempt += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    try {
+      const { run } = await import('../test/helpers/tools.js');
+      const probe = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}`], { timeoutMs: 5000 });
+      if (probe.code === 0) return { uri: `nbd://127.0.0.1:${port}`, child };
+    } catch {
+      // Not up yet.
+    }
+  }
+  child.kill('SIGKILL');
+  throw new Error('nbdkit did not start');
+}
+
+function format(job: FioJob, result: FioResult): string {
+  return job.blockSize === '4k' ? `${Math.round(result.iops)} IOPS` : `${(result.bytesPerSecond / 1e6).toFixed(0)} MB/s`;
+}
+
+async function main(): Promise<void> {
+  const dir = makeTempDir('bench');
+  const ours = path.join(dir, 'ours.img');
+  const theirs = path.join(dir, 'nbdkit.img');
+  console.log(`bench: ${sizeBytes} byte files, ${seconds}s per job, ${rounds} interleaved rounds (best of each kept)`);
+  writeRandomFile(ours, sizeBytes, 7);
+  fs.copyFileSync(ours, theirs);
+  const server = await startServerProcess(['--leg', ours, '--no-unix']);
+  const nbdkit = await startNbdkit(theirs);
+  const rows: string[] = [];
+  try {
+    for (const job of jobs) {
+      let best: { ours?: FioResult; nbdkit?: FioResult } = {};
+      for (let round = 0; round < rounds; round += 1) {
+        const a = await runFio(server.uri(), job, seconds, sizeBytes);
+        const b = await runFio(nbdkit.uri, job, seconds, sizeBytes);
+        if (!best.ours || a.iops > best.ours.iops) best.ours = a;
+        if (!best.nbdkit || b.iops > best.nbdkit.iops) best.nbdkit = b;
+      }
+      const ratio = best.ours!.iops / best.nbdkit!.iops;
+      const row = `${job.name.padEnd(20)} nbd-mirror ${format(job, best.ours!).padStart(12)}   ` +
+        `nbdkit ${format(job, best.nbdkit!).padStart(12)}   ratio ${ratio.toFixed(2)}x`;
+      console.log(row);
+      rows.push(row);
+    }
+    const peak = peakRssBytes(server.pid);
+    console.log(`nbd-mirror peak RSS: ${peak === undefined ? 'unknown' : `${(peak / 2 ** 20).toFixed(1)} MiB`}`);
+  } finally {
+    await server.stop();
+    nbdkit.child.kill('SIGTERM');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();

@@ -1,0 +1,61 @@
+/**
+ * The one interface between layers. The NBD server, the page cache, the
+ * mirror, each leg backend and the fault wrappers all implement it, so layers
+ * stack like nbdkit filters. Every method rejects only with BlockError.
+ *
+ * Buffers: `read` fills a buffer the caller owns (so the NBD layer can read
+ * straight into its reply buffer). `write` borrows `data`: the caller must not
+ * modify it until the returned promise settles, and the callee must not keep a
+ * reference after it settles.
+ */
+export interface WriteFlags {
+  /** Forced unit access: durable before the promise resolves. */
+  fua: boolean;
+}
+
+export interface ZeroFlags extends WriteFlags {
+  /** Do not deallocate: the range must stay allocated (NBD_CMD_FLAG_NO_HOLE). */
+  noHole: boolean;
+  /** Fail with ENOTSUP rather than zero slowly (NBD_CMD_FLAG_FAST_ZERO). */
+  fast: boolean;
+}
+
+export interface Extent {
+  offsetBytes: number;
+  lengthBytes: number;
+  /** Unallocated: reads return zeroes and a write may need new space. */
+  hole: boolean;
+  /** Reads are known to return zeroes. */
+  zero: boolean;
+}
+
+export interface DeviceCapabilities {
+  readOnly: boolean;
+  flush: boolean;
+  fua: boolean;
+  trim: boolean;
+  writeZeroes: boolean;
+  /** writeZeroes with fast=true can succeed (zeroing is cheap, not a write loop). */
+  fastZero: boolean;
+  blockStatus: boolean;
+  /** Flush covers writes made through every connection sharing this device. */
+  multiConn: boolean;
+  rotational: boolean;
+}
+
+export interface BlockDevice {
+  readonly sizeBytes: number;
+  /** Smallest I/O unit the device accepts without read-modify-write. */
+  readonly blockSizeBytes: number;
+  readonly capabilities: DeviceCapabilities;
+  read(offsetBytes: number, target: Buffer): Promise<void>;
+  write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void>;
+  flush(): Promise<void>;
+  trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void>;
+  writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void>;
+  /** Extents covering [offsetBytes, offsetBytes + lengthBytes), in order, at least one. */
+  blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]>;
+  close(): Promise<void>;
+}
+
+export const noFlags: WriteFlags = Object.freeze({ fua: false });

@@ -1,0 +1,85 @@
+// The thread pool serves leg I/O and fdatasync; a few threads beat many on 2 cores.
+process.env.UV_THREADPOOL_SIZE ??= '4';
+
+import path from 'node:path';
+import { Command, Option } from 'commander';
+import { type ConfigOverrides, ensureDefaultDataDir, loadConfig } from '../config/load.js';
+import { ConfigError } from '../config/schema.js';
+import { createLogger } from './logger.js';
+import { attachHints, startServer } from './serve.js';
+
+const program = new Command();
+program.name('nbd-mirror').description('NBD block-device server over a mirrored, crash-safe store');
+
+program.command('serve')
+  .description('serve the export; without --config, uses (and on first run creates) DATA_DIR/config.yaml')
+  .option('-c, --config <file>', 'YAML configuration file')
+  .option('-d, --data-dir <dir>', 'folder for the embedded default configuration and legs', 'data')
+  .option('-l, --listen <host:port>', 'TCP address to listen on')
+  .option('--no-tcp', 'do not listen on TCP')
+  .option('-u, --unix <path>', 'unix socket to listen on')
+  .option('--no-unix', 'do not listen on a unix socket')
+  .option('-n, --export-name <name>', 'export name')
+  .option('--description <text>', 'export description')
+  .option('-r, --read-only', 'serve the export read-only')
+  .option('--leg <path...>', 'leg file or block device (overrides storage.legs)')
+  .option('--size <size>', 'size of leg files created on first start, e.g. 1GiB')
+  .option('--max-connections <n>', 'maximum simultaneous clients', (value) => parseInteger(value, '--max-connections'))
+  .option('--handshake-timeout-ms <n>', 'disconnect clients that do not finish negotiating',
+    (value) => parseInteger(value, '--handshake-timeout-ms'))
+  .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
+  .action(async (options: Record<string, unknown>) => {
+    const configFile = typeof options.config === 'string'
+      ? options.config : ensureDefaultDataDir(path.resolve(String(options.dataDir)));
+    const overrides: ConfigOverrides = {
+      tcp: options.tcp === false ? null : (options.listen as string | undefined),
+      unix: options.unix === false ? null : (typeof options.unix === 'string' ? options.unix : undefined),
+      exportName: options.exportName as string | undefined,
+      description: options.description as string | undefined,
+      readOnly: options.readOnly === true ? true : undefined,
+      legs: options.leg as string[] | undefined,
+      sizeBytes: options.size as string | undefined,
+      maxConnections: options.maxConnections as number | undefined,
+      handshakeTimeoutMs: options.handshakeTimeoutMs as number | undefined,
+      logLevel: options.logLevel as string | undefined,
+    };
+    const config = loadConfig(configFile, overrides);
+    const logger = createLogger(config.log.level);
+    const running = await startServer(config, logger);
+    logger.info({ tcp: running.addresses.tcp, unix: running.addresses.unixPath, export: config.export.name,
+      sizeBytes: running.device.sizeBytes, config: path.resolve(configFile) }, 'listening');
+    for (const hint of attachHints(config, running.addresses)) logger.info(`attach with: ${hint}`);
+    let signals = 0;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      signals += 1;
+      if (signals > 1) {
+        logger.warn({ signal }, 'second signal: exiting without waiting');
+        process.exit(1);
+      }
+      logger.info({ signal }, 'shutting down: finishing in-flight requests, flushing');
+      running.stop().then(() => {
+        logger.info('stopped cleanly');
+        process.exit(0);
+      }, (error: unknown) => {
+        logger.error({ err: error }, 'shutdown failed: data may not be durable');
+        process.exit(1);
+      });
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+
+function parseInteger(value: string, flag: string): number {
+  const number = Number(value);
+  if (!Number.isSafeInteger(number)) throw new ConfigError(flag, `"${value}" is not an integer`, 'command line');
+  return number;
+}
+
+program.parseAsync(process.argv).catch((error: unknown) => {
+  if (error instanceof ConfigError || (error as { name?: string })?.name === 'BlockError') {
+    console.error(`nbd-mirror: ${(error as Error).message}`);
+  } else {
+    console.error(error);
+  }
+  process.exit(2);
+});

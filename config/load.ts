@@ -1,0 +1,74 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+import { type Config, ConfigError, defaultConfigYaml, parseConfig } from './schema.js';
+
+/** Settings given on the command line; they override the file, key by key. */
+export interface ConfigOverrides {
+  tcp?: string | null;
+  unix?: string | null;
+  exportName?: string;
+  description?: string;
+  readOnly?: boolean;
+  legs?: string[];
+  sizeBytes?: string;
+  maxConnections?: number;
+  handshakeTimeoutMs?: number;
+  logLevel?: string;
+}
+
+/** Reads a YAML configuration file, applies overrides, validates; errors name the file and the key. */
+export function loadConfig(file: string, overrides: ConfigOverrides = {}): Config {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError('(file)', `cannot read: ${(error as Error).message}`, file);
+  }
+  const document = YAML.parseDocument(text, { prettyErrors: true });
+  if (document.errors.length > 0) {
+    const first = document.errors[0];
+    const where = first.linePos?.[0] ? `line ${first.linePos[0].line}, column ${first.linePos[0].col}` : '(syntax)';
+    throw new ConfigError(where, `invalid YAML: ${first.message.split('\n')[0]}`, file);
+  }
+  const raw: unknown = document.toJS() ?? {};
+  if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError('(top level)', 'must be a mapping', file);
+  try {
+    return parseConfig(applyOverrides(raw as Record<string, unknown>, overrides), path.dirname(path.resolve(file)));
+  } catch (error) {
+    if (error instanceof ConfigError) throw error.from(file);
+    throw error;
+  }
+}
+
+function section(raw: Record<string, unknown>, name: string): Record<string, unknown> {
+  const value = raw[name];
+  if (value === undefined || value === null) return (raw[name] = {}) as Record<string, unknown>;
+  return value as Record<string, unknown>;
+}
+
+/** Paths from flags are relative to the working directory, so they are made absolute here. */
+function applyOverrides(raw: Record<string, unknown>, overrides: ConfigOverrides): Record<string, unknown> {
+  const copy = structuredClone(raw);
+  if (overrides.tcp !== undefined) section(copy, 'listen').tcp = overrides.tcp;
+  if (overrides.unix !== undefined) {
+    section(copy, 'listen').unix = overrides.unix === null ? null : path.resolve(overrides.unix);
+  }
+  if (overrides.exportName !== undefined) section(copy, 'export').name = overrides.exportName;
+  if (overrides.description !== undefined) section(copy, 'export').description = overrides.description;
+  if (overrides.readOnly !== undefined) section(copy, 'export').readOnly = overrides.readOnly;
+  if (overrides.legs !== undefined) section(copy, 'storage').legs = overrides.legs.map((leg) => ({ path: path.resolve(leg) }));
+  if (overrides.sizeBytes !== undefined) section(copy, 'storage').sizeBytes = overrides.sizeBytes;
+  if (overrides.maxConnections !== undefined) section(copy, 'limits').maxConnections = overrides.maxConnections;
+  if (overrides.handshakeTimeoutMs !== undefined) section(copy, 'limits').handshakeTimeoutMs = overrides.handshakeTimeoutMs;
+  if (overrides.logLevel !== undefined) section(copy, 'log').level = overrides.logLevel;
+  return copy;
+}
+
+/** The embedded default: a data folder holding config.yaml and the legs, created on first start. */
+export function ensureDefaultDataDir(dataDir: string): string {
+  fs.mkdirSync(dataDir, { recursive: true });
+  const file = path.join(dataDir, 'config.yaml');
+  if (!fs.existsSync(file)) fs.writeFileSync(file, defaultConfigYaml, { flag: 'wx' });
+  return file;
+}

@@ -1,0 +1,192 @@
+import path from 'node:path';
+
+/**
+ * The server's configuration, as read from YAML and overridden by flags.
+ * Every problem is reported with the key it concerns, e.g.
+ * `storage.legs[0].path: must be a non-empty string`.
+ */
+export interface Config {
+  listen: {
+    /** "host:port", or undefined for no TCP listener. */
+    tcp: { host: string; port: number } | undefined;
+    /** Unix socket path, or undefined. */
+    unix: string | undefined;
+  };
+  export: {
+    name: string;
+    description: string;
+    readOnly: boolean;
+  };
+  storage: {
+    /** Size of leg files created on first start. */
+    sizeBytes: number;
+    legs: Array<{ path: string }>;
+  };
+  limits: {
+    maxConnections: number;
+    handshakeTimeoutMs: number;
+    inFlightRequestsMax: number;
+    inFlightBytesMax: number;
+  };
+  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}
+
+export class ConfigError extends Error {
+  constructor(readonly key: string, readonly problem: string, readonly source = 'configuration') {
+    super(`${source}: ${key}: ${problem}`);
+    this.name = 'ConfigError';
+  }
+
+  /** The same error, reported against another source (the file it came from). */
+  from(source: string): ConfigError {
+    return new ConfigError(this.key, this.problem, source);
+  }
+}
+
+const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+const sizeUnits: Record<string, number> = {
+  '': 1, b: 1, k: 1024, kb: 1000, kib: 1024, m: 1024 ** 2, mb: 1000 ** 2, mib: 1024 ** 2,
+  g: 1024 ** 3, gb: 1000 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tb: 1000 ** 4, tib: 1024 ** 4,
+};
+
+/** Parses 1073741824, "1GiB", "512 MiB", "4k". */
+export function parseSize(value: unknown, key: string): number {
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value) || value <= 0) throw new ConfigError(key, `size ${value} must be a positive integer`);
+    return value;
+  }
+  if (typeof value !== 'string') throw new ConfigError(key, 'must be a size such as 1073741824 or "1GiB"');
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+  const unit = match ? sizeUnits[match[2].toLowerCase()] : undefined;
+  if (!match || unit === undefined) throw new ConfigError(key, `"${value}" is not a size (examples: 4096, 64MiB, 1GiB)`);
+  const bytes = Math.round(Number(match[1]) * unit);
+  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new ConfigError(key, `"${value}" is out of range`);
+  return bytes;
+}
+
+export function parseHostPort(value: unknown, key: string): { host: string; port: number } {
+  if (typeof value !== 'string') throw new ConfigError(key, 'must be "host:port", e.g. "127.0.0.1:10809"');
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(value.trim());
+  if (!match) throw new ConfigError(key, `"${value}" is not "host:port"`);
+  const port = Number(match[3]);
+  if (port > 65535) throw new ConfigError(key, `port ${port} is above 65535`);
+  return { host: match[1] ?? match[2], port };
+}
+
+function objectAt(value: unknown, key: string): Record<string, unknown> {
+  if (value === undefined || value === null) return {};
+  if (typeof value !== 'object' || Array.isArray(value)) throw new ConfigError(key, 'must be a mapping');
+  return value as Record<string, unknown>;
+}
+
+function rejectUnknownKeys(value: Record<string, unknown>, known: string[], key: string): void {
+  for (const name of Object.keys(value)) {
+    if (!known.includes(name)) {
+      const where = key === '' ? name : `${key}.${name}`;
+      throw new ConfigError(where, `unknown key (expected one of: ${known.join(', ')})`);
+    }
+  }
+}
+
+function stringAt(value: unknown, key: string, fallback: string, allowEmpty = true): string {
+  if (value === undefined || value === null) return fallback;
+  if (typeof value !== 'string' || (!allowEmpty && value === '')) {
+    throw new ConfigError(key, allowEmpty ? 'must be a string' : 'must be a non-empty string');
+  }
+  return value;
+}
+
+function booleanAt(value: unknown, key: string, fallback: boolean): boolean {
+  if (value === undefined || value === null) return fallback;
+  if (typeof value !== 'boolean') throw new ConfigError(key, 'must be true or false');
+  return value;
+}
+
+function integerAt(value: unknown, key: string, fallback: number, minimum: number, maximum: number): number {
+  if (value === undefined || value === null) return fallback;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value)) throw new ConfigError(key, 'must be an integer');
+  if (value < minimum || value > maximum) throw new ConfigError(key, `${value} is outside ${minimum}..${maximum}`);
+  return value;
+}
+
+/** Builds a Config from parsed YAML; relative paths are resolved against baseDir. */
+export function parseConfig(raw: unknown, baseDir: string): Config {
+  const root = objectAt(raw, '(top level)');
+  rejectUnknownKeys(root, ['listen', 'export', 'storage', 'limits', 'log'], '');
+  const listen = objectAt(root.listen, 'listen');
+  rejectUnknownKeys(listen, ['tcp', 'unix'], 'listen');
+  const exported = objectAt(root.export, 'export');
+  rejectUnknownKeys(exported, ['name', 'description', 'readOnly'], 'export');
+  const storage = objectAt(root.storage, 'storage');
+  rejectUnknownKeys(storage, ['sizeBytes', 'legs'], 'storage');
+  const limits = objectAt(root.limits, 'limits');
+  rejectUnknownKeys(limits, ['maxConnections', 'handshakeTimeoutMs', 'inFlightRequestsMax', 'inFlightBytesMax'], 'limits');
+  const log = objectAt(root.log, 'log');
+  rejectUnknownKeys(log, ['level'], 'log');
+
+  const exportName = stringAt(exported.name, 'export.name', '');
+  if (Buffer.byteLength(exportName) > 4096) throw new ConfigError('export.name', 'is longer than 4096 bytes');
+  if (exportName.includes('\0')) throw new ConfigError('export.name', 'contains a NUL character');
+
+  const legsRaw = storage.legs ?? [];
+  if (!Array.isArray(legsRaw)) throw new ConfigError('storage.legs', 'must be a list of legs');
+  if (legsRaw.length === 0) throw new ConfigError('storage.legs', 'needs at least one leg');
+  const legs = legsRaw.map((leg, index) => {
+    const key = `storage.legs[${index}]`;
+    const entry = objectAt(leg, key);
+    rejectUnknownKeys(entry, ['path'], key);
+    return { path: path.resolve(baseDir, stringAt(entry.path, `${key}.path`, '', false)) };
+  });
+
+  const level = log.level ?? 'info';
+  if (typeof level !== 'string' || !(logLevels as readonly string[]).includes(level)) {
+    throw new ConfigError('log.level', `must be one of ${logLevels.join(', ')}`);
+  }
+  const unix = listen.unix === undefined || listen.unix === null ? undefined
+    : path.resolve(baseDir, stringAt(listen.unix, 'listen.unix', '', false));
+  const tcp = listen.tcp === null || listen.tcp === false ? undefined
+    : parseHostPort(listen.tcp ?? '127.0.0.1:10809', 'listen.tcp');
+  if (tcp === undefined && unix === undefined) throw new ConfigError('listen', 'needs tcp, unix or both');
+  return {
+    listen: { tcp, unix },
+    export: {
+      name: exportName,
+      description: stringAt(exported.description, 'export.description', 'nbd-mirror export'),
+      readOnly: booleanAt(exported.readOnly, 'export.readOnly', false),
+    },
+    storage: {
+      sizeBytes: storage.sizeBytes === undefined ? 1024 ** 3 : parseSize(storage.sizeBytes, 'storage.sizeBytes'),
+      legs,
+    },
+    limits: {
+      maxConnections: integerAt(limits.maxConnections, 'limits.maxConnections', 64, 1, 65536),
+      handshakeTimeoutMs: integerAt(limits.handshakeTimeoutMs, 'limits.handshakeTimeoutMs', 120_000, 100, 3_600_000),
+      inFlightRequestsMax: integerAt(limits.inFlightRequestsMax, 'limits.inFlightRequestsMax', 256, 1, 65536),
+      inFlightBytesMax: limits.inFlightBytesMax === undefined ? 256 * 1024 * 1024
+        : parseSize(limits.inFlightBytesMax, 'limits.inFlightBytesMax'),
+    },
+    log: { level: level as Config['log']['level'] },
+  };
+}
+
+/** The configuration written on first start of the embedded default. */
+export const defaultConfigYaml = `# nbd-mirror configuration (created on first start; edit and restart).
+listen:
+  tcp: 127.0.0.1:10809      # null to disable TCP
+  unix: nbd.sock            # unix socket, relative to this file; null to disable
+export:
+  name: disk
+  description: nbd-mirror default export
+  readOnly: false
+storage:
+  sizeBytes: 1GiB           # size of leg files created on first start
+  legs:
+    - path: leg0.img
+limits:
+  maxConnections: 64
+  handshakeTimeoutMs: 120000
+  inFlightRequestsMax: 256
+log:
+  level: info
+`;

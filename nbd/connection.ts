@@ -1,0 +1,512 @@
+import assert from 'node:assert/strict';
+import type net from 'node:net';
+import type { Logger } from 'pino';
+import { isBlockError, toBlockError } from '../blockdev/errors.js';
+import { BufferPool, type PooledBuffer } from '../blockdev/buffer-pool.js';
+import { RangeOrder } from '../blockdev/range-order.js';
+import type { BlockDevice } from '../blockdev/types.js';
+import {
+  BASE_ALLOCATION_ID, ClientFlag, Command, CommandFlag, HandshakeFlag, IHAVEOPT, Limits, NBDMAGIC, Option, OptionReply,
+  REQUEST_HEADER_BYTES, SIMPLE_REPLY_HEADER_BYTES, StateFlag,
+} from './constants.js';
+import { nbdErrorFor } from './errno.js';
+import { InputQueue } from './input-queue.js';
+import { type ExportEntry, type ExportTable, handleOption, type Negotiation, newNegotiation } from './negotiation.js';
+import {
+  blockStatusChunk, OFFSET_DATA_PREFIX_BYTES, offsetHoleChunk, optionReply, simpleReply, structuredError,
+  structuredNone, writeOffsetDataPrefix, writeSimpleHeader,
+} from './replies.js';
+import { parseRequestHeader, type RequestHeader, validateRequest } from './requests.js';
+
+export interface ConnectionOptions {
+  /** A client that has not reached transmission by then is disconnected. */
+  handshakeTimeoutMs: number;
+  /** Requests being served at once; reading pauses above it (the kernel sends up to 128). */
+  inFlightRequestsMax: number;
+  /** Payload and reply bytes held at once; reading pauses above it. */
+  inFlightBytesMax: number;
+  /** Structured reads at least this long report holes as OFFSET_HOLE chunks. */
+  sparseReadBytesMin: number;
+  /** Large reply and payload buffers are reused from here. */
+  bufferPool: BufferPool;
+  logger: Logger;
+}
+
+export const defaultConnectionOptions: Omit<ConnectionOptions, 'logger'> = {
+  handshakeTimeoutMs: 120_000,
+  inFlightRequestsMax: 256,
+  inFlightBytesMax: 256 * 1024 * 1024,
+  sparseReadBytesMin: 65536,
+  bufferPool: new BufferPool(64 * 1024 * 1024),
+};
+
+type Phase = 'client-flags' | 'options' | 'transmission' | 'closing' | 'closed';
+
+/** Chunk size when serving NBD_CMD_CACHE, which may name gigabytes. */
+const cacheChunkBytes = 1 << 20;
+
+/**
+ * One client: the handshake, then pipelined requests served concurrently
+ * with replies written as they complete. Everything the client sends is
+ * parsed here with explicit bounds; nothing unparsed reaches the device.
+ */
+export class Connection {
+  private phase: Phase = 'client-flags';
+  private readonly input = new InputQueue();
+  private negotiation: Negotiation | undefined;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  /** Bytes of a refused payload (option or WRITE) still to be skipped. */
+  private drainBytes = 0;
+  private drainThen: (() => void) | undefined;
+  private pendingOption: { option: number; lengthBytes: number } | undefined;
+  private pendingWrite: { request: RequestHeader; offsetBytes: number } | undefined;
+  private entry: ExportEntry | undefined;
+  private device: BlockDevice | undefined;
+  private transmissionFlags = 0;
+  private structured = false;
+  private blockStatusNegotiated = false;
+  private inFlightRequests = 0;
+  private inFlightBytes = 0;
+  private readonly order = new RangeOrder();
+  private corked = false;
+  private readingPaused = false;
+  /** NBD_CMD_DISC or server shutdown: serve what is in flight, read nothing more. */
+  private stopReading = false;
+  private idleWaiters: Array<() => void> = [];
+  readonly closed: Promise<void>;
+  private resolveClosed!: () => void;
+
+  constructor(
+    private readonly socket: net.Socket,
+    private readonly exports: ExportTable,
+    private readonly options: ConnectionOptions,
+    private readonly isShuttingDown: () => boolean,
+  ) {
+    this.closed = new Promise((resolve) => { this.resolveClosed = resolve; });
+    socket.setNoDelay?.(true);
+    socket.on('data', (chunk: Buffer) => {
+      this.input.push(chunk);
+      this.pump();
+    });
+    socket.on('drain', () => this.updateFlow());
+    socket.on('error', (error) => this.options.logger.debug({ err: error }, 'socket error'));
+    socket.on('close', () => this.onClose());
+    socket.on('end', () => this.onPeerEnd());
+    this.handshakeTimer = setTimeout(() => {
+      this.hardDisconnect(`handshake not finished within ${this.options.handshakeTimeoutMs} ms`);
+    }, this.options.handshakeTimeoutMs);
+    this.handshakeTimer.unref();
+    const greeting = Buffer.allocUnsafe(18);
+    greeting.writeBigUInt64BE(NBDMAGIC, 0);
+    greeting.writeBigUInt64BE(IHAVEOPT, 8);
+    greeting.writeUInt16BE(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES, 16);
+    socket.write(greeting);
+  }
+
+  get inTransmission(): boolean {
+    return this.phase === 'transmission';
+  }
+
+  /** Stops reading new requests, lets in-flight ones finish, then closes. */
+  async shutdown(): Promise<void> {
+    if (this.phase === 'closed') return;
+    if (this.phase !== 'transmission') {
+      this.hardDisconnect('server shutting down');
+      return;
+    }
+    this.stopReading = true;
+    await this.whenIdle();
+    this.closeGracefully();
+    await this.closed;
+  }
+
+  private pump(): void {
+    while (this.phase !== 'closed' && this.phase !== 'closing') {
+      if (this.drainBytes > 0) {
+        this.drainBytes -= this.input.skip(this.drainBytes);
+        if (this.drainBytes > 0) return;
+        const then = this.drainThen;
+        this.drainThen = undefined;
+        then?.();
+        continue;
+      }
+      let progressed: boolean;
+      switch (this.phase) {
+        case 'client-flags': progressed = this.readClientFlags(); break;
+        case 'options': progressed = this.readOption(); break;
+        case 'transmission': progressed = this.readRequest(); break;
+      }
+      if (!progressed) return;
+    }
+  }
+
+  private readClientFlags(): boolean {
+    if (this.input.length < 4) return false;
+    const flags = this.input.take(4).readUInt32BE(0);
+    const known = ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES;
+    if ((flags & ~known) !== 0) {
+      this.hardDisconnect(`client flags 0x${flags.toString(16)} include unknown bits`);
+      return false;
+    }
+    if ((flags & ClientFlag.FIXED_NEWSTYLE) === 0) {
+      this.hardDisconnect('client does not support fixed newstyle negotiation, the only kind served');
+      return false;
+    }
+    this.negotiation = newNegotiation(flags);
+    this.phase = 'options';
+    return true;
+  }
+
+  private readOption(): boolean {
+    assert(this.negotiation !== undefined);
+    if (this.pendingOption === undefined) {
+      if (this.input.length < 16) return false;
+      const header = this.input.take(16);
+      if (header.readBigUInt64BE(0) !== IHAVEOPT) {
+        this.hardDisconnect('bad option magic');
+        return false;
+      }
+      const option = header.readUInt32BE(8);
+      const lengthBytes = header.readUInt32BE(12);
+      if (this.negotiation.optionsSeen >= Limits.optionsPerConnectionMax) {
+        this.hardDisconnect(`more than ${Limits.optionsPerConnectionMax} options`);
+        return false;
+      }
+      if (lengthBytes > Limits.optionBytesMax) {
+        // Never buffered: skip it as it arrives, then say it was too big.
+        this.negotiation.optionsSeen += 1;
+        this.drainBytes = lengthBytes;
+        this.drainThen = () => {
+          if (option === Option.EXPORT_NAME) this.hardDisconnect(`NBD_OPT_EXPORT_NAME of ${lengthBytes} bytes`);
+          else this.send(optionReply(option, OptionReply.ERR_TOO_BIG, Buffer.from(`option length ${lengthBytes} is too large`)));
+        };
+        return true;
+      }
+      this.pendingOption = { option, lengthBytes };
+    }
+    const { option, lengthBytes } = this.pendingOption;
+    if (this.input.length < lengthBytes) return false;
+    this.pendingOption = undefined;
+    const payload = this.input.take(lengthBytes);
+    const outcome = handleOption(this.negotiation, this.exports, option, payload, this.isShuttingDown());
+    for (const reply of outcome.replies) this.send(reply);
+    if (outcome.next === 'close') {
+      this.options.logger.info({ reason: outcome.reason }, 'closing during negotiation');
+      this.closeGracefully();
+      return false;
+    }
+    if (outcome.next === 'transmission') this.enterTransmission(outcome.entry, outcome.flags);
+    return true;
+  }
+
+  private enterTransmission(entry: ExportEntry, flags: number): void {
+    assert(this.negotiation !== undefined);
+    clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = undefined;
+    this.entry = entry;
+    this.device = entry.device;
+    this.transmissionFlags = flags;
+    this.structured = this.negotiation.structuredReplies;
+    const metaExport = this.negotiation.metaContextExport;
+    this.blockStatusNegotiated = metaExport !== undefined && this.exports.find(metaExport) === entry;
+    this.phase = 'transmission';
+    this.options.logger.info({ export: entry.name, flags, structuredReplies: this.structured }, 'client attached');
+  }
+
+  private readRequest(): boolean {
+    if (this.stopReading) {
+      this.input.clear();
+      return false;
+    }
+    if (this.pendingWrite !== undefined) {
+      const { request, offsetBytes } = this.pendingWrite;
+      if (this.input.length < request.lengthBytes) return false;
+      this.pendingWrite = undefined;
+      const view = this.input.takeIfContiguous(request.lengthBytes);
+      if (view !== undefined) {
+        this.dispatch(request, offsetBytes, view, undefined);
+      } else {
+        const pooled = this.options.bufferPool.acquire(request.lengthBytes);
+        this.input.copyInto(pooled.buffer, 0, request.lengthBytes);
+        this.dispatch(request, offsetBytes, pooled.buffer, pooled);
+      }
+      return true;
+    }
+    if (this.inFlightRequests >= this.options.inFlightRequestsMax || this.inFlightBytes >= this.options.inFlightBytesMax) {
+      this.updateFlow();
+      return false;
+    }
+    if (this.input.length < REQUEST_HEADER_BYTES) return false;
+    const request = parseRequestHeader(this.input.take(REQUEST_HEADER_BYTES));
+    if (request === undefined) {
+      this.hardDisconnect('bad request magic');
+      return false;
+    }
+    if (request.type === Command.DISC) {
+      this.options.logger.info('client sent NBD_CMD_DISC');
+      this.stopReading = true;
+      this.input.clear();
+      void this.whenIdle().then(() => this.closeGracefully());
+      return false;
+    }
+    assert(this.device !== undefined);
+    const verdict = validateRequest(request, {
+      sizeBytes: this.device.sizeBytes,
+      transmissionFlags: this.transmissionFlags,
+      structuredReplies: this.structured,
+      blockStatusNegotiated: this.blockStatusNegotiated,
+    });
+    if (!verdict.ok) {
+      this.options.logger.warn({ cookie: request.cookie.toString(), message: verdict.message }, 'rejected request');
+      this.replyError(request, verdict.error, verdict.message);
+      // The payload of a refused write still follows the header: skip it to stay framed.
+      if (request.type === Command.WRITE) this.drainBytes = request.lengthBytes;
+      return true;
+    }
+    if (request.type === Command.WRITE) {
+      this.pendingWrite = { request, offsetBytes: verdict.offsetBytes };
+      return true;
+    }
+    this.dispatch(request, verdict.offsetBytes, undefined, undefined);
+    return true;
+  }
+
+  private dispatch(
+    request: RequestHeader, offsetBytes: number, payload: Buffer | undefined, pooled: PooledBuffer | undefined,
+  ): void {
+    const heldBytes = request.type === Command.READ || request.type === Command.WRITE ? request.lengthBytes : 0;
+    this.inFlightRequests += 1;
+    this.inFlightBytes += heldBytes;
+    const mutating = request.type === Command.WRITE || request.type === Command.TRIM || request.type === Command.WRITE_ZEROES;
+    const ordered = request.type !== Command.FLUSH;
+    const ticket = ordered ? this.order.acquire(offsetBytes, request.lengthBytes, mutating) : undefined;
+    const run = async (): Promise<void> => {
+      if (ticket?.ready !== undefined) await ticket.ready;
+      await this.execute(request, offsetBytes, payload);
+    };
+    run()
+      .catch((error: unknown) => this.replyFailure(request, error))
+      .finally(() => {
+        // The device is done with the payload once its promise settled.
+        pooled?.release();
+        ticket?.release();
+        this.inFlightRequests -= 1;
+        this.inFlightBytes -= heldBytes;
+        if (this.inFlightRequests === 0) this.notifyIdle();
+        this.updateFlow();
+        this.pump();
+      });
+  }
+
+  private async execute(request: RequestHeader, offsetBytes: number, payload: Buffer | undefined): Promise<void> {
+    const device = this.device!;
+    const fua = (request.flags & CommandFlag.FUA) !== 0;
+    switch (request.type) {
+      case Command.READ: return this.serveRead(request, offsetBytes);
+      case Command.WRITE:
+        await device.write(offsetBytes, payload!, { fua });
+        return this.replyOk(request);
+      case Command.FLUSH:
+        await device.flush();
+        return this.replyOk(request);
+      case Command.TRIM:
+        await device.trim(offsetBytes, request.lengthBytes, { fua });
+        return this.replyOk(request);
+      case Command.WRITE_ZEROES:
+        await device.writeZeroes(offsetBytes, request.lengthBytes, {
+          fua,
+          noHole: (request.flags & CommandFlag.NO_HOLE) !== 0,
+          fast: (request.flags & CommandFlag.FAST_ZERO) !== 0,
+        });
+        return this.replyOk(request);
+      case Command.CACHE: {
+        // Reading through the stack fills whatever caches it has.
+        const scratch = Buffer.allocUnsafe(Math.min(cacheChunkBytes, Math.max(request.lengthBytes, 1)));
+        for (let done = 0; done < request.lengthBytes; done += scratch.length) {
+          const chunk = Math.min(scratch.length, request.lengthBytes - done);
+          await device.read(offsetBytes + done, scratch.subarray(0, chunk));
+        }
+        return this.replyOk(request);
+      }
+      case Command.BLOCK_STATUS: return this.serveBlockStatus(request, offsetBytes);
+    }
+    assert.fail(`validated request has unknown type ${request.type}`);
+  }
+
+  private async serveRead(request: RequestHeader, offsetBytes: number): Promise<void> {
+    const device = this.device!;
+    const lengthBytes = request.lengthBytes;
+    if (!this.structured) {
+      const reply = this.options.bufferPool.acquire(SIMPLE_REPLY_HEADER_BYTES + lengthBytes);
+      try {
+        await device.read(offsetBytes, reply.buffer.subarray(SIMPLE_REPLY_HEADER_BYTES));
+      } catch (error) {
+        reply.release();
+        throw error;
+      }
+      writeSimpleHeader(reply.buffer, 0, request.cookie);
+      this.send(reply.buffer, reply.release);
+      return;
+    }
+    if (lengthBytes === 0) {
+      this.send(structuredNone(request.cookie));
+      return;
+    }
+    const fragmentsAllowed = (request.flags & CommandFlag.DF) === 0;
+    if (fragmentsAllowed && lengthBytes >= this.options.sparseReadBytesMin && device.capabilities.blockStatus) {
+      const extents = await device.blockStatus(offsetBytes, lengthBytes);
+      if (extents.some((extent) => extent.zero)) return this.serveSparseRead(request, offsetBytes, extents);
+    }
+    const reply = this.options.bufferPool.acquire(OFFSET_DATA_PREFIX_BYTES + lengthBytes);
+    try {
+      await device.read(offsetBytes, reply.buffer.subarray(OFFSET_DATA_PREFIX_BYTES));
+    } catch (error) {
+      reply.release();
+      throw error;
+    }
+    writeOffsetDataPrefix(reply.buffer, request.cookie, offsetBytes, lengthBytes, true);
+    this.send(reply.buffer, reply.release);
+  }
+
+  /** Zero extents become OFFSET_HOLE chunks; the rest is read and sent as data, then NONE ends the reply. */
+  private async serveSparseRead(
+    request: RequestHeader, offsetBytes: number, extents: Array<{ offsetBytes: number; lengthBytes: number; zero: boolean }>,
+  ): Promise<void> {
+    const endBytes = offsetBytes + request.lengthBytes;
+    const chunks: Buffer[] = [];
+    let position = offsetBytes;
+    for (const extent of extents) {
+      if (position >= endBytes) break;
+      const extentEnd = Math.min(extent.offsetBytes + extent.lengthBytes, endBytes);
+      if (extentEnd <= position) continue;
+      chunks.push(await this.readChunk(request.cookie, position, extentEnd - position, extent.zero));
+      position = extentEnd;
+    }
+    // Block status may cover only a prefix; the rest is sent as data.
+    if (position < endBytes) chunks.push(await this.readChunk(request.cookie, position, endBytes - position, false));
+    for (const chunk of chunks) this.send(chunk);
+    this.send(structuredNone(request.cookie));
+  }
+
+  private async readChunk(cookie: bigint, offsetBytes: number, lengthBytes: number, zero: boolean): Promise<Buffer> {
+    if (zero) return offsetHoleChunk(cookie, offsetBytes, lengthBytes, false);
+    const chunk = Buffer.allocUnsafe(OFFSET_DATA_PREFIX_BYTES + lengthBytes);
+    await this.device!.read(offsetBytes, chunk.subarray(OFFSET_DATA_PREFIX_BYTES));
+    writeOffsetDataPrefix(chunk, cookie, offsetBytes, lengthBytes, false);
+    return chunk;
+  }
+
+  private async serveBlockStatus(request: RequestHeader, offsetBytes: number): Promise<void> {
+    const extents = await this.device!.blockStatus(offsetBytes, request.lengthBytes);
+    assert(extents.length > 0, 'block status returned no extents');
+    const endBytes = offsetBytes + request.lengthBytes;
+    const descriptors: Array<{ lengthBytes: number; flags: number }> = [];
+    let position = offsetBytes;
+    for (const extent of extents) {
+      const extentEnd = Math.min(extent.offsetBytes + extent.lengthBytes, endBytes);
+      if (extentEnd <= position) continue;
+      const flags = (extent.hole ? StateFlag.HOLE : 0) | (extent.zero ? StateFlag.ZERO : 0);
+      descriptors.push({ lengthBytes: extentEnd - position, flags });
+      position = extentEnd;
+      if ((request.flags & CommandFlag.REQ_ONE) !== 0 || position >= endBytes) break;
+    }
+    this.send(blockStatusChunk(request.cookie, BASE_ALLOCATION_ID, descriptors));
+  }
+
+  private replyOk(request: RequestHeader): void {
+    this.send(simpleReply(0, request.cookie));
+  }
+
+  private replyFailure(request: RequestHeader, error: unknown): void {
+    const blockError = isBlockError(error) ? error : toBlockError(error, 'request failed');
+    if (!isBlockError(error)) this.options.logger.error({ err: error }, 'unexpected non-BlockError from the device');
+    this.options.logger.warn({ cookie: request.cookie.toString(), type: request.type, code: blockError.code,
+      message: blockError.message }, 'request failed');
+    this.replyError(request, nbdErrorFor(blockError.code), blockError.message);
+  }
+
+  private replyError(request: RequestHeader, errorCode: number, message: string): void {
+    assert(errorCode !== 0);
+    // With structured replies, READ must never get a simple reply; errors carry their message.
+    if (this.structured) this.send(structuredError(request.cookie, errorCode, message));
+    else this.send(simpleReply(errorCode, request.cookie));
+  }
+
+  /** Queues one reply; `written` runs once the socket no longer needs the buffer. */
+  private send(buffer: Buffer, written?: () => void): void {
+    if (this.phase === 'closed' || this.socket.destroyed) {
+      written?.();
+      return;
+    }
+    if (!this.corked && this.inFlightRequests > 1) {
+      // Replies finishing in one event-loop turn go out in one system call. A
+      // lone request's reply goes out at once: nothing else could join it.
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    const flowing = written === undefined ? this.socket.write(buffer) : this.socket.write(buffer, () => written());
+    if (!flowing) this.updateFlow();
+  }
+
+  private updateFlow(): void {
+    if (this.phase === 'closed') return;
+    const shouldPause = this.socket.writableNeedDrain ||
+      this.inFlightRequests >= this.options.inFlightRequestsMax ||
+      this.inFlightBytes >= this.options.inFlightBytesMax;
+    if (shouldPause && !this.readingPaused) {
+      this.readingPaused = true;
+      this.socket.pause();
+    } else if (!shouldPause && this.readingPaused) {
+      this.readingPaused = false;
+      this.socket.resume();
+      this.pump();
+    }
+  }
+
+  private whenIdle(): Promise<void> {
+    if (this.inFlightRequests === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private notifyIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const waiter of waiters) waiter();
+  }
+
+  private closeGracefully(): void {
+    if (this.phase === 'closed' || this.phase === 'closing') return;
+    this.phase = 'closing';
+    if (this.corked) {
+      this.corked = false;
+      this.socket.uncork();
+    }
+    this.socket.end();
+  }
+
+  private hardDisconnect(reason: string): void {
+    if (this.phase === 'closed') return;
+    this.options.logger.warn({ reason }, 'disconnecting client');
+    this.socket.destroy();
+    this.onClose();
+  }
+
+  private onPeerEnd(): void {
+    // The client half-closed: finish what it asked for, then close our side.
+    this.stopReading = true;
+    void this.whenIdle().then(() => this.closeGracefully());
+  }
+
+  private onClose(): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    clearTimeout(this.handshakeTimer);
+    this.input.clear();
+    this.resolveClosed();
+  }
+}
+

@@ -1,0 +1,69 @@
+// Makes a fresh clone runnable: installs npm dependencies (building the native
+// addon), compiles TypeScript, and with --test-tools installs the Debian
+// tools the tests drive (when root and missing). Only Node built-ins here:
+// this runs before node_modules exists.
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const wantTestTools = process.argv.includes('--test-tools');
+
+function run(command, args, options = {}) {
+  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', ...options });
+  if (result.status !== 0) {
+    console.error(`bootstrap: ${command} ${args.join(' ')} failed (exit ${result.status})`);
+    process.exit(1);
+  }
+}
+
+function dependenciesCurrent() {
+  const installed = path.join(root, 'node_modules', '.package-lock.json');
+  if (!fs.existsSync(installed)) return false;
+  return fs.statSync(installed).mtimeMs >= fs.statSync(path.join(root, 'package-lock.json')).mtimeMs;
+}
+
+if (!dependenciesCurrent()) run('npm', ['ci', '--no-audit', '--no-fund']);
+else if (!fs.existsSync(path.join(root, 'native', 'build', 'Release', 'nbd_native.node'))) {
+  run('npm', ['run', 'install']);
+}
+run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root]);
+
+// Each tool the tests run, and the Debian package that provides it.
+const testTools = [
+  ['nbdinfo', 'libnbd-bin'], ['nbdcopy', 'libnbd-bin'], ['nbdsh', 'libnbd-bin'], ['nbdfuse', 'libnbd-bin'],
+  ['qemu-img', 'qemu-utils'], ['qemu-io', 'qemu-utils'], ['fio', 'fio'], ['mkfs.ext4', 'e2fsprogs'],
+  ['e2fsck', 'e2fsprogs'], ['fusermount3', 'fuse3'], ['losetup', 'mount'], ['nbdkit', 'nbdkit'],
+  ['qemu-system-x86_64', 'qemu-system-x86'], ['cpio', 'cpio'],
+];
+
+function hasCommand(name) {
+  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
+}
+
+function hasPythonLibnbd() {
+  return spawnSync('/usr/bin/python3', ['-c', 'import nbd'], { stdio: 'ignore' }).status === 0;
+}
+
+if (wantTestTools) {
+  const missing = new Set(testTools.filter(([tool]) => !hasCommand(tool)).map(([, pkg]) => pkg));
+  if (!hasPythonLibnbd()) missing.add('python3-libnbd');
+  if (missing.size > 0) {
+    const packages = [...missing].sort();
+    if (process.getuid?.() === 0) {
+      console.log(`bootstrap: installing test tools: ${packages.join(' ')}`);
+      const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+      run('apt-get', ['update', '-qq'], { env });
+      run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...packages], { env });
+    } else {
+      console.error(`bootstrap: missing test tools (run as root to install): apt-get install -y ${packages.join(' ')}`);
+      process.exit(1);
+    }
+  }
+  try {
+    execFileSync('modprobe', ['loop'], { stdio: 'ignore' });
+  } catch {
+    // Built in, or not needed: the ext4 test reports it if loop devices are missing.
+  }
+}
