@@ -1,0 +1,36 @@
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { projectRoot, startServerProcess } from '../helpers/server-process.js';
+import { makeTempDir, run } from '../helpers/tools.js';
+
+/**
+ * The Linux kernel's own NBD client (nbd.ko driven by nbd-client 3.24) in a
+ * small VM: mkfs, files, fsck, TRIM, zeroing, and a second session with one
+ * or two connections. The harness is the project's copy of shared/tools/kernel-nbd
+ * (see test/kernel-nbd/README.md); it installs qemu-system-x86 when missing.
+ */
+const harness = path.join(projectRoot, 'test', 'kernel-nbd', 'run.sh');
+
+for (const conns of [1, 2]) {
+  test.serial(`the Linux kernel client attaches, runs mkfs/fsck/TRIM and a ${conns}-connection session`, async (t) => {
+    t.timeout(15 * 60_000);
+    const dir = makeTempDir(`kernel-${conns}`);
+    // Shorter handshake timeout than the default, but well above the ~25 s the VM's idle ports wait.
+    const server = await startServerProcess(['--leg', path.join(dir, 'leg.img'), '--size', '512MiB', '--no-unix',
+      '--export-name', 'disk', '--handshake-timeout-ms', '120000']);
+    try {
+      const args = [String(server.port), 'disk', '--conns', String(conns), '--require-trim', '--log-dir', path.join(dir, 'logs')];
+      if (conns > 1) args.push('--require-multi-conn');
+      const result = await run(harness, args, { timeoutMs: 14 * 60_000 });
+      t.log(result.stdout.split('\n').filter((line) => /RESULT|FAIL|NOTRUN|passed,/.test(line)).join('\n'));
+      t.is(result.code, 0, `${result.stdout}\n${result.stderr}`);
+      t.regex(result.stdout, /kernel-nbd: \d+ passed, 0 failed/);
+      const warnings = server.logs.filter((entry) => entry.msg === 'request failed');
+      t.deepEqual(warnings, [], 'no request failed while the kernel used the device');
+    } finally {
+      t.is(await server.stop(), 0);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}

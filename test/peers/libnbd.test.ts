@@ -1,0 +1,22 @@
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { projectRoot, startServerProcess } from '../helpers/server-process.js';
+import { makeTempDir, run } from '../helpers/tools.js';
+
+const script = path.join(projectRoot, 'test', 'python', 'commands.py');
+
+for (const mode of ['off', 'on'] as const) {
+  test(`libnbd drives every command and flag with structured replies ${mode}`, async (t) => {
+    const dir = makeTempDir(`libnbd-${mode}`);
+    const server = await startServerProcess(['--leg', path.join(dir, 'leg.img'), '--size', '256MiB', '--no-unix']);
+    try {
+      const result = await run('/usr/bin/python3', [script, server.uri(), mode], { timeoutMs: 120_000 });
+      t.is(result.code, 0, `${result.stdout}\n${result.stderr}`);
+      t.regex(result.stdout, /^ok$/m);
+    } finally {
+      t.is(await server.stop(), 0, 'server exits cleanly on SIGTERM');
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
