@@ -89,8 +89,11 @@ function rejectUnknownKeys(value: Record<string, unknown>, known: string[], key:
   }
 }
 
-function stringAt(value: unknown, key: string, fallback: string, allowEmpty = true): string {
-  if (value === undefined || value === null) return fallback;
+function stringAt(value: unknown, key: string, fallback: string | undefined, allowEmpty = true): string {
+  if (value === undefined || value === null) {
+    if (fallback === undefined) throw new ConfigError(key, 'is required (a non-empty string)');
+    return fallback;
+  }
   if (typeof value !== 'string' || (!allowEmpty && value === '')) {
     throw new ConfigError(key, allowEmpty ? 'must be a string' : 'must be a non-empty string');
   }
@@ -136,7 +139,7 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
     const key = `storage.legs[${index}]`;
     const entry = objectAt(leg, key);
     rejectUnknownKeys(entry, ['path'], key);
-    return { path: path.resolve(baseDir, stringAt(entry.path, `${key}.path`, '', false)) };
+    return { path: path.resolve(baseDir, stringAt(entry.path, `${key}.path`, undefined, false)) };
   });
 
   const level = log.level ?? 'info';
@@ -144,7 +147,7 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
     throw new ConfigError('log.level', `must be one of ${logLevels.join(', ')}`);
   }
   const unix = listen.unix === undefined || listen.unix === null ? undefined
-    : path.resolve(baseDir, stringAt(listen.unix, 'listen.unix', '', false));
+    : path.resolve(baseDir, stringAt(listen.unix, 'listen.unix', undefined, false));
   const tcp = listen.tcp === null || listen.tcp === false ? undefined
     : parseHostPort(listen.tcp ?? '127.0.0.1:10809', 'listen.tcp');
   if (tcp === undefined && unix === undefined) throw new ConfigError('listen', 'needs tcp, unix or both');

@@ -486,6 +486,8 @@ export class Connection {
       this.socket.uncork();
     }
     this.socket.end();
+    // A peer that never closes its side must not hold the connection (or a shutdown) forever.
+    setTimeout(() => this.socket.destroy(), 5000).unref();
   }
 
   private hardDisconnect(reason: string): void {

@@ -58,8 +58,11 @@ export class NbdServer {
   /** Stops accepting, lets in-flight requests finish, closes every connection. */
   async shutdown(): Promise<void> {
     this.shuttingDown = true;
-    await Promise.all(this.listeners.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    // close() stops accepting at once but only calls back once every connection is gone,
+    // so it is awaited after the connections are shut down.
+    const listenersClosed = this.listeners.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
     await Promise.all([...this.connections].map((connection) => connection.shutdown()));
+    await Promise.all(listenersClosed);
     if (this.options.unixPath !== undefined) removeStaleSocket(this.options.unixPath);
   }
 

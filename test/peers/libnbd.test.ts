@@ -20,3 +20,18 @@ for (const mode of ['off', 'on'] as const) {
     }
   });
 }
+
+test('without the native addon (portable fallbacks) every command still behaves', async (t) => {
+  const dir = makeTempDir('libnbd-portable');
+  const server = await startServerProcess(['--leg', path.join(dir, 'leg.img'), '--size', '256MiB', '--no-unix'],
+    { env: { NBD_MIRROR_NO_NATIVE: '1' } });
+  try {
+    for (const mode of ['off', 'on']) {
+      const result = await run('/usr/bin/python3', [script, server.uri(), mode, 'portable'], { timeoutMs: 120_000 });
+      t.is(result.code, 0, `${mode}: ${result.stdout}\n${result.stderr}`);
+    }
+  } finally {
+    t.is(await server.stop(), 0);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

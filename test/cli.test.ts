@@ -1,0 +1,118 @@
+import test from 'ava';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { RawClient } from './helpers/raw-client.js';
+import { cliPath, startServerProcess } from './helpers/server-process.js';
+import { makeTempDir, run, runOk } from './helpers/tools.js';
+
+async function serveFails(args: string[], cwd?: string): Promise<string> {
+  const result = await run(process.execPath, [cliPath, 'serve', ...args], { timeoutMs: 20_000, env: cwd ? { PWD: cwd } : {} });
+  if (result.code === 0) throw new Error('serve should have failed');
+  return result.stderr;
+}
+
+test('the embedded default creates its config, leg and socket on first start and serves them', async (t) => {
+  const dir = makeTempDir('default');
+  const dataDir = path.join(dir, 'data');
+  const server = await startServerProcess(['--data-dir', dataDir]);
+  try {
+    t.true(fs.existsSync(path.join(dataDir, 'config.yaml')));
+    t.is(fs.statSync(path.join(dataDir, 'leg0.img')).size, 1024 ** 3);
+    t.true(fs.statSync(path.join(dataDir, 'nbd.sock')).isSocket());
+    const info = await runOk('nbdinfo', ['--size', `nbd+unix:///disk?socket=${path.join(dataDir, 'nbd.sock')}`]);
+    t.is(info.stdout.trim(), String(1024 ** 3));
+    t.true(server.logs.some((entry) => String(entry.msg).startsWith('attach with: nbdinfo')), 'prints how to attach');
+  } finally {
+    t.is(await server.stop(), 0);
+  }
+  t.false(fs.existsSync(path.join(dataDir, 'nbd.sock')), 'the socket is removed on shutdown');
+  const again = await startServerProcess(['--data-dir', dataDir]);
+  t.is(await again.stop(), 0, 'a second start reuses what the first created');
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('malformed configuration is refused with the key and the problem', async (t) => {
+  const dir = makeTempDir('config');
+  const write = (name: string, text: string): string => {
+    const file = path.join(dir, name);
+    fs.writeFileSync(file, text);
+    return file;
+  };
+  const cases: Array<[string, RegExp]> = [
+    ['storage:\n  legs:\n    - path: a.img\n  sizeBites: 1GiB\n', /storage\.sizeBites: unknown key/],
+    ['storage:\n  sizeBytes: lots\n  legs:\n    - path: a.img\n', /storage\.sizeBytes: "lots" is not a size/],
+    ['storage:\n  legs: []\n', /storage\.legs: needs at least one leg/],
+    ['storage:\n  legs:\n    - {}\n', /storage\.legs\[0\]\.path: is required/],
+    ['listen:\n  tcp: localhost\nstorage:\n  legs:\n    - path: a.img\n', /listen\.tcp: "localhost" is not "host:port"/],
+    ['limits:\n  maxConnections: 0\nstorage:\n  legs:\n    - path: a.img\n', /limits\.maxConnections: 0 is outside 1\.\.65536/],
+    ['storage: [oops\n', /line \d+, column \d+: invalid YAML/],
+    ['log:\n  level: loud\nstorage:\n  legs:\n    - path: a.img\n', /log\.level: must be one of/],
+  ];
+  for (const [index, [text, expected]] of cases.entries()) {
+    const file = write(`bad-${index}.yaml`, text);
+    const stderr = await serveFails(['--config', file]);
+    t.regex(stderr, expected, text);
+    t.true(stderr.includes(file), 'the message names the file');
+  }
+  t.regex(await serveFails(['--config', path.join(dir, 'missing.yaml')]), /cannot read/);
+  t.regex(await serveFails(['--data-dir', path.join(dir, 'd'), '--max-connections', 'many']), /--max-connections: "many" is not an integer/);
+  t.false(fs.existsSync(path.join(dir, 'a.img')), 'nothing is created when the configuration is refused');
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('a read-only export refuses writes with EPERM and advertises READ_ONLY', async (t) => {
+  const dir = makeTempDir('readonly');
+  const leg = path.join(dir, 'leg.img');
+  fs.writeFileSync(leg, crypto.randomBytes(1024 * 1024));
+  const before = fs.readFileSync(leg);
+  const server = await startServerProcess(['--leg', leg, '--read-only', '--no-unix']);
+  try {
+    const info = await runOk('nbdinfo', ['--json', server.uri()]);
+    t.true((JSON.parse(info.stdout) as { exports: Array<{ is_read_only: boolean }> }).exports[0].is_read_only);
+    const client = await RawClient.connect(server.port);
+    await client.greet();
+    const { flags } = await client.go();
+    t.truthy(flags & 2, 'READ_ONLY flag');
+    await client.request(1, { cookie: 5n, offset: 0n, payload: Buffer.alloc(4096) });
+    t.deepEqual(await client.readSimpleReply(), { error: 1, cookie: 5n }, 'EPERM');
+    await client.request(4, { cookie: 6n, offset: 0n, length: 4096 });
+    t.deepEqual(await client.readSimpleReply(), { error: 1, cookie: 6n }, 'trim is refused too');
+    await client.request(0, { cookie: 7n, offset: 0n, length: 4096 });
+    t.deepEqual(await client.readSimpleReply(), { error: 0, cookie: 7n });
+    t.true((await client.read(4096)).equals(before.subarray(0, 4096)));
+    client.destroy();
+  } finally {
+    t.is(await server.stop(), 0);
+  }
+  t.true(fs.readFileSync(leg).equals(before), 'the leg is untouched');
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('SIGTERM finishes in-flight requests, flushes, and exits 0; acknowledged data is on the leg', async (t) => {
+  const dir = makeTempDir('sigterm');
+  const leg = path.join(dir, 'leg.img');
+  const server = await startServerProcess(['--leg', leg, '--size', '64MiB', '--no-unix']);
+  const client = await RawClient.connect(server.port);
+  await client.greet();
+  await client.go();
+  const blocks = Array.from({ length: 64 }, () => crypto.randomBytes(65536));
+  await Promise.all(blocks.map((block, i) => client.request(1, { cookie: BigInt(i), offset: BigInt(i * 65536), payload: block })));
+  const exitCode = server.stop();
+  const acknowledged = new Set<number>();
+  for (let i = 0; i < blocks.length; i += 1) {
+    try {
+      const reply = await client.readSimpleReply();
+      if (reply.error === 0) acknowledged.add(Number(reply.cookie));
+    } catch {
+      break;
+    }
+  }
+  t.is(await exitCode, 0);
+  t.true(server.logs.some((entry) => entry.msg === 'stopped cleanly'));
+  t.true(acknowledged.size > 0, 'requests already received were answered');
+  const onDisk = fs.readFileSync(leg);
+  for (const i of acknowledged) t.true(onDisk.subarray(i * 65536, (i + 1) * 65536).equals(blocks[i]), `block ${i}`);
+  client.destroy();
+  fs.rmSync(dir, { recursive: true, force: true });
+});

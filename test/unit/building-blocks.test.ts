@@ -1,0 +1,121 @@
+import test from 'ava';
+import { GroupCommit } from '../../blockdev/group-commit.js';
+import { RangeOrder } from '../../blockdev/range-order.js';
+import { BufferPool } from '../../blockdev/buffer-pool.js';
+import { InputQueue } from '../../nbd/input-queue.js';
+import { validateRequest } from '../../nbd/requests.js';
+import { TransmissionFlag } from '../../nbd/constants.js';
+
+test('GroupCommit: a caller arriving during a round is covered by the next round, and rounds are shared', async (t) => {
+  const events: string[] = [];
+  let release: (() => void) | undefined;
+  let rounds = 0;
+  const group = new GroupCommit(async () => {
+    rounds += 1;
+    const round = rounds;
+    events.push(`start ${round}`);
+    await new Promise<void>((resolve) => { release = resolve; });
+    events.push(`end ${round}`);
+  });
+  const first = group.run();
+  await Promise.resolve();
+  await new Promise((resolve) => setImmediate(resolve));
+  const second = group.run();
+  const third = group.run();
+  release!();
+  await first;
+  t.deepEqual(events, ['start 1', 'end 1']);
+  await new Promise((resolve) => setImmediate(resolve));
+  t.deepEqual(events, ['start 1', 'end 1', 'start 2'], 'late callers wait for a round that starts after them');
+  release!();
+  await Promise.all([second, third]);
+  t.is(group.roundsRun, 2, 'second and third shared one round');
+});
+
+test('GroupCommit: a failed round rejects exactly its callers', async (t) => {
+  let fail = true;
+  const group = new GroupCommit(async () => { if (fail) throw new Error('EIO'); });
+  await t.throwsAsync(group.run(), { message: 'EIO' });
+  fail = false;
+  await t.notThrowsAsync(group.run());
+});
+
+test('RangeOrder: overlapping writes wait in arrival order; disjoint ones and read/read pairs do not', async (t) => {
+  const order = new RangeOrder();
+  const a = order.acquire(0, 4096, true);
+  const b = order.acquire(4096, 4096, true);
+  const readA = order.acquire(0, 100, false);
+  const readB = order.acquire(50, 100, false);
+  t.is(a.ready, undefined);
+  t.is(b.ready, undefined, 'adjacent ranges do not overlap');
+  t.not(readA.ready, undefined, 'a read waits for an earlier overlapping write');
+  const c = order.acquire(1000, 5000, true);
+  t.not(c.ready, undefined);
+  let cReady = false;
+  void c.ready!.then(() => { cReady = true; });
+  a.release();
+  await readA.ready;
+  await new Promise((resolve) => setImmediate(resolve));
+  t.false(cReady, 'c still waits for b and the reads');
+  b.release();
+  readA.release();
+  readB.release();
+  await c.ready;
+  c.release();
+  t.is(order.size, 0);
+  t.is(order.acquire(0, 0, true).ready, undefined, 'zero-length ranges never wait');
+});
+
+test('InputQueue: views within a chunk, copies across chunks, skips', (t) => {
+  const queue = new InputQueue();
+  queue.push(Buffer.from('abcdef'));
+  queue.push(Buffer.from('ghij'));
+  t.is(queue.take(2).toString(), 'ab');
+  t.is(queue.takeIfContiguous(6), undefined, 'spans two chunks');
+  t.is(queue.take(6).toString(), 'cdefgh');
+  t.is(queue.skip(5), 2);
+  t.is(queue.length, 0);
+});
+
+test('BufferPool: reuses released buffers and bounds idle memory', (t) => {
+  const pool = new BufferPool(1 << 20);
+  const first = pool.acquire(100_000);
+  t.is(first.buffer.length, 100_000);
+  const underlying = first.buffer.buffer;
+  first.release();
+  t.throws(() => first.release(), { message: /twice/ });
+  const second = pool.acquire(120_000);
+  t.is(second.buffer.buffer, underlying, 'same size class is reused');
+  const huge = pool.acquire(4 << 20);
+  huge.release();
+  t.true(pool.idleBytesNow <= 1 << 20, 'a buffer above the idle bound is dropped');
+  second.release();
+});
+
+const context = {
+  sizeBytes: 1 << 20,
+  transmissionFlags: TransmissionFlag.HAS_FLAGS | TransmissionFlag.SEND_FLUSH,
+  structuredReplies: false,
+  blockStatusNegotiated: false,
+};
+const request = (type: number, offset: bigint, lengthBytes: number, flags = 0) =>
+  validateRequest({ type, offset, lengthBytes, flags, cookie: 1n }, context);
+
+test('validateRequest follows the spec errors', (t) => {
+  t.deepEqual(request(0, 0n, 4096), { ok: true, offsetBytes: 0 });
+  t.like(request(0, 1n << 20n, 1), { ok: false, error: 22 });
+  t.like(request(1, (1n << 20n) - 1n, 2), { ok: false, error: 28 }, 'write past the end is ENOSPC');
+  t.like(request(6, (1n << 20n) - 1n, 2), { ok: false, error: 28 }, 'write-zeroes past the end is ENOSPC');
+  t.like(request(4, (1n << 20n) - 1n, 2), { ok: false, error: 22 }, 'trim past the end is EINVAL');
+  t.like(request(0, (1n << 64n) - 1n, 4096), { ok: false, error: 22 }, 'offset overflow');
+  t.like(request(42, 0n, 0), { ok: false, error: 22 }, 'unknown command');
+  t.like(request(1, 0n, 33 << 20), { ok: false, error: 22 }, 'oversized write');
+  t.like(request(0, 0n, 512, 1 << 2), { ok: false, error: 22 }, 'DF without structured replies');
+  t.like(request(6, 0n, 512, 1 << 4), { ok: false, error: 22 }, 'FAST_ZERO not advertised');
+  t.like(request(7, 0n, 512), { ok: false, error: 22 }, 'block status without a context');
+  t.like(request(3, 0n, 1), { ok: false, error: 22 }, 'flush with a length');
+  t.like(request(0, 0n, 512, 1 << 1), { ok: false, error: 22 }, 'NO_HOLE on a read');
+  t.deepEqual(request(4, 0n, 0xffffffff >>> 12), { ok: true, offsetBytes: 0 }, 'large trims inside the export are fine');
+  const readOnly = { ...context, transmissionFlags: context.transmissionFlags | TransmissionFlag.READ_ONLY };
+  t.like(validateRequest({ type: 1, offset: 0n, lengthBytes: 1, flags: 0, cookie: 1n }, readOnly), { ok: false, error: 1 });
+});
