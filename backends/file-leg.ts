@@ -27,6 +27,8 @@ export interface FileLegOptions {
    * into the page cache takes microseconds; when one takes longer than
    * inlineWriteStallMs the kernel is throttling writeback, and writes go to the
    * thread pool for a second so the event loop keeps serving other clients.
+   * Only one write per event-loop turn goes inline: the rest of a burst runs
+   * on the pool, in parallel with the event loop, which has its own work.
    */
   inlineWriteBytesMax?: number;
 }
@@ -53,6 +55,7 @@ export class FileLeg implements BlockDevice {
   private fallocateWorks = native !== undefined;
   /** performance.now() before which writes avoid the event loop (see inlineWriteBytesMax). */
   private inlineWritesResumeAt = 0;
+  private inlineWriteThisTurn = false;
 
   private constructor(
     readonly path: string,
@@ -135,7 +138,10 @@ export class FileLeg implements BlockDevice {
   async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     this.checkWritable('write');
     checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
-    if (!flags.fua && data.length <= this.inlineWriteBytesMax && performance.now() >= this.inlineWritesResumeAt) {
+    if (!flags.fua && !this.inlineWriteThisTurn && data.length <= this.inlineWriteBytesMax &&
+        performance.now() >= this.inlineWritesResumeAt) {
+      this.inlineWriteThisTurn = true;
+      setImmediate(() => { this.inlineWriteThisTurn = false; });
       const started = performance.now();
       try {
         pwriteAllSync(this.fd, data, offsetBytes);

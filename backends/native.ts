@@ -13,7 +13,6 @@ export interface NativeCalls {
   seek(fd: number, offsetBytes: number, whence: number): number;
   /** Bytes transferred or -errno; -EAGAIN when the call would block. */
   preadNoWait(fd: number, target: Buffer, positionBytes: number): number;
-  pwriteNoWait(fd: number, data: Buffer, positionBytes: number): number;
 }
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;

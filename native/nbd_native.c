@@ -1,7 +1,7 @@
 /*
  * Small system calls Node does not expose: fallocate (punch holes, zero
- * ranges), lseek SEEK_DATA/SEEK_HOLE (block status), and preadv2/pwritev2
- * with RWF_NOWAIT, which lets the event loop serve page-cache hits without a
+ * ranges), lseek SEEK_DATA/SEEK_HOLE (block status), and preadv2 with
+ * RWF_NOWAIT, which lets the event loop serve page-cache hits without a
  * thread-pool hop and fall back to the pool only when the call would block.
  *
  * Every function returns a negative errno instead of throwing, so the
@@ -104,23 +104,6 @@ static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
   return make_number(env, rc < 0 ? -errno : (double)rc);
 }
 
-/* pwriteNoWait(fd, buffer, position) -> bytes written, or -errno (-EAGAIN/-EOPNOTSUPP: use a thread). */
-static napi_value js_pwrite_nowait(napi_env env, napi_callback_info info) {
-  int64_t fd, position;
-  void *data;
-  size_t length;
-  if (!io_args(env, info, &fd, &data, &length, &position)) {
-    napi_throw_type_error(env, NULL, "pwriteNoWait(fd, buffer, position)");
-    return NULL;
-  }
-  struct iovec iov = {.iov_base = data, .iov_len = length};
-  ssize_t rc;
-  do {
-    rc = pwritev2((int)fd, &iov, 1, (off_t)position, RWF_NOWAIT);
-  } while (rc < 0 && errno == EINTR);
-  return make_number(env, rc < 0 ? -errno : (double)rc);
-}
-
 /*
  * fallocateAsync(fd, mode, offset, length, callback(result)) runs on the
  * libuv thread pool: punching or zeroing gigabytes (one TRIM of a whole
@@ -190,7 +173,6 @@ static napi_value init(napi_env env, napi_value exports) {
       {"fallocateAsync", NULL, js_fallocate_async, NULL, NULL, NULL, napi_default, NULL},
       {"seek", NULL, js_seek, NULL, NULL, NULL, napi_default, NULL},
       {"preadNoWait", NULL, js_pread_nowait, NULL, NULL, NULL, napi_default, NULL},
-      {"pwriteNoWait", NULL, js_pwrite_nowait, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
   return exports;

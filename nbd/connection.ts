@@ -337,13 +337,7 @@ export class Connection {
     const device = this.device!;
     const lengthBytes = request.lengthBytes;
     if (!this.structured) {
-      const reply = this.options.bufferPool.acquire(SIMPLE_REPLY_HEADER_BYTES + lengthBytes);
-      try {
-        await device.read(offsetBytes, reply.buffer.subarray(SIMPLE_REPLY_HEADER_BYTES));
-      } catch (error) {
-        reply.release();
-        throw error;
-      }
+      const reply = await this.readAfterPrefix(SIMPLE_REPLY_HEADER_BYTES, offsetBytes, lengthBytes);
       writeSimpleHeader(reply.buffer, 0, request.cookie);
       this.send(reply.buffer, reply.release);
       return;
@@ -357,15 +351,21 @@ export class Connection {
       const extents = await device.blockStatus(offsetBytes, lengthBytes);
       if (extents.some((extent) => extent.zero)) return this.serveSparseRead(request, offsetBytes, extents);
     }
-    const reply = this.options.bufferPool.acquire(OFFSET_DATA_PREFIX_BYTES + lengthBytes);
+    const reply = await this.readAfterPrefix(OFFSET_DATA_PREFIX_BYTES, offsetBytes, lengthBytes);
+    writeOffsetDataPrefix(reply.buffer, request.cookie, offsetBytes, lengthBytes, true);
+    this.send(reply.buffer, reply.release);
+  }
+
+  /** Reads into a pooled reply buffer behind room for the reply header, so the reply is one write. */
+  private async readAfterPrefix(prefixBytes: number, offsetBytes: number, lengthBytes: number): Promise<PooledBuffer> {
+    const reply = this.options.bufferPool.acquire(prefixBytes + lengthBytes);
     try {
-      await device.read(offsetBytes, reply.buffer.subarray(OFFSET_DATA_PREFIX_BYTES));
+      await this.device!.read(offsetBytes, reply.buffer.subarray(prefixBytes));
     } catch (error) {
       reply.release();
       throw error;
     }
-    writeOffsetDataPrefix(reply.buffer, request.cookie, offsetBytes, lengthBytes, true);
-    this.send(reply.buffer, reply.release);
+    return reply;
   }
 
   /** Zero extents become OFFSET_HOLE chunks; the rest is read and sent as data, then NONE ends the reply. */
