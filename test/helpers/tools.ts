@@ -25,6 +25,8 @@ export function run(command: string, args: string[], options: { timeoutMs?: numb
       child.kill('SIGKILL');
     }, options.timeoutMs ?? 120_000);
     child.on('error', (error) => { stderr += String(error); });
+    // A tool that exits without reading its input closes the pipe first (EPIPE): not a failure.
+    child.stdin.on('error', () => undefined);
     child.on('close', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
