@@ -106,6 +106,7 @@ test.serial('fio with the nbd engine verifies random writes (crc32c)', async (t)
   const result = await run('fio', [
     '--name=verify', '--ioengine=nbd', `--uri=${server.uri('disk')}`, '--rw=randwrite', '--bs=4k',
     '--iodepth=32', '--size=64m', '--offset=128m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1',
+    '--verify_state_save=0',
     '--output-format=json',
   ], { timeoutMs: 300_000 });
   t.is(result.code, 0, result.stderr);
@@ -115,7 +116,7 @@ test.serial('fio with the nbd engine verifies random writes (crc32c)', async (t)
   t.is(report.jobs[0].read.io_bytes, 64 * 1024 * 1024, 'every written block was read back and verified');
   const mixed = await run('fio', [
     '--name=mixed', '--ioengine=nbd', `--uri=${server.uri('disk')}`, '--rw=randrw', '--bs=4k-256k',
-    '--iodepth=16', '--size=32m', '--offset=200m', '--verify=crc32c', '--verify_fatal=1',
+    '--iodepth=16', '--size=32m', '--offset=200m', '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0',
   ], { timeoutMs: 300_000 });
   t.is(mixed.code, 0, mixed.stderr);
 });
