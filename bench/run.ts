@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { peakRssBytes, startServerProcess } from '../test/helpers/server-process.js';
-import { freePort, makeTempDir, writeRandomFile } from '../test/helpers/tools.js';
+import { freePort, makeTempDir, run, writeRandomFile } from '../test/helpers/tools.js';
 import { type FioJob, type FioResult, runFio } from './fio.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
@@ -28,13 +28,8 @@ async function startNbdkit(file: string): Promise<{ uri: string; child: ChildPro
   const child = spawn('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), 'file', file], { stdio: 'ignore' });
   for (let attempt = 0; attempt < 100; attempt += 1) {
     await new Promise((resolve) => setTimeout(resolve, 100));
-    try {
-      const { run } = await import('../test/helpers/tools.js');
-      const probe = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}`], { timeoutMs: 5000 });
-      if (probe.code === 0) return { uri: `nbd://127.0.0.1:${port}`, child };
-    } catch {
-      // Not up yet.
-    }
+    const probe = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}`], { timeoutMs: 5000 });
+    if (probe.code === 0) return { uri: `nbd://127.0.0.1:${port}`, child };
   }
   child.kill('SIGKILL');
   throw new Error('nbdkit did not start');
@@ -53,7 +48,6 @@ async function main(): Promise<void> {
   fs.copyFileSync(ours, theirs);
   const server = await startServerProcess(['--leg', ours, '--no-unix']);
   const nbdkit = await startNbdkit(theirs);
-  const rows: string[] = [];
   try {
     for (const job of jobs) {
       let best: { ours?: FioResult; nbdkit?: FioResult } = {};
@@ -67,7 +61,6 @@ async function main(): Promise<void> {
       const row = `${job.name.padEnd(20)} nbd-mirror ${format(job, best.ours!).padStart(12)}   ` +
         `nbdkit ${format(job, best.nbdkit!).padStart(12)}   ratio ${ratio.toFixed(2)}x`;
       console.log(row);
-      rows.push(row);
     }
     const peak = peakRssBytes(server.pid);
     console.log(`nbd-mirror peak RSS: ${peak === undefined ? 'unknown' : `${(peak / 2 ** 20).toFixed(1)} MiB`}`);

@@ -1,4 +1,4 @@
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -85,10 +85,4 @@ export function writeRandomFile(file: string, sizeBytes: number, seed = 1): void
   } finally {
     fs.closeSync(fd);
   }
-}
-
-export function execText(command: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(command, args, (error, stdout) => (error ? reject(error) : resolve(stdout)));
-  });
 }
