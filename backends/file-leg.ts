@@ -31,6 +31,11 @@ export interface FileLegOptions {
    * on the pool, in parallel with the event loop, which has its own work.
    */
   inlineWriteBytesMax?: number;
+  /**
+   * Expose only the first bytes of the file: a mirror leg keeps its label in
+   * the last few KiB, beyond the data the device serves.
+   */
+  usableSizeBytes?: number;
 }
 
 const inlineWriteStallMs = 1;
@@ -105,8 +110,12 @@ export class FileLeg implements BlockDevice {
       if (!stat.isFile() && !stat.isBlockDevice()) {
         throw new BlockError('EINVAL', `${options.path} is neither a regular file nor a block device`);
       }
-      const sizeBytes = stat.isBlockDevice() ? blockDeviceSize(fd, options.path) : stat.size;
+      const fileSizeBytes = stat.isBlockDevice() ? blockDeviceSize(fd, options.path) : stat.size;
+      const sizeBytes = options.usableSizeBytes ?? fileSizeBytes;
       if (sizeBytes <= 0) throw new BlockError('EINVAL', `${options.path} is empty`);
+      if (sizeBytes > fileSizeBytes) {
+        throw new BlockError('EINVAL', `${options.path} is ${fileSizeBytes} bytes, smaller than the ${sizeBytes} it must hold`);
+      }
       const syncFd = readOnly ? fd : fs.openSync(options.path, fs.constants.O_RDWR | fs.constants.O_DSYNC);
       return new FileLeg(options.path, fd, syncFd, sizeBytes, readOnly,
         options.inlineReadBytesMax ?? 65536, options.inlineWriteBytesMax ?? 65536, stat.isBlockDevice());
@@ -266,6 +275,12 @@ function pushExtent(extents: Extent[], startBytes: number, endBytes: number, hol
     return;
   }
   extents.push({ offsetBytes: startBytes, lengthBytes: endBytes - startBytes, hole, zero: hole });
+}
+
+/** Size of an open regular file or block device. */
+export function fileOrDeviceSize(fd: number, path: string): number {
+  const stat = fs.fstatSync(fd);
+  return stat.isBlockDevice() ? blockDeviceSize(fd, path) : stat.size;
 }
 
 function blockDeviceSize(fd: number, path: string): number {

@@ -7,6 +7,8 @@ import { type ConfigOverrides, ensureDefaultDataDir, loadConfig } from '../confi
 import { ConfigError } from '../config/schema.js';
 import { createLogger } from './logger.js';
 import { attachHints, startServer } from './serve.js';
+import { recordLegPath } from '../config/update.js';
+import { registerTools } from '../tools/commands.js';
 
 const program = new Command();
 program.name('nbd-mirror').description('NBD block-device server over a mirrored, crash-safe store');
@@ -22,7 +24,13 @@ program.command('serve')
   .option('-n, --export-name <name>', 'export name')
   .option('--description <text>', 'export description')
   .option('-r, --read-only', 'serve the export read-only')
-  .option('--leg <path...>', 'leg file or block device (overrides storage.legs)')
+  .option('--leg <path...>', 'leg file or block device (overrides storage.legs; with --log, the mirror legs)')
+  .option('--log <path>', 'region log: the legs form a mirror (created on first start if nothing exists yet)')
+  .option('--admin <path>', 'admin socket for nbd-mirror status/re-add/replace/check')
+  .option('--no-admin', 'no admin socket')
+  .option('--region-size <size>', 'region size for a mirror created on first start, e.g. 1MiB')
+  .option('--sweep-interval-ms <n>', 'how often the sweeper clears quiet regions', (value) => parseInteger(value, '--sweep-interval-ms'))
+  .option('--force', 'take in legs that are stale, foreign or unlabelled, and rebuild them fully')
   .option('--size <size>', 'size of leg files created on first start, e.g. 1GiB')
   .option('--max-connections <n>', 'maximum simultaneous clients', (value) => parseInteger(value, '--max-connections'))
   .option('--handshake-timeout-ms <n>', 'disconnect clients that do not finish negotiating',
@@ -38,6 +46,11 @@ program.command('serve')
       description: options.description as string | undefined,
       readOnly: options.readOnly === true ? true : undefined,
       legs: options.leg as string[] | undefined,
+      log: options.log as string | undefined,
+      admin: options.admin === false ? null : (typeof options.admin === 'string' ? options.admin : undefined),
+      regionSize: options.regionSize as string | undefined,
+      sweepIntervalMs: options.sweepIntervalMs as number | undefined,
+      force: options.force === true ? true : undefined,
       sizeBytes: options.size as string | undefined,
       maxConnections: options.maxConnections as number | undefined,
       handshakeTimeoutMs: options.handshakeTimeoutMs as number | undefined,
@@ -45,8 +58,18 @@ program.command('serve')
     };
     const config = loadConfig(configFile, overrides);
     const logger = createLogger(config.log.level);
-    const running = await startServer(config, logger);
-    logger.info({ tcp: running.addresses.tcp, unix: running.addresses.unixPath, export: config.export.name,
+    const running = await startServer(config, logger, {
+      onLegPathChanged: (slot, legPath) => {
+        if (overrides.legs === undefined) {
+          recordLegPath(configFile, slot, legPath);
+          logger.info({ slot, path: legPath, config: configFile }, 'leg replaced: configuration updated');
+        } else {
+          logger.warn({ slot, path: legPath }, 'leg replaced: update the --leg arguments before the next start');
+        }
+      },
+    });
+    logger.info({ tcp: running.addresses.tcp, unix: running.addresses.unixPath, admin: running.mirror ? config.listen.admin : undefined,
+      export: config.export.name, recoveryRegions: running.mirror?.recoveryRegions,
       sizeBytes: running.device.sizeBytes, config: path.resolve(configFile) }, 'listening');
     for (const hint of attachHints(config, running.addresses)) logger.info(`attach with: ${hint}`);
     let signals = 0;
@@ -69,6 +92,8 @@ program.command('serve')
     process.on('SIGTERM', onSignal);
   });
 
+registerTools(program);
+
 function parseInteger(value: string, flag: string): number {
   const number = Number(value);
   if (!Number.isSafeInteger(number)) throw new ConfigError(flag, `"${value}" is not an integer`, 'command line');
@@ -76,10 +101,8 @@ function parseInteger(value: string, flag: string): number {
 }
 
 program.parseAsync(process.argv).catch((error: unknown) => {
-  if (error instanceof ConfigError || (error as { name?: string })?.name === 'BlockError') {
-    console.error(`nbd-mirror: ${(error as Error).message}`);
-  } else {
-    console.error(error);
-  }
+  // Operator-facing errors carry a precise message; a stack helps only when debugging.
+  console.error(`nbd-mirror: ${error instanceof Error ? error.message : String(error)}`);
+  if (process.env.NBD_MIRROR_DEBUG) console.error(error);
   process.exit(2);
 });

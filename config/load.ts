@@ -11,6 +11,11 @@ export interface ConfigOverrides {
   description?: string;
   readOnly?: boolean;
   legs?: string[];
+  log?: string | null;
+  admin?: string | null;
+  regionSize?: string;
+  sweepIntervalMs?: number;
+  force?: boolean;
   sizeBytes?: string;
   maxConnections?: number;
   handshakeTimeoutMs?: number;
@@ -57,7 +62,16 @@ function applyOverrides(raw: Record<string, unknown>, overrides: ConfigOverrides
   if (overrides.exportName !== undefined) section(copy, 'export').name = overrides.exportName;
   if (overrides.description !== undefined) section(copy, 'export').description = overrides.description;
   if (overrides.readOnly !== undefined) section(copy, 'export').readOnly = overrides.readOnly;
-  if (overrides.legs !== undefined) section(copy, 'storage').legs = overrides.legs.map((leg) => ({ path: path.resolve(leg) }));
+  if (overrides.legs !== undefined) {
+    section(copy, 'storage').legs = overrides.legs.map((leg) => ({ path: path.resolve(leg) }));
+    // Legs named on the command line do not belong to the file's log: only --log makes them a mirror.
+    if (overrides.log === undefined) section(copy, 'storage').log = null;
+  }
+  if (overrides.log !== undefined) section(copy, 'storage').log = overrides.log === null ? null : path.resolve(overrides.log);
+  if (overrides.admin !== undefined) section(copy, 'listen').admin = overrides.admin === null ? null : path.resolve(overrides.admin);
+  if (overrides.regionSize !== undefined) section(copy, 'storage').regionSize = overrides.regionSize;
+  if (overrides.sweepIntervalMs !== undefined) section(copy, 'storage').sweepIntervalMs = overrides.sweepIntervalMs;
+  if (overrides.force !== undefined) section(copy, 'storage').force = overrides.force;
   if (overrides.sizeBytes !== undefined) section(copy, 'storage').sizeBytes = overrides.sizeBytes;
   if (overrides.maxConnections !== undefined) section(copy, 'limits').maxConnections = overrides.maxConnections;
   if (overrides.handshakeTimeoutMs !== undefined) section(copy, 'limits').handshakeTimeoutMs = overrides.handshakeTimeoutMs;

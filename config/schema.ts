@@ -1,4 +1,6 @@
 import path from 'node:path';
+import { type FaultOp, faultOps, type FaultPlan, type FaultRule } from '../backends/fault-device.js';
+import type { ReadPolicy } from '../mirror/mirror-device.js';
 
 /**
  * The server's configuration, as read from YAML and overridden by flags.
@@ -11,6 +13,8 @@ export interface Config {
     tcp: { host: string; port: number } | undefined;
     /** Unix socket path, or undefined. */
     unix: string | undefined;
+    /** Local admin socket for status and operator commands (mirror only), or undefined. */
+    admin: string | undefined;
   };
   export: {
     name: string;
@@ -20,7 +24,16 @@ export interface Config {
   storage: {
     /** Size of leg files created on first start. */
     sizeBytes: number;
-    legs: Array<{ path: string }>;
+    legs: Array<{ path: string; faults?: FaultPlan }>;
+    /** The dirty-region log; set means the legs form a mirror, unset means one plain leg. */
+    log: string | undefined;
+    regionSizeBytes: number;
+    readPolicy: ReadPolicy;
+    preferredLeg: number | undefined;
+    sweepIntervalMs: number;
+    resyncBytesPerSecond: number;
+    /** Take in foreign, stale or unlabelled legs and rebuild them fully. */
+    force: boolean;
   };
   limits: {
     maxConnections: number;
@@ -118,11 +131,12 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   const root = objectAt(raw, '(top level)');
   rejectUnknownKeys(root, ['listen', 'export', 'storage', 'limits', 'log'], '');
   const listen = objectAt(root.listen, 'listen');
-  rejectUnknownKeys(listen, ['tcp', 'unix'], 'listen');
+  rejectUnknownKeys(listen, ['tcp', 'unix', 'admin'], 'listen');
   const exported = objectAt(root.export, 'export');
   rejectUnknownKeys(exported, ['name', 'description', 'readOnly'], 'export');
   const storage = objectAt(root.storage, 'storage');
-  rejectUnknownKeys(storage, ['sizeBytes', 'legs'], 'storage');
+  rejectUnknownKeys(storage, ['sizeBytes', 'legs', 'log', 'regionSize', 'readPolicy', 'preferredLeg', 'sweepIntervalMs',
+    'resyncRate', 'force'], 'storage');
   const limits = objectAt(root.limits, 'limits');
   rejectUnknownKeys(limits, ['maxConnections', 'handshakeTimeoutMs', 'inFlightRequestsMax', 'inFlightBytesMax'], 'limits');
   const log = objectAt(root.log, 'log');
@@ -138,9 +152,31 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   const legs = legsRaw.map((leg, index) => {
     const key = `storage.legs[${index}]`;
     const entry = objectAt(leg, key);
-    rejectUnknownKeys(entry, ['path'], key);
-    return { path: path.resolve(baseDir, stringAt(entry.path, `${key}.path`, undefined, false)) };
+    rejectUnknownKeys(entry, ['path', 'faults'], key);
+    const legPath = path.resolve(baseDir, stringAt(entry.path, `${key}.path`, undefined, false));
+    return entry.faults === undefined || entry.faults === null
+      ? { path: legPath } : { path: legPath, faults: parseFaultPlan(entry.faults, `${key}.faults`) };
   });
+  const logPath = storage.log === undefined || storage.log === null ? undefined
+    : path.resolve(baseDir, stringAt(storage.log, 'storage.log', undefined, false));
+  if (logPath === undefined && legs.length !== 1) {
+    throw new ConfigError('storage.legs', `${legs.length} legs but no storage.log: a mirror needs a region log (one leg without a log is a plain export)`);
+  }
+  if (logPath !== undefined && legs.length < 2) throw new ConfigError('storage.legs', 'a mirror (storage.log is set) needs at least 2 legs');
+  if (logPath !== undefined && legs.length > 8) throw new ConfigError('storage.legs', `${legs.length} legs; a mirror has at most 8`);
+  const regionSizeBytes = storage.regionSize === undefined ? 1024 * 1024 : parseSize(storage.regionSize, 'storage.regionSize');
+  if (regionSizeBytes < 4096 || (regionSizeBytes & (regionSizeBytes - 1)) !== 0 || regionSizeBytes > 1024 ** 3) {
+    throw new ConfigError('storage.regionSize', `${regionSizeBytes} must be a power of two from 4KiB to 1GiB`);
+  }
+  const readPolicy = storage.readPolicy ?? 'round-robin';
+  if (readPolicy !== 'round-robin' && readPolicy !== 'least-pending' && readPolicy !== 'preferred') {
+    throw new ConfigError('storage.readPolicy', 'must be round-robin, least-pending or preferred');
+  }
+  const preferredLeg = storage.preferredLeg === undefined || storage.preferredLeg === null ? undefined
+    : integerAt(storage.preferredLeg, 'storage.preferredLeg', 0, 0, legs.length - 1);
+  if (readPolicy === 'preferred' && preferredLeg === undefined) {
+    throw new ConfigError('storage.preferredLeg', 'is required when storage.readPolicy is preferred');
+  }
 
   const level = log.level ?? 'info';
   if (typeof level !== 'string' || !(logLevels as readonly string[]).includes(level)) {
@@ -148,11 +184,13 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   }
   const unix = listen.unix === undefined || listen.unix === null ? undefined
     : path.resolve(baseDir, stringAt(listen.unix, 'listen.unix', undefined, false));
+  const admin = listen.admin === undefined || listen.admin === null ? undefined
+    : path.resolve(baseDir, stringAt(listen.admin, 'listen.admin', undefined, false));
   const tcp = listen.tcp === null || listen.tcp === false ? undefined
     : parseHostPort(listen.tcp ?? '127.0.0.1:10809', 'listen.tcp');
   if (tcp === undefined && unix === undefined) throw new ConfigError('listen', 'needs tcp, unix or both');
   return {
-    listen: { tcp, unix },
+    listen: { tcp, unix, admin },
     export: {
       name: exportName,
       description: stringAt(exported.description, 'export.description', 'nbd-mirror export'),
@@ -161,6 +199,14 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
     storage: {
       sizeBytes: storage.sizeBytes === undefined ? 1024 ** 3 : parseSize(storage.sizeBytes, 'storage.sizeBytes'),
       legs,
+      log: logPath,
+      regionSizeBytes,
+      readPolicy: readPolicy as ReadPolicy,
+      preferredLeg,
+      sweepIntervalMs: integerAt(storage.sweepIntervalMs, 'storage.sweepIntervalMs', 3000, 0, 3_600_000),
+      resyncBytesPerSecond: storage.resyncRate === undefined || storage.resyncRate === null || storage.resyncRate === 0 ? 0
+        : parseSize(storage.resyncRate, 'storage.resyncRate'),
+      force: booleanAt(storage.force, 'storage.force', false),
     },
     limits: {
       maxConnections: integerAt(limits.maxConnections, 'limits.maxConnections', 64, 1, 65536),
@@ -173,19 +219,64 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   };
 }
 
+function parseFaultPlan(raw: unknown, key: string): FaultPlan {
+  const plan = objectAt(raw, key);
+  rejectUnknownKeys(plan, ['rules', 'latencyMs', 'seed'], key);
+  if (!Array.isArray(plan.rules)) throw new ConfigError(`${key}.rules`, 'must be a list of fault rules');
+  const rules = plan.rules.map((rawRule, index): FaultRule => {
+    const ruleKey = `${key}.rules[${index}]`;
+    const rule = objectAt(rawRule, ruleKey);
+    rejectUnknownKeys(rule, ['ops', 'error', 'afterOps', 'rangeBytes', 'rate', 'sticky', 'armed'], ruleKey);
+    const ops = rule.ops ?? faultOps;
+    if (!Array.isArray(ops) || ops.length === 0 || !ops.every((op) => faultOps.includes(op as FaultOp))) {
+      throw new ConfigError(`${ruleKey}.ops`, `must be a list drawn from ${faultOps.join(', ')}`);
+    }
+    const error = rule.error ?? 'EIO';
+    if (error !== 'EIO' && error !== 'ENOSPC') throw new ConfigError(`${ruleKey}.error`, 'must be EIO or ENOSPC');
+    const range = rule.rangeBytes;
+    if (range !== undefined && (!Array.isArray(range) || range.length !== 2 || !range.every((value) => Number.isSafeInteger(value)))) {
+      throw new ConfigError(`${ruleKey}.rangeBytes`, 'must be [start, end] in bytes');
+    }
+    if (rule.rate !== undefined && (typeof rule.rate !== 'number' || rule.rate < 0 || rule.rate > 1)) {
+      throw new ConfigError(`${ruleKey}.rate`, 'must be a probability between 0 and 1');
+    }
+    return {
+      ops: ops as FaultOp[],
+      error,
+      afterOps: integerAt(rule.afterOps, `${ruleKey}.afterOps`, 0, 0, Number.MAX_SAFE_INTEGER),
+      rangeBytes: range as [number, number] | undefined,
+      rate: rule.rate as number | undefined,
+      sticky: booleanAt(rule.sticky, `${ruleKey}.sticky`, true),
+      armed: booleanAt(rule.armed, `${ruleKey}.armed`, true),
+    };
+  });
+  return {
+    rules,
+    latencyMs: integerAt(plan.latencyMs, `${key}.latencyMs`, 0, 0, 60_000),
+    seed: integerAt(plan.seed, `${key}.seed`, 1, 0, 2 ** 32 - 1),
+  };
+}
+
 /** The configuration written on first start of the embedded default. */
 export const defaultConfigYaml = `# nbd-mirror configuration (created on first start; edit and restart).
 listen:
   tcp: 127.0.0.1:10809      # null to disable TCP
   unix: nbd.sock            # unix socket, relative to this file; null to disable
+  admin: admin.sock         # local admin socket for nbd-mirror status/re-add/replace/check
 export:
   name: disk
   description: nbd-mirror default export
   readOnly: false
 storage:
-  sizeBytes: 1GiB           # size of leg files created on first start
+  sizeBytes: 1GiB           # size of the mirror created on first start
+  log: mirror.log           # dirty-region log; the legs below form a RAID1 mirror
+  regionSize: 1MiB          # resync granularity
+  readPolicy: round-robin   # round-robin, least-pending or preferred (with preferredLeg)
+  sweepIntervalMs: 3000     # how often quiet regions are synced and their bits cleared
+  resyncRate: 256MiB        # per second; 0 for unlimited
   legs:
     - path: leg0.img
+    - path: leg1.img
 limits:
   maxConnections: 64
   handshakeTimeoutMs: 120000

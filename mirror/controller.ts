@@ -1,0 +1,426 @@
+import fs from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { FaultDevice, type FaultPlan } from '../backends/fault-device.js';
+import { FileLeg } from '../backends/file-leg.js';
+import type { BlockDevice } from '../blockdev/types.js';
+import { formatUuid, type LegRecord } from '../regionlog/format.js';
+import { RegionLog } from '../regionlog/region-log.js';
+import { compareRegions, type CompareResult } from './compare.js';
+import { createMirror, MirrorSetupError } from './create.js';
+import type { MirrorLeg } from './generation.js';
+import { checkLeg } from './leg-check.js';
+import { createLegFile, readLabel, writeLabel } from './leg-label.js';
+import { MirrorDevice, type ReadPolicy } from './mirror-device.js';
+import { ResyncEngine, type ResyncProgress } from './resync.js';
+
+export interface MirrorSettings {
+  logPath: string;
+  legs: Array<{ path: string; faults?: FaultPlan }>;
+  /** Used when the mirror is created on first start. */
+  sizeBytes: number;
+  regionSizeBytes: number;
+  readPolicy: ReadPolicy;
+  preferredLeg?: number;
+  sweepIntervalMs: number;
+  resyncBytesPerSecond: number;
+  /** Create log and legs when none of them exists yet. */
+  createIfMissing: boolean;
+  /** Take in refused legs (foreign, stale, unlabelled) and rebuild them fully. */
+  force: boolean;
+}
+
+export interface MirrorStatus {
+  mirrorUuid: string;
+  sizeBytes: number;
+  regionSizeBytes: number;
+  regionCount: number;
+  health: 'optimal' | 'degraded' | 'resyncing' | 'failed';
+  failure?: string;
+  legs: Array<{ slot: number; path: string; uuid: string; state: string; rebuildMode: string; failedAt?: string }>;
+  regions: ReturnType<MirrorDevice['regions']['counts']>;
+  resync: ResyncProgress;
+  sweeps: number;
+  regionsCleared: number;
+  logCommits: number;
+  generation: number;
+}
+
+/**
+ * Owns a running mirror: assembles it from the log and the legs, runs the
+ * sweeper timer and the resync engine, and carries out the operator's
+ * commands (re-add, replace, resync, check). The NBD server only sees
+ * `device`.
+ */
+export class MirrorController {
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private rebuildRunning: Promise<void> | undefined;
+  private stopping = false;
+  /** Fault wrappers by slot, so tests and the crash toolkit can trigger and heal them. */
+  readonly faults: Array<FaultDevice | undefined> = [];
+  /** The config names leg paths; replace tells the owner so it can record the new one. */
+  onLegPathChanged: ((slot: number, path: string) => void) | undefined;
+
+  private constructor(
+    readonly device: MirrorDevice,
+    readonly resync: ResyncEngine,
+    private readonly settings: MirrorSettings,
+    private readonly logger: Logger,
+    /** Regions found out of sync at start (what recovery had to resync). */
+    readonly recoveryRegions: number,
+  ) {}
+
+  static async open(settings: MirrorSettings, logger: Logger): Promise<MirrorController> {
+    const { logPath } = settings;
+    if (!fs.existsSync(logPath)) {
+      const existingLegs = settings.legs.filter((leg) => fs.existsSync(leg.path)).map((leg) => leg.path);
+      if (existingLegs.length > 0 || !settings.createIfMissing) {
+        throw new MirrorSetupError(`region log ${logPath} does not exist` + (existingLegs.length > 0
+          ? `, but ${existingLegs.join(', ')} do; refusing to guess. Restore the log, or run nbd-mirror create --force to start a new mirror (their data is lost)`
+          : '; run nbd-mirror create first'));
+      }
+      const created = await createMirror({
+        logPath, legPaths: settings.legs.map((leg) => leg.path), sizeBytes: settings.sizeBytes, regionSizeBytes: settings.regionSizeBytes,
+      });
+      logger.info({ mirror: formatUuid(created.mirrorUuid), legs: settings.legs.length, sizeBytes: settings.sizeBytes,
+        regionSizeBytes: settings.regionSizeBytes }, 'created a new mirror');
+    }
+    const log = RegionLog.open(logPath);
+    try {
+      return await MirrorController.assemble(log, settings, logger);
+    } catch (error) {
+      await log.close();
+      throw error;
+    }
+  }
+
+  private static async assemble(log: RegionLog, settings: MirrorSettings, logger: Logger): Promise<MirrorController> {
+    const { state } = log;
+    if (settings.legs.length !== state.legs.length) {
+      throw new MirrorSetupError(`the configuration lists ${settings.legs.length} legs, the region log ${log.path} has ${state.legs.length}`);
+    }
+    const wasClean = state.cleanShutdown;
+    const legs: Array<MirrorLeg | undefined> = [];
+    const faults: Array<FaultDevice | undefined> = [];
+    const fullRebuilds: number[] = [];
+    try {
+      for (let slot = 0; slot < state.legs.length; slot += 1) {
+        const record = state.legs[slot];
+        const { path } = settings.legs[slot];
+        if (record.state === 'faulty' || record.state === 'empty') {
+          logger.warn({ slot, path }, 'leg is faulty in the log: not used until re-add or replace');
+          legs.push(undefined);
+          faults.push(undefined);
+          continue;
+        }
+        const verdict = checkLeg(path, slot, state);
+        if (verdict.kind === 'missing') {
+          logger.error({ slot, path, problem: verdict.problem }, 'leg missing: marked faulty, starting degraded');
+          markFaulty(record);
+          legs.push(undefined);
+          faults.push(undefined);
+          continue;
+        }
+        if (verdict.kind === 'refused') {
+          if (!settings.force) throw new MirrorSetupError(`${verdict.problem}. Start with --force to take it in and rebuild it fully from the other legs`);
+          logger.warn({ slot, path, problem: verdict.problem }, 'forced: taking the leg in and rebuilding it fully');
+          writeLabel(path, { mirrorUuid: state.mirrorUuid, legUuid: record.uuid, slot, dataSizeBytes: state.deviceSizeBytes,
+            events: record.events }, verdict.read?.label);
+          record.state = 'rebuilding';
+          record.rebuildMode = 'full';
+          record.rebuildCheckpointBytes = 0;
+        }
+        const opened = await openLegDevice(path, state.deviceSizeBytes, settings.legs[slot].faults);
+        legs.push({ slot, path, device: opened.device, pendingReads: 0 });
+        faults.push(opened.fault);
+        if (record.state === 'rebuilding' && record.rebuildMode === 'full') fullRebuilds.push(slot);
+      }
+      if (!legs.some((leg, slot) => leg && state.legs[slot].state === 'in_sync')) {
+        throw new MirrorSetupError('no in-sync leg is available; the mirror cannot start (check the leg paths, or restore a leg)');
+      }
+      await bumpEvents(log, legs);
+    } catch (error) {
+      await Promise.allSettled(legs.map((leg) => leg?.device.close()));
+      throw error;
+    }
+    const device = new MirrorDevice({ log, legs, readPolicy: settings.readPolicy, preferredSlot: settings.preferredLeg, logger });
+    // After a crash every set bit may hide a difference between legs; a re-add
+    // in progress needs every set bit copied to the returning leg.
+    const bitmapRebuild = state.legs.some((record) => record.state === 'rebuilding' && record.rebuildMode === 'bitmap');
+    if (!wasClean || bitmapRebuild) for (const region of log.dirtyRegions()) device.regions.markOutOfSync(region);
+    const recoveryRegions = device.regions.outOfSyncRegions;
+    logger.info({ mirror: formatUuid(state.mirrorUuid), cleanShutdown: wasClean, regionsToResync: recoveryRegions,
+      bitsSet: log.dirtyRegions().length }, wasClean ? 'mirror assembled after a clean shutdown' : 'mirror assembled after an unclean shutdown');
+    const resync = new ResyncEngine(device, { bytesPerSecond: settings.resyncBytesPerSecond, logger });
+    const controller = new MirrorController(device, resync, settings, logger, recoveryRegions);
+    controller.faults.push(...faults);
+    resync.onCaughtUp = () => controller.promoteBitmapRebuilds();
+    resync.kick();
+    if (recoveryRegions === 0) await controller.promoteBitmapRebuilds();
+    for (const slot of fullRebuilds) controller.startFullRebuild(slot);
+    controller.startSweeper();
+    return controller;
+  }
+
+  private startSweeper(): void {
+    if (!(this.settings.sweepIntervalMs > 0)) return;
+    this.sweepTimer = setInterval(() => {
+      this.device.sweep().catch((error: unknown) => this.logger.error({ err: error }, 'sweep failed'));
+    }, this.settings.sweepIntervalMs);
+    this.sweepTimer.unref();
+  }
+
+  /** Legs re-added from the bitmap become in sync once no region is out of sync. */
+  private async promoteBitmapRebuilds(): Promise<void> {
+    const { log } = this.device;
+    for (const [slot, record] of log.state.legs.entries()) {
+      if (record.state !== 'rebuilding' || record.rebuildMode !== 'bitmap') continue;
+      const leg = this.device.generation.legs[slot];
+      if (!leg) continue;
+      try {
+        await leg.device.flush();
+        await this.bringInSync(slot, leg);
+        this.logger.info({ slot, path: leg.path }, 're-add complete: leg in sync');
+      } catch (error) {
+        this.logger.error({ slot, err: (error as Error).message }, 're-add could not finish');
+      }
+    }
+  }
+
+  private async bringInSync(slot: number, leg: MirrorLeg): Promise<void> {
+    const { log } = this.device;
+    const record = log.state.legs[slot];
+    const read = readLabel(leg.path);
+    writeLabel(leg.path, { mirrorUuid: log.state.mirrorUuid, legUuid: record.uuid, slot,
+      dataSizeBytes: log.state.deviceSizeBytes, events: log.state.eventsCurrent }, read.label);
+    record.events = log.state.eventsCurrent;
+    record.state = 'in_sync';
+    record.rebuildMode = 'none';
+    record.rebuildCheckpointBytes = 0;
+    await log.commit();
+    this.device.replaceGeneration(this.device.generation.legs);
+  }
+
+  private startFullRebuild(slot: number): void {
+    const run = async (): Promise<void> => {
+      const { log } = this.device;
+      const record = log.state.legs[slot];
+      const leg = this.device.generation.legs[slot];
+      if (!leg) return;
+      const regionSize = log.state.regionSizeBytes;
+      this.logger.info({ slot, path: leg.path, fromBytes: record.rebuildCheckpointBytes }, 'full rebuild started');
+      await this.resync.rebuild(leg, Math.floor(record.rebuildCheckpointBytes / regionSize), async (nextRegion) => {
+        record.rebuildCheckpointBytes = Math.min(nextRegion * regionSize, log.state.deviceSizeBytes);
+        await log.commit();
+      });
+      if (log.state.legs[slot].state !== 'rebuilding' || this.device.generation.legs[slot] !== leg) return;
+      await this.resync.idle();
+      if (this.device.regions.outOfSyncRegions > 0) {
+        // Regions written out of sync meanwhile are copied by the resync pass; wait for it.
+        this.resync.kick();
+        await this.resync.idle();
+      }
+      await leg.device.flush();
+      await this.bringInSync(slot, leg);
+      this.logger.info({ slot, path: leg.path }, 'full rebuild complete: leg in sync');
+    };
+    this.rebuildRunning = run().catch((error: unknown) => {
+      if (!this.stopping) this.logger.error({ slot, err: (error as Error).message }, 'full rebuild stopped');
+    }).finally(() => { this.rebuildRunning = undefined; });
+  }
+
+  /** Brings a faulty leg back: only regions written while it was away (set bits) are copied. */
+  async reAdd(slot: number, options: { path?: string; force?: boolean } = {}): Promise<string> {
+    const { log } = this.device;
+    const record = this.recordAt(slot);
+    if (record.state !== 'faulty') throw new MirrorSetupError(`leg ${slot} is ${record.state}; only a faulty leg can be re-added`);
+    const path = options.path ?? this.settings.legs[slot].path;
+    const verdict = checkLeg(path, slot, { ...log.state, legs: log.state.legs.map((entry, index) =>
+      (index === slot ? { ...entry, state: 'rebuilding' } : entry)) });
+    let mode: 'bitmap' | 'full' = 'bitmap';
+    if (verdict.kind === 'missing') throw new MirrorSetupError(verdict.problem);
+    if (verdict.kind === 'refused') {
+      if (!options.force) throw new MirrorSetupError(`${verdict.problem}. Use --force to rebuild it fully instead`);
+      writeLabel(path, { mirrorUuid: log.state.mirrorUuid, legUuid: record.uuid, slot, dataSizeBytes: log.state.deviceSizeBytes,
+        events: 0n }, verdict.read?.label);
+      mode = 'full';
+    }
+    const opened = await openLegDevice(path, log.state.deviceSizeBytes, this.settings.legs[slot].faults);
+    record.state = 'rebuilding';
+    record.rebuildMode = mode;
+    record.rebuildCheckpointBytes = 0;
+    await this.attach(slot, path, opened);
+    if (mode === 'full') {
+      this.startFullRebuild(slot);
+      return `leg ${slot} (${path}) is being rebuilt fully`;
+    }
+    const regions = log.dirtyRegions();
+    for (const region of regions) this.device.regions.markOutOfSync(region);
+    this.logger.info({ slot, path, regions: regions.length }, 're-add: resyncing regions written while the leg was away');
+    if (regions.length === 0) await this.promoteBitmapRebuilds();
+    else this.resync.kick();
+    return `leg ${slot} (${path}) re-added; ${regions.length} regions to resync`;
+  }
+
+  /** Puts a new, empty leg in a slot and rebuilds it fully, online. */
+  async replace(slot: number, path: string, options: { force?: boolean } = {}): Promise<string> {
+    const { log } = this.device;
+    const record = this.recordAt(slot);
+    if (record.state === 'in_sync' && this.device.generation.readable.length < 2) {
+      throw new MirrorSetupError(`leg ${slot} is the last in-sync leg; it cannot be replaced`);
+    }
+    if (this.rebuildRunning) throw new MirrorSetupError('a rebuild is already running; wait for it to finish');
+    if (fs.existsSync(path) && !options.force) {
+      throw new MirrorSetupError(`${path} exists; refusing to overwrite it (use --force)`);
+    }
+    const legUuid = randomBytes(16);
+    createLegFile(path, log.state.deviceSizeBytes, { mirrorUuid: log.state.mirrorUuid, legUuid, slot,
+      dataSizeBytes: log.state.deviceSizeBytes, events: 0n }, { overwrite: options.force });
+    const opened = await openLegDevice(path, log.state.deviceSizeBytes, undefined);
+    record.uuid = legUuid;
+    record.state = 'rebuilding';
+    record.rebuildMode = 'full';
+    record.rebuildCheckpointBytes = 0;
+    record.events = 0n;
+    this.settings.legs[slot] = { path };
+    await this.attach(slot, path, opened);
+    this.onLegPathChanged?.(slot, path);
+    this.startFullRebuild(slot);
+    return `leg ${slot} replaced by ${path}; full rebuild started`;
+  }
+
+  private async attach(slot: number, path: string, opened: { device: BlockDevice; fault?: FaultDevice }): Promise<void> {
+    try {
+      await this.device.log.commit();
+    } catch (error) {
+      await opened.device.close();
+      throw error;
+    }
+    this.faults[slot] = opened.fault;
+    const legs = [...this.device.generation.legs];
+    legs[slot] = { slot, path, device: opened.device, pendingReads: 0 };
+    this.device.replaceGeneration(legs);
+  }
+
+  private recordAt(slot: number): LegRecord {
+    const record = this.device.log.state.legs[slot];
+    if (!Number.isInteger(slot) || record === undefined) {
+      throw new MirrorSetupError(`no leg slot ${slot} (the mirror has slots 0..${this.device.log.state.legs.length - 1})`);
+    }
+    return record;
+  }
+
+  /** Resyncs every region from the source leg, like md's "resync". */
+  fullResync(): string {
+    for (let region = 0; region < this.device.regions.regionCount; region += 1) this.device.regions.markOutOfSync(region);
+    void this.device.log.commit().then(() => this.resync.kick(), (error: unknown) =>
+      this.logger.error({ err: error }, 'could not record the full resync'));
+    return `all ${this.device.regions.regionCount} regions marked for resync`;
+  }
+
+  /** Compares the in-sync legs region by region (md "check"); with repair, mismatched regions are resynced. */
+  async check(options: { repair?: boolean; onProgress?: (done: number, total: number) => void } = {}): Promise<CompareResult> {
+    const generation = this.device.enter();
+    let result: CompareResult;
+    try {
+      const { regions } = this.device;
+      result = await compareRegions({
+        sizeBytes: this.device.sizeBytes,
+        regionSizeBytes: regions.regionSizeBytes,
+        legs: generation.readable,
+        lock: (region) => regions.lock(region),
+        unlock: (region) => regions.unlock(region),
+      }, options.onProgress);
+    } finally {
+      this.device.exit(generation);
+    }
+    if (options.repair && result.mismatchedRegions.length > 0) {
+      for (const region of result.mismatchedRegions) this.device.regions.markOutOfSync(region);
+      await this.device.log.commit();
+      this.resync.kick();
+    }
+    return result;
+  }
+
+  status(): MirrorStatus {
+    const { log } = this.device;
+    const counts = this.device.regions.counts();
+    const failure = this.device.failed?.message;
+    const degraded = !this.device.fullyInSync;
+    return {
+      mirrorUuid: formatUuid(log.state.mirrorUuid),
+      sizeBytes: log.state.deviceSizeBytes,
+      regionSizeBytes: log.state.regionSizeBytes,
+      regionCount: log.state.regionCount,
+      health: failure ? 'failed' : degraded ? 'degraded' : counts.outOfSync > 0 ? 'resyncing' : 'optimal',
+      failure,
+      legs: log.state.legs.map((record, slot) => ({
+        slot,
+        path: this.settings.legs[slot].path,
+        uuid: formatUuid(record.uuid),
+        state: record.state,
+        rebuildMode: record.rebuildMode,
+        failedAt: record.failedAtMs ? new Date(record.failedAtMs).toISOString() : undefined,
+      })),
+      regions: counts,
+      resync: { ...this.resync.progress },
+      sweeps: this.device.stats.sweeps,
+      regionsCleared: this.device.stats.regionsCleared,
+      logCommits: log.commitsRun,
+      generation: this.device.generation.number,
+    };
+  }
+
+  /** Stops background work, flushes, clears what may be cleared and marks the log clean. */
+  async shutdown(): Promise<void> {
+    this.stopping = true;
+    clearInterval(this.sweepTimer);
+    await this.resync.stop();
+    await this.rebuildRunning;
+    await this.device.shutdown();
+  }
+
+  async close(): Promise<void> {
+    await this.device.close();
+  }
+}
+
+
+function markFaulty(record: LegRecord): void {
+  record.state = 'faulty';
+  record.rebuildMode = 'none';
+  record.failedAtMs = Date.now();
+}
+
+async function openLegDevice(path: string, sizeBytes: number, faults: FaultPlan | undefined):
+  Promise<{ device: BlockDevice; fault?: FaultDevice }> {
+  const leg = await FileLeg.open({ path, usableSizeBytes: sizeBytes });
+  if (!faults) return { device: leg };
+  const fault = new FaultDevice(leg, faults);
+  return { device: fault, fault };
+}
+
+/**
+ * Stamps the in-sync legs with a new events value, so a copy of a leg taken
+ * before this start is recognisable as stale later. Two log commits bracket
+ * the label writes; a crash between them leaves labels at either value, and
+ * labelUpdatePending tells the next start that both are fine.
+ */
+async function bumpEvents(log: RegionLog, legs: Array<MirrorLeg | undefined>): Promise<void> {
+  const { state } = log;
+  state.eventsPrevious = state.eventsCurrent;
+  state.eventsCurrent += 1n;
+  state.labelUpdatePending = true;
+  state.cleanShutdown = false;
+  await log.commit();
+  for (const [slot, record] of state.legs.entries()) {
+    const leg = legs[slot];
+    if (!leg || record.state !== 'in_sync') continue;
+    const read = readLabel(leg.path);
+    writeLabel(leg.path, { mirrorUuid: state.mirrorUuid, legUuid: record.uuid, slot, dataSizeBytes: state.deviceSizeBytes,
+      events: state.eventsCurrent }, read.label);
+    record.events = state.eventsCurrent;
+  }
+  state.labelUpdatePending = false;
+  await log.commit();
+}

@@ -1,0 +1,44 @@
+import fs from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { RegionLog } from '../regionlog/region-log.js';
+import { createLegFile } from './leg-label.js';
+
+export interface CreateMirrorParams {
+  logPath: string;
+  legPaths: string[];
+  sizeBytes: number;
+  regionSizeBytes: number;
+  /** Overwrite existing files (their data and labels are lost). */
+  force?: boolean;
+}
+
+export class MirrorSetupError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'MirrorSetupError';
+  }
+}
+
+/** Initialises the legs (sparse files with labels) and a clean, empty region log. */
+export async function createMirror(params: CreateMirrorParams): Promise<{ mirrorUuid: Buffer; legUuids: Buffer[] }> {
+  const { logPath, legPaths, sizeBytes, regionSizeBytes } = params;
+  if (legPaths.length < 2) throw new MirrorSetupError(`a mirror needs at least 2 legs, ${legPaths.length} given`);
+  if (new Set(legPaths).size !== legPaths.length) throw new MirrorSetupError('the same leg path is listed twice');
+  if (sizeBytes % 4096 !== 0) throw new MirrorSetupError(`size ${sizeBytes} must be a multiple of 4096`);
+  if (!params.force) {
+    const existing = [logPath, ...legPaths].filter((file) => fs.existsSync(file));
+    if (existing.length > 0) {
+      throw new MirrorSetupError(`refusing to overwrite ${existing.join(', ')} (use --force to reinitialise; their contents are lost)`);
+    }
+  }
+  const mirrorUuid = randomBytes(16);
+  const legUuids = legPaths.map(() => randomBytes(16));
+  legPaths.forEach((legPath, slot) => {
+    createLegFile(legPath, sizeBytes, { mirrorUuid, legUuid: legUuids[slot], slot, dataSizeBytes: sizeBytes, events: 1n },
+      { overwrite: params.force });
+  });
+  const log = await RegionLog.create(logPath, { deviceSizeBytes: sizeBytes, regionSizeBytes, legUuids, mirrorUuid },
+    { overwrite: params.force });
+  await log.close();
+  return { mirrorUuid, legUuids };
+}

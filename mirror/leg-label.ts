@@ -1,0 +1,109 @@
+import fs from 'node:fs';
+import { crc32 } from 'node:zlib';
+import { fileOrDeviceSize } from '../backends/file-leg.js';
+
+/**
+ * Each leg carries a label in its last 8 KiB (two 4 KiB copies, newest valid
+ * wins), like md's 1.0 superblock at the end of the device: the data area
+ * starts at byte 0, so a leg file is also a plain disk image.
+ * The label says which mirror and which slot the leg belongs to and the
+ * events value it was last brought in sync at; docs/region-log.md specifies it.
+ */
+export const labelMagic = Buffer.from('NBDMLEG1', 'ascii');
+export const labelVersion = 1;
+export const labelCopyBytes = 4096;
+export const labelAreaBytes = 2 * labelCopyBytes;
+
+export interface LegLabel {
+  mirrorUuid: Buffer;
+  legUuid: Buffer;
+  slot: number;
+  dataSizeBytes: number;
+  events: bigint;
+  sequence: bigint;
+}
+
+export function encodeLabel(label: LegLabel): Buffer {
+  const buffer = Buffer.alloc(labelCopyBytes);
+  labelMagic.copy(buffer, 0);
+  buffer.writeUInt32LE(labelVersion, 8);
+  buffer.writeBigUInt64LE(label.sequence, 16);
+  label.mirrorUuid.copy(buffer, 24, 0, 16);
+  label.legUuid.copy(buffer, 40, 0, 16);
+  buffer.writeUInt32LE(label.slot, 56);
+  buffer.writeBigUInt64LE(BigInt(label.dataSizeBytes), 64);
+  buffer.writeBigUInt64LE(label.events, 72);
+  buffer.writeUInt32LE(crc32(buffer), 12);
+  return buffer;
+}
+
+export function decodeLabel(buffer: Buffer): LegLabel | string {
+  if (!buffer.subarray(0, 8).equals(labelMagic)) return 'no nbd-mirror leg label';
+  const version = buffer.readUInt32LE(8);
+  if (version !== labelVersion) return `unsupported label version ${version}`;
+  const copy = Buffer.from(buffer);
+  const stored = copy.readUInt32LE(12);
+  copy.writeUInt32LE(0, 12);
+  if (crc32(copy) !== stored) return 'label checksum mismatch';
+  return {
+    sequence: copy.readBigUInt64LE(16),
+    mirrorUuid: Buffer.from(copy.subarray(24, 40)),
+    legUuid: Buffer.from(copy.subarray(40, 56)),
+    slot: copy.readUInt32LE(56),
+    dataSizeBytes: Number(copy.readBigUInt64LE(64)),
+    events: copy.readBigUInt64LE(72),
+  };
+}
+
+export interface LabelRead {
+  fileSizeBytes: number;
+  label?: LegLabel;
+  /** Why no label was found. */
+  problem?: string;
+}
+
+export function readLabel(path: string): LabelRead {
+  const fd = fs.openSync(path, 'r');
+  try {
+    const fileSizeBytes = fileOrDeviceSize(fd, path);
+    if (fileSizeBytes < labelAreaBytes * 2) return { fileSizeBytes, problem: `${fileSizeBytes} bytes is too small for a leg` };
+    const area = Buffer.alloc(labelAreaBytes);
+    fs.readSync(fd, area, 0, labelAreaBytes, fileSizeBytes - labelAreaBytes);
+    const decoded = [decodeLabel(area.subarray(0, labelCopyBytes)), decodeLabel(area.subarray(labelCopyBytes))];
+    const valid = decoded.filter((entry): entry is LegLabel => typeof entry !== 'string');
+    if (valid.length === 0) return { fileSizeBytes, problem: decoded.join('; ') };
+    const label = valid.reduce((newest, entry) => (entry.sequence > newest.sequence ? entry : newest));
+    return { fileSizeBytes, label };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Writes the next label copy over the older one and syncs it. */
+export function writeLabel(path: string, label: Omit<LegLabel, 'sequence'>, previous: LegLabel | undefined): LegLabel {
+  const sequence = (previous?.sequence ?? 0n) + 1n;
+  const next: LegLabel = { ...label, sequence };
+  const fd = fs.openSync(path, 'r+');
+  try {
+    const fileSizeBytes = fileOrDeviceSize(fd, path);
+    fs.writeSync(fd, encodeLabel(next), 0, labelCopyBytes,
+      fileSizeBytes - labelAreaBytes + Number(sequence % 2n) * labelCopyBytes);
+    fs.fdatasyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return next;
+}
+
+/** Creates a sparse leg file holding dataSizeBytes of data plus its label area. */
+export function createLegFile(path: string, dataSizeBytes: number, label: Omit<LegLabel, 'sequence'>,
+  options: { overwrite?: boolean } = {}): LegLabel {
+  const fd = fs.openSync(path, options.overwrite ? 'w' : 'wx');
+  try {
+    fs.ftruncateSync(fd, dataSizeBytes + labelAreaBytes);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return writeLabel(path, label, undefined);
+}

@@ -1,0 +1,434 @@
+import type { Logger } from 'pino';
+import { BlockError, toBlockError } from '../blockdev/errors.js';
+import { checkRange } from '../blockdev/range.js';
+import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
+import type { LegState } from '../regionlog/format.js';
+import type { RegionLog } from '../regionlog/region-log.js';
+import { Generation, type MirrorLeg } from './generation.js';
+import { RegionTracker } from './region-tracker.js';
+
+export type ReadPolicy = 'round-robin' | 'least-pending' | 'preferred';
+
+export interface MirrorOptions {
+  log: RegionLog;
+  /** Open leg devices by slot; undefined where the log's leg is faulty or missing. */
+  legs: Array<MirrorLeg | undefined>;
+  readPolicy: ReadPolicy;
+  preferredSlot?: number;
+  logger: Logger;
+  /** Runs before the sweeper's leg flush: a cache above writes back here. */
+  beforeSync?: () => Promise<void>;
+}
+
+export interface SweepResult {
+  candidates: number;
+  cleared: number;
+  synced: boolean;
+}
+
+/**
+ * RAID1 over N legs with a persistent dirty-region log.
+ *
+ * Write path: the region's bit is durable in the log before data reaches any
+ * leg; the caller's one buffer goes to every writable leg (the BlockDevice
+ * contract forbids changing it until we settle, so every leg gets the same
+ * bytes); the write completes when every in-sync leg has it, or a failing
+ * leg has been marked faulty in the log. Bits are cleared only by the
+ * sweeper (see sweep()).
+ */
+export class MirrorDevice implements BlockDevice {
+  readonly sizeBytes: number;
+  readonly blockSizeBytes: number;
+  readonly capabilities: DeviceCapabilities;
+  readonly regions: RegionTracker;
+  readonly log: RegionLog;
+  private current: Generation;
+  private generationCount = 0;
+  private readonly live = new Set<Generation>();
+  private readonly logger: Logger;
+  private readonly readPolicy: ReadPolicy;
+  private readonly preferredSlot: number | undefined;
+  private roundRobin = 0;
+  /** Set once no in-sync leg is left or the log cannot be written: every request fails until restart. */
+  private failure: BlockError | undefined;
+  private readonly legFailures = new Map<number, Promise<void>>();
+  private sweeping: Promise<SweepResult> | undefined;
+  private closed = false;
+  readonly beforeSync: (() => Promise<void>) | undefined;
+  /** Cumulative figures for status and the benchmark. */
+  readonly stats = { sweeps: 0, regionsCleared: 0, legFailures: 0, sourceReads: 0, balancedReads: 0 };
+
+  constructor(options: MirrorOptions) {
+    this.log = options.log;
+    const { state } = options.log;
+    this.sizeBytes = state.deviceSizeBytes;
+    this.regions = new RegionTracker(options.log, state.regionSizeBytes, state.regionCount);
+    this.logger = options.logger;
+    this.readPolicy = options.readPolicy;
+    this.preferredSlot = options.preferredSlot;
+    this.beforeSync = options.beforeSync;
+    this.current = this.makeGeneration(options.legs);
+    const open = options.legs.filter((leg): leg is MirrorLeg => leg !== undefined);
+    if (open.length === 0) throw new BlockError('EIO', 'mirror has no usable leg');
+    this.blockSizeBytes = Math.max(...open.map((leg) => leg.device.blockSizeBytes));
+    const every = (key: keyof DeviceCapabilities): boolean => open.every((leg) => leg.device.capabilities[key]);
+    this.capabilities = {
+      readOnly: false,
+      flush: true,
+      fua: true,
+      trim: every('trim'),
+      writeZeroes: every('writeZeroes'),
+      fastZero: every('fastZero'),
+      blockStatus: every('blockStatus'),
+      // The log and the legs are shared by every connection: a flush anywhere covers all writes.
+      multiConn: true,
+      rotational: open.some((leg) => leg.device.capabilities.rotational),
+    };
+    if (this.current.readable.length === 0) this.failure = new BlockError('EIO', 'no in-sync leg');
+  }
+
+  get generation(): Generation {
+    return this.current;
+  }
+
+  get failed(): BlockError | undefined {
+    return this.failure;
+  }
+
+  legState(slot: number): LegState {
+    return this.log.state.legs[slot].state;
+  }
+
+  /** Every leg in the log is in sync: only then may the sweeper clear bits. */
+  get fullyInSync(): boolean {
+    return this.failure === undefined && this.log.state.legs.every((leg) => leg.state === 'in_sync') &&
+      this.current.readable.length === this.log.state.legs.length;
+  }
+
+  private makeGeneration(legs: ReadonlyArray<MirrorLeg | undefined>): Generation {
+    this.generationCount += 1;
+    const states = this.log.state.legs.map((record, slot) => (legs[slot] === undefined && record.state === 'in_sync'
+      ? 'faulty' : record.state));
+    return new Generation(this.generationCount, legs, states);
+  }
+
+  /** Publishes a new generation; legs no running request can still hold are closed once their generations drain. */
+  replaceGeneration(legs: ReadonlyArray<MirrorLeg | undefined>): Generation {
+    const previous = this.current;
+    this.current = this.makeGeneration(legs);
+    if (previous.refs === 0) this.retire(previous);
+    else this.live.add(previous);
+    return this.current;
+  }
+
+  private retire(generation: Generation): void {
+    this.live.delete(generation);
+    const stillUsed = new Set<BlockDevice>();
+    for (const holder of [this.current, ...this.live]) for (const leg of holder.legs) if (leg) stillUsed.add(leg.device);
+    for (const leg of generation.legs) {
+      if (leg && !stillUsed.has(leg.device)) {
+        leg.device.close().catch((error: unknown) => this.logger.warn({ err: error, slot: leg.slot }, 'closing a detached leg failed'));
+      }
+    }
+  }
+
+  enter(): Generation {
+    const generation = this.current;
+    generation.refs += 1;
+    return generation;
+  }
+
+  exit(generation: Generation): void {
+    generation.refs -= 1;
+    if (generation.refs === 0 && generation !== this.current && this.live.has(generation)) this.retire(generation);
+  }
+
+  private checkUsable(what: string): void {
+    if (this.closed) throw new BlockError('ESHUTDOWN', `${what}: mirror is closed`);
+    if (this.failure) throw new BlockError('EIO', `${what}: mirror has failed (${this.failure.message}); an operator must act`);
+  }
+
+  private regionRange(offsetBytes: number, lengthBytes: number): [number, number] {
+    const first = this.regions.regionOf(offsetBytes);
+    const last = lengthBytes === 0 ? first : this.regions.regionOf(offsetBytes + lengthBytes - 1);
+    return [first, last];
+  }
+
+  async read(offsetBytes: number, target: Buffer): Promise<void> {
+    this.checkUsable('read');
+    checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
+    const [first, last] = this.regionRange(offsetBytes, target.length);
+    for (let attempt = 0; attempt <= this.log.state.legs.length; attempt += 1) {
+      const generation = this.enter();
+      const leg = this.chooseReadLeg(generation, first, last);
+      leg.pendingReads += 1;
+      try {
+        await leg.device.read(offsetBytes, target);
+        return;
+      } catch (error) {
+        const failure = toBlockError(error, `read leg ${leg.slot}`);
+        if (failure.code === 'EINVAL' || failure.code === 'ESHUTDOWN') throw failure;
+        // Another leg holds the same bytes: fail this one and retry there.
+        await this.failLeg(leg, failure);
+        this.checkUsable('read');
+      } finally {
+        leg.pendingReads -= 1;
+        this.exit(generation);
+      }
+    }
+    throw new BlockError('EIO', `read at ${offsetBytes}: every leg failed`);
+  }
+
+  private chooseReadLeg(generation: Generation, first: number, last: number): MirrorLeg {
+    const { readable, source } = generation;
+    if (source === undefined) throw new BlockError('EIO', 'no in-sync leg left to read from');
+    if (readable.length === 1 || this.regions.needsSourceRead(first, last)) {
+      this.stats.sourceReads += 1;
+      return source;
+    }
+    this.stats.balancedReads += 1;
+    switch (this.readPolicy) {
+      case 'preferred':
+        return readable.find((leg) => leg.slot === this.preferredSlot) ?? source;
+      case 'least-pending':
+        return readable.reduce((best, leg) => (leg.pendingReads < best.pendingReads ? leg : best));
+      default:
+        this.roundRobin = (this.roundRobin + 1) % readable.length;
+        return readable[this.roundRobin];
+    }
+  }
+
+  write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
+    return this.mutate('write', offsetBytes, data.length, (leg) => leg.device.write(offsetBytes, data, flags));
+  }
+
+  trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> {
+    return this.mutate('trim', offsetBytes, lengthBytes, (leg) => leg.device.trim(offsetBytes, lengthBytes, flags));
+  }
+
+  writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
+    return this.mutate('write-zeroes', offsetBytes, lengthBytes,
+      (leg) => leg.device.writeZeroes(offsetBytes, lengthBytes, flags));
+  }
+
+  private async mutate(what: string, offsetBytes: number, lengthBytes: number,
+    apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
+    this.checkUsable(what);
+    checkRange(this.sizeBytes, offsetBytes, lengthBytes, what);
+    if (lengthBytes === 0) return;
+    const [first, last] = this.regionRange(offsetBytes, lengthBytes);
+    let logged = this.regions.tryBeginWrite(first, last);
+    while (logged === false) {
+      await this.regions.whenUnlocked(first, last);
+      this.checkUsable(what);
+      logged = this.regions.tryBeginWrite(first, last);
+    }
+    // Taken in the same turn as the write was counted in, so a rebuild that
+    // locks this region after a new leg joined waits for us to finish.
+    const generation = this.enter();
+    try {
+      if (logged) {
+        try {
+          await logged;
+        } catch (error) {
+          throw new BlockError('EIO', `${what}: the region log could not be updated: ${(error as Error).message}`);
+        }
+      }
+      await this.fanOut(generation, what, first, last, apply);
+    } finally {
+      this.regions.endWrite(first, last);
+      this.exit(generation);
+    }
+  }
+
+  /**
+   * Applies one change to every writable leg. Fatal leg errors fail the leg
+   * (durably) and the change succeeds if an in-sync leg took it. A retryable
+   * or request error fails the change, and if some leg applied it anyway the
+   * regions are marked out of sync so resync makes the legs agree again.
+   */
+  private async fanOut(generation: Generation, what: string, first: number, last: number,
+    apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
+    const legs = generation.writable;
+    if (generation.readable.length === 0) throw new BlockError('EIO', `${what}: no in-sync leg left`);
+    const results = await Promise.allSettled(legs.map(apply));
+    let appliedInSync = 0;
+    let applied = 0;
+    let passOn: BlockError | undefined;
+    for (let index = 0; index < legs.length; index += 1) {
+      const result = results[index];
+      const leg = legs[index];
+      if (result.status === 'fulfilled') {
+        applied += 1;
+        if (generation.isInSync(leg)) appliedInSync += 1;
+        continue;
+      }
+      const error = toBlockError(result.reason, `${what} on leg ${leg.slot}`);
+      if (error.retryable || error.code === 'EINVAL' || error.code === 'ENOTSUP' || error.code === 'ESHUTDOWN') {
+        passOn ??= error;
+      } else {
+        await this.failLeg(leg, error);
+      }
+    }
+    if (passOn) {
+      if (applied > 0) await this.markOutOfSync(first, last);
+      throw passOn;
+    }
+    if (appliedInSync === 0) {
+      this.checkUsable(what);
+      throw new BlockError('EIO', `${what}: no in-sync leg accepted it`);
+    }
+  }
+
+  /** The legs may differ in these regions until resync copies them from the source. */
+  async markOutOfSync(first: number, last: number): Promise<void> {
+    for (let region = first; region <= last; region += 1) this.regions.markOutOfSync(region);
+    await this.log.commit().catch((error: unknown) => this.enterFailed(toBlockError(error, 'region log update')));
+    this.onOutOfSync?.();
+  }
+
+  /** Set by the resync engine: called when regions become out of sync while running. */
+  onOutOfSync: (() => void) | undefined;
+
+  /**
+   * Flush every writable leg. A leg whose flush fails fatally is failed
+   * (durably, before we answer); the flush succeeds only if every leg still in
+   * sync flushed. A retryable failure (ENOSPC) fails the flush and keeps the leg.
+   */
+  async flush(): Promise<void> {
+    this.checkUsable('flush');
+    const generation = this.enter();
+    try {
+      const legs = generation.writable;
+      const results = await Promise.allSettled(legs.map((leg) => leg.device.flush()));
+      let passOn: BlockError | undefined;
+      for (let index = 0; index < legs.length; index += 1) {
+        const result = results[index];
+        if (result.status === 'fulfilled') continue;
+        const error = toBlockError(result.reason, `flush leg ${legs[index].slot}`);
+        if (error.retryable || error.code === 'ESHUTDOWN') passOn ??= error;
+        else await this.failLeg(legs[index], error);
+      }
+      if (passOn) throw passOn;
+      this.checkUsable('flush');
+      if (!legs.some((leg) => generation.isInSync(leg) && this.current.readable.includes(leg))) {
+        throw new BlockError('EIO', 'flush: no in-sync leg is durable');
+      }
+    } finally {
+      this.exit(generation);
+    }
+  }
+
+  async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
+    this.checkUsable('block-status');
+    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'block-status');
+    const generation = this.enter();
+    try {
+      if (!generation.source) throw new BlockError('EIO', 'no in-sync leg left');
+      return await generation.source.device.blockStatus(offsetBytes, lengthBytes);
+    } finally {
+      this.exit(generation);
+    }
+  }
+
+  /**
+   * Marks a leg faulty in the log, durably, and stops using it. Every caller
+   * that saw the leg fail waits for the same log commit, so no request
+   * completes believing a leg holds data the log still calls in sync.
+   */
+  failLeg(leg: MirrorLeg, error: BlockError): Promise<void> {
+    const existing = this.legFailures.get(leg.slot);
+    if (existing) return existing;
+    if (this.current.legs[leg.slot] !== leg || this.legState(leg.slot) === 'faulty') return Promise.resolve();
+    const failing = (async () => {
+      const record = this.log.state.legs[leg.slot];
+      const wasRebuilding = record.state === 'rebuilding';
+      record.state = 'faulty';
+      record.rebuildMode = 'none';
+      record.failedAtMs = Date.now();
+      this.stats.legFailures += 1;
+      this.replaceGeneration(this.current.legs);
+      this.logger.error({ slot: leg.slot, path: leg.path, err: error.message, wasRebuilding },
+        'leg failed: marked faulty, mirror continues degraded');
+      try {
+        await this.log.commit();
+      } catch (logError) {
+        this.enterFailed(toBlockError(logError, 'recording a failed leg in the region log'));
+      }
+      if (this.current.readable.length === 0) this.enterFailed(new BlockError('EIO', 'the last in-sync leg failed'));
+    })();
+    this.legFailures.set(leg.slot, failing);
+    void failing.finally(() => this.legFailures.delete(leg.slot));
+    return failing;
+  }
+
+  enterFailed(error: BlockError): void {
+    if (this.failure) return;
+    this.failure = error;
+    this.logger.fatal({ err: error.message }, 'mirror failed: every request now fails with EIO until an operator acts');
+  }
+
+  /**
+   * The clean-candidate sweep (lesson 1, docs/region-log.md): quiet regions
+   * become candidates, every leg is synced, and only candidates no write
+   * touched meanwhile are cleared. Nothing is cleared while a leg is missing,
+   * being rebuilt, or if the sync failed.
+   */
+  sweep(): Promise<SweepResult> {
+    this.sweeping ??= this.sweepOnce().finally(() => { this.sweeping = undefined; });
+    return this.sweeping;
+  }
+
+  private async sweepOnce(): Promise<SweepResult> {
+    if (this.closed || !this.fullyInSync) return { candidates: 0, cleared: 0, synced: false };
+    const candidates = this.regions.beginSweep();
+    if (candidates.length === 0) return { candidates: 0, cleared: 0, synced: false };
+    let synced = false;
+    try {
+      await this.beforeSync?.();
+      await this.flush();
+      synced = this.fullyInSync;
+    } catch (error) {
+      this.logger.warn({ err: (error as Error).message, candidates: candidates.length }, 'sweep sync failed: no bit cleared');
+    }
+    const cleared = this.regions.finishSweep(candidates, synced);
+    this.stats.sweeps += 1;
+    this.stats.regionsCleared += cleared;
+    if (cleared > 0) {
+      await this.log.commit().catch((error: unknown) => this.enterFailed(toBlockError(error, 'region log update')));
+    }
+    return { candidates: candidates.length, cleared, synced };
+  }
+
+  /**
+   * Clean shutdown: flush every leg, clear what the sweep may clear, and mark
+   * the log clean when the in-sync legs provably agree, so the next start
+   * resyncs nothing. Bits kept for a missing leg stay set.
+   */
+  async shutdown(): Promise<void> {
+    if (this.closed) return;
+    if (!this.failure) {
+      await this.sweeping;
+      let flushed = false;
+      try {
+        await this.beforeSync?.();
+        await this.flush();
+        flushed = true;
+      } catch (error) {
+        this.logger.error({ err: (error as Error).message }, 'shutdown flush failed: the log stays unclean');
+      }
+      if (flushed && this.fullyInSync) await this.sweep();
+      this.log.state.cleanShutdown = flushed && !this.failure && this.regions.outOfSyncRegions === 0;
+      await this.log.commit();
+    }
+    this.closed = true;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const devices = new Set<BlockDevice>();
+    for (const generation of [this.current, ...this.live]) for (const leg of generation.legs) if (leg) devices.add(leg.device);
+    await Promise.allSettled([...devices].map((device) => device.close()));
+    await this.log.close();
+  }
+}

@@ -1,0 +1,198 @@
+import type { RegionLog } from '../regionlog/region-log.js';
+import { nextRegionState, RegionState } from '../regionlog/region-states.js';
+
+/**
+ * Per-region bookkeeping for the mirror: the state machine, in-flight write
+ * counts, the out-of-sync flag (legs may differ: read from the source leg, and
+ * resync it), and the region locks that keep resync and application writes
+ * apart. The write path costs a few array operations per region; it waits
+ * only when a region is locked or its bit is not yet durable.
+ */
+export class RegionTracker {
+  readonly states: Uint8Array;
+  private readonly pending: Uint32Array;
+  private readonly outOfSync: Uint8Array;
+  private readonly locked: Uint8Array;
+  private readonly unlockWaiters = new Map<number, Array<() => void>>();
+  private readonly drainWaiters = new Map<number, () => void>();
+  /** Regions in any state but CLEAN: what the sweeper looks at. */
+  readonly notClean = new Set<number>();
+  private outOfSyncCount = 0;
+
+  constructor(readonly log: RegionLog, readonly regionSizeBytes: number, readonly regionCount: number) {
+    this.states = new Uint8Array(regionCount);
+    this.pending = new Uint32Array(regionCount);
+    this.outOfSync = new Uint8Array(regionCount);
+    this.locked = new Uint8Array(regionCount);
+    for (const region of log.dirtyRegions()) {
+      if (region >= regionCount) continue;
+      this.states[region] = nextRegionState(this.states[region] as RegionState, 'bit_loaded');
+      this.notClean.add(region);
+    }
+  }
+
+  regionOf(offsetBytes: number): number {
+    return Math.floor(offsetBytes / this.regionSizeBytes);
+  }
+
+  /**
+   * Starts a write to regions first..last unless one is locked (returns
+   * false: wait with whenUnlocked and try again). Otherwise counts the write
+   * in and returns the log commit to await before data may reach a leg, or
+   * undefined when every bit is already durable.
+   */
+  tryBeginWrite(first: number, last: number): false | Promise<void> | undefined {
+    for (let region = first; region <= last; region += 1) if (this.locked[region] !== 0) return false;
+    let needsCommit = false;
+    for (let region = first; region <= last; region += 1) {
+      this.pending[region] += 1;
+      const state = this.states[region] as RegionState;
+      if (state !== RegionState.DIRTY) {
+        this.states[region] = nextRegionState(state, 'write_start');
+        this.notClean.add(region);
+      }
+      if (!this.log.isDurablyDirty(region)) {
+        this.log.setDirty(region);
+        needsCommit = true;
+      }
+    }
+    return needsCommit ? this.log.commit() : undefined;
+  }
+
+  endWrite(first: number, last: number): void {
+    for (let region = first; region <= last; region += 1) {
+      this.pending[region] -= 1;
+      if (this.pending[region] === 0) {
+        this.states[region] = nextRegionState(this.states[region] as RegionState, 'writes_drained');
+        const waiter = this.drainWaiters.get(region);
+        if (waiter) {
+          this.drainWaiters.delete(region);
+          waiter();
+        }
+      }
+    }
+  }
+
+  whenUnlocked(first: number, last: number): Promise<void> {
+    for (let region = first; region <= last; region += 1) {
+      if (this.locked[region] !== 0) {
+        return new Promise((resolve) => {
+          const waiters = this.unlockWaiters.get(region) ?? [];
+          waiters.push(resolve);
+          this.unlockWaiters.set(region, waiters);
+        });
+      }
+    }
+    return Promise.resolve();
+  }
+
+  /** Takes a region for resync: new writes wait, writes in flight drain first. */
+  async lock(region: number): Promise<void> {
+    while (this.locked[region] !== 0) await this.whenUnlocked(region, region);
+    this.locked[region] = 1;
+    if (this.pending[region] > 0) {
+      await new Promise<void>((resolve) => this.drainWaiters.set(region, resolve));
+    }
+  }
+
+  unlock(region: number): void {
+    this.locked[region] = 0;
+    const waiters = this.unlockWaiters.get(region);
+    if (waiters) {
+      this.unlockWaiters.delete(region);
+      for (const wake of waiters) wake();
+    }
+  }
+
+  /** Reads of these regions must come from the source leg. */
+  needsSourceRead(first: number, last: number): boolean {
+    for (let region = first; region <= last; region += 1) {
+      if (this.outOfSync[region] !== 0 || this.pending[region] !== 0 || this.locked[region] !== 0) return true;
+    }
+    return false;
+  }
+
+  isOutOfSync(region: number): boolean {
+    return this.outOfSync[region] !== 0;
+  }
+
+  /**
+   * The legs may differ here. The bit must be set (it is for every region that
+   * ever saw a write since the last clean); regions without one are set and
+   * committed by the caller.
+   */
+  markOutOfSync(region: number): void {
+    if (this.outOfSync[region] === 0) {
+      this.outOfSync[region] = 1;
+      this.outOfSyncCount += 1;
+    }
+    if (this.states[region] === RegionState.CLEAN) {
+      this.states[region] = nextRegionState(RegionState.CLEAN, 'bit_loaded');
+      this.notClean.add(region);
+    }
+    this.log.setDirty(region);
+  }
+
+  markInSync(region: number): void {
+    if (this.outOfSync[region] !== 0) {
+      this.outOfSync[region] = 0;
+      this.outOfSyncCount -= 1;
+    }
+  }
+
+  get outOfSyncRegions(): number {
+    return this.outOfSyncCount;
+  }
+
+  outOfSyncList(): number[] {
+    const regions: number[] = [];
+    for (let region = 0; region < this.regionCount; region += 1) if (this.outOfSync[region] !== 0) regions.push(region);
+    return regions;
+  }
+
+  /** Sweeper, step 1: quiet, in-sync MAYBE_DIRTY regions become candidates. */
+  beginSweep(): number[] {
+    const candidates: number[] = [];
+    for (const region of this.notClean) {
+      if (this.states[region] !== RegionState.MAYBE_DIRTY || this.outOfSync[region] !== 0 || this.locked[region] !== 0) continue;
+      this.states[region] = nextRegionState(RegionState.MAYBE_DIRTY, 'sweep_begin');
+      candidates.push(region);
+    }
+    return candidates;
+  }
+
+  /**
+   * Sweeper, step 2, after the sync: candidates no write touched become CLEAN
+   * and their bits are cleared in memory (the caller commits the log). Returns
+   * how many were cleared.
+   */
+  finishSweep(candidates: number[], syncSucceeded: boolean): number {
+    let cleared = 0;
+    for (const region of candidates) {
+      if (this.states[region] !== RegionState.CLEAN_CANDIDATE) continue;
+      if (syncSucceeded && this.outOfSync[region] === 0) {
+        this.states[region] = nextRegionState(RegionState.CLEAN_CANDIDATE, 'sync_succeeded');
+        this.notClean.delete(region);
+        this.log.clearDirty(region);
+        cleared += 1;
+      } else {
+        this.states[region] = nextRegionState(RegionState.CLEAN_CANDIDATE, 'sync_failed');
+      }
+    }
+    return cleared;
+  }
+
+  counts(): Record<'clean' | 'dirty' | 'maybeDirty' | 'cleanCandidate' | 'outOfSync' | 'bitsSet', number> {
+    let dirty = 0; let maybeDirty = 0; let cleanCandidate = 0;
+    for (const region of this.notClean) {
+      const state = this.states[region];
+      if (state === RegionState.DIRTY) dirty += 1;
+      else if (state === RegionState.MAYBE_DIRTY) maybeDirty += 1;
+      else if (state === RegionState.CLEAN_CANDIDATE) cleanCandidate += 1;
+    }
+    return {
+      clean: this.regionCount - this.notClean.size, dirty, maybeDirty, cleanCandidate,
+      outOfSync: this.outOfSyncCount, bitsSet: this.log.dirtyRegions().length,
+    };
+  }
+}

@@ -1,0 +1,213 @@
+import fs from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { BlockError, toBlockError } from '../blockdev/errors.js';
+import { GroupCommit } from '../blockdev/group-commit.js';
+import { closeFd, fdatasync, pwriteAll } from '../backends/fs-io.js';
+import {
+  bitmapBytesFor, copyBytesFor, decodeCopy, encodeCopy, headerBytes, type LegRecord, legSlotsMax, LogFormatError,
+  type LogState,
+} from './format.js';
+
+export interface CreateLogParams {
+  deviceSizeBytes: number;
+  regionSizeBytes: number;
+  legUuids: Buffer[];
+  mirrorUuid?: Buffer;
+}
+
+/** Logs larger than this are not region logs we wrote (1 PiB at 1 MiB regions is 256 MiB). */
+const logBytesMax = 512 * 1024 * 1024;
+
+export class RegionLogError extends Error {
+  constructor(readonly path: string, message: string) {
+    super(`region log ${path}: ${message}`);
+    this.name = 'RegionLogError';
+  }
+}
+
+/**
+ * The persistent dirty-region log. `state` is the authoritative in-memory
+ * copy; callers change it and call `commit()`, which writes the whole state to
+ * the older of the two on-disk copies and fdatasyncs. Concurrent commits share
+ * one write (group commit), so many writers dirtying regions at once cost one
+ * log update.
+ *
+ * `isDurablyDirty` is what the write path asks: a region's bit may be relied
+ * on only if a completed commit wrote it and nobody has cleared it since, so
+ * clearing a bit in memory withdraws that promise at once.
+ */
+export class RegionLog {
+  private readonly commits: GroupCommit;
+  private durable: Uint8Array;
+  private readonly copyBytes: number;
+  private closed = false;
+
+  private constructor(readonly path: string, private readonly fd: number, readonly state: LogState) {
+    this.copyBytes = copyBytesFor(state.regionCount);
+    this.durable = new Uint8Array(state.dirty);
+    this.commits = new GroupCommit(() => this.writeNextCopy());
+  }
+
+  static async create(path: string, params: CreateLogParams, options: { overwrite?: boolean } = {}): Promise<RegionLog> {
+    const { deviceSizeBytes, regionSizeBytes, legUuids } = params;
+    if (regionSizeBytes < 4096 || (regionSizeBytes & (regionSizeBytes - 1)) !== 0 || regionSizeBytes > 2 ** 31) {
+      throw new RegionLogError(path, `region size ${regionSizeBytes} must be a power of two between 4 KiB and 2 GiB`);
+    }
+    if (legUuids.length < 1 || legUuids.length > legSlotsMax) {
+      throw new RegionLogError(path, `${legUuids.length} legs; a mirror has 1..${legSlotsMax}`);
+    }
+    const regionCount = Math.ceil(deviceSizeBytes / regionSizeBytes);
+    const state: LogState = {
+      mirrorUuid: params.mirrorUuid ?? randomBytes(16),
+      regionSizeBytes,
+      deviceSizeBytes,
+      regionCount,
+      sequence: 0n,
+      cleanShutdown: true,
+      labelUpdatePending: false,
+      eventsCurrent: 1n,
+      eventsPrevious: 1n,
+      legs: legUuids.map((uuid): LegRecord => ({
+        uuid, state: 'in_sync', rebuildMode: 'none', events: 1n, rebuildCheckpointBytes: 0, failedAtMs: 0,
+      })),
+      dirty: new Uint8Array(bitmapBytesFor(regionCount)),
+    };
+    let fd: number;
+    try {
+      fd = fs.openSync(path, options.overwrite ? 'w+' : 'wx+');
+    } catch (error) {
+      throw new RegionLogError(path, `cannot create: ${(error as Error).message}`);
+    }
+    // Both copies hold the initial state, so either may be the one a later update replaces.
+    const copyBytes = copyBytesFor(regionCount);
+    fs.writeSync(fd, encodeCopy(state), 0, copyBytes, 0);
+    fs.writeSync(fd, encodeCopy({ ...state, sequence: 1n }), 0, copyBytes, copyBytes);
+    fs.fsyncSync(fd);
+    state.sequence = 1n;
+    return new RegionLog(path, fd, state);
+  }
+
+  /** Reads both copies and keeps the newest valid one; refuses a log it cannot trust. */
+  static open(path: string, options: { readOnly?: boolean } = {}): RegionLog {
+    let fd: number;
+    try {
+      fd = fs.openSync(path, options.readOnly ? 'r' : 'r+');
+    } catch (error) {
+      throw new RegionLogError(path, `cannot open: ${(error as Error).message}`);
+    }
+    try {
+      return new RegionLog(path, fd, RegionLog.readNewest(path, fd));
+    } catch (error) {
+      fs.closeSync(fd);
+      throw error;
+    }
+  }
+
+  /** Reads the newest valid copy without keeping the file open (dump-log, offline status). */
+  static inspect(path: string): { state: LogState; copies: Array<{ sequence?: bigint; error?: string }> } {
+    const fd = fs.openSync(path, 'r');
+    try {
+      const copies = RegionLog.readCopies(path, fd);
+      return { state: RegionLog.pickNewest(path, copies), copies: copies.map((copy) =>
+        ('state' in copy ? { sequence: copy.state.sequence } : { error: copy.error })) };
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  private static readCopies(path: string, fd: number): Array<{ state: LogState } | { error: string }> {
+    const size = fs.fstatSync(fd).size;
+    if (size < 2 * headerBytes) throw new RegionLogError(path, `truncated: ${size} bytes, smaller than two headers`);
+    if (size > logBytesMax) throw new RegionLogError(path, `${size} bytes is too large to be a region log`);
+    const whole = Buffer.alloc(size);
+    fs.readSync(fd, whole, 0, size, 0);
+    const half = Math.floor(size / 2);
+    return [whole.subarray(0, half), whole.subarray(half)].map((copy, index) => {
+      try {
+        const state = decodeCopy(copy);
+        if (copyBytesFor(state.regionCount) * 2 !== size) {
+          return { error: `copy ${index}: file is ${size} bytes, expected ${copyBytesFor(state.regionCount) * 2} (truncated or extended)` };
+        }
+        return { state };
+      } catch (error) {
+        if (error instanceof LogFormatError) return { error: `copy ${index}: ${error.message}` };
+        throw error;
+      }
+    });
+  }
+
+  private static pickNewest(path: string, copies: Array<{ state: LogState } | { error: string }>): LogState {
+    const valid = copies.flatMap((copy) => ('state' in copy ? [copy.state] : []));
+    if (valid.length === 0) {
+      throw new RegionLogError(path, `no valid copy: ${copies.map((copy) => ('error' in copy ? copy.error : '')).join('; ')}`);
+    }
+    if (valid.length === 2 && !valid[0].mirrorUuid.equals(valid[1].mirrorUuid)) {
+      throw new RegionLogError(path, 'the two copies belong to different mirrors');
+    }
+    return valid.reduce((newest, copy) => (copy.sequence > newest.sequence ? copy : newest));
+  }
+
+  private static readNewest(path: string, fd: number): LogState {
+    return RegionLog.pickNewest(path, RegionLog.readCopies(path, fd));
+  }
+
+  isDirty(region: number): boolean {
+    return (this.state.dirty[region >> 3] & (1 << (region & 7))) !== 0;
+  }
+
+  isDurablyDirty(region: number): boolean {
+    return (this.durable[region >> 3] & (1 << (region & 7))) !== 0;
+  }
+
+  setDirty(region: number): void {
+    this.state.dirty[region >> 3] |= 1 << (region & 7);
+  }
+
+  clearDirty(region: number): void {
+    const mask = ~(1 << (region & 7)) & 0xff;
+    this.state.dirty[region >> 3] &= mask;
+    this.durable[region >> 3] &= mask;
+  }
+
+  dirtyRegions(): number[] {
+    const regions: number[] = [];
+    for (let byte = 0; byte < this.state.dirty.length; byte += 1) {
+      if (this.state.dirty[byte] === 0) continue;
+      for (let bit = 0; bit < 8; bit += 1) {
+        if ((this.state.dirty[byte] & (1 << bit)) !== 0) regions.push(byte * 8 + bit);
+      }
+    }
+    return regions;
+  }
+
+  get commitsRun(): number {
+    return this.commits.roundsRun;
+  }
+
+  /** Makes the current in-memory state durable; resolves once a write that started after this call is synced. */
+  commit(): Promise<void> {
+    if (this.closed) return Promise.reject(new BlockError('ESHUTDOWN', `region log ${this.path} is closed`));
+    return this.commits.run();
+  }
+
+  private async writeNextCopy(): Promise<void> {
+    const sequence = this.state.sequence + 1n;
+    const snapshot = new Uint8Array(this.state.dirty);
+    const encoded = encodeCopy({ ...this.state, sequence, dirty: snapshot });
+    try {
+      await pwriteAll(this.fd, encoded, Number(sequence % 2n) * this.copyBytes);
+      await fdatasync(this.fd);
+    } catch (error) {
+      throw toBlockError(error, `region log ${this.path}: update failed`);
+    }
+    this.state.sequence = sequence;
+    // A bit cleared after the snapshot was taken must not count as durable.
+    for (let byte = 0; byte < snapshot.length; byte += 1) this.durable[byte] = snapshot[byte] & this.state.dirty[byte];
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await closeFd(this.fd);
+  }
+}

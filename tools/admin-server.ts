@@ -1,0 +1,136 @@
+import fs from 'node:fs';
+import net from 'node:net';
+import type { Logger } from 'pino';
+import type { MirrorController } from '../mirror/controller.js';
+
+export interface AdminRequest {
+  command: string;
+  slot?: number;
+  path?: string;
+  force?: boolean;
+  repair?: boolean;
+  action?: 'trigger' | 'heal';
+}
+
+/** A request line longer than this is not one of ours. */
+const requestBytesMax = 64 * 1024;
+
+/**
+ * The local admin socket: one JSON request per line, answered by JSON lines
+ * (progress lines, then one line with `ok`). Only the owner can connect: the
+ * socket is created mode 0600.
+ */
+export class AdminServer {
+  private readonly server: net.Server;
+  private readonly sockets = new Set<net.Socket>();
+
+  constructor(private readonly controller: MirrorController, private readonly logger: Logger) {
+    this.server = net.createServer((socket) => this.serve(socket));
+  }
+
+  async listen(socketPath: string): Promise<void> {
+    if (fs.existsSync(socketPath)) {
+      const inUse = await new Promise<boolean>((resolve) => {
+        const probe = net.connect(socketPath, () => { probe.destroy(); resolve(true); });
+        probe.on('error', () => resolve(false));
+      });
+      if (inUse) throw new Error(`admin socket ${socketPath} is in use by another server`);
+      fs.unlinkSync(socketPath);
+    }
+    const previousMask = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.server.once('error', reject);
+        this.server.listen(socketPath, () => resolve());
+      });
+    } finally {
+      process.umask(previousMask);
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const socket of this.sockets) socket.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private serve(socket: net.Socket): void {
+    this.sockets.add(socket);
+    socket.on('close', () => this.sockets.delete(socket));
+    socket.on('error', () => socket.destroy());
+    let buffered = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => {
+      buffered += chunk;
+      if (buffered.length > requestBytesMax) {
+        this.send(socket, { ok: false, error: 'request too long' });
+        socket.end();
+        return;
+      }
+      const newline = buffered.indexOf('\n');
+      if (newline < 0) return;
+      const line = buffered.slice(0, newline);
+      socket.pause();
+      void this.answer(socket, line).finally(() => socket.end());
+    });
+  }
+
+  private send(socket: net.Socket, message: Record<string, unknown>): void {
+    if (!socket.destroyed) socket.write(`${JSON.stringify(message)}\n`);
+  }
+
+  private async answer(socket: net.Socket, line: string): Promise<void> {
+    let request: AdminRequest;
+    try {
+      request = JSON.parse(line) as AdminRequest;
+      if (typeof request !== 'object' || request === null || typeof request.command !== 'string') throw new Error('no command');
+    } catch {
+      this.send(socket, { ok: false, error: 'malformed request: expected one JSON object with a "command"' });
+      return;
+    }
+    try {
+      const result = await this.execute(request, (done, total) => this.send(socket, { progress: { done, total } }));
+      this.send(socket, { ok: true, result });
+    } catch (error) {
+      this.logger.warn({ command: request.command, err: (error as Error).message }, 'admin command failed');
+      this.send(socket, { ok: false, error: (error as Error).message });
+    }
+  }
+
+  private async execute(request: AdminRequest, progress: (done: number, total: number) => void): Promise<unknown> {
+    const { controller } = this;
+    const slot = (): number => {
+      if (!Number.isInteger(request.slot)) throw new Error(`${request.command} needs a leg slot number`);
+      return request.slot!;
+    };
+    this.logger.info({ command: request.command, slot: request.slot, path: request.path }, 'admin command');
+    switch (request.command) {
+      case 'status':
+        return controller.status();
+      case 're-add':
+        return controller.reAdd(slot(), { path: request.path, force: request.force });
+      case 'replace':
+        if (typeof request.path !== 'string' || request.path === '') throw new Error('replace needs the new leg path');
+        return controller.replace(slot(), request.path, { force: request.force });
+      case 'resync':
+        return controller.fullResync();
+      case 'check':
+      case 'repair':
+        return controller.check({ repair: request.command === 'repair' || request.repair === true, onProgress: progress });
+      case 'sweep':
+        return controller.device.sweep();
+      case 'wait-resync':
+        await controller.resync.idle();
+        return controller.status();
+      case 'fault': {
+        const fault = controller.faults[slot()];
+        if (!fault) throw new Error(`leg ${request.slot} has no fault injection configured`);
+        if (request.action === 'trigger') fault.trigger();
+        else if (request.action === 'heal') fault.heal();
+        else throw new Error('fault needs action "trigger" or "heal"');
+        return { slot: request.slot, action: request.action, injected: fault.injected };
+      }
+      default:
+        throw new Error(`unknown command "${request.command}" (status, re-add, replace, resync, check, repair, sweep, wait-resync, fault)`);
+    }
+  }
+}
