@@ -1,0 +1,63 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import pino from 'pino';
+import type { FaultPlan } from '../../backends/fault-device.js';
+import { MirrorController, type MirrorSettings } from '../../mirror/controller.js';
+import { makeTempDir } from './tools.js';
+
+export interface MirrorFixture {
+  dir: string;
+  logPath: string;
+  legPaths: string[];
+  settings: MirrorSettings;
+  open(overrides?: Partial<MirrorSettings>): Promise<MirrorController>;
+  cleanup(): void;
+}
+
+export const silentLogger = pino({ level: 'silent' });
+
+/** Temp files for an in-process mirror; `open` creates it the first time and reassembles it after. */
+export function mirrorFixture(options: { legs?: number; sizeBytes?: number; regionSizeBytes?: number; faults?: Array<FaultPlan | undefined> } = {}):
+  MirrorFixture {
+  const dir = makeTempDir('mirror-');
+  const legPaths = Array.from({ length: options.legs ?? 2 }, (_, slot) => path.join(dir, `leg${slot}.img`));
+  const settings: MirrorSettings = {
+    logPath: path.join(dir, 'mirror.log'),
+    legs: legPaths.map((legPath, slot) => ({ path: legPath, faults: options.faults?.[slot] })),
+    sizeBytes: options.sizeBytes ?? 16 * 1024 * 1024,
+    regionSizeBytes: options.regionSizeBytes ?? 64 * 1024,
+    readPolicy: 'round-robin',
+    sweepIntervalMs: 0,
+    resyncBytesPerSecond: 0,
+    createIfMissing: true,
+    force: false,
+  };
+  return {
+    dir, logPath: settings.logPath, legPaths, settings,
+    open: (overrides = {}) => MirrorController.open({ ...settings, legs: settings.legs.map((leg) => ({ ...leg })), ...overrides }, silentLogger),
+    cleanup: () => fs.rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+/** The data areas of the leg files are byte-identical (labels differ by design). */
+export function legsIdentical(legPaths: string[], sizeBytes: number): { identical: boolean; firstDifference?: number } {
+  const fds = legPaths.map((legPath) => fs.openSync(legPath, 'r'));
+  try {
+    const chunk = 1 << 20;
+    const buffers = fds.map(() => Buffer.alloc(chunk));
+    for (let at = 0; at < sizeBytes; at += chunk) {
+      const length = Math.min(chunk, sizeBytes - at);
+      fds.forEach((fd, index) => { buffers[index].fill(0); fs.readSync(fd, buffers[index], 0, length, at); });
+      for (let index = 1; index < fds.length; index += 1) {
+        if (!buffers[index].subarray(0, length).equals(buffers[0].subarray(0, length))) {
+          for (let byte = 0; byte < length; byte += 1) {
+            if (buffers[index][byte] !== buffers[0][byte]) return { identical: false, firstDifference: at + byte };
+          }
+        }
+      }
+    }
+    return { identical: true };
+  } finally {
+    for (const fd of fds) fs.closeSync(fd);
+  }
+}

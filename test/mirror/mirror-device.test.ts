@@ -1,0 +1,181 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import type { FaultPlan } from '../../backends/fault-device.js';
+import { isBlockError } from '../../blockdev/errors.js';
+import { RegionLog } from '../../regionlog/region-log.js';
+import type { MirrorController } from '../../mirror/controller.js';
+import { legsIdentical, mirrorFixture } from '../helpers/mirror-fixture.js';
+
+const regionSize = 64 * 1024;
+const noFaults = (): FaultPlan => ({ rules: [] });
+
+async function until(what: string, condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+async function stop(controller: MirrorController): Promise<void> {
+  await controller.shutdown();
+  await controller.close();
+}
+
+function readLegFile(file: string, offset: number, length: number): Buffer {
+  const buffer = Buffer.alloc(length);
+  const fd = fs.openSync(file, 'r');
+  fs.readSync(fd, buffer, 0, length, offset);
+  fs.closeSync(fd);
+  return buffer;
+}
+
+test('a write reaches both legs from one buffer, and its region bit is durable before any leg sees the data', async (t) => {
+  const fixture = mirrorFixture({ faults: [noFaults(), noFaults()] });
+  const controller = await fixture.open();
+  const releases = controller.faults.map((fault) => fault!.holdWrites());
+  const offset = 5 * regionSize + 512;
+  const data = Buffer.alloc(8192, 0x3c);
+  const writing = controller.device.write(offset, data, { fua: false });
+  await until('the bit on disk', () => RegionLog.inspect(fixture.logPath).state.dirty[0] !== 0);
+  t.deepEqual(RegionLog.inspect(fixture.logPath).state.dirty[0], 1 << 5);
+  for (const leg of fixture.legPaths) t.true(readLegFile(leg, offset, data.length).every((byte) => byte === 0), 'no leg has the data yet');
+  for (const release of releases) release();
+  await writing;
+  await controller.device.flush();
+  for (const leg of fixture.legPaths) t.true(readLegFile(leg, offset, data.length).equals(data));
+  await stop(controller);
+  fixture.cleanup();
+});
+
+test('the sweeper clears quiet regions only after a sync, and a write during the sync keeps its region dirty', async (t) => {
+  const fixture = mirrorFixture();
+  const controller = await fixture.open();
+  const { device } = controller;
+  await device.write(1 * regionSize, Buffer.alloc(4096, 1), { fua: false });
+  await device.write(2 * regionSize, Buffer.alloc(4096, 2), { fua: false });
+  t.deepEqual(device.log.dirtyRegions(), [1, 2]);
+  const sweeping = device.sweep();
+  // The sweep chose its candidates synchronously; this write lands while its sync runs.
+  const racing = device.write(1 * regionSize + 4096, Buffer.alloc(4096, 3), { fua: false });
+  const result = await sweeping;
+  await racing;
+  t.deepEqual(result, { candidates: 2, cleared: 1, synced: true });
+  t.deepEqual(RegionLog.inspect(fixture.logPath).state.dirty[0], 1 << 1, 'region 1 keeps its bit on disk');
+  const second = await device.sweep();
+  t.deepEqual(second, { candidates: 1, cleared: 1, synced: true });
+  t.is(RegionLog.inspect(fixture.logPath).state.dirty[0], 0);
+  await stop(controller);
+  fixture.cleanup();
+});
+
+test('a failed sync clears nothing; ENOSPC on a leg flush fails the flush and keeps the leg; once healed, the sweep clears', async (t) => {
+  const fixture = mirrorFixture({ faults: [noFaults(), { rules: [{ ops: ['flush'], error: 'ENOSPC', armed: false, sticky: true }] }] });
+  const controller = await fixture.open();
+  const { device } = controller;
+  await device.write(0, Buffer.alloc(4096, 9), { fua: false });
+  controller.faults[1]!.trigger();
+  t.deepEqual(await device.sweep(), { candidates: 1, cleared: 0, synced: false });
+  t.is(RegionLog.inspect(fixture.logPath).state.dirty[0], 1);
+  const error = await t.throwsAsync(device.flush());
+  t.true(isBlockError(error) && error.code === 'ENOSPC');
+  t.is(controller.status().legs[1].state, 'in_sync', 'a retryable failure does not fail the leg');
+  controller.faults[1]!.heal();
+  await device.flush();
+  t.deepEqual(await device.sweep(), { candidates: 1, cleared: 1, synced: true });
+  await stop(controller);
+  fixture.cleanup();
+});
+
+test('a leg failing mid-workload: writes continue degraded, the failure is in the log, no bit is cleared, re-add resyncs only what changed', async (t) => {
+  const fixture = mirrorFixture({ sizeBytes: 8 << 20, faults: [noFaults(), { rules: [{ ops: ['write', 'flush', 'read'], error: 'EIO', armed: false }] }] });
+  let controller = await fixture.open();
+  let { device } = controller;
+  for (let region = 0; region < 128; region += 1) await device.write(region * regionSize, Buffer.alloc(4096, region), { fua: false });
+  t.is((await device.sweep()).cleared, 128);
+  controller.faults[1]!.trigger();
+  const changed = [3, 50, 51, 99];
+  for (const region of changed) await device.write(region * regionSize + 8192, Buffer.alloc(16384, 0xee), { fua: false });
+  t.is(controller.status().health, 'degraded');
+  t.is(controller.status().legs[1].state, 'faulty');
+  t.is(RegionLog.inspect(fixture.logPath).state.legs[1].state, 'faulty', 'persisted');
+  t.is((await device.sweep()).cleared, 0);
+  await device.flush();
+  // A restart keeps the leg out and the bits set.
+  await stop(controller);
+  controller = await fixture.open();
+  device = controller.device;
+  t.is(controller.status().legs[1].state, 'faulty');
+  t.deepEqual(device.log.dirtyRegions(), changed);
+  const message = await controller.reAdd(1);
+  t.regex(message, /4 regions to resync/);
+  await until('re-add to finish', () => controller.status().legs[1].state === 'in_sync');
+  t.is(controller.resync.progress.regionsTotal, changed.length, 'only the regions written while away');
+  t.is(controller.status().health, 'optimal');
+  await stop(controller);
+  t.true(legsIdentical(fixture.legPaths, fixture.settings.sizeBytes).identical);
+  fixture.cleanup();
+});
+
+test('replace puts an empty leg in and rebuilds it fully online while writes continue', async (t) => {
+  const fixture = mirrorFixture({ sizeBytes: 8 << 20 });
+  const controller = await fixture.open();
+  const { device } = controller;
+  for (let region = 0; region < 128; region += 2) await device.write(region * regionSize, Buffer.alloc(regionSize, region + 1), { fua: false });
+  const newLeg = path.join(fixture.dir, 'new-leg.img');
+  await controller.replace(1, newLeg);
+  let writes = 0;
+  while (controller.status().legs[1].state !== 'in_sync' && writes < 2000) {
+    await device.write((writes % 128) * regionSize + 4096, Buffer.alloc(4096, writes & 0xff), { fua: false });
+    writes += 1;
+  }
+  await until('rebuild to finish', () => controller.status().legs[1].state === 'in_sync');
+  await stop(controller);
+  t.true(legsIdentical([fixture.legPaths[0], newLeg], fixture.settings.sizeBytes).identical);
+  fixture.cleanup();
+});
+
+test('with no in-sync leg left every request fails with EIO, and the mirror stays failed', async (t) => {
+  const fixture = mirrorFixture({ faults: [{ rules: [{ ops: ['write'], error: 'EIO' }] }, { rules: [{ ops: ['write'], error: 'EIO' }] }] });
+  const controller = await fixture.open();
+  const failure = await t.throwsAsync(controller.device.write(0, Buffer.alloc(4096), { fua: false }));
+  t.true(isBlockError(failure) && failure.code === 'EIO');
+  const read = await t.throwsAsync(controller.device.read(0, Buffer.alloc(4096)));
+  t.regex(read!.message, /mirror has failed/);
+  t.is(controller.status().health, 'failed');
+  await controller.close();
+  fixture.cleanup();
+});
+
+test('after a crash a region that may differ is read from the source leg until resynced', async (t) => {
+  const fixture = mirrorFixture({ faults: [noFaults(), noFaults()] });
+  let controller = await fixture.open();
+  await controller.device.write(3 * regionSize, Buffer.alloc(regionSize, 0xaa), { fua: true });
+  await stop(controller);
+  // Leg 1 missed a write before a crash: different bytes, bit set, log unclean.
+  const fd = fs.openSync(fixture.legPaths[1], 'r+');
+  fs.writeSync(fd, Buffer.alloc(regionSize, 0xbb), 0, regionSize, 3 * regionSize);
+  fs.closeSync(fd);
+  const log = RegionLog.open(fixture.logPath);
+  log.setDirty(3);
+  log.state.cleanShutdown = false;
+  await log.commit();
+  await log.close();
+  controller = await fixture.open({ legs: fixture.settings.legs.map((leg) => ({ ...leg, faults: { rules: [] } })) });
+  // The copy to leg 1 is held, so the region stays out of sync while we read it many times.
+  const release = controller.faults[1]!.holdWrites();
+  const target = Buffer.alloc(4096);
+  t.is(controller.device.regions.outOfSyncRegions, 1);
+  for (let read = 0; read < 20; read += 1) {
+    await controller.device.read(3 * regionSize + 4096 * (read % 16), target);
+    t.true(target.every((byte) => byte === 0xaa));
+  }
+  t.is(controller.device.regions.outOfSyncRegions, 1, 'the reads ran while the region was out of sync');
+  release();
+  await controller.resync.idle();
+  t.is(controller.device.regions.outOfSyncRegions, 0);
+  await stop(controller);
+  t.true(legsIdentical(fixture.legPaths, fixture.settings.sizeBytes).identical);
+  fixture.cleanup();
+});
