@@ -12,14 +12,20 @@ async function serveFails(args: string[], cwd?: string): Promise<string> {
   return result.stderr;
 }
 
-test('the embedded default creates its config, leg and socket on first start and serves them', async (t) => {
+test('the embedded default creates its config, a two-leg mirror and sockets on first start and serves them', async (t) => {
   const dir = makeTempDir('default');
   const dataDir = path.join(dir, 'data');
   const server = await startServerProcess(['--data-dir', dataDir]);
   try {
     t.true(fs.existsSync(path.join(dataDir, 'config.yaml')));
-    t.is(fs.statSync(path.join(dataDir, 'leg0.img')).size, 1024 ** 3);
+    // Each leg holds the data plus its 8 KiB label at the end.
+    t.is(fs.statSync(path.join(dataDir, 'leg0.img')).size, 1024 ** 3 + 8192);
+    t.is(fs.statSync(path.join(dataDir, 'leg1.img')).size, 1024 ** 3 + 8192);
+    t.true(fs.existsSync(path.join(dataDir, 'mirror.log')));
     t.true(fs.statSync(path.join(dataDir, 'nbd.sock')).isSocket());
+    t.true(fs.statSync(path.join(dataDir, 'admin.sock')).isSocket());
+    const status = await run(process.execPath, [cliPath, 'status', '--data-dir', dataDir]);
+    t.regex(status.stdout, /health: optimal/);
     const info = await runOk('nbdinfo', ['--size', `nbd+unix:///disk?socket=${path.join(dataDir, 'nbd.sock')}`]);
     t.is(info.stdout.trim(), String(1024 ** 3));
     t.true(server.logs.some((entry) => String(entry.msg).startsWith('attach with: nbdinfo')), 'prints how to attach');
@@ -28,6 +34,7 @@ test('the embedded default creates its config, leg and socket on first start and
   }
   t.false(fs.existsSync(path.join(dataDir, 'nbd.sock')), 'the socket is removed on shutdown');
   const again = await startServerProcess(['--data-dir', dataDir]);
+  t.is(again.logs.find((entry) => entry.msg === 'listening')?.recoveryRegions, 0, 'a clean shutdown leaves nothing to resync');
   t.is(await again.stop(), 0, 'a second start reuses what the first created');
   fs.rmSync(dir, { recursive: true, force: true });
 });
