@@ -15,6 +15,8 @@ import { formatStatus } from './format-status.js';
 
 interface TargetOptions {
   config?: string;
+  leg?: string[];
+  log?: string;
   dataDir: string;
   admin?: string;
   json?: boolean;
@@ -24,11 +26,13 @@ interface TargetOptions {
 function targetConfig(options: TargetOptions, overrides: ConfigOverrides = {}): { config: Config; file: string } {
   const file = options.config ?? path.join(path.resolve(options.dataDir), 'config.yaml');
   if (options.config === undefined && !fs.existsSync(file)) ensureDefaultDataDir(path.resolve(options.dataDir));
-  return { config: loadConfig(file, overrides), file };
+  return { config: loadConfig(file, { legs: options.leg, log: options.log, ...overrides }), file };
 }
 
 function adminSocketOf(options: TargetOptions): string | undefined {
   if (options.admin) return path.resolve(options.admin);
+  // Files named on the command line are not the configured server's.
+  if (options.leg || options.log) return undefined;
   try {
     return targetConfig(options).config.listen.admin;
   } catch {
@@ -65,6 +69,8 @@ function targetOptions(command: Command): Command {
     .option('-c, --config <file>', 'configuration file of the mirror')
     .option('-d, --data-dir <dir>', 'data folder of the embedded default', 'data')
     .option('--admin <socket>', 'admin socket of a running server')
+    .option('--leg <path...>', 'leg files (instead of the configuration\'s)')
+    .option('--log <path>', 'region log file (instead of the configuration\'s)')
     .option('--json', 'print JSON');
 }
 
@@ -91,13 +97,11 @@ function describeCheck(result: CompareResult): string {
 export function registerTools(program: Command): void {
   targetOptions(program.command('create')
     .description('initialise the legs and the region log of a new mirror (from the configuration, or --leg/--log)'))
-    .option('--leg <path...>', 'leg files (at least two)')
-    .option('--log <path>', 'region log file')
     .option('--size <size>', 'size of the mirror, e.g. 1GiB')
     .option('--region-size <size>', 'region size, e.g. 1MiB')
     .option('--force', 'overwrite existing files (their contents are lost)')
-    .action(async (options: TargetOptions & { leg?: string[]; log?: string; size?: string; regionSize?: string; force?: boolean }) => {
-      const { config } = targetConfig(options, { legs: options.leg, log: options.log, sizeBytes: options.size, regionSize: options.regionSize });
+    .action(async (options: TargetOptions & { size?: string; regionSize?: string; force?: boolean }) => {
+      const { config } = targetConfig(options, { sizeBytes: options.size, regionSize: options.regionSize });
       if (config.storage.log === undefined) throw new ConfigError('storage.log', 'a mirror needs a region log (--log)', 'nbd-mirror create');
       const created = await createMirror({ logPath: config.storage.log, legPaths: config.storage.legs.map((leg) => leg.path),
         sizeBytes: config.storage.sizeBytes, regionSizeBytes: config.storage.regionSizeBytes, force: options.force });

@@ -1,7 +1,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
-import { projectRoot, startServerProcess } from '../helpers/server-process.js';
+import { cliPath, projectRoot, startServerProcess } from '../helpers/server-process.js';
 import { makeTempDir, run } from '../helpers/tools.js';
 
 /**
@@ -12,12 +12,16 @@ import { makeTempDir, run } from '../helpers/tools.js';
  */
 const harness = path.join(projectRoot, 'test', 'kernel-nbd', 'run.sh');
 
-for (const conns of [1, 2]) {
-  test.serial(`the Linux kernel client attaches, runs mkfs/fsck/TRIM and a ${conns}-connection session`, async (t) => {
+for (const { conns, mirror } of [{ conns: 1, mirror: false }, { conns: 2, mirror: false }, { conns: 2, mirror: true }]) {
+  test.serial(`the Linux kernel client attaches${mirror ? ' to a two-leg mirror' : ''}, runs mkfs/fsck/TRIM and a ${conns}-connection session`, async (t) => {
     t.timeout(15 * 60_000);
     const dir = makeTempDir(`kernel-${conns}`);
+    const storage = mirror
+      ? ['--leg', path.join(dir, 'leg0.img'), path.join(dir, 'leg1.img'), '--log', path.join(dir, 'mirror.log'),
+        '--admin', path.join(dir, 'admin.sock'), '--sweep-interval-ms', '500']
+      : ['--leg', path.join(dir, 'leg.img')];
     // Shorter handshake timeout than the default, but well above the ~25 s the VM's idle ports wait.
-    const server = await startServerProcess(['--leg', path.join(dir, 'leg.img'), '--size', '512MiB', '--no-unix',
+    const server = await startServerProcess([...storage, '--size', '512MiB', '--no-unix',
       '--export-name', 'disk', '--handshake-timeout-ms', '120000']);
     try {
       const args = [String(server.port), 'disk', '--conns', String(conns), '--require-trim', '--log-dir', path.join(dir, 'logs')];
@@ -30,6 +34,11 @@ for (const conns of [1, 2]) {
       t.deepEqual(warnings, [], 'no request failed while the kernel used the device');
     } finally {
       t.is(await server.stop(), 0);
+      if (mirror) {
+        const check = await run(process.execPath, [cliPath, 'check', '--leg', path.join(dir, 'leg0.img'), path.join(dir, 'leg1.img'),
+          '--log', path.join(dir, 'mirror.log')]);
+        t.regex(check.stdout, /mismatch_cnt 0/, `${check.stdout}${check.stderr}`);
+      }
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
