@@ -9,6 +9,7 @@ import path from 'node:path';
 import { peakRssBytes, startServerProcess } from '../test/helpers/server-process.js';
 import { freePort, makeTempDir, run, writeRandomFile } from '../test/helpers/tools.js';
 import { type FioJob, type FioResult, runFio } from './fio.js';
+import { benchMirror } from './mirror.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
@@ -64,6 +65,9 @@ async function main(): Promise<void> {
     }
     const peak = peakRssBytes(server.pid);
     console.log(`nbd-mirror peak RSS: ${peak === undefined ? 'unknown' : `${(peak / 2 ** 20).toFixed(1)} MiB`}`);
+    if (process.env.BENCH_SKIP_MIRROR !== '1') {
+      await benchMirror({ dir, singleUri: server.uri(), nbdkitUri: nbdkit.uri, sizeBytes, seconds, rounds });
+    }
   } finally {
     await server.stop();
     nbdkit.child.kill('SIGTERM');
