@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   const server = await startServerProcess(['--leg', ours, '--no-unix']);
   const nbdkit = await startNbdkit(theirs);
   try {
-    for (const job of jobs) {
+    for (const job of process.env.BENCH_ONLY_MIRROR === '1' ? [] : jobs) {
       let best: { ours?: FioResult; nbdkit?: FioResult } = {};
       for (let round = 0; round < rounds; round += 1) {
         const a = await runFio(server.uri(), job, seconds, sizeBytes);

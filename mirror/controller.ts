@@ -28,6 +28,8 @@ export interface MirrorSettings {
   createIfMissing: boolean;
   /** Take in refused legs (foreign, stale, unlabelled) and rebuild them fully. */
   force: boolean;
+  /** See MirrorOptions.quietSweepsBeforeClean. */
+  quietSweepsBeforeClean?: number;
 }
 
 export interface MirrorStatus {
@@ -143,7 +145,8 @@ export class MirrorController {
       await Promise.allSettled(legs.map((leg) => leg?.device.close()));
       throw error;
     }
-    const device = new MirrorDevice({ log, legs, readPolicy: settings.readPolicy, preferredSlot: settings.preferredLeg, logger });
+    const device = new MirrorDevice({ log, legs, readPolicy: settings.readPolicy, preferredSlot: settings.preferredLeg, logger,
+      quietSweepsBeforeClean: settings.quietSweepsBeforeClean });
     // After a crash every set bit may hide a difference between legs; a re-add
     // in progress needs every set bit copied to the returning leg.
     const bitmapRebuild = state.legs.some((record) => record.state === 'rebuilding' && record.rebuildMode === 'bitmap');

@@ -16,6 +16,8 @@ export interface MirrorOptions {
   readPolicy: ReadPolicy;
   preferredSlot?: number;
   logger: Logger;
+  /** Sweeps a region must be found quiet in before one may clear it (default 1; 0 clears on the first sweep). */
+  quietSweepsBeforeClean?: number;
   /** Runs before the sweeper's leg flush: a cache above writes back here. */
   beforeSync?: () => Promise<void>;
 }
@@ -55,6 +57,7 @@ export class MirrorDevice implements BlockDevice {
   private sweeping: Promise<SweepResult> | undefined;
   private closed = false;
   readonly beforeSync: (() => Promise<void>) | undefined;
+  private readonly quietSweepsBeforeClean: number;
   /** Cumulative figures for status and the benchmark. */
   readonly stats = { sweeps: 0, regionsCleared: 0, legFailures: 0, sourceReads: 0, balancedReads: 0 };
 
@@ -67,6 +70,7 @@ export class MirrorDevice implements BlockDevice {
     this.readPolicy = options.readPolicy;
     this.preferredSlot = options.preferredSlot;
     this.beforeSync = options.beforeSync;
+    this.quietSweepsBeforeClean = options.quietSweepsBeforeClean ?? 1;
     this.current = this.makeGeneration(options.legs);
     const open = options.legs.filter((leg): leg is MirrorLeg => leg !== undefined);
     if (open.length === 0) throw new BlockError('EIO', 'mirror has no usable leg');
@@ -374,14 +378,15 @@ export class MirrorDevice implements BlockDevice {
    * touched meanwhile are cleared. Nothing is cleared while a leg is missing,
    * being rebuilt, or if the sync failed.
    */
-  sweep(): Promise<SweepResult> {
-    this.sweeping ??= this.sweepOnce().finally(() => { this.sweeping = undefined; });
+  sweep(options: { ignoreQuietPasses?: boolean } = {}): Promise<SweepResult> {
+    this.sweeping ??= this.sweepOnce(options.ignoreQuietPasses ? 0 : this.quietSweepsBeforeClean)
+      .finally(() => { this.sweeping = undefined; });
     return this.sweeping;
   }
 
-  private async sweepOnce(): Promise<SweepResult> {
+  private async sweepOnce(quietSweepsRequired: number): Promise<SweepResult> {
     if (this.closed || !this.fullyInSync) return { candidates: 0, cleared: 0, synced: false };
-    const candidates = this.regions.beginSweep();
+    const candidates = this.regions.beginSweep(quietSweepsRequired);
     if (candidates.length === 0) return { candidates: 0, cleared: 0, synced: false };
     let synced = false;
     try {
@@ -417,7 +422,7 @@ export class MirrorDevice implements BlockDevice {
       } catch (error) {
         this.logger.error({ err: (error as Error).message }, 'shutdown flush failed: the log stays unclean');
       }
-      if (flushed && this.fullyInSync) await this.sweep();
+      if (flushed && this.fullyInSync) await this.sweep({ ignoreQuietPasses: true });
       this.log.state.cleanShutdown = flushed && !this.failure && this.regions.outOfSyncRegions === 0;
       await this.log.commit();
     }

@@ -13,6 +13,8 @@ export class RegionTracker {
   private readonly pending: Uint32Array;
   private readonly outOfSync: Uint8Array;
   private readonly locked: Uint8Array;
+  /** Sweeps that found the region quiet since its last write (md's bitmap counter, in spirit). */
+  private readonly quietSweeps: Uint8Array;
   private readonly unlockWaiters = new Map<number, Array<() => void>>();
   private readonly drainWaiters = new Map<number, () => void>();
   /** Regions in any state but CLEAN: what the sweeper looks at. */
@@ -24,6 +26,7 @@ export class RegionTracker {
     this.pending = new Uint32Array(regionCount);
     this.outOfSync = new Uint8Array(regionCount);
     this.locked = new Uint8Array(regionCount);
+    this.quietSweeps = new Uint8Array(regionCount);
     for (const region of log.dirtyRegions()) {
       if (region >= regionCount) continue;
       this.states[region] = nextRegionState(this.states[region] as RegionState, 'bit_loaded');
@@ -46,6 +49,7 @@ export class RegionTracker {
     let needsCommit = false;
     for (let region = first; region <= last; region += 1) {
       this.pending[region] += 1;
+      this.quietSweeps[region] = 0;
       const state = this.states[region] as RegionState;
       if (state !== RegionState.DIRTY) {
         this.states[region] = nextRegionState(state, 'write_start');
@@ -150,11 +154,20 @@ export class RegionTracker {
     return regions;
   }
 
-  /** Sweeper, step 1: quiet, in-sync MAYBE_DIRTY regions become candidates. */
-  beginSweep(): number[] {
+  /**
+   * Sweeper, step 1: in-sync MAYBE_DIRTY regions that earlier sweeps already
+   * found quiet `quietSweepsRequired` times become candidates. Requiring one
+   * quiet pass means a region under steady writes never costs a sync, and a
+   * region is cleared within two sweep periods of its last write.
+   */
+  beginSweep(quietSweepsRequired: number): number[] {
     const candidates: number[] = [];
     for (const region of this.notClean) {
       if (this.states[region] !== RegionState.MAYBE_DIRTY || this.outOfSync[region] !== 0 || this.locked[region] !== 0) continue;
+      if (this.quietSweeps[region] < quietSweepsRequired) {
+        this.quietSweeps[region] += 1;
+        continue;
+      }
       this.states[region] = nextRegionState(RegionState.MAYBE_DIRTY, 'sweep_begin');
       candidates.push(region);
     }

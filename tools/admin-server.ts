@@ -117,7 +117,7 @@ export class AdminServer {
       case 'repair':
         return controller.check({ repair: request.command === 'repair' || request.repair === true, onProgress: progress });
       case 'sweep':
-        return controller.device.sweep();
+        return controller.device.sweep({ ignoreQuietPasses: true });
       case 'wait-resync':
         await controller.resync.idle();
         return controller.status();

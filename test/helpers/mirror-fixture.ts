@@ -31,6 +31,8 @@ export function mirrorFixture(options: { legs?: number; sizeBytes?: number; regi
     resyncBytesPerSecond: 0,
     createIfMissing: true,
     force: false,
+    // Tests call sweep() by hand and expect the first one to clear quiet regions.
+    quietSweepsBeforeClean: 0,
   };
   return {
     dir, logPath: settings.logPath, legPaths, settings,
