@@ -4,13 +4,13 @@ import type { Logger } from 'pino';
 import { FaultDevice, type FaultPlan } from '../backends/fault-device.js';
 import { FileLeg } from '../backends/file-leg.js';
 import type { BlockDevice } from '../blockdev/types.js';
-import { formatUuid, type LegRecord } from '../regionlog/format.js';
+import { formatUuid, type LegRecord, type LogState } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
 import { compareRegions, type CompareResult } from './compare.js';
 import { createMirror, MirrorSetupError } from './create.js';
 import type { MirrorLeg } from './generation.js';
 import { checkLeg } from './leg-check.js';
-import { createLegFile, readLabel, writeLabel } from './leg-label.js';
+import { createLegFile, writeLabel } from './leg-label.js';
 import { MirrorDevice, type ReadPolicy } from './mirror-device.js';
 import { ResyncEngine, type ResyncProgress } from './resync.js';
 
@@ -126,8 +126,7 @@ export class MirrorController {
         if (verdict.kind === 'refused') {
           if (!settings.force) throw new MirrorSetupError(`${verdict.problem}. Start with --force to take it in and rebuild it fully from the other legs`);
           logger.warn({ slot, path, problem: verdict.problem }, 'forced: taking the leg in and rebuilding it fully');
-          writeLabel(path, { mirrorUuid: state.mirrorUuid, legUuid: record.uuid, slot, dataSizeBytes: state.deviceSizeBytes,
-            events: record.events }, verdict.read?.label);
+          stampLeg(path, state, slot, record.events);
           record.state = 'rebuilding';
           record.rebuildMode = 'full';
           record.rebuildCheckpointBytes = 0;
@@ -193,9 +192,7 @@ export class MirrorController {
   private async bringInSync(slot: number, leg: MirrorLeg): Promise<void> {
     const { log } = this.device;
     const record = log.state.legs[slot];
-    const read = readLabel(leg.path);
-    writeLabel(leg.path, { mirrorUuid: log.state.mirrorUuid, legUuid: record.uuid, slot,
-      dataSizeBytes: log.state.deviceSizeBytes, events: log.state.eventsCurrent }, read.label);
+    stampLeg(leg.path, log.state, slot, log.state.eventsCurrent);
     record.events = log.state.eventsCurrent;
     record.state = 'in_sync';
     record.rebuildMode = 'none';
@@ -244,8 +241,7 @@ export class MirrorController {
     if (verdict.kind === 'missing') throw new MirrorSetupError(verdict.problem);
     if (verdict.kind === 'refused') {
       if (!options.force) throw new MirrorSetupError(`${verdict.problem}. Use --force to rebuild it fully instead`);
-      writeLabel(path, { mirrorUuid: log.state.mirrorUuid, legUuid: record.uuid, slot, dataSizeBytes: log.state.deviceSizeBytes,
-        events: 0n }, verdict.read?.label);
+      stampLeg(path, log.state, slot, 0n);
       mode = 'full';
     }
     const opened = await openLegDevice(path, log.state.deviceSizeBytes, this.settings.legs[slot].faults);
@@ -389,6 +385,11 @@ export class MirrorController {
 }
 
 
+/** Labels the leg at `path` as this mirror's leg in `slot`, at `events`. */
+function stampLeg(path: string, state: LogState, slot: number, events: bigint): void {
+  writeLabel(path, { mirrorUuid: state.mirrorUuid, legUuid: state.legs[slot].uuid, slot, dataSizeBytes: state.deviceSizeBytes, events });
+}
+
 function markFaulty(record: LegRecord): void {
   record.state = 'faulty';
   record.rebuildMode = 'none';
@@ -419,9 +420,7 @@ async function bumpEvents(log: RegionLog, legs: Array<MirrorLeg | undefined>): P
   for (const [slot, record] of state.legs.entries()) {
     const leg = legs[slot];
     if (!leg || record.state !== 'in_sync') continue;
-    const read = readLabel(leg.path);
-    writeLabel(leg.path, { mirrorUuid: state.mirrorUuid, legUuid: record.uuid, slot, dataSizeBytes: state.deviceSizeBytes,
-      events: state.eventsCurrent }, read.label);
+    stampLeg(leg.path, state, slot, state.eventsCurrent);
     record.events = state.eventsCurrent;
   }
   state.labelUpdatePending = false;

@@ -3,10 +3,10 @@ import { formatUuid, type LegRecord, type LogState } from '../regionlog/format.j
 import { labelAreaBytes, type LabelRead, readLabel } from './leg-label.js';
 
 export type LegVerdict =
-  | { kind: 'ok'; read: LabelRead }
+  | { kind: 'ok' }
   | { kind: 'missing'; problem: string }
   /** Not this mirror's leg, or stale: refused unless forced (then rebuilt in full). */
-  | { kind: 'refused'; problem: string; read?: LabelRead };
+  | { kind: 'refused'; problem: string };
 
 /**
  * Decides whether the file at `path` is the leg the log expects in `slot`,
@@ -23,25 +23,25 @@ export function checkLeg(path: string, slot: number, state: LogState): LegVerdic
   const record: LegRecord = state.legs[slot];
   const label = read.label;
   if (!label) {
-    return { kind: 'refused', read, problem: `leg ${slot} (${path}) has no valid nbd-mirror label (${read.problem}); ` +
+    return { kind: 'refused', problem: `leg ${slot} (${path}) has no valid nbd-mirror label (${read.problem}); ` +
       'it was not created by nbd-mirror create, or its label is corrupted' };
   }
   if (!label.mirrorUuid.equals(state.mirrorUuid)) {
-    return { kind: 'refused', read, problem: `leg ${slot} (${path}) belongs to mirror ${formatUuid(label.mirrorUuid)}, ` +
+    return { kind: 'refused', problem: `leg ${slot} (${path}) belongs to mirror ${formatUuid(label.mirrorUuid)}, ` +
       `but the region log is for mirror ${formatUuid(state.mirrorUuid)}` };
   }
   if (!label.legUuid.equals(record.uuid)) {
-    return { kind: 'refused', read, problem: `leg ${slot} (${path}) is leg ${formatUuid(label.legUuid)} (slot ${label.slot}), ` +
+    return { kind: 'refused', problem: `leg ${slot} (${path}) is leg ${formatUuid(label.legUuid)} (slot ${label.slot}), ` +
       `but slot ${slot} of the log holds leg ${formatUuid(record.uuid)}` };
   }
   if (label.dataSizeBytes !== state.deviceSizeBytes || read.fileSizeBytes < state.deviceSizeBytes + labelAreaBytes) {
-    return { kind: 'refused', read, problem: `leg ${slot} (${path}) holds ${label.dataSizeBytes} bytes in a ` +
+    return { kind: 'refused', problem: `leg ${slot} (${path}) holds ${label.dataSizeBytes} bytes in a ` +
       `${read.fileSizeBytes}-byte file, but the mirror is ${state.deviceSizeBytes} bytes (legs of different sizes)` };
   }
   const acceptable = label.events === record.events || (state.labelUpdatePending && label.events === state.eventsCurrent);
   if (record.state === 'in_sync' && !acceptable) {
-    return { kind: 'refused', read, problem: `leg ${slot} (${path}) is stale: its label says events ${label.events}, ` +
+    return { kind: 'refused', problem: `leg ${slot} (${path}) is stale: its label says events ${label.events}, ` +
       `the log expects ${record.events}; it is an older copy of the leg. Re-add it (nbd-mirror re-add) to resync it` };
   }
-  return { kind: 'ok', read };
+  return { kind: 'ok' };
 }

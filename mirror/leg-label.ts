@@ -79,9 +79,12 @@ export function readLabel(path: string): LabelRead {
   }
 }
 
-/** Writes the next label copy over the older one and syncs it. */
-export function writeLabel(path: string, label: Omit<LegLabel, 'sequence'>, previous: LegLabel | undefined): LegLabel {
-  const sequence = (previous?.sequence ?? 0n) + 1n;
+/**
+ * Writes the next label copy over the older one and syncs it. The sequence
+ * continues from whatever valid label the leg holds now (1 on a fresh leg).
+ */
+export function writeLabel(path: string, label: Omit<LegLabel, 'sequence'>): LegLabel {
+  const sequence = (readLabel(path).label?.sequence ?? 0n) + 1n;
   const next: LegLabel = { ...label, sequence };
   const fd = fs.openSync(path, 'r+');
   try {
@@ -105,5 +108,5 @@ export function createLegFile(path: string, dataSizeBytes: number, label: Omit<L
   } finally {
     fs.closeSync(fd);
   }
-  return writeLabel(path, label, undefined);
+  return writeLabel(path, label);
 }

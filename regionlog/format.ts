@@ -161,10 +161,15 @@ export function formatUuid(uuid: Buffer): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-export function countBits(bitmap: Uint8Array, regionCount: number): number {
-  let count = 0;
-  for (let region = 0; region < regionCount; region += 1) {
-    if ((bitmap[region >> 3] & (1 << (region & 7))) !== 0) count += 1;
+/** The regions whose bit is set, in order; whole zero bytes are skipped. */
+export function regionsSet(bitmap: Uint8Array, regionCount: number): number[] {
+  const regions: number[] = [];
+  for (let byte = 0; byte < bitmap.length; byte += 1) {
+    if (bitmap[byte] === 0) continue;
+    for (let bit = 0; bit < 8; bit += 1) {
+      const region = byte * 8 + bit;
+      if (region < regionCount && (bitmap[byte] & (1 << bit)) !== 0) regions.push(region);
+    }
   }
-  return count;
+  return regions;
 }

@@ -5,7 +5,7 @@ import { GroupCommit } from '../blockdev/group-commit.js';
 import { closeFd, fdatasync, pwriteAll } from '../backends/fs-io.js';
 import {
   bitmapBytesFor, copyBytesFor, decodeCopy, encodeCopy, headerBytes, type LegRecord, legSlotsMax, LogFormatError,
-  type LogState,
+  type LogState, regionsSet,
 } from './format.js';
 
 export interface CreateLogParams {
@@ -170,14 +170,7 @@ export class RegionLog {
   }
 
   dirtyRegions(): number[] {
-    const regions: number[] = [];
-    for (let byte = 0; byte < this.state.dirty.length; byte += 1) {
-      if (this.state.dirty[byte] === 0) continue;
-      for (let bit = 0; bit < 8; bit += 1) {
-        if ((this.state.dirty[byte] & (1 << bit)) !== 0) regions.push(byte * 8 + bit);
-      }
-    }
-    return regions;
+    return regionsSet(this.state.dirty, this.state.regionCount);
   }
 
   get commitsRun(): number {

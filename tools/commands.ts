@@ -8,7 +8,7 @@ import { type Config, ConfigError } from '../config/schema.js';
 import { compareRegions, type CompareResult } from '../mirror/compare.js';
 import { createMirror } from '../mirror/create.js';
 import { readLabel } from '../mirror/leg-label.js';
-import { countBits, formatUuid } from '../regionlog/format.js';
+import { formatUuid, regionsSet } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
 import { adminRequest } from './admin-client.js';
 import { formatStatus } from './format-status.js';
@@ -123,7 +123,7 @@ export function registerTools(program: Command): void {
       const { state } = RegionLog.inspect(config.storage.log);
       const offline = {
         mirrorUuid: formatUuid(state.mirrorUuid), sizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes,
-        regionCount: state.regionCount, cleanShutdown: state.cleanShutdown, bitsSet: countBits(state.dirty, state.regionCount),
+        regionCount: state.regionCount, cleanShutdown: state.cleanShutdown, bitsSet: regionsSet(state.dirty, state.regionCount).length,
         legs: state.legs.map((record, slot) => {
           const legPath = config.storage.legs[slot]?.path;
           const label = legPath && fs.existsSync(legPath) ? readLabel(legPath) : undefined;
@@ -195,8 +195,7 @@ export function registerTools(program: Command): void {
     .addOption(new Option('--json', 'print JSON'))
     .action((logPath: string, options: { json?: boolean }) => {
       const { state, copies } = RegionLog.inspect(logPath);
-      const dirty: number[] = [];
-      for (let region = 0; region < state.regionCount; region += 1) if ((state.dirty[region >> 3] & (1 << (region & 7))) !== 0) dirty.push(region);
+      const dirty = regionsSet(state.dirty, state.regionCount);
       const dump = {
         copies: copies.map((copy, index) => ({ copy: index, sequence: copy.sequence?.toString(), error: copy.error })),
         mirrorUuid: formatUuid(state.mirrorUuid), sequence: state.sequence.toString(), sizeBytes: state.deviceSizeBytes,
