@@ -41,6 +41,18 @@ export function mirrorFixture(options: { legs?: number; sizeBytes?: number; regi
   };
 }
 
+export async function stopMirror(controller: MirrorController): Promise<void> {
+  await controller.shutdown();
+  await controller.close();
+}
+
+/** A fixture whose mirror was created, then cleanly stopped: what the refusal tests start from. */
+export async function createdMirrorFixture(): Promise<MirrorFixture> {
+  const fixture = mirrorFixture();
+  await stopMirror(await fixture.open());
+  return fixture;
+}
+
 /** The data areas of the leg files are byte-identical (labels differ by design). */
 export function legsIdentical(legPaths: string[], sizeBytes: number): { identical: boolean; firstDifference?: number } {
   const fds = legPaths.map((legPath) => fs.openSync(legPath, 'r'));

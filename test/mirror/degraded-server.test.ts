@@ -4,6 +4,7 @@ import test from 'ava';
 import { adminRequest } from '../../tools/admin-client.js';
 import { cliPath, startServerProcess } from '../helpers/server-process.js';
 import { makeTempDir, run } from '../helpers/tools.js';
+import { statusWhen } from '../helpers/wait.js';
 
 const hammerScript = path.join(import.meta.dirname, '..', '..', '..', 'test', 'python', 'hammer.py');
 
@@ -41,10 +42,7 @@ storage:
     // Fill the device once so the sweeper has cleared it before the failure.
     const fill = await run('/usr/bin/python3', [hammerScript, server.uri('disk'), '7', '1', String(64 << 20)], { timeoutMs: 60_000 });
     t.is(fill.code, 0, fill.stderr);
-    for (let attempt = 0; attempt < 100; attempt += 1) {
-      if ((await adminRequest(admin, { command: 'status' }) as Status).regions.bitsSet === 0) break;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    await statusWhen<Status>(admin, (status) => status.regions.bitsSet === 0, 10_000, 100);
     const hammer = run('/usr/bin/python3', [hammerScript, server.uri('disk'), '8', '2', String(4 << 20)], { timeoutMs: 60_000 });
     await new Promise((resolve) => setTimeout(resolve, 500));
     await adminRequest(admin, { command: 'fault', slot: 1, action: 'trigger' });
@@ -65,11 +63,7 @@ storage:
     const readd = await cli(['re-add', '1', '--admin', admin]);
     t.is(readd.code, 0, readd.stderr);
     t.regex(readd.stdout, new RegExp(`${degraded.regions.bitsSet} regions to resync`));
-    let status = degraded;
-    for (let attempt = 0; attempt < 200 && status.legs[1].state !== 'in_sync'; attempt += 1) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      status = await adminRequest(admin, { command: 'status' }) as Status;
-    }
+    const status = await statusWhen<Status>(admin, (current) => current.legs[1].state === 'in_sync', 10_000, 50);
     t.is(status.legs[1].state, 'in_sync');
     t.is(status.resync.regionsTotal, degraded.regions.bitsSet, 'only the regions written while the leg was away');
     t.log(`re-add resynced ${status.resync.regionsTotal} of ${status.regionCount} regions`);
@@ -113,11 +107,7 @@ storage:
     t.is(qemu.code, 0, qemu.stderr);
     const replaced = await cli(['replace', '1', path.join(dir, 'c.img'), '--admin', admin]);
     t.is(replaced.code, 0, replaced.stderr);
-    let status = await adminRequest(admin, { command: 'status' }) as Status;
-    for (let attempt = 0; attempt < 200 && status.legs[1].state !== 'in_sync'; attempt += 1) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      status = await adminRequest(admin, { command: 'status' }) as Status;
-    }
+    const status = await statusWhen<Status>(admin, (current) => current.legs[1].state === 'in_sync', 10_000, 50);
     t.is(status.legs[1].state, 'in_sync');
     const text = fs.readFileSync(config, 'utf8');
     t.regex(text, /c\.img/);

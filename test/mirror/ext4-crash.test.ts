@@ -6,6 +6,7 @@ import { adminRequest } from '../../tools/admin-client.js';
 import { attachThroughFuse } from '../helpers/fuse-loop.js';
 import { startServerProcess } from '../helpers/server-process.js';
 import { makeTempDir, run, runOk } from '../helpers/tools.js';
+import { statusWhen } from '../helpers/wait.js';
 
 const sizeBytes = 256 * 1024 * 1024;
 const regionSizeBytes = 1024 * 1024;
@@ -33,11 +34,7 @@ test('kill -9 under ext4 with fsynced files: recovery resyncs only set-bit regio
     await runOk('mkfs.ext4', ['-q', '-F', attachment.device], { timeoutMs: 120_000 });
     await attachment.mount(mountPoint);
     // mkfs discards the whole device, dirtying every region; let the sweeper clear them before the workload.
-    for (let attempt = 0; attempt < 100; attempt += 1) {
-      const quiet = await adminRequest(admin, { command: 'status' }) as { regions: { bitsSet: number } };
-      if (quiet.regions.bitsSet < 16) break;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    await statusWhen<{ regions: { bitsSet: number } }>(admin, (quiet) => quiet.regions.bitsSet < 16, 10_000, 100);
     for (let index = 0; index < 30; index += 1) {
       const content = crypto.randomBytes(4096 * (1 + ((index * 53) % 200)));
       const name = `synced-${index}.bin`;

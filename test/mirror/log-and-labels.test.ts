@@ -6,7 +6,8 @@ import { copyBytesFor } from '../../regionlog/format.js';
 import { RegionLog } from '../../regionlog/region-log.js';
 import { createMirror } from '../../mirror/create.js';
 import { labelAreaBytes } from '../../mirror/leg-label.js';
-import { mirrorFixture } from '../helpers/mirror-fixture.js';
+import { createdMirrorFixture, legsIdentical, type mirrorFixture, stopMirror } from '../helpers/mirror-fixture.js';
+import { waitUntil } from '../helpers/wait.js';
 import { makeTempDir } from '../helpers/tools.js';
 
 const sha = (file: string): string => crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
@@ -55,9 +56,7 @@ test('a cleared bit stops counting as durable at once, before the clearing commi
 async function refusal(t: { regex: (value: string, pattern: RegExp) => void; fail: (message: string) => void },
   fixture: ReturnType<typeof mirrorFixture>, pattern: RegExp): Promise<void> {
   try {
-    const controller = await fixture.open();
-    await controller.shutdown();
-    await controller.close();
+    await stopMirror(await fixture.open());
     t.fail('the mirror was assembled');
   } catch (error) {
     t.regex((error as Error).message, pattern);
@@ -69,10 +68,7 @@ function hashes(files: string[]): string[] {
 }
 
 test('a corrupted log (both copies) is refused and nothing is overwritten', async (t) => {
-  const fixture = mirrorFixture();
-  const controller = await fixture.open();
-  await controller.shutdown();
-  await controller.close();
+  const fixture = await createdMirrorFixture();
   const fd = fs.openSync(fixture.logPath, 'r+');
   const size = fs.fstatSync(fd).size;
   fs.writeSync(fd, Buffer.from('garbage!'), 0, 8, 20);
@@ -85,10 +81,7 @@ test('a corrupted log (both copies) is refused and nothing is overwritten', asyn
 });
 
 test('a truncated log is refused', async (t) => {
-  const fixture = mirrorFixture();
-  const controller = await fixture.open();
-  await controller.shutdown();
-  await controller.close();
+  const fixture = await createdMirrorFixture();
   fs.truncateSync(fixture.logPath, fs.statSync(fixture.logPath).size - 4096);
   const before = hashes([fixture.logPath, ...fixture.legPaths]);
   await refusal(t, fixture, /truncated or extended|truncated/);
@@ -97,10 +90,7 @@ test('a truncated log is refused', async (t) => {
 });
 
 test('a log from another mirror is refused, naming both mirrors', async (t) => {
-  const fixture = mirrorFixture();
-  const controller = await fixture.open();
-  await controller.shutdown();
-  await controller.close();
+  const fixture = await createdMirrorFixture();
   const other = makeTempDir('other-');
   await createMirror({ logPath: path.join(other, 'mirror.log'), legPaths: [path.join(other, 'a'), path.join(other, 'b')],
     sizeBytes: fixture.settings.sizeBytes, regionSizeBytes: fixture.settings.regionSizeBytes });
@@ -113,10 +103,7 @@ test('a log from another mirror is refused, naming both mirrors', async (t) => {
 });
 
 test('legs of different sizes are refused', async (t) => {
-  const fixture = mirrorFixture();
-  const controller = await fixture.open();
-  await controller.shutdown();
-  await controller.close();
+  const fixture = await createdMirrorFixture();
   // Grow leg 1 and move its label to the new end, as if it were a bigger disk with the same identity.
   const labels = Buffer.alloc(labelAreaBytes);
   const fd = fs.openSync(fixture.legPaths[1], 'r+');
@@ -130,36 +117,25 @@ test('legs of different sizes are refused', async (t) => {
 });
 
 test('a stale copy of a leg presented as in sync is refused, and taken in for a full rebuild only with force', async (t) => {
-  const fixture = mirrorFixture();
-  let controller = await fixture.open();
-  await controller.shutdown();
-  await controller.close();
+  const fixture = await createdMirrorFixture();
   const stale = path.join(fixture.dir, 'leg1-backup.img');
   fs.copyFileSync(fixture.legPaths[1], stale);
-  controller = await fixture.open();
+  let controller = await fixture.open();
   await controller.device.write(0, Buffer.alloc(65536, 7), { fua: true });
-  await controller.shutdown();
-  await controller.close();
+  await stopMirror(controller);
   fs.copyFileSync(stale, fixture.legPaths[1]);
   await refusal(t, fixture, /leg 1 .* is stale: its label says events \d+, the log expects \d+/);
   controller = await fixture.open({ force: true });
   await controller.resync.idle();
-  for (let attempt = 0; attempt < 200 && controller.status().legs[1].state !== 'in_sync'; attempt += 1) {
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
+  await waitUntil(() => controller.status().legs[1].state === 'in_sync', 5000, 25);
   t.is(controller.status().legs[1].state, 'in_sync');
-  await controller.shutdown();
-  await controller.close();
-  const check = await import('../helpers/mirror-fixture.js');
-  t.true(check.legsIdentical(fixture.legPaths, fixture.settings.sizeBytes).identical);
+  await stopMirror(controller);
+  t.true(legsIdentical(fixture.legPaths, fixture.settings.sizeBytes).identical);
   fixture.cleanup();
 });
 
 test('an unlabelled file given as a leg is refused; a missing log with existing legs is refused', async (t) => {
-  const fixture = mirrorFixture();
-  const controller = await fixture.open();
-  await controller.shutdown();
-  await controller.close();
+  const fixture = await createdMirrorFixture();
   fs.writeFileSync(fixture.legPaths[0], Buffer.alloc(fixture.settings.sizeBytes + labelAreaBytes));
   await refusal(t, fixture, /leg 0 .* has no valid nbd-mirror label/);
   fs.rmSync(fixture.logPath);

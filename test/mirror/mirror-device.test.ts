@@ -4,23 +4,14 @@ import test from 'ava';
 import type { FaultPlan } from '../../backends/fault-device.js';
 import { isBlockError } from '../../blockdev/errors.js';
 import { RegionLog } from '../../regionlog/region-log.js';
-import type { MirrorController } from '../../mirror/controller.js';
-import { legsIdentical, mirrorFixture } from '../helpers/mirror-fixture.js';
+import { legsIdentical, mirrorFixture, stopMirror as stop } from '../helpers/mirror-fixture.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const regionSize = 64 * 1024;
 const noFaults = (): FaultPlan => ({ rules: [] });
 
 async function until(what: string, condition: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
-async function stop(controller: MirrorController): Promise<void> {
-  await controller.shutdown();
-  await controller.close();
+  if (!(await waitUntil(condition, timeoutMs, 10))) throw new Error(`timed out waiting for ${what}`);
 }
 
 function readLegFile(file: string, offset: number, length: number): Buffer {
