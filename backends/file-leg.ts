@@ -174,7 +174,10 @@ export class FileLeg implements BlockDevice {
     try {
       await this.flushes.run();
     } catch (error) {
-      throw toBlockError(error, `flush ${this.path}`);
+      // After a failed fdatasync the kernel may have dropped the dirty pages it
+      // could not write (even for ENOSPC from delayed allocation), so the next
+      // fdatasync can succeed over lost data: never report this as retryable.
+      throw new BlockError('EIO', `flush ${this.path}: ${(error as Error).message}`, { retryable: false, cause: error });
     }
   }
 

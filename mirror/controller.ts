@@ -1,9 +1,9 @@
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { FaultDevice, type FaultPlan } from '../backends/fault-device.js';
-import { FileLeg } from '../backends/file-leg.js';
-import type { BlockDevice } from '../blockdev/types.js';
+import type { FaultDevice } from '../backends/fault-device.js';
+import { type LegSpec, type OpenedLeg, openLeg } from '../backends/leg-spec.js';
+import type { PoolUsage, ThinLeg } from '../backends/thin-leg.js';
 import { formatUuid, type LegRecord, type LogState } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
 import { compareRegions, type CompareResult } from './compare.js';
@@ -16,7 +16,7 @@ import { ResyncEngine, type ResyncProgress } from './resync.js';
 
 export interface MirrorSettings {
   logPath: string;
-  legs: Array<{ path: string; faults?: FaultPlan }>;
+  legs: LegSpec[];
   /** Used when the mirror is created on first start. */
   sizeBytes: number;
   regionSizeBytes: number;
@@ -39,7 +39,8 @@ export interface MirrorStatus {
   regionCount: number;
   health: 'optimal' | 'degraded' | 'resyncing' | 'failed';
   failure?: string;
-  legs: Array<{ slot: number; path: string; uuid: string; state: string; rebuildMode: string; failedAt?: string }>;
+  legs: Array<{ slot: number; path: string; uuid: string; state: string; rebuildMode: string; failedAt?: string;
+    pool?: PoolUsage }>;
   regions: ReturnType<MirrorDevice['regions']['counts']>;
   resync: ResyncProgress;
   sweeps: number;
@@ -60,6 +61,8 @@ export class MirrorController {
   private stopping = false;
   /** Fault wrappers by slot, so tests and the crash toolkit can trigger and heal them. */
   readonly faults: Array<FaultDevice | undefined> = [];
+  /** Thin pools by slot (for pool grow and status); undefined for plain legs. */
+  readonly pools: Array<ThinLeg | undefined> = [];
   /** The config names leg paths; replace tells the owner so it can record the new one. */
   onLegPathChanged: ((slot: number, path: string) => void) | undefined;
 
@@ -82,7 +85,7 @@ export class MirrorController {
           : '; run nbd-mirror create first'));
       }
       const created = await createMirror({
-        logPath, legPaths: settings.legs.map((leg) => leg.path), sizeBytes: settings.sizeBytes, regionSizeBytes: settings.regionSizeBytes,
+        logPath, legs: settings.legs, sizeBytes: settings.sizeBytes, regionSizeBytes: settings.regionSizeBytes,
       });
       logger.info({ mirror: formatUuid(created.mirrorUuid), legs: settings.legs.length, sizeBytes: settings.sizeBytes,
         regionSizeBytes: settings.regionSizeBytes }, 'created a new mirror');
@@ -103,43 +106,44 @@ export class MirrorController {
     }
     const wasClean = state.cleanShutdown;
     const legs: Array<MirrorLeg | undefined> = [];
-    const faults: Array<FaultDevice | undefined> = [];
+    const opened: Array<OpenedLeg | undefined> = [];
     const fullRebuilds: number[] = [];
     try {
       for (let slot = 0; slot < state.legs.length; slot += 1) {
         const record = state.legs[slot];
-        const { path } = settings.legs[slot];
+        const spec = settings.legs[slot];
+        const { path } = spec;
         if (record.state === 'faulty' || record.state === 'empty') {
           logger.warn({ slot, path }, 'leg is faulty in the log: not used until re-add or replace');
           legs.push(undefined);
-          faults.push(undefined);
+          opened.push(undefined);
           continue;
         }
-        const verdict = checkLeg(path, slot, state);
+        const verdict = checkLeg(path, slot, state, spec.thin !== undefined);
         if (verdict.kind === 'missing') {
           logger.error({ slot, path, problem: verdict.problem }, 'leg missing: marked faulty, starting degraded');
           markFaulty(record);
           legs.push(undefined);
-          faults.push(undefined);
+          opened.push(undefined);
           continue;
         }
         if (verdict.kind === 'refused') {
           if (!settings.force) throw new MirrorSetupError(`${verdict.problem}. Start with --force to take it in and rebuild it fully from the other legs`);
           logger.warn({ slot, path, problem: verdict.problem }, 'forced: taking the leg in and rebuilding it fully');
-          stampLeg(path, state, slot, record.events);
+          stampLeg(spec, state, slot, record.events);
           record.state = 'rebuilding';
           record.rebuildMode = 'full';
           record.rebuildCheckpointBytes = 0;
         }
-        const opened = await openLegDevice(path, state.deviceSizeBytes, settings.legs[slot].faults);
-        legs.push({ slot, path, device: opened.device, pendingReads: 0 });
-        faults.push(opened.fault);
+        const leg = await openLeg(spec, state.deviceSizeBytes, logger);
+        legs.push({ slot, path, device: leg.device, pendingReads: 0 });
+        opened.push(leg);
         if (record.state === 'rebuilding' && record.rebuildMode === 'full') fullRebuilds.push(slot);
       }
       if (!legs.some((leg, slot) => leg && state.legs[slot].state === 'in_sync')) {
         throw new MirrorSetupError('no in-sync leg is available; the mirror cannot start (check the leg paths, or restore a leg)');
       }
-      await bumpEvents(log, legs);
+      await bumpEvents(log, legs, settings.legs);
     } catch (error) {
       await Promise.allSettled(legs.map((leg) => leg?.device.close()));
       throw error;
@@ -155,7 +159,8 @@ export class MirrorController {
       bitsSet: log.dirtyRegions().length }, wasClean ? 'mirror assembled after a clean shutdown' : 'mirror assembled after an unclean shutdown');
     const resync = new ResyncEngine(device, { bytesPerSecond: settings.resyncBytesPerSecond, logger });
     const controller = new MirrorController(device, resync, settings, logger, recoveryRegions);
-    controller.faults.push(...faults);
+    controller.faults.push(...opened.map((leg) => leg?.fault));
+    controller.pools.push(...opened.map((leg) => leg?.thin));
     resync.onCaughtUp = () => controller.promoteBitmapRebuilds();
     resync.kick();
     if (recoveryRegions === 0) await controller.promoteBitmapRebuilds();
@@ -192,7 +197,7 @@ export class MirrorController {
   private async bringInSync(slot: number, leg: MirrorLeg): Promise<void> {
     const { log } = this.device;
     const record = log.state.legs[slot];
-    stampLeg(leg.path, log.state, slot, log.state.eventsCurrent);
+    stampLeg(this.settings.legs[slot], log.state, slot, log.state.eventsCurrent);
     record.events = log.state.eventsCurrent;
     record.state = 'in_sync';
     record.rebuildMode = 'none';
@@ -234,17 +239,18 @@ export class MirrorController {
     const { log } = this.device;
     const record = this.recordAt(slot);
     if (record.state !== 'faulty') throw new MirrorSetupError(`leg ${slot} is ${record.state}; only a faulty leg can be re-added`);
-    const path = options.path ?? this.settings.legs[slot].path;
+    const spec: LegSpec = { ...this.settings.legs[slot], path: options.path ?? this.settings.legs[slot].path };
+    const { path } = spec;
     const verdict = checkLeg(path, slot, { ...log.state, legs: log.state.legs.map((entry, index) =>
-      (index === slot ? { ...entry, state: 'rebuilding' } : entry)) });
+      (index === slot ? { ...entry, state: 'rebuilding' } : entry)) }, spec.thin !== undefined);
     let mode: 'bitmap' | 'full' = 'bitmap';
     if (verdict.kind === 'missing') throw new MirrorSetupError(verdict.problem);
     if (verdict.kind === 'refused') {
       if (!options.force) throw new MirrorSetupError(`${verdict.problem}. Use --force to rebuild it fully instead`);
-      stampLeg(path, log.state, slot, 0n);
+      stampLeg(spec, log.state, slot, 0n);
       mode = 'full';
     }
-    const opened = await openLegDevice(path, log.state.deviceSizeBytes, this.settings.legs[slot].faults);
+    const opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger);
     record.state = 'rebuilding';
     record.rebuildMode = mode;
     record.rebuildCheckpointBytes = 0;
@@ -273,22 +279,24 @@ export class MirrorController {
       throw new MirrorSetupError(`${path} exists; refusing to overwrite it (use --force)`);
     }
     const legUuid = randomBytes(16);
-    createLegFile(path, log.state.deviceSizeBytes, { mirrorUuid: log.state.mirrorUuid, legUuid, slot,
+    // The new leg is of the slot's kind: a thin slot gets a new pool of the configured size.
+    const spec: LegSpec = { path, thin: this.settings.legs[slot].thin };
+    createLegFile(spec, log.state.deviceSizeBytes, { mirrorUuid: log.state.mirrorUuid, legUuid, slot,
       dataSizeBytes: log.state.deviceSizeBytes, events: 0n }, { overwrite: options.force });
-    const opened = await openLegDevice(path, log.state.deviceSizeBytes, undefined);
+    const opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger);
     record.uuid = legUuid;
     record.state = 'rebuilding';
     record.rebuildMode = 'full';
     record.rebuildCheckpointBytes = 0;
     record.events = 0n;
-    this.settings.legs[slot] = { path };
+    this.settings.legs[slot] = spec;
     await this.attach(slot, path, opened);
     this.onLegPathChanged?.(slot, path);
     this.startFullRebuild(slot);
     return `leg ${slot} replaced by ${path}; full rebuild started`;
   }
 
-  private async attach(slot: number, path: string, opened: { device: BlockDevice; fault?: FaultDevice }): Promise<void> {
+  private async attach(slot: number, path: string, opened: OpenedLeg): Promise<void> {
     try {
       await this.device.log.commit();
     } catch (error) {
@@ -296,6 +304,7 @@ export class MirrorController {
       throw error;
     }
     this.faults[slot] = opened.fault;
+    this.pools[slot] = opened.thin;
     const legs = [...this.device.generation.legs];
     legs[slot] = { slot, path, device: opened.device, pendingReads: 0 };
     this.device.replaceGeneration(legs);
@@ -307,6 +316,18 @@ export class MirrorController {
       throw new MirrorSetupError(`no leg slot ${slot} (the mirror has slots 0..${this.device.log.state.legs.length - 1})`);
     }
     return record;
+  }
+
+  /** Raises a thin leg's pool capacity online (to `toBytes`, or by `byBytes`). */
+  async growPool(slot: number, size: { toBytes?: number; byBytes?: number }): Promise<PoolUsage> {
+    this.recordAt(slot);
+    const pool = this.pools[slot];
+    if (!pool) throw new MirrorSetupError(`leg ${slot} is not a thin leg (or is not attached); only thin pools grow`);
+    const current = pool.usage().capacityBytes;
+    const target = size.toBytes ?? current + (size.byBytes ?? 0);
+    const usage = await pool.grow(target);
+    this.logger.info({ slot, path: pool.path, capacityBytes: usage.capacityBytes, freeBytes: usage.freeBytes }, 'thin pool grown');
+    return usage;
   }
 
   /** Resyncs every region from the source leg, like md's "resync". */
@@ -360,6 +381,7 @@ export class MirrorController {
         state: record.state,
         rebuildMode: record.rebuildMode,
         failedAt: record.failedAtMs ? new Date(record.failedAtMs).toISOString() : undefined,
+        pool: this.pools[slot]?.usage(),
       })),
       regions: counts,
       resync: { ...this.resync.progress },
@@ -385,9 +407,10 @@ export class MirrorController {
 }
 
 
-/** Labels the leg at `path` as this mirror's leg in `slot`, at `events`. */
-function stampLeg(path: string, state: LogState, slot: number, events: bigint): void {
-  writeLabel(path, { mirrorUuid: state.mirrorUuid, legUuid: state.legs[slot].uuid, slot, dataSizeBytes: state.deviceSizeBytes, events });
+/** Labels the leg as this mirror's leg in `slot`, at `events`. */
+function stampLeg(leg: LegSpec, state: LogState, slot: number, events: bigint): void {
+  writeLabel(leg.path, { mirrorUuid: state.mirrorUuid, legUuid: state.legs[slot].uuid, slot, dataSizeBytes: state.deviceSizeBytes, events },
+    leg.thin !== undefined);
 }
 
 function markFaulty(record: LegRecord): void {
@@ -396,21 +419,13 @@ function markFaulty(record: LegRecord): void {
   record.failedAtMs = Date.now();
 }
 
-async function openLegDevice(path: string, sizeBytes: number, faults: FaultPlan | undefined):
-  Promise<{ device: BlockDevice; fault?: FaultDevice }> {
-  const leg = await FileLeg.open({ path, usableSizeBytes: sizeBytes });
-  if (!faults) return { device: leg };
-  const fault = new FaultDevice(leg, faults);
-  return { device: fault, fault };
-}
-
 /**
  * Stamps the in-sync legs with a new events value, so a copy of a leg taken
  * before this start is recognisable as stale later. Two log commits bracket
  * the label writes; a crash between them leaves labels at either value, and
  * labelUpdatePending tells the next start that both are fine.
  */
-async function bumpEvents(log: RegionLog, legs: Array<MirrorLeg | undefined>): Promise<void> {
+async function bumpEvents(log: RegionLog, legs: Array<MirrorLeg | undefined>, specs: LegSpec[]): Promise<void> {
   const { state } = log;
   state.eventsPrevious = state.eventsCurrent;
   state.eventsCurrent += 1n;
@@ -420,7 +435,7 @@ async function bumpEvents(log: RegionLog, legs: Array<MirrorLeg | undefined>): P
   for (const [slot, record] of state.legs.entries()) {
     const leg = legs[slot];
     if (!leg || record.state !== 'in_sync') continue;
-    stampLeg(leg.path, state, slot, state.eventsCurrent);
+    stampLeg(specs[slot], state, slot, state.eventsCurrent);
     record.events = state.eventsCurrent;
   }
   state.labelUpdatePending = false;

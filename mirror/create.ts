@@ -1,11 +1,12 @@
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { RegionLog } from '../regionlog/region-log.js';
+import type { LegSpec } from '../backends/leg-spec.js';
 import { createLegFile } from './leg-label.js';
 
 export interface CreateMirrorParams {
   logPath: string;
-  legPaths: string[];
+  legs: LegSpec[];
   sizeBytes: number;
   regionSizeBytes: number;
   /** Overwrite existing files (their data and labels are lost). */
@@ -21,7 +22,8 @@ export class MirrorSetupError extends Error {
 
 /** Initialises the legs (sparse files with labels) and a clean, empty region log. */
 export async function createMirror(params: CreateMirrorParams): Promise<{ mirrorUuid: Buffer; legUuids: Buffer[] }> {
-  const { logPath, legPaths, sizeBytes, regionSizeBytes } = params;
+  const { logPath, legs, sizeBytes, regionSizeBytes } = params;
+  const legPaths = legs.map((leg) => leg.path);
   if (legPaths.length < 2) throw new MirrorSetupError(`a mirror needs at least 2 legs, ${legPaths.length} given`);
   if (new Set(legPaths).size !== legPaths.length) throw new MirrorSetupError('the same leg path is listed twice');
   if (sizeBytes % 4096 !== 0) throw new MirrorSetupError(`size ${sizeBytes} must be a multiple of 4096`);
@@ -33,8 +35,8 @@ export async function createMirror(params: CreateMirrorParams): Promise<{ mirror
   }
   const mirrorUuid = randomBytes(16);
   const legUuids = legPaths.map(() => randomBytes(16));
-  legPaths.forEach((legPath, slot) => {
-    createLegFile(legPath, sizeBytes, { mirrorUuid, legUuid: legUuids[slot], slot, dataSizeBytes: sizeBytes, events: 1n },
+  legs.forEach((leg, slot) => {
+    createLegFile(leg, sizeBytes, { mirrorUuid, legUuid: legUuids[slot], slot, dataSizeBytes: sizeBytes, events: 1n },
       { overwrite: params.force });
   });
   const log = await RegionLog.create(logPath, { deviceSizeBytes: sizeBytes, regionSizeBytes, legUuids, mirrorUuid },

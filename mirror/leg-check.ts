@@ -12,11 +12,11 @@ export type LegVerdict =
  * Decides whether the file at `path` is the leg the log expects in `slot`,
  * with a message an operator can act on when it is not.
  */
-export function checkLeg(path: string, slot: number, state: LogState): LegVerdict {
+export function checkLeg(path: string, slot: number, state: LogState, thin = false): LegVerdict {
   if (!fs.existsSync(path)) return { kind: 'missing', problem: `leg ${slot} (${path}) does not exist` };
   let read: LabelRead;
   try {
-    read = readLabel(path);
+    read = readLabel(path, thin);
   } catch (error) {
     return { kind: 'missing', problem: `leg ${slot} (${path}) cannot be read: ${(error as Error).message}` };
   }

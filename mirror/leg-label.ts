@@ -1,11 +1,16 @@
 import fs from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { fileOrDeviceSize } from '../backends/file-leg.js';
+import type { LegSpec } from '../backends/leg-spec.js';
+import { blockBytes, newestSuperblock, thinLabelOffset } from '../backends/thin-format.js';
+import { ThinLeg } from '../backends/thin-leg.js';
 
 /**
  * Each leg carries a label in its last 8 KiB (two 4 KiB copies, newest valid
  * wins), like md's 1.0 superblock at the end of the device: the data area
- * starts at byte 0, so a leg file is also a plain disk image.
+ * starts at byte 0, so a leg file is also a plain disk image. A thin leg keeps
+ * its label in a fixed place of the pool's metadata instead (its data area is
+ * virtual); the configuration says which kind a leg is, never its contents.
  * The label says which mirror and which slot the leg belongs to and the
  * events value it was last brought in sync at; docs/region-log.md specifies it.
  */
@@ -56,24 +61,45 @@ export function decodeLabel(buffer: Buffer): LegLabel | string {
 }
 
 export interface LabelRead {
+  /** Data area plus label area, as a plain leg holding the same data would be. */
   fileSizeBytes: number;
   label?: LegLabel;
   /** Why no label was found. */
   problem?: string;
 }
 
-export function readLabel(path: string): LabelRead {
+interface Placement {
+  legBytes: number;
+  labelOffset: number;
+  problem?: string;
+}
+
+function placement(fd: number, path: string, thin: boolean): Placement {
+  if (!thin) {
+    const legBytes = fileOrDeviceSize(fd, path);
+    if (legBytes < labelAreaBytes * 2) return { legBytes, labelOffset: 0, problem: `${legBytes} bytes is too small for a leg` };
+    return { legBytes, labelOffset: legBytes - labelAreaBytes };
+  }
+  const copies = [Buffer.alloc(blockBytes), Buffer.alloc(blockBytes)] as [Buffer, Buffer];
+  fs.readSync(fd, copies[0], 0, blockBytes, 0);
+  fs.readSync(fd, copies[1], 0, blockBytes, blockBytes);
+  const superblock = newestSuperblock(copies);
+  if (typeof superblock === 'string') return { legBytes: 0, labelOffset: 0, problem: `not a thin pool (${superblock})` };
+  return { legBytes: superblock.virtualSizeBytes + labelAreaBytes, labelOffset: thinLabelOffset };
+}
+
+export function readLabel(path: string, thin = false): LabelRead {
   const fd = fs.openSync(path, 'r');
   try {
-    const fileSizeBytes = fileOrDeviceSize(fd, path);
-    if (fileSizeBytes < labelAreaBytes * 2) return { fileSizeBytes, problem: `${fileSizeBytes} bytes is too small for a leg` };
+    const where = placement(fd, path, thin);
+    if (where.problem) return { fileSizeBytes: where.legBytes, problem: where.problem };
     const area = Buffer.alloc(labelAreaBytes);
-    fs.readSync(fd, area, 0, labelAreaBytes, fileSizeBytes - labelAreaBytes);
+    fs.readSync(fd, area, 0, labelAreaBytes, where.labelOffset);
     const decoded = [decodeLabel(area.subarray(0, labelCopyBytes)), decodeLabel(area.subarray(labelCopyBytes))];
     const valid = decoded.filter((entry): entry is LegLabel => typeof entry !== 'string');
-    if (valid.length === 0) return { fileSizeBytes, problem: decoded.join('; ') };
+    if (valid.length === 0) return { fileSizeBytes: where.legBytes, problem: decoded.join('; ') };
     const label = valid.reduce((newest, entry) => (entry.sequence > newest.sequence ? entry : newest));
-    return { fileSizeBytes, label };
+    return { fileSizeBytes: where.legBytes, label };
   } finally {
     fs.closeSync(fd);
   }
@@ -83,14 +109,14 @@ export function readLabel(path: string): LabelRead {
  * Writes the next label copy over the older one and syncs it. The sequence
  * continues from whatever valid label the leg holds now (1 on a fresh leg).
  */
-export function writeLabel(path: string, label: Omit<LegLabel, 'sequence'>): LegLabel {
-  const sequence = (readLabel(path).label?.sequence ?? 0n) + 1n;
+export function writeLabel(path: string, label: Omit<LegLabel, 'sequence'>, thin = false): LegLabel {
+  const sequence = (readLabel(path, thin).label?.sequence ?? 0n) + 1n;
   const next: LegLabel = { ...label, sequence };
   const fd = fs.openSync(path, 'r+');
   try {
-    const fileSizeBytes = fileOrDeviceSize(fd, path);
-    fs.writeSync(fd, encodeLabel(next), 0, labelCopyBytes,
-      fileSizeBytes - labelAreaBytes + Number(sequence % 2n) * labelCopyBytes);
+    const where = placement(fd, path, thin);
+    if (where.problem) throw new Error(`cannot label ${path}: ${where.problem}`);
+    fs.writeSync(fd, encodeLabel(next), 0, labelCopyBytes, where.labelOffset + Number(sequence % 2n) * labelCopyBytes);
     fs.fdatasyncSync(fd);
   } finally {
     fs.closeSync(fd);
@@ -98,15 +124,23 @@ export function writeLabel(path: string, label: Omit<LegLabel, 'sequence'>): Leg
   return next;
 }
 
-/** Creates a sparse leg file holding dataSizeBytes of data plus its label area. */
-export function createLegFile(path: string, dataSizeBytes: number, label: Omit<LegLabel, 'sequence'>,
+/**
+ * Creates a leg holding dataSizeBytes of data plus its label: a sparse file,
+ * or an empty thin pool of the configured size.
+ */
+export function createLegFile(leg: LegSpec, dataSizeBytes: number, label: Omit<LegLabel, 'sequence'>,
   options: { overwrite?: boolean } = {}): LegLabel {
-  const fd = fs.openSync(path, options.overwrite ? 'w' : 'wx');
+  if (leg.thin) {
+    ThinLeg.create(leg.path, { virtualSizeBytes: dataSizeBytes, poolBytes: leg.thin.poolBytes,
+      chunkSizeBytes: leg.thin.chunkSizeBytes, overwrite: options.overwrite });
+    return writeLabel(leg.path, label, true);
+  }
+  const fd = fs.openSync(leg.path, options.overwrite ? 'w' : 'wx');
   try {
     fs.ftruncateSync(fd, dataSizeBytes + labelAreaBytes);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
   }
-  return writeLabel(path, label);
+  return writeLabel(leg.path, label);
 }

@@ -103,7 +103,7 @@ export function registerTools(program: Command): void {
     .action(async (options: TargetOptions & { size?: string; regionSize?: string; force?: boolean }) => {
       const { config } = targetConfig(options, { sizeBytes: options.size, regionSize: options.regionSize });
       if (config.storage.log === undefined) throw new ConfigError('storage.log', 'a mirror needs a region log (--log)', 'nbd-mirror create');
-      const created = await createMirror({ logPath: config.storage.log, legPaths: config.storage.legs.map((leg) => leg.path),
+      const created = await createMirror({ logPath: config.storage.log, legs: config.storage.legs,
         sizeBytes: config.storage.sizeBytes, regionSizeBytes: config.storage.regionSizeBytes, force: options.force });
       print(options, { mirrorUuid: formatUuid(created.mirrorUuid), legs: created.legUuids.map(formatUuid) },
         () => `created mirror ${formatUuid(created.mirrorUuid)}: ${config.storage.legs.length} legs of ${config.storage.sizeBytes} bytes, ` +

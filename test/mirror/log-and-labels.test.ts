@@ -92,7 +92,7 @@ test('a truncated log is refused', async (t) => {
 test('a log from another mirror is refused, naming both mirrors', async (t) => {
   const fixture = await createdMirrorFixture();
   const other = makeTempDir('other-');
-  await createMirror({ logPath: path.join(other, 'mirror.log'), legPaths: [path.join(other, 'a'), path.join(other, 'b')],
+  await createMirror({ logPath: path.join(other, 'mirror.log'), legs: [{ path: path.join(other, 'a') }, { path: path.join(other, 'b') }],
     sizeBytes: fixture.settings.sizeBytes, regionSizeBytes: fixture.settings.regionSizeBytes });
   fs.copyFileSync(path.join(other, 'mirror.log'), fixture.logPath);
   const before = hashes([fixture.logPath, ...fixture.legPaths]);

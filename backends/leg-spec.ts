@@ -1,0 +1,63 @@
+import fs from 'node:fs';
+import type { Logger } from 'pino';
+import type { BlockDevice } from '../blockdev/types.js';
+import { FaultDevice, type FaultPlan } from './fault-device.js';
+import { FileLeg } from './file-leg.js';
+import { ThinLeg } from './thin-leg.js';
+
+/** A thin leg's pool, as configured; the pool file's superblock is authoritative once created. */
+export interface ThinSpec {
+  poolBytes: number;
+  chunkSizeBytes: number;
+  lowWaterBytes: number;
+}
+
+/** One leg as the configuration describes it. */
+export interface LegSpec {
+  path: string;
+  faults?: FaultPlan;
+  /** Set: the leg is a thin pool file; unset: a plain file or block device. */
+  thin?: ThinSpec;
+}
+
+export interface OpenedLeg {
+  /** What the layer above uses: the leg, or its fault wrapper. */
+  device: BlockDevice;
+  fault?: FaultDevice;
+  thin?: ThinLeg;
+}
+
+/**
+ * Opens a leg of either kind, exposing exactly `sizeBytes` of data, wrapped in
+ * its configured fault plan if any.
+ */
+export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logger: Logger,
+  options: { readOnly?: boolean; createSizeBytes?: number } = {}): Promise<OpenedLeg> {
+  let device: BlockDevice;
+  let thin: ThinLeg | undefined;
+  if (leg.thin) {
+    if (options.createSizeBytes !== undefined && !fs.existsSync(leg.path)) {
+      ThinLeg.create(leg.path, { virtualSizeBytes: options.createSizeBytes, poolBytes: leg.thin.poolBytes, chunkSizeBytes: leg.thin.chunkSizeBytes });
+      logger.info({ path: leg.path, poolBytes: leg.thin.poolBytes }, 'created a thin pool');
+    }
+    thin = await ThinLeg.open({
+      path: leg.path,
+      lowWaterBytes: leg.thin.lowWaterBytes,
+      onLowWater: (event) => {
+        if (event.below) logger.warn(event, 'thin pool below its low-water mark: grow it (nbd-mirror pool grow) before it fills');
+        else logger.info(event, 'thin pool back above its low-water mark');
+      },
+    });
+    if (sizeBytes !== undefined && thin.sizeBytes !== sizeBytes) {
+      await thin.close();
+      throw new Error(`thin pool ${leg.path} is ${thin.sizeBytes} bytes, but the device is ${sizeBytes}`);
+    }
+    device = thin;
+  } else {
+    device = await FileLeg.open({ path: leg.path, readOnly: options.readOnly, usableSizeBytes: sizeBytes,
+      createSizeBytes: options.createSizeBytes });
+  }
+  if (!leg.faults) return { device, thin };
+  const fault = new FaultDevice(device, leg.faults);
+  return { device: fault, fault, thin };
+}
