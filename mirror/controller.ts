@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { FaultDevice } from '../backends/fault-device.js';
 import { type LegSpec, type OpenedLeg, openLeg } from '../backends/leg-spec.js';
 import type { PoolUsage, ThinLeg } from '../backends/thin-leg.js';
+import type { PageCache, PageCacheStatus } from '../pagecache/page-cache.js';
 import { formatUuid, type LegRecord, type LogState } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
 import { compareRegions, type CompareResult } from './compare.js';
@@ -47,6 +48,7 @@ export interface MirrorStatus {
   regionsCleared: number;
   logCommits: number;
   generation: number;
+  cache?: PageCacheStatus;
 }
 
 /**
@@ -63,6 +65,8 @@ export class MirrorController {
   readonly faults: Array<FaultDevice | undefined> = [];
   /** Thin pools by slot (for pool grow and status); undefined for plain legs. */
   readonly pools: Array<ThinLeg | undefined> = [];
+  /** The write-back cache above the mirror, if configured: what clients talk to. */
+  private cache: PageCache | undefined;
   /** The config names leg paths; replace tells the owner so it can record the new one. */
   onLegPathChanged: ((slot: number, path: string) => void) | undefined;
 
@@ -167,6 +171,12 @@ export class MirrorController {
     for (const slot of fullRebuilds) controller.startFullRebuild(slot);
     controller.startSweeper();
     return controller;
+  }
+
+  /** Puts a cache above the mirror: the sweeper's sync and shutdown write it back first. */
+  attachCache(cache: PageCache): void {
+    this.cache = cache;
+    this.device.beforeSync = () => cache.writeBackAll();
   }
 
   private startSweeper(): void {
@@ -365,7 +375,7 @@ export class MirrorController {
   status(): MirrorStatus {
     const { log } = this.device;
     const counts = this.device.regions.counts();
-    const failure = this.device.failed?.message;
+    const failure = this.device.failed?.message ?? this.cache?.failed?.message;
     const degraded = !this.device.fullyInSync;
     return {
       mirrorUuid: formatUuid(log.state.mirrorUuid),
@@ -389,6 +399,7 @@ export class MirrorController {
       regionsCleared: this.device.stats.regionsCleared,
       logCommits: log.commitsRun,
       generation: this.device.generation.number,
+      cache: this.cache?.status(),
     };
   }
 

@@ -56,7 +56,8 @@ export class MirrorDevice implements BlockDevice {
   private readonly legFailures = new Map<number, Promise<void>>();
   private sweeping: Promise<SweepResult> | undefined;
   private closed = false;
-  readonly beforeSync: (() => Promise<void>) | undefined;
+  /** Runs before the sweeper's and shutdown's leg flush: a cache above writes back here. */
+  beforeSync: (() => Promise<void>) | undefined;
   private readonly quietSweepsBeforeClean: number;
   /** Cumulative figures for status and the benchmark. */
   readonly stats = { sweeps: 0, regionsCleared: 0, legFailures: 0, sourceReads: 0, balancedReads: 0 };

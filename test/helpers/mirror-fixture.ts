@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
 import type { FaultPlan } from '../../backends/fault-device.js';
+import { type LegSpec, openLeg, type ThinSpec } from '../../backends/leg-spec.js';
 import { MirrorController, type MirrorSettings } from '../../mirror/controller.js';
 import { makeTempDir } from './tools.js';
 
@@ -17,13 +18,13 @@ export interface MirrorFixture {
 export const silentLogger = pino({ level: 'silent' });
 
 /** Temp files for an in-process mirror; `open` creates it the first time and reassembles it after. */
-export function mirrorFixture(options: { legs?: number; sizeBytes?: number; regionSizeBytes?: number; faults?: Array<FaultPlan | undefined> } = {}):
-  MirrorFixture {
+export function mirrorFixture(options: { legs?: number; sizeBytes?: number; regionSizeBytes?: number; faults?: Array<FaultPlan | undefined>;
+  thin?: Array<ThinSpec | undefined>; } = {}): MirrorFixture {
   const dir = makeTempDir('mirror-');
-  const legPaths = Array.from({ length: options.legs ?? 2 }, (_, slot) => path.join(dir, `leg${slot}.img`));
+  const legPaths = Array.from({ length: options.legs ?? 2 }, (_, slot) => path.join(dir, options.thin?.[slot] ? `leg${slot}.thin` : `leg${slot}.img`));
   const settings: MirrorSettings = {
     logPath: path.join(dir, 'mirror.log'),
-    legs: legPaths.map((legPath, slot) => ({ path: legPath, faults: options.faults?.[slot] })),
+    legs: legPaths.map((legPath, slot) => ({ path: legPath, faults: options.faults?.[slot], thin: options.thin?.[slot] })),
     sizeBytes: options.sizeBytes ?? 16 * 1024 * 1024,
     regionSizeBytes: options.regionSizeBytes ?? 64 * 1024,
     readPolicy: 'round-robin',
@@ -73,5 +74,17 @@ export function legsIdentical(legPaths: string[], sizeBytes: number): { identica
     return { identical: true };
   } finally {
     for (const fd of fds) fs.closeSync(fd);
+  }
+}
+
+/** A leg's data area, read through its own backend (thin pools are not flat files). Open it only while no server holds it, or after a flush. */
+export async function legContents(leg: LegSpec, sizeBytes: number): Promise<Buffer> {
+  const opened = await openLeg({ path: leg.path, thin: leg.thin }, sizeBytes, silentLogger, { readOnly: true });
+  try {
+    const data = Buffer.alloc(sizeBytes);
+    await opened.device.read(0, data);
+    return data;
+  } finally {
+    await opened.device.close();
   }
 }
