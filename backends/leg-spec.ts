@@ -42,6 +42,7 @@ export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logge
     }
     thin = await ThinLeg.open({
       path: leg.path,
+      readOnly: options.readOnly,
       lowWaterBytes: leg.thin.lowWaterBytes,
       onLowWater: (event) => {
         if (event.below) logger.warn(event, 'thin pool below its low-water mark: grow it (nbd-mirror pool grow) before it fills');

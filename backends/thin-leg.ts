@@ -20,6 +20,8 @@ export interface ThinCreateOptions {
 
 export interface ThinOpenOptions {
   path: string;
+  /** For offline tools: the file is opened read-only and every change is refused. */
+  readOnly?: boolean;
   /** Below this much free space a warning is logged (once per crossing) and status shows it. */
   lowWaterBytes?: number;
   onLowWater?: (event: { below: boolean; freeBytes: number; lowWaterBytes: number; path: string }) => void;
@@ -53,7 +55,8 @@ const extentsPerCallMax = 4096;
 export class ThinLeg implements BlockDevice {
   readonly blockSizeBytes = 512;
   readonly sizeBytes: number;
-  readonly capabilities: DeviceCapabilities = {
+  readonly capabilities: DeviceCapabilities;
+  private static readonly writableCapabilities: DeviceCapabilities = {
     readOnly: false, flush: true, fua: true, trim: true, writeZeroes: true, fastZero: true, blockStatus: true,
     multiConn: true, rotational: false,
   };
@@ -94,7 +97,9 @@ export class ThinLeg implements BlockDevice {
       this.used[entry - 1] = 1;
       this.usedCount += 1;
     }
+    this.capabilities = ThinLeg.writableCapabilities;
     this.commits = new GroupCommit(() => this.commitMap());
+    if (options.readOnly) this.capabilities = { ...this.capabilities, readOnly: true };
   }
 
   /** Creates an empty pool file: superblock, one valid copy of every map page, sparse data area. */
@@ -131,7 +136,7 @@ export class ThinLeg implements BlockDevice {
   static async open(options: ThinOpenOptions): Promise<ThinLeg> {
     let fd: number;
     try {
-      fd = fs.openSync(options.path, fs.constants.O_RDWR);
+      fd = fs.openSync(options.path, options.readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
     } catch (error) {
       throw toBlockError(error, `cannot open thin pool ${options.path}`);
     }
@@ -179,7 +184,7 @@ export class ThinLeg implements BlockDevice {
    */
   grow(newCapacityBytes: number): Promise<PoolUsage> {
     const run = async (): Promise<PoolUsage> => {
-      this.checkOpen('grow');
+      this.checkWritable('grow');
       const capacityChunks = Math.floor(newCapacityBytes / this.chunkBytes);
       const current = this.superblock;
       if (capacityChunks < current.capacityChunks) {
@@ -228,7 +233,7 @@ export class ThinLeg implements BlockDevice {
   }
 
   async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
-    this.checkOpen('write');
+    this.checkWritable('write');
     checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
     const pieces: Array<Promise<void>> = [];
     for (let at = offsetBytes; at < offsetBytes + data.length;) {
@@ -244,6 +249,7 @@ export class ThinLeg implements BlockDevice {
 
   async flush(): Promise<void> {
     this.checkOpen('flush');
+    if (this.options.readOnly) return;
     try {
       await this.commits.run();
     } catch (error) {
@@ -255,13 +261,13 @@ export class ThinLeg implements BlockDevice {
   }
 
   async trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> {
-    this.checkOpen('trim');
+    this.checkWritable('trim');
     checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'trim');
     await this.discard(offsetBytes, lengthBytes, flags.fua);
   }
 
   async writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
-    this.checkOpen('write-zeroes');
+    this.checkWritable('write-zeroes');
     checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'write-zeroes');
     if (!flags.noHole) {
       await this.discard(offsetBytes, lengthBytes, flags.fua);
@@ -515,6 +521,11 @@ export class ThinLeg implements BlockDevice {
 
   private checkOpen(what: string): void {
     if (this.closed) throw new BlockError('ESHUTDOWN', `${what}: thin pool ${this.path} is closed`);
+  }
+
+  private checkWritable(what: string): void {
+    this.checkOpen(what);
+    if (this.options.readOnly) throw new BlockError('EPERM', `${what}: thin pool ${this.path} is open read-only`);
   }
 }
 

@@ -32,6 +32,8 @@ program.command('serve')
   .option('--sweep-interval-ms <n>', 'how often the sweeper clears quiet regions', (value) => parseInteger(value, '--sweep-interval-ms'))
   .option('--force', 'take in legs that are stale, foreign or unlabelled, and rebuild them fully')
   .option('--size <size>', 'size of leg files created on first start, e.g. 1GiB')
+  .option('--cache', 'put the write-back page cache above the legs (settings from the configuration)')
+  .option('--no-cache', 'serve without the write-back page cache')
   .option('--max-connections <n>', 'maximum simultaneous clients', (value) => parseInteger(value, '--max-connections'))
   .option('--handshake-timeout-ms <n>', 'disconnect clients that do not finish negotiating',
     (value) => parseInteger(value, '--handshake-timeout-ms'))
@@ -52,6 +54,7 @@ program.command('serve')
       sweepIntervalMs: options.sweepIntervalMs as number | undefined,
       force: options.force === true ? true : undefined,
       sizeBytes: options.size as string | undefined,
+      cache: typeof options.cache === 'boolean' ? options.cache : undefined,
       maxConnections: options.maxConnections as number | undefined,
       handshakeTimeoutMs: options.handshakeTimeoutMs as number | undefined,
       logLevel: options.logLevel as string | undefined,
@@ -68,7 +71,7 @@ program.command('serve')
         }
       },
     });
-    logger.info({ tcp: running.addresses.tcp, unix: running.addresses.unixPath, admin: running.mirror ? config.listen.admin : undefined,
+    logger.info({ tcp: running.addresses.tcp, unix: running.addresses.unixPath, admin: config.listen.admin, cache: running.cache !== undefined,
       export: config.export.name, recoveryRegions: running.mirror?.recoveryRegions,
       sizeBytes: running.device.sizeBytes, config: path.resolve(configFile) }, 'listening');
     for (const hint of attachHints(config, running.addresses)) logger.info(`attach with: ${hint}`);

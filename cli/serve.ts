@@ -1,8 +1,9 @@
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { FileLeg } from '../backends/file-leg.js';
+import { type OpenedLeg, openLeg } from '../backends/leg-spec.js';
 import { MirrorController, type MirrorSettings } from '../mirror/controller.js';
-import { AdminServer } from '../tools/admin-server.js';
+import { PageCache } from '../pagecache/page-cache.js';
+import { type AdminTarget, AdminServer } from '../tools/admin-server.js';
 import type { BlockDevice } from '../blockdev/types.js';
 import type { Config } from '../config/schema.js';
 import { ConfigError } from '../config/schema.js';
@@ -12,8 +13,10 @@ import { type ListenAddresses, NbdServer } from '../nbd/server.js';
 
 export interface RunningServer {
   server: NbdServer;
+  /** What clients talk to: the cache if configured, else the mirror or the plain leg. */
   device: BlockDevice;
   mirror: MirrorController | undefined;
+  cache: PageCache | undefined;
   addresses: ListenAddresses;
   /** Graceful stop: no new clients, in-flight requests finish, flush, close. */
   stop(): Promise<void>;
@@ -35,19 +38,19 @@ export function mirrorSettings(config: Config): MirrorSettings {
   };
 }
 
-/** One plain leg (no storage.log): the export is the file itself. */
-export async function openPlainLeg(config: Config, logger: Logger): Promise<BlockDevice> {
+/** One plain leg (no storage.log): the export is the file (or thin pool) itself. */
+export async function openPlainLeg(config: Config, logger: Logger): Promise<OpenedLeg> {
   if (config.storage.legs.length !== 1) {
     throw new ConfigError('storage.legs', `${config.storage.legs.length} legs configured without storage.log`);
   }
   const leg = config.storage.legs[0];
-  const device = await FileLeg.open({
-    path: leg.path,
+  if (leg.thin && config.export.readOnly) throw new ConfigError('export.readOnly', 'a thin pool is served read-write');
+  const opened = await openLeg(leg, undefined, logger, {
     readOnly: config.export.readOnly,
     createSizeBytes: config.export.readOnly ? undefined : config.storage.sizeBytes,
   });
-  logger.info({ path: leg.path, sizeBytes: device.sizeBytes }, 'leg opened');
-  return device;
+  logger.info({ path: leg.path, sizeBytes: opened.device.sizeBytes, thin: leg.thin !== undefined }, 'leg opened');
+  return opened;
 }
 
 export function singleExport(config: Config, device: BlockDevice): ExportTable {
@@ -69,16 +72,30 @@ export async function startServer(config: Config, logger: Logger,
     throw new ConfigError('export.readOnly', 'a mirror is served read-write (resync and the sweeper write); serve one leg read-only instead');
   }
   const mirror = config.storage.log === undefined ? undefined : await MirrorController.open(mirrorSettings(config), logger);
-  const device = mirror ? mirror.device : await openPlainLeg(config, logger);
+  const plain = mirror ? undefined : await openPlainLeg(config, logger);
+  const below: BlockDevice = mirror ? mirror.device : plain!.device;
+  const cache = config.cache && !config.export.readOnly
+    ? new PageCache(below, { ...config.cache, logger: logger.child({ component: 'cache' }) }) : undefined;
+  if (mirror && cache) mirror.attachCache(cache);
+  const device = cache ?? below;
   if (mirror) mirror.onLegPathChanged = options.onLegPathChanged;
+  const closeStorage = async (): Promise<void> => {
+    try {
+      if (mirror) await mirror.shutdown();
+      else await device.flush().catch((error: unknown) => logger.error({ err: error }, 'final flush failed: data may not be durable'));
+    } finally {
+      await device.close();
+    }
+  };
   let admin: AdminServer | undefined;
-  if (mirror && config.listen.admin !== undefined) {
-    admin = new AdminServer(mirror, logger);
+  if (config.listen.admin !== undefined) {
+    const target: AdminTarget = { mirror, cache,
+      plain: plain ? { path: config.storage.legs[0].path, sizeBytes: below.sizeBytes, pool: plain.thin } : undefined };
+    admin = new AdminServer(target, logger);
     try {
       await admin.listen(config.listen.admin);
     } catch (error) {
-      await mirror.shutdown();
-      await mirror.close();
+      await closeStorage();
       throw error;
     }
   }
@@ -99,22 +116,16 @@ export async function startServer(config: Config, logger: Logger,
     addresses = await server.listen();
   } catch (error) {
     await admin?.close();
-    if (mirror) await mirror.shutdown();
-    await device.close();
+    await closeStorage();
     throw error;
   }
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => (stopping ??= (async () => {
     await server.shutdown();
     await admin?.close();
-    try {
-      if (mirror) await mirror.shutdown();
-      else await device.flush();
-    } finally {
-      await device.close();
-    }
+    await closeStorage();
   })());
-  return { server, device, mirror, addresses, stop };
+  return { server, device, mirror, cache, addresses, stop };
 }
 
 /** How to attach, printed once listening. */

@@ -16,6 +16,8 @@ export interface ConfigOverrides {
   regionSize?: string;
   sweepIntervalMs?: number;
   force?: boolean;
+  /** Turns the write-back cache on or off, keeping the file's other cache settings. */
+  cache?: boolean;
   sizeBytes?: string;
   maxConnections?: number;
   handshakeTimeoutMs?: number;
@@ -66,6 +68,8 @@ function applyOverrides(raw: Record<string, unknown>, overrides: ConfigOverrides
     section(copy, 'storage').legs = overrides.legs.map((leg) => ({ path: path.resolve(leg) }));
     // Legs named on the command line do not belong to the file's log: only --log makes them a mirror.
     if (overrides.log === undefined) section(copy, 'storage').log = null;
+    // Nor to the file's admin socket, which the configured server may be using.
+    if (overrides.admin === undefined) section(copy, 'listen').admin = null;
   }
   if (overrides.log !== undefined) section(copy, 'storage').log = overrides.log === null ? null : path.resolve(overrides.log);
   if (overrides.admin !== undefined) section(copy, 'listen').admin = overrides.admin === null ? null : path.resolve(overrides.admin);
@@ -73,6 +77,10 @@ function applyOverrides(raw: Record<string, unknown>, overrides: ConfigOverrides
   if (overrides.sweepIntervalMs !== undefined) section(copy, 'storage').sweepIntervalMs = overrides.sweepIntervalMs;
   if (overrides.force !== undefined) section(copy, 'storage').force = overrides.force;
   if (overrides.sizeBytes !== undefined) section(copy, 'storage').sizeBytes = overrides.sizeBytes;
+  if (overrides.cache !== undefined) {
+    if (copy.cache === false) copy.cache = null;
+    section(copy, 'cache').enabled = overrides.cache;
+  }
   if (overrides.maxConnections !== undefined) section(copy, 'limits').maxConnections = overrides.maxConnections;
   if (overrides.handshakeTimeoutMs !== undefined) section(copy, 'limits').handshakeTimeoutMs = overrides.handshakeTimeoutMs;
   if (overrides.logLevel !== undefined) section(copy, 'log').level = overrides.logLevel;

@@ -1,6 +1,8 @@
 import path from 'node:path';
 import { type FaultOp, faultOps, type FaultPlan, type FaultRule } from '../backends/fault-device.js';
+import type { LegSpec, ThinSpec } from '../backends/leg-spec.js';
 import type { ReadPolicy } from '../mirror/mirror-device.js';
+import type { NoSpacePolicy } from '../pagecache/page-cache.js';
 
 /**
  * The server's configuration, as read from YAML and overridden by flags.
@@ -24,7 +26,7 @@ export interface Config {
   storage: {
     /** Size of leg files created on first start. */
     sizeBytes: number;
-    legs: Array<{ path: string; faults?: FaultPlan }>;
+    legs: LegSpec[];
     /** The dirty-region log; set means the legs form a mirror, unset means one plain leg. */
     log: string | undefined;
     regionSizeBytes: number;
@@ -35,6 +37,8 @@ export interface Config {
     /** Take in foreign, stale or unlabelled legs and rebuild them fully. */
     force: boolean;
   };
+  /** The write-back page cache above the mirror (or the plain leg); undefined when off. */
+  cache: CacheConfig | undefined;
   limits: {
     maxConnections: number;
     handshakeTimeoutMs: number;
@@ -42,6 +46,15 @@ export interface Config {
     inFlightBytesMax: number;
   };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}
+
+export interface CacheConfig {
+  capacityBytes: number;
+  dirtyLimitBytes: number;
+  dirtyExpireMs: number;
+  writebackIntervalMs: number;
+  noSpacePolicy: NoSpacePolicy;
+  noSpaceTimeoutMs: number;
 }
 
 export class ConfigError extends Error {
@@ -129,7 +142,7 @@ function integerAt(value: unknown, key: string, fallback: number, minimum: numbe
 /** Builds a Config from parsed YAML; relative paths are resolved against baseDir. */
 export function parseConfig(raw: unknown, baseDir: string): Config {
   const root = objectAt(raw, '(top level)');
-  rejectUnknownKeys(root, ['listen', 'export', 'storage', 'limits', 'log'], '');
+  rejectUnknownKeys(root, ['listen', 'export', 'storage', 'cache', 'limits', 'log'], '');
   const listen = objectAt(root.listen, 'listen');
   rejectUnknownKeys(listen, ['tcp', 'unix', 'admin'], 'listen');
   const exported = objectAt(root.export, 'export');
@@ -152,10 +165,11 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   const legs = legsRaw.map((leg, index) => {
     const key = `storage.legs[${index}]`;
     const entry = objectAt(leg, key);
-    rejectUnknownKeys(entry, ['path', 'faults'], key);
-    const legPath = path.resolve(baseDir, stringAt(entry.path, `${key}.path`, undefined, false));
-    return entry.faults === undefined || entry.faults === null
-      ? { path: legPath } : { path: legPath, faults: parseFaultPlan(entry.faults, `${key}.faults`) };
+    rejectUnknownKeys(entry, ['path', 'faults', 'thin'], key);
+    const spec: LegSpec = { path: path.resolve(baseDir, stringAt(entry.path, `${key}.path`, undefined, false)) };
+    if (entry.faults !== undefined && entry.faults !== null) spec.faults = parseFaultPlan(entry.faults, `${key}.faults`);
+    if (entry.thin !== undefined && entry.thin !== null) spec.thin = parseThin(entry.thin, `${key}.thin`);
+    return spec;
   });
   const logPath = storage.log === undefined || storage.log === null ? undefined
     : path.resolve(baseDir, stringAt(storage.log, 'storage.log', undefined, false));
@@ -208,6 +222,7 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
         : parseSize(storage.resyncRate, 'storage.resyncRate'),
       force: booleanAt(storage.force, 'storage.force', false),
     },
+    cache: parseCache(root.cache),
     limits: {
       maxConnections: integerAt(limits.maxConnections, 'limits.maxConnections', 64, 1, 65536),
       handshakeTimeoutMs: integerAt(limits.handshakeTimeoutMs, 'limits.handshakeTimeoutMs', 120_000, 100, 3_600_000),
@@ -216,6 +231,45 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
         : parseSize(limits.inFlightBytesMax, 'limits.inFlightBytesMax'),
     },
     log: { level: level as Config['log']['level'] },
+  };
+}
+
+function parseThin(raw: unknown, key: string): ThinSpec {
+  const thin = objectAt(raw, key);
+  rejectUnknownKeys(thin, ['poolSize', 'chunkSize', 'lowWater'], key);
+  if (thin.poolSize === undefined) throw new ConfigError(`${key}.poolSize`, 'is required (the pool capacity, e.g. 512MiB)');
+  const poolBytes = parseSize(thin.poolSize, `${key}.poolSize`);
+  const chunkSizeBytes = thin.chunkSize === undefined ? 64 * 1024 : parseSize(thin.chunkSize, `${key}.chunkSize`);
+  if (chunkSizeBytes < 4096 || (chunkSizeBytes & (chunkSizeBytes - 1)) !== 0 || chunkSizeBytes > 64 * 1024 * 1024) {
+    throw new ConfigError(`${key}.chunkSize`, `${chunkSizeBytes} must be a power of two from 4KiB to 64MiB`);
+  }
+  if (poolBytes < chunkSizeBytes) throw new ConfigError(`${key}.poolSize`, `${poolBytes} is smaller than one chunk (${chunkSizeBytes})`);
+  const lowWaterBytes = thin.lowWater === undefined ? Math.floor(poolBytes / 8)
+    : thin.lowWater === 0 ? 0 : parseSize(thin.lowWater, `${key}.lowWater`);
+  return { poolBytes, chunkSizeBytes, lowWaterBytes };
+}
+
+function parseCache(raw: unknown): CacheConfig | undefined {
+  if (raw === undefined || raw === null || raw === false) return undefined;
+  const cache = objectAt(raw, 'cache');
+  rejectUnknownKeys(cache, ['enabled', 'size', 'dirtyLimit', 'dirtyExpireMs', 'writebackIntervalMs', 'noSpacePolicy', 'noSpaceTimeoutMs'], 'cache');
+  if (!booleanAt(cache.enabled, 'cache.enabled', true)) return undefined;
+  const capacityBytes = cache.size === undefined ? 256 * 1024 * 1024 : parseSize(cache.size, 'cache.size');
+  const dirtyLimitBytes = cache.dirtyLimit === undefined ? Math.min(64 * 1024 * 1024, capacityBytes)
+    : parseSize(cache.dirtyLimit, 'cache.dirtyLimit');
+  if (dirtyLimitBytes > capacityBytes) throw new ConfigError('cache.dirtyLimit', `${dirtyLimitBytes} exceeds cache.size ${capacityBytes}`);
+  if (dirtyLimitBytes < 1024 * 1024) throw new ConfigError('cache.dirtyLimit', `${dirtyLimitBytes} is below 1MiB`);
+  const noSpacePolicy = cache.noSpacePolicy ?? 'error';
+  if (noSpacePolicy !== 'error' && noSpacePolicy !== 'queue') {
+    throw new ConfigError('cache.noSpacePolicy', 'must be error (ENOSPC at once) or queue (wait up to noSpaceTimeoutMs)');
+  }
+  return {
+    capacityBytes,
+    dirtyLimitBytes,
+    dirtyExpireMs: integerAt(cache.dirtyExpireMs, 'cache.dirtyExpireMs', 5000, 0, 3_600_000),
+    writebackIntervalMs: integerAt(cache.writebackIntervalMs, 'cache.writebackIntervalMs', 500, 10, 60_000),
+    noSpacePolicy,
+    noSpaceTimeoutMs: integerAt(cache.noSpaceTimeoutMs, 'cache.noSpaceTimeoutMs', 60_000, 0, 3_600_000),
   };
 }
 
@@ -277,6 +331,16 @@ storage:
   legs:
     - path: leg0.img
     - path: leg1.img
+    # A thin-provisioned leg instead (pool grows online with nbd-mirror pool grow):
+    # - path: leg1.thin
+    #   thin: { poolSize: 512MiB, chunkSize: 64KiB, lowWater: 64MiB }
+cache:                      # write-back page cache; clients' flushes make writes durable
+  enabled: true
+  size: 256MiB              # memory for cached pages, clean and dirty
+  dirtyLimit: 64MiB         # writers wait for writeback above this
+  dirtyExpireMs: 5000       # dirty pages older than this are written back in the background
+  noSpacePolicy: error      # out of space with the dirty limit reached: error (ENOSPC) or queue
+  noSpaceTimeoutMs: 60000   # how long queue waits for space before ENOSPC
 limits:
   maxConnections: 64
   handshakeTimeoutMs: 120000

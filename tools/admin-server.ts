@@ -1,7 +1,17 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
+import type { ThinLeg } from '../backends/thin-leg.js';
 import type { MirrorController } from '../mirror/controller.js';
+import type { PageCache } from '../pagecache/page-cache.js';
+
+/** What the admin socket acts on: a mirror, or one plain leg; either may have a cache above it. */
+export interface AdminTarget {
+  mirror?: MirrorController;
+  cache?: PageCache;
+  /** A plain export's leg (slot 0), for status and pool grow. */
+  plain?: { path: string; sizeBytes: number; pool?: ThinLeg };
+}
 
 export interface AdminRequest {
   command: string;
@@ -10,6 +20,9 @@ export interface AdminRequest {
   force?: boolean;
   repair?: boolean;
   action?: 'trigger' | 'heal';
+  /** pool-grow: new capacity, or how much to add. */
+  toBytes?: number;
+  byBytes?: number;
 }
 
 /** A request line longer than this is not one of ours. */
@@ -24,7 +37,7 @@ export class AdminServer {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
 
-  constructor(private readonly controller: MirrorController, private readonly logger: Logger) {
+  constructor(private readonly target: AdminTarget, private readonly logger: Logger) {
     this.server = net.createServer((socket) => this.serve(socket));
   }
 
@@ -97,32 +110,49 @@ export class AdminServer {
   }
 
   private async execute(request: AdminRequest, progress: (done: number, total: number) => void): Promise<unknown> {
-    const { controller } = this;
+    const { target } = this;
     const slot = (): number => {
       if (!Number.isInteger(request.slot)) throw new Error(`${request.command} needs a leg slot number`);
       return request.slot!;
     };
+    const controller = (): MirrorController => {
+      if (!target.mirror) throw new Error(`${request.command} needs a mirror; this server exports one plain leg`);
+      return target.mirror;
+    };
     this.logger.info({ command: request.command, slot: request.slot, path: request.path }, 'admin command');
     switch (request.command) {
       case 'status':
-        return controller.status();
+        return target.mirror ? target.mirror.status() : this.plainStatus();
       case 're-add':
-        return controller.reAdd(slot(), { path: request.path, force: request.force });
+        return controller().reAdd(slot(), { path: request.path, force: request.force });
       case 'replace':
         if (typeof request.path !== 'string' || request.path === '') throw new Error('replace needs the new leg path');
-        return controller.replace(slot(), request.path, { force: request.force });
+        return controller().replace(slot(), request.path, { force: request.force });
       case 'resync':
-        return controller.fullResync();
+        return controller().fullResync();
       case 'check':
       case 'repair':
-        return controller.check({ repair: request.command === 'repair' || request.repair === true, onProgress: progress });
+        return controller().check({ repair: request.command === 'repair' || request.repair === true, onProgress: progress });
       case 'sweep':
-        return controller.device.sweep({ ignoreQuietPasses: true });
+        return controller().device.sweep({ ignoreQuietPasses: true });
       case 'wait-resync':
-        await controller.resync.idle();
-        return controller.status();
+        await controller().resync.idle();
+        return controller().status();
+      case 'pool-grow': {
+        const size = { toBytes: positive(request.toBytes), byBytes: positive(request.byBytes) };
+        if ((size.toBytes === undefined) === (size.byBytes === undefined)) throw new Error('pool-grow needs exactly one of toBytes or byBytes');
+        if (target.mirror) return target.mirror.growPool(slot(), size);
+        const pool = target.plain?.pool;
+        if (!pool || (request.slot ?? 0) !== 0) throw new Error('this export has no thin pool at that slot');
+        const current = pool.usage().capacityBytes;
+        return pool.grow(size.toBytes ?? current + size.byBytes!);
+      }
+      case 'cache-drop': {
+        if (!target.cache) throw new Error('this server has no cache');
+        return { droppedPages: target.cache.shrink(), cache: target.cache.status() };
+      }
       case 'fault': {
-        const fault = controller.faults[slot()];
+        const fault = controller().faults[slot()];
         if (!fault) throw new Error(`leg ${request.slot} has no fault injection configured`);
         if (request.action === 'trigger') fault.trigger();
         else if (request.action === 'heal') fault.heal();
@@ -130,7 +160,27 @@ export class AdminServer {
         return { slot: request.slot, action: request.action, injected: fault.injected };
       }
       default:
-        throw new Error(`unknown command "${request.command}" (status, re-add, replace, resync, check, repair, sweep, wait-resync, fault)`);
+        throw new Error(`unknown command "${request.command}" (status, re-add, replace, resync, check, repair, sweep, wait-resync, ` +
+          'pool-grow, cache-drop, fault)');
     }
   }
+
+  private plainStatus(): Record<string, unknown> {
+    const { plain, cache } = this.target;
+    const failure = cache?.failed?.message;
+    return {
+      kind: 'plain',
+      sizeBytes: plain?.sizeBytes,
+      health: failure ? 'failed' : 'optimal',
+      failure,
+      legs: [{ slot: 0, path: plain?.path, state: 'in_sync', pool: plain?.pool?.usage() }],
+      cache: cache?.status(),
+    };
+  }
+}
+
+function positive(value: unknown): number | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) throw new Error(`${String(value)} is not a positive byte count`);
+  return value;
 }

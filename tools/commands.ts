@@ -2,7 +2,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
-import { FileLeg } from '../backends/file-leg.js';
+import { openLeg } from '../backends/leg-spec.js';
+import { ThinLeg } from '../backends/thin-leg.js';
+import { parseSize } from '../config/schema.js';
+import { createLogger } from '../cli/logger.js';
 import { type ConfigOverrides, ensureDefaultDataDir, loadConfig } from '../config/load.js';
 import { type Config, ConfigError } from '../config/schema.js';
 import { compareRegions, type CompareResult } from '../mirror/compare.js';
@@ -11,7 +14,8 @@ import { readLabel } from '../mirror/leg-label.js';
 import { formatUuid, regionsSet } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
 import { adminRequest } from './admin-client.js';
-import { formatStatus } from './format-status.js';
+import { formatPool, formatStatus } from './format-status.js';
+import type { PoolUsage } from '../backends/thin-leg.js';
 
 interface TargetOptions {
   config?: string;
@@ -121,14 +125,27 @@ export function registerTools(program: Command): void {
       const { config } = targetConfig(options);
       if (!config.storage.log) throw new ConfigError('storage.log', 'not a mirror', 'nbd-mirror status');
       const { state } = RegionLog.inspect(config.storage.log);
+      const pools = await Promise.all(config.storage.legs.map(async (leg) => {
+        if (!leg.thin || !fs.existsSync(leg.path)) return undefined;
+        try {
+          const pool = await ThinLeg.open({ path: leg.path, readOnly: true, lowWaterBytes: leg.thin.lowWaterBytes });
+          const usage = pool.usage();
+          await pool.close();
+          return usage;
+        } catch {
+          return undefined;
+        }
+      }));
       const offline = {
         mirrorUuid: formatUuid(state.mirrorUuid), sizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes,
         regionCount: state.regionCount, cleanShutdown: state.cleanShutdown, bitsSet: regionsSet(state.dirty, state.regionCount).length,
         legs: state.legs.map((record, slot) => {
           const legPath = config.storage.legs[slot]?.path;
-          const label = legPath && fs.existsSync(legPath) ? readLabel(legPath) : undefined;
+          const thin = config.storage.legs[slot]?.thin !== undefined;
+          const label = legPath && fs.existsSync(legPath) ? readLabel(legPath, thin) : undefined;
           return { slot, path: legPath, uuid: formatUuid(record.uuid), state: record.state, rebuildMode: record.rebuildMode,
-            labelEvents: label?.label?.events.toString(), logEvents: record.events.toString(), labelProblem: label?.problem };
+            labelEvents: label?.label?.events.toString(), logEvents: record.events.toString(), labelProblem: label?.problem,
+            pool: pools[slot] };
         }),
       };
       print(options, offline, () => formatStatus(offline, 'offline, from the files'));
@@ -189,6 +206,34 @@ export function registerTools(program: Command): void {
       print(options, { message }, () => String(message));
     });
 
+  const pool = program.command('pool').description('thin-provisioned legs');
+  targetOptions(pool.command('grow').description('raise a thin leg\'s pool capacity (online through the admin socket, or offline)'))
+    .argument('[slot]', 'leg slot number (0 for a plain export)', (value) => Number(value), 0)
+    .option('--to <size>', 'new pool capacity, e.g. 2GiB')
+    .option('--by <size>', 'capacity to add, e.g. 512MiB')
+    .action(async (slot: number, options: TargetOptions & { to?: string; by?: string }) => {
+      if ((options.to === undefined) === (options.by === undefined)) throw new ConfigError('pool grow', 'give exactly one of --to or --by', 'nbd-mirror');
+      const size = { toBytes: options.to === undefined ? undefined : parseSize(options.to, '--to'),
+        byBytes: options.by === undefined ? undefined : parseSize(options.by, '--by') };
+      const socket = await online(options);
+      let usage: PoolUsage;
+      if (socket) {
+        usage = await adminRequest(socket, { command: 'pool-grow', slot, ...size }) as PoolUsage;
+      } else {
+        // No server holds the pool: grow the file directly.
+        const leg = targetConfig(options).config.storage.legs[slot];
+        if (!leg) throw new ConfigError('storage.legs', `no leg slot ${slot}`, 'nbd-mirror pool grow');
+        if (!leg.thin) throw new ConfigError(`storage.legs[${slot}]`, 'is not a thin leg', 'nbd-mirror pool grow');
+        const thin = await ThinLeg.open({ path: leg.path });
+        try {
+          usage = await thin.grow(size.toBytes ?? thin.usage().capacityBytes + size.byBytes!);
+        } finally {
+          await thin.close();
+        }
+      }
+      print(options, usage, () => `leg ${slot}: ${formatPool(usage)}`);
+    });
+
   program.command('dump-log')
     .description('print both copies of a region log and its dirty regions')
     .argument('<log>', 'region log file')
@@ -222,8 +267,9 @@ async function offlineCheck(config: Config, onProgress: (done: number, total: nu
   if (!config.storage.log) throw new ConfigError('storage.log', 'not a mirror', 'nbd-mirror check');
   const { state } = RegionLog.inspect(config.storage.log);
   const slots = state.legs.flatMap((record, slot) => (record.state === 'in_sync' ? [slot] : []));
+  const logger = createLogger('silent');
   const legs = await Promise.all(slots.map(async (slot) => ({
-    slot, device: await FileLeg.open({ path: config.storage.legs[slot].path, readOnly: true, usableSizeBytes: state.deviceSizeBytes }),
+    slot, device: (await openLeg({ ...config.storage.legs[slot], faults: undefined }, state.deviceSizeBytes, logger, { readOnly: true })).device,
   })));
   try {
     return await compareRegions({ sizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes, legs }, onProgress);
