@@ -1,0 +1,79 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { legContents } from '../helpers/mirror-fixture.js';
+import { cliPath, projectRoot, startServerProcess } from '../helpers/server-process.js';
+import { makeTempDir, run, runOk } from '../helpers/tools.js';
+
+const MiB = 1024 * 1024;
+const sizeBytes = 256 * MiB;
+
+function thinMirrorConfig(dir: string): string {
+  const file = path.join(dir, 'config.yaml');
+  fs.writeFileSync(file, `
+listen: { tcp: "127.0.0.1:0", unix: null, admin: admin.sock }
+storage:
+  sizeBytes: 256MiB
+  log: mirror.log
+  regionSize: 1MiB
+  sweepIntervalMs: 1000
+  legs:
+    - path: leg0.thin
+      thin: { poolSize: 32MiB, lowWater: 8MiB }
+    - path: leg1.thin
+      thin: { poolSize: 32MiB, lowWater: 8MiB }
+cache: { size: 32MiB, dirtyLimit: 16MiB, writebackIntervalMs: 100, dirtyExpireMs: 200 }
+log: { level: info }
+`);
+  return file;
+}
+
+async function cli(args: string[]): Promise<string> {
+  return (await runOk(process.execPath, [cliPath, ...args])).stdout;
+}
+
+test('nbdsh fills a thin mirror until ENOSPC: nothing acknowledged is lost, the pool grows online, the retried flush succeeds, legs identical', async (t) => {
+  const dir = makeTempDir('thin-server-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const config = thinMirrorConfig(dir);
+  const admin = path.join(dir, 'admin.sock');
+  const server = await startServerProcess(['--config', config]);
+  const script = path.join(projectRoot, 'test', 'python', 'fill_pool.py');
+  let acked = 0;
+  try {
+    const fill = await run('/usr/bin/python3', [script, server.uri(), 'fill', '8'], { timeoutMs: 120_000 });
+    t.is(fill.code, 0, fill.stderr);
+    const result = JSON.parse(fill.stdout) as { acked: number; writeErrno: string | null; flushErrno: string | null };
+    t.log(`acknowledged ${result.acked} MiB before ENOSPC on a 32 MiB pool with a 16 MiB dirty limit`);
+    acked = result.acked;
+    t.is(result.writeErrno, 'ENOSPC', 'the client sees ENOSPC, not EIO');
+    t.is(result.flushErrno, 'ENOSPC', 'the flush reports the failed writeback as ENOSPC');
+    t.true(acked >= 32 && acked < 64, `${acked} MiB acknowledged`);
+    const status = JSON.parse(await cli(['status', '--admin', admin, '--json'])) as {
+      health: string; legs: Array<{ state: string; pool: { belowLowWater: boolean; freeBytes: number } }>; cache: { noSpace?: string; dirtyBytes: number };
+    };
+    t.not(status.health, 'failed', 'out of space is not a failure');
+    t.true(status.legs.every((leg) => leg.state === 'in_sync' && leg.pool.belowLowWater && leg.pool.freeBytes === 0));
+    t.regex(status.cache.noSpace ?? '', /full/);
+    t.true(status.cache.dirtyBytes > 0);
+    t.true(server.logs.some((entry) => entry.msg === 'thin pool below its low-water mark: grow it (nbd-mirror pool grow) before it fills'));
+    const check = await cli(['check', '--admin', admin]);
+    t.regex(check, /mismatch_cnt 0/, 'both legs agree on everything written to them');
+
+    for (const slot of ['0', '1']) t.regex(await cli(['pool', 'grow', slot, '--by', '96MiB', '--admin', admin]), /128 MiB/);
+    const verify = await run('/usr/bin/python3', [script, server.uri(), 'verify', String(acked)], { timeoutMs: 120_000 });
+    t.is(verify.code, 0, verify.stderr);
+    const grown = JSON.parse(await cli(['status', '--admin', admin, '--json'])) as { cache: { noSpace?: string; dirtyBytes: number } };
+    t.is(grown.cache.noSpace, undefined);
+    t.regex(await cli(['check', '--admin', admin]), /mismatch_cnt 0/);
+  } finally {
+    t.is(await server.stop(), 0);
+  }
+  const legs = [{ path: path.join(dir, 'leg0.thin'), thin: { poolBytes: 0, chunkSizeBytes: 0, lowWaterBytes: 0 } },
+    { path: path.join(dir, 'leg1.thin'), thin: { poolBytes: 0, chunkSizeBytes: 0, lowWaterBytes: 0 } }];
+  const [first, second] = await Promise.all(legs.map((leg) => legContents(leg, sizeBytes)));
+  t.true(first.equals(second), 'the legs are identical after a clean stop');
+  t.false(first.subarray(0, (acked + 8) * MiB).every((byte) => byte === 0));
+  const offline = await cli(['status', '--config', config]);
+  t.true(offline.includes(`thin pool ${acked + 8} MiB used of 128 MiB`), offline);
+});
