@@ -17,16 +17,16 @@ const mirrorJobs: FioJob[] = [
   { name: '1m-seqwrite-qd8', rw: 'write', blockSize: '1m', iodepth: 8 },
 ];
 
-function mirrorArgs(dir: string, name: string, sizeBytes: number, sweepIntervalMs: number): string[] {
+export function mirrorArgs(dir: string, name: string, sizeBytes: number, sweepIntervalMs: number): string[] {
   return ['--leg', path.join(dir, `${name}-0.img`), path.join(dir, `${name}-1.img`), '--log', path.join(dir, `${name}.log`),
-    '--admin', path.join(dir, `${name}.sock`), '--size', String(sizeBytes), '--sweep-interval-ms', String(sweepIntervalMs), '--no-unix'];
+    '--admin', path.join(dir, `${name}.sock`), '--size', String(sizeBytes), '--sweep-interval-ms', String(sweepIntervalMs), '--no-unix', '--no-cache'];
 }
 
-function figure(job: FioJob, result: FioResult): string {
+export function figure(job: FioJob, result: FioResult): string {
   return job.blockSize === '4k' ? `${Math.round(result.iops)} IOPS` : `${(result.bytesPerSecond / 1e6).toFixed(0)} MB/s`;
 }
 
-async function fill(uri: string, sizeBytes: number): Promise<void> {
+export async function fill(uri: string, sizeBytes: number): Promise<void> {
   const result = await run('fio', ['--name=fill', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1m', '--iodepth=8',
     `--size=${sizeBytes}`], { timeoutMs: 600_000 });
   if (result.code !== 0) throw new Error(`fill failed: ${result.stderr}`);

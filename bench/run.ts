@@ -9,6 +9,7 @@ import path from 'node:path';
 import { peakRssBytes, startServerProcess } from '../test/helpers/server-process.js';
 import { freePort, makeTempDir, run, writeRandomFile } from '../test/helpers/tools.js';
 import { type FioJob, type FioResult, runFio } from './fio.js';
+import { benchCache } from './cache.js';
 import { benchMirror } from './mirror.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
@@ -47,10 +48,12 @@ async function main(): Promise<void> {
   console.log(`bench: ${sizeBytes} byte files, ${seconds}s per job, ${rounds} interleaved rounds (best of each kept)`);
   writeRandomFile(ours, sizeBytes, 7);
   fs.copyFileSync(ours, theirs);
-  const server = await startServerProcess(['--leg', ours, '--no-unix']);
+  // The peer comparisons run without our cache: nbdkit's file plugin has none either.
+  const server = await startServerProcess(['--leg', ours, '--no-unix', '--no-cache']);
   const nbdkit = await startNbdkit(theirs);
   try {
-    for (const job of process.env.BENCH_ONLY_MIRROR === '1' ? [] : jobs) {
+    const only = process.env.BENCH_ONLY;
+    for (const job of only === undefined || only === 'plain' ? jobs : []) {
       let best: { ours?: FioResult; nbdkit?: FioResult } = {};
       for (let round = 0; round < rounds; round += 1) {
         const a = await runFio(server.uri(), job, seconds, sizeBytes);
@@ -65,9 +68,10 @@ async function main(): Promise<void> {
     }
     const peak = peakRssBytes(server.pid);
     console.log(`nbd-mirror peak RSS: ${peak === undefined ? 'unknown' : `${(peak / 2 ** 20).toFixed(1)} MiB`}`);
-    if (process.env.BENCH_SKIP_MIRROR !== '1') {
+    if (only === undefined || only === 'mirror') {
       await benchMirror({ dir, singleUri: server.uri(), nbdkitUri: nbdkit.uri, sizeBytes, seconds, rounds });
     }
+    if (only === undefined || only === 'cache') await benchCache({ dir, sizeBytes, seconds, rounds });
   } finally {
     await server.stop();
     nbdkit.child.kill('SIGTERM');

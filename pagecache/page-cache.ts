@@ -1,8 +1,10 @@
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
+import { BufferPool } from '../blockdev/buffer-pool.js';
 import { checkRange } from '../blockdev/range.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
 import { overlayData } from './extent-overlay.js';
+import { PageSlab } from './page-slab.js';
 import { RangeGate } from './range-gate.js';
 
 export type NoSpacePolicy = 'error' | 'queue';
@@ -29,6 +31,8 @@ export interface PageCacheOptions {
 
 export interface PageCacheStatus {
   cachedBytes: number;
+  /** Page memory taken from the system (slabs), used or free. */
+  allocatedBytes: number;
   dirtyBytes: number;
   capacityBytes: number;
   dirtyLimitBytes: number;
@@ -52,10 +56,15 @@ interface Page {
   writeback: Promise<void> | undefined;
   /** Read-modify-write fill from below in progress; writers wait for it. */
   loading: Promise<void> | undefined;
+  /** Reads copying out of this page: its memory is recycled only after they finish. */
+  readers: number;
+  dropped: boolean;
 }
 
-const writebackRunBytesMax = 1 << 20;
-const writebackRunsInFlight = 8;
+/** Runs are capped so 32 in flight hold at most 8 MiB of snapshots. */
+const writebackRunBytesMax = 256 * 1024;
+/** Random writes make one-page runs; this many keep the legs as busy as a client at QD32 would. */
+const writebackRunsInFlight = 32;
 /** Background writeback starts once dirty memory passes this share of the limit. */
 const backgroundRatio = 0.5;
 
@@ -82,6 +91,9 @@ export class PageCache implements BlockDevice {
   private readonly dirtyOrder = new Map<number, Page>();
   private seq = 0;
   private readonly gate = new RangeGate();
+  private readonly slab: PageSlab;
+  /** Writeback snapshots, reused: they are short-lived and would otherwise churn the heap. */
+  private readonly snapshots = new BufferPool(8 << 20, 4096);
   private progressWaiters: Array<() => void> = [];
   private noSpace: BlockError | undefined;
   private failure: BlockError | undefined;
@@ -97,6 +109,7 @@ export class PageCache implements BlockDevice {
     this.sizeBytes = below.sizeBytes;
     this.blockSizeBytes = below.blockSizeBytes;
     this.pageBytes = options.pageBytes ?? 4096;
+    this.slab = new PageSlab(this.pageBytes);
     if (options.dirtyLimitBytes > options.capacityBytes) {
       throw new BlockError('EINVAL', `cache dirty limit ${options.dirtyLimitBytes} exceeds its capacity ${options.capacityBytes}`);
     }
@@ -123,6 +136,7 @@ export class PageCache implements BlockDevice {
   status(): PageCacheStatus {
     return {
       cachedBytes: this.cachedBytes,
+      allocatedBytes: this.slab.allocatedBytes,
       dirtyBytes: this.dirtyBytes,
       capacityBytes: this.options.capacityBytes,
       dirtyLimitBytes: this.options.dirtyLimitBytes,
@@ -159,6 +173,7 @@ export class PageCache implements BlockDevice {
     for (let index = first; index <= last; index += 1) {
       const page = this.pages.get(index);
       if (page && !page.loading) {
+        page.readers += 1;
         captured.push(page);
         continue;
       }
@@ -166,18 +181,25 @@ export class PageCache implements BlockDevice {
       if (run && run[1] === index - 1) run[1] = index;
       else missing.push([index, index]);
     }
-    if (missing.length > 0) {
-      this.stats.readMisses += 1;
-      const end = offsetBytes + target.length;
-      await Promise.all(missing.map(([from, to]) => {
-        const start = Math.max(offsetBytes, from * this.pageBytes);
-        const stop = Math.min(end, (to + 1) * this.pageBytes);
-        return this.below.read(start, target.subarray(start - offsetBytes, stop - offsetBytes));
-      }));
-    } else {
-      this.stats.readHits += 1;
+    try {
+      if (missing.length > 0) {
+        this.stats.readMisses += 1;
+        const end = offsetBytes + target.length;
+        await Promise.all(missing.map(([from, to]) => {
+          const start = Math.max(offsetBytes, from * this.pageBytes);
+          const stop = Math.min(end, (to + 1) * this.pageBytes);
+          return this.below.read(start, target.subarray(start - offsetBytes, stop - offsetBytes));
+        }));
+      } else {
+        this.stats.readHits += 1;
+      }
+      for (const page of captured) this.copyOut(page, offsetBytes, target);
+    } finally {
+      for (const page of captured) {
+        page.readers -= 1;
+        if (page.readers === 0 && page.dropped) this.recycle(page);
+      }
     }
-    for (const page of captured) this.copyOut(page, offsetBytes, target);
   }
 
   private copyOut(page: Page, offsetBytes: number, target: Buffer): void {
@@ -206,7 +228,7 @@ export class PageCache implements BlockDevice {
     for (let index = first; index <= last; index += 1) {
       let page = this.pages.get(index);
       if (!page) {
-        page = this.newPage(index, Buffer.allocUnsafe(this.pageLength(index)));
+        page = this.newPage(index);
       }
       const pageStart = index * this.pageBytes;
       const from = Math.max(offsetBytes, pageStart);
@@ -218,10 +240,11 @@ export class PageCache implements BlockDevice {
     if (flags.fua) await this.writeBack(this.dirtyIndicesIn(first, last), true);
   }
 
-  private newPage(index: number, data: Buffer): Page {
+  private newPage(index: number): Page {
+    const data = this.slab.take().subarray(0, this.pageLength(index));
     const page: Page = {
       index, data, dirty: false, version: 0, firstUnwrittenSeq: 0, rewriteSeq: undefined, dirtiedAtMs: 0,
-      writeback: undefined, loading: undefined,
+      writeback: undefined, loading: undefined, readers: 0, dropped: false,
     };
     this.pages.set(index, page);
     return page;
@@ -267,7 +290,7 @@ export class PageCache implements BlockDevice {
   }
 
   private startLoad(index: number): Promise<void> {
-    const page = this.newPage(index, Buffer.alloc(this.pageLength(index)));
+    const page = this.newPage(index);
     const start = index * this.pageBytes;
     page.loading = (async () => {
       try {
@@ -275,7 +298,7 @@ export class PageCache implements BlockDevice {
         await this.below.read(start, page.data);
         this.cleanLru.set(index, page);
       } catch (error) {
-        this.pages.delete(index);
+        this.dropPage(page);
         throw error;
       } finally {
         page.loading = undefined;
@@ -406,7 +429,8 @@ export class PageCache implements BlockDevice {
       return;
     }
     // The snapshot: the bytes as they are now, whatever writers do next.
-    const snapshot = Buffer.allocUnsafe(end - start);
+    const pooled = this.snapshots.acquire(end - start);
+    const snapshot = pooled.buffer;
     const versions = run.map((page) => {
       page.data.copy(snapshot, page.index * this.pageBytes - start);
       page.rewriteSeq = undefined;
@@ -441,6 +465,7 @@ export class PageCache implements BlockDevice {
         page.rewriteSeq = undefined;
       }
       release();
+      pooled.release();
       this.notifyProgress();
       this.evictIfNeeded();
     }
@@ -564,9 +589,15 @@ export class PageCache implements BlockDevice {
   }
 
   private dropPage(page: Page): void {
-    this.pages.delete(page.index);
-    this.cleanLru.delete(page.index);
-    this.dirtyOrder.delete(page.index);
+    if (this.pages.get(page.index) === page) this.pages.delete(page.index);
+    if (this.cleanLru.get(page.index) === page) this.cleanLru.delete(page.index);
+    if (this.dirtyOrder.get(page.index) === page) this.dirtyOrder.delete(page.index);
+    page.dropped = true;
+    if (page.readers === 0) this.recycle(page);
+  }
+
+  private recycle(page: Page): void {
+    this.slab.give(Buffer.from(page.data.buffer, page.data.byteOffset, this.pageBytes));
   }
 
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
