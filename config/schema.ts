@@ -2,7 +2,7 @@ import path from 'node:path';
 import { type FaultOp, faultOps, type FaultPlan, type FaultRule } from '../backends/fault-device.js';
 import type { LegSpec, ThinSpec } from '../backends/leg-spec.js';
 import type { ReadPolicy } from '../mirror/mirror-device.js';
-import type { NoSpacePolicy } from '../pagecache/page-cache.js';
+import type { PageCacheOptions } from '../pagecache/page-cache.js';
 
 /**
  * The server's configuration, as read from YAML and overridden by flags.
@@ -48,14 +48,8 @@ export interface Config {
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }
 
-export interface CacheConfig {
-  capacityBytes: number;
-  dirtyLimitBytes: number;
-  dirtyExpireMs: number;
-  writebackIntervalMs: number;
-  noSpacePolicy: NoSpacePolicy;
-  noSpaceTimeoutMs: number;
-}
+/** The cache's settings as configured; the server adds its logger. */
+export type CacheConfig = Omit<PageCacheOptions, 'logger' | 'pageBytes'>;
 
 export class ConfigError extends Error {
   constructor(readonly key: string, readonly problem: string, readonly source = 'configuration') {
@@ -259,7 +253,7 @@ function parseCache(raw: unknown): CacheConfig | undefined {
     : parseSize(cache.dirtyLimit, 'cache.dirtyLimit');
   if (dirtyLimitBytes > capacityBytes) throw new ConfigError('cache.dirtyLimit', `${dirtyLimitBytes} exceeds cache.size ${capacityBytes}`);
   if (dirtyLimitBytes < 1024 * 1024) throw new ConfigError('cache.dirtyLimit', `${dirtyLimitBytes} is below 1MiB`);
-  const noSpacePolicy = cache.noSpacePolicy ?? 'error';
+  const noSpacePolicy: unknown = cache.noSpacePolicy ?? 'error';
   if (noSpacePolicy !== 'error' && noSpacePolicy !== 'queue') {
     throw new ConfigError('cache.noSpacePolicy', 'must be error (ENOSPC at once) or queue (wait up to noSpaceTimeoutMs)');
   }

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { checkRange } from '../blockdev/range.js';
+import { RangeOrder } from '../blockdev/range-order.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
 import type { LegState } from '../regionlog/format.js';
 import type { RegionLog } from '../regionlog/region-log.js';
@@ -55,6 +56,13 @@ export class MirrorDevice implements BlockDevice {
   private failure: BlockError | undefined;
   private readonly legFailures = new Map<number, Promise<void>>();
   private sweeping: Promise<SweepResult> | undefined;
+  /**
+   * Overlapping changes from different connections (or from the cache's
+   * writeback and a trim) are applied one after the other, in arrival order,
+   * on every leg. Issued concurrently, each leg's thread pool could apply
+   * them in a different order and the legs would silently disagree.
+   */
+  private readonly order = new RangeOrder();
   private closed = false;
   /** Runs before the sweeper's and shutdown's leg flush: a cache above writes back here. */
   beforeSync: (() => Promise<void>) | undefined;
@@ -221,6 +229,18 @@ export class MirrorDevice implements BlockDevice {
     this.checkUsable(what);
     checkRange(this.sizeBytes, offsetBytes, lengthBytes, what);
     if (lengthBytes === 0) return;
+    const ticket = this.order.acquire(offsetBytes, lengthBytes, true);
+    try {
+      if (ticket.ready) await ticket.ready;
+      this.checkUsable(what);
+      await this.mutateInOrder(what, offsetBytes, lengthBytes, apply);
+    } finally {
+      ticket.release();
+    }
+  }
+
+  private async mutateInOrder(what: string, offsetBytes: number, lengthBytes: number,
+    apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
     const [first, last] = this.regionRange(offsetBytes, lengthBytes);
     let logged = this.regions.tryBeginWrite(first, last);
     while (logged === false) {

@@ -8,7 +8,7 @@ export class PageSlab {
   private slabs = 0;
   private readonly pagesPerSlab: number;
 
-  constructor(private readonly pageBytes: number, private readonly slabBytes = 1 << 20) {
+  constructor(private readonly pageBytes: number, slabBytes = 1 << 20) {
     this.pagesPerSlab = Math.max(1, Math.floor(slabBytes / pageBytes));
   }
 

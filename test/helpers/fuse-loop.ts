@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { run, runOk } from './tools.js';
@@ -70,4 +71,25 @@ export async function attachThroughFuse(uri: string, workDir: string): Promise<L
       clearTimeout(timer);
     },
   };
+}
+
+/**
+ * Attaches the export again, mounts it (replaying the journal), checks every
+ * named file against its sha256, unmounts and runs e2fsck -fn.
+ */
+export async function verifyExt4(t: { is(actual: unknown, expected: unknown, message?: string): void }, uri: string, workDir: string,
+  mountPoint: string, expected: Map<string, string>): Promise<void> {
+  const attachment = await attachThroughFuse(uri, workDir);
+  try {
+    await attachment.mount(mountPoint);
+    for (const [name, digest] of expected) {
+      const actual = crypto.createHash('sha256').update(fs.readFileSync(path.join(mountPoint, name))).digest('hex');
+      t.is(actual, digest, `${name} intact`);
+    }
+    await attachment.unmount(mountPoint);
+    const fsck = await run('e2fsck', ['-fn', attachment.device], { timeoutMs: 120_000 });
+    t.is(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
+  } finally {
+    await attachment.detach();
+  }
 }

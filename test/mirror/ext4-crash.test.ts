@@ -3,9 +3,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { adminRequest } from '../../tools/admin-client.js';
-import { attachThroughFuse } from '../helpers/fuse-loop.js';
+import { attachThroughFuse, verifyExt4 } from '../helpers/fuse-loop.js';
 import { startServerProcess } from '../helpers/server-process.js';
-import { makeTempDir, run, runOk } from '../helpers/tools.js';
+import { makeTempDir, runOk } from '../helpers/tools.js';
 import { statusWhen } from '../helpers/wait.js';
 
 const sizeBytes = 256 * 1024 * 1024;
@@ -29,7 +29,7 @@ test('kill -9 under ext4 with fsynced files: recovery resyncs only set-bit regio
   const mountPoint = path.join(dir, 'mnt');
   const expected = new Map<string, string>();
   let server = await startServerProcess(args);
-  let attachment = await attachThroughFuse(server.uri(), path.join(dir, 'first'));
+  const attachment = await attachThroughFuse(server.uri(), path.join(dir, 'first'));
   try {
     await runOk('mkfs.ext4', ['-q', '-F', attachment.device], { timeoutMs: 120_000 });
     await attachment.mount(mountPoint);
@@ -57,20 +57,8 @@ test('kill -9 under ext4 with fsynced files: recovery resyncs only set-bit regio
     const check = await adminRequest(admin, { command: 'check' }) as { mismatchedRegions: number[] };
     t.deepEqual(check.mismatchedRegions, [], 'legs identical after recovery');
 
-    attachment = await attachThroughFuse(server.uri(), path.join(dir, 'second'));
-    try {
-      // Mounting replays the journal.
-      await attachment.mount(mountPoint);
-      for (const [name, digest] of expected) {
-        const actual = crypto.createHash('sha256').update(fs.readFileSync(path.join(mountPoint, name))).digest('hex');
-        t.is(actual, digest, `${name} intact`);
-      }
-      await attachment.unmount(mountPoint);
-      const fsck = await run('e2fsck', ['-fn', attachment.device], { timeoutMs: 120_000 });
-      t.is(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
-    } finally {
-      await attachment.detach();
-    }
+    // Mounting replays the journal.
+    await verifyExt4(t, server.uri(), path.join(dir, 'second'), mountPoint, expected);
   } finally {
     t.is(await server.stop(), 0);
     fs.rmSync(dir, { recursive: true, force: true });

@@ -170,3 +170,26 @@ test('after a crash a region that may differ is read from the source leg until r
   t.true(legsIdentical(fixture.legPaths, fixture.settings.sizeBytes).identical);
   fixture.cleanup();
 });
+
+test('concurrent overlapping writes reach every leg in the same order, so the legs never silently disagree', async (t) => {
+  const fixture = mirrorFixture({ faults: [undefined, { rules: [] }] });
+  t.teardown(() => fixture.cleanup());
+  const controller = await fixture.open();
+  const { device } = controller;
+  // Leg 1 takes its first write slowly and later ones at once: given both, it applies them in reverse.
+  const slowFirst = controller.faults[1]!;
+  const write = slowFirst.write.bind(slowFirst);
+  let writes = 0;
+  slowFirst.write = async (offsetBytes, data, flags) => {
+    writes += 1;
+    if (writes === 1) await new Promise((resolve) => setTimeout(resolve, 50));
+    return write(offsetBytes, data, flags);
+  };
+  const first = device.write(0, Buffer.alloc(8192, 1), { fua: false });
+  const second = device.write(4096, Buffer.alloc(8192, 2), { fua: false });
+  await Promise.all([first, second]);
+  await stop(controller);
+  t.deepEqual(legsIdentical(fixture.legPaths, 64 * 1024), { identical: true });
+  const leg = fs.readFileSync(fixture.legPaths[1]).subarray(0, 12288);
+  t.true(leg.subarray(4096).equals(Buffer.alloc(8192, 2)), 'the later write wins on the leg that was slow to take the first');
+});

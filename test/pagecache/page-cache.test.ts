@@ -3,7 +3,7 @@ import type { FaultDevice } from '../../backends/fault-device.js';
 import type { ThinSpec } from '../../backends/leg-spec.js';
 import type { MirrorController } from '../../mirror/controller.js';
 import { PageCache, type PageCacheOptions } from '../../pagecache/page-cache.js';
-import { legContents, mirrorFixture, type MirrorFixture, silentLogger, stopMirror } from '../helpers/mirror-fixture.js';
+import { legContents, mirrorFixture, type MirrorFixture, silentLogger } from '../helpers/mirror-fixture.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -234,4 +234,26 @@ test('the sweeper writes the cache back before its sync; a failing writeback cle
   await s.mirror.device.sweep({ ignoreQuietPasses: true });
   t.false(s.mirror.device.log.isDirty(0));
   await shutDown(s);
+});
+
+test('pool grow online while writers queue for space and reads are in flight: every request completes, nothing is lost', async (t) => {
+  const chunk = 64 * KiB;
+  const thin = { poolBytes: 16 * chunk, chunkSizeBytes: chunk, lowWaterBytes: 0 };
+  const s = await stack(t, { thin: [thin, thin], cache: { dirtyLimitBytes: 2 * MiB, capacityBytes: 4 * MiB, noSpacePolicy: 'queue',
+    noSpaceTimeoutMs: 10_000, writebackIntervalMs: 50 } });
+  const writes: Array<Promise<void>> = [];
+  for (let index = 0; index < 64; index += 1) writes.push(s.cache.write(index * chunk, fill(index + 1, chunk), { fua: false }));
+  const settledEarly = await Promise.race([Promise.all(writes).then(() => true), new Promise((resolve) => setTimeout(() => resolve(false), 500))]);
+  t.false(settledEarly, 'with the pool full, the last writers wait for space');
+  t.truthy(s.cache.status().noSpace);
+  const reads = Array.from({ length: 8 }, (_, index) => readBack(s.cache, index * chunk, chunk));
+  await Promise.all([s.mirror.growPool(0, { toBytes: 128 * chunk }), s.mirror.growPool(1, { toBytes: 128 * chunk })]);
+  await Promise.all(writes);
+  for (const [index, read] of (await Promise.all(reads)).entries()) t.true(read.equals(fill(index + 1, chunk)));
+  await s.cache.flush();
+  await shutDown(s);
+  for (const leg of s.fixture.settings.legs) {
+    const data = await legContents(leg, sizeBytes);
+    for (let index = 0; index < 64; index += 1) t.true(data.subarray(index * chunk, (index + 1) * chunk).equals(fill(index + 1, chunk)));
+  }
 });

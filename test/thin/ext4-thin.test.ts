@@ -2,7 +2,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { attachThroughFuse } from '../helpers/fuse-loop.js';
+import { attachThroughFuse, verifyExt4 } from '../helpers/fuse-loop.js';
 import { cliPath, startServerProcess } from '../helpers/server-process.js';
 import { makeTempDir, run, runOk } from '../helpers/tools.js';
 
@@ -51,7 +51,7 @@ cache: { size: 32MiB, dirtyLimit: 8MiB, writebackIntervalMs: 100, dirtyExpireMs:
   let failures = 0;
   const server = await startServerProcess(['--config', config]);
   try {
-    let attachment = await attachThroughFuse(server.uri(), path.join(dir, 'first'));
+    const attachment = await attachThroughFuse(server.uri(), path.join(dir, 'first'));
     try {
       await runOk('mkfs.ext4', ['-q', '-F', attachment.device], { timeoutMs: 120_000 });
       await attachment.mount(mountPoint);
@@ -72,20 +72,8 @@ cache: { size: 32MiB, dirtyLimit: 8MiB, writebackIntervalMs: 100, dirtyExpireMs:
     t.not(full.health, 'failed');
 
     for (const slot of ['0', '1']) await runOk(process.execPath, [cliPath, 'pool', 'grow', slot, '--to', '256MiB', '--admin', admin]);
-    attachment = await attachThroughFuse(server.uri(), path.join(dir, 'second'));
-    try {
-      // Mounting replays the journal; then the whole filesystem is checked read-only.
-      await attachment.mount(mountPoint);
-      for (const [name, digest] of synced) {
-        const actual = crypto.createHash('sha256').update(fs.readFileSync(path.join(mountPoint, name))).digest('hex');
-        t.is(actual, digest, `${name} intact`);
-      }
-      await attachment.unmount(mountPoint);
-      const fsck = await run('e2fsck', ['-fn', attachment.device], { timeoutMs: 120_000 });
-      t.is(fsck.code, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`);
-    } finally {
-      await attachment.detach();
-    }
+    // Mounting replays the journal; then the whole filesystem is checked read-only.
+    await verifyExt4(t, server.uri(), path.join(dir, 'second'), mountPoint, synced);
     const check = (await runOk(process.execPath, [cliPath, 'check', '--admin', admin])).stdout;
     t.regex(check, /mismatch_cnt 0/);
   } finally {
