@@ -96,6 +96,8 @@ export class PageCache implements BlockDevice {
   private readonly snapshots = new BufferPool(8 << 20, 4096);
   private progressWaiters: Array<() => void> = [];
   private noSpace: BlockError | undefined;
+  /** Dirty bytes promised to writers that passed the throttle but have not applied yet. */
+  private reservedBytes = 0;
   private failure: BlockError | undefined;
   private closed = false;
   private background: Promise<void> | undefined;
@@ -214,7 +216,16 @@ export class PageCache implements BlockDevice {
     checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
     if (data.length === 0) return;
     const [first, last] = this.pagesOf(offsetBytes, data.length);
-    await this.makeRoom(first, last);
+    const reserved = await this.makeRoom(first, last);
+    try {
+      await this.fillAndApply(offsetBytes, data, first, last);
+    } finally {
+      this.reservedBytes -= reserved;
+    }
+    if (flags.fua) await this.writeBack(this.dirtyIndicesIn(first, last), true);
+  }
+
+  private async fillAndApply(offsetBytes: number, data: Buffer, first: number, last: number): Promise<void> {
     for (let waits = this.pendingFills(offsetBytes, data.length, first, last); waits.length > 0;
       waits = this.pendingFills(offsetBytes, data.length, first, last)) {
       const failed = (await Promise.allSettled(waits)).find((result) => result.status === 'rejected');
@@ -237,7 +248,6 @@ export class PageCache implements BlockDevice {
       this.markDirty(page, now);
     }
     this.evictIfNeeded();
-    if (flags.fua) await this.writeBack(this.dirtyIndicesIn(first, last), true);
   }
 
   private newPage(index: number): Page {
@@ -314,16 +324,21 @@ export class PageCache implements BlockDevice {
    * are never acknowledged: memory stays bounded and nothing is dropped.
    * Overwriting pages that are already dirty needs no room.
    */
-  private async makeRoom(first: number, last: number): Promise<void> {
+  private async makeRoom(first: number, last: number): Promise<number> {
     const limit = this.options.dirtyLimitBytes;
     let waitedSinceMs: number | undefined;
     for (;;) {
       let newDirty = 0;
       for (let index = first; index <= last; index += 1) if (!this.dirtyOrder.has(index)) newDirty += this.pageBytes;
+      const committed = this.dirtyBytes + this.reservedBytes;
       // A write larger than the whole limit goes in once nothing else is dirty.
-      if (newDirty === 0 || this.dirtyBytes + newDirty <= limit || this.dirtyBytes === 0) return;
+      if (newDirty === 0 || committed + newDirty <= limit || committed === 0) {
+        // Reserved until applied, so concurrent writers cannot all pass on the same reading.
+        this.reservedBytes += newDirty;
+        return newDirty;
+      }
       // While the device is out of space the timer retries once per interval; hammering it here would not help.
-      if (!this.noSpace) this.startBackground(this.dirtyBytes + newDirty - limit);
+      if (!this.noSpace) this.startBackground(committed + newDirty - limit);
       if (this.noSpace) {
         const timeoutMs = this.options.noSpacePolicy === 'queue' ? this.options.noSpaceTimeoutMs : 0;
         waitedSinceMs ??= Date.now();

@@ -244,6 +244,7 @@ test('pool grow online while writers queue for space and reads are in flight: ev
   const writes: Array<Promise<void>> = [];
   for (let index = 0; index < 64; index += 1) writes.push(s.cache.write(index * chunk, fill(index + 1, chunk), { fua: false }));
   const settledEarly = await Promise.race([Promise.all(writes).then(() => true), new Promise((resolve) => setTimeout(() => resolve(false), 500))]);
+  t.true(s.cache.status().dirtyBytes <= 2 * MiB, 'concurrent writers cannot overshoot the dirty limit together');
   t.false(settledEarly, 'with the pool full, the last writers wait for space');
   t.truthy(s.cache.status().noSpace);
   const reads = Array.from({ length: 8 }, (_, index) => readBack(s.cache, index * chunk, chunk));
