@@ -38,6 +38,12 @@ export interface PoolUsage {
   belowLowWater: boolean;
 }
 
+/** A new capacity, or how much to add to the current one. */
+export interface PoolGrowth {
+  toBytes?: number;
+  byBytes?: number;
+}
+
 export const defaultChunkBytes = 64 * 1024;
 const extentsPerCallMax = 4096;
 
@@ -178,15 +184,18 @@ export class ThinLeg implements BlockDevice {
   }
 
   /**
-   * Raises the pool's capacity online. Only a number in a new superblock
-   * changes: requests in flight keep the chunks they hold, and the next
-   * allocation sees the new capacity (lesson 4).
+   * Raises the pool's capacity online, to `toBytes` or by `byBytes`. Only a
+   * number in a new superblock changes: requests in flight keep the chunks
+   * they hold, and the next allocation sees the new capacity (lesson 4).
+   * Grows run one at a time and `byBytes` is added to the capacity the grow
+   * finds, so two concurrent grows both count.
    */
-  grow(newCapacityBytes: number): Promise<PoolUsage> {
+  grow(size: PoolGrowth): Promise<PoolUsage> {
     const run = async (): Promise<PoolUsage> => {
       this.checkWritable('grow');
-      const capacityChunks = Math.floor(newCapacityBytes / this.chunkBytes);
       const current = this.superblock;
+      const newCapacityBytes = size.toBytes ?? current.capacityChunks * this.chunkBytes + (size.byBytes ?? 0);
+      const capacityChunks = Math.floor(newCapacityBytes / this.chunkBytes);
       if (capacityChunks < current.capacityChunks) {
         throw new BlockError('EINVAL', `pool ${this.path} holds ${current.capacityChunks * this.chunkBytes} bytes; it cannot shrink to ${newCapacityBytes}`);
       }

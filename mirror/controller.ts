@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { FaultDevice } from '../backends/fault-device.js';
 import { type LegSpec, type OpenedLeg, openLeg } from '../backends/leg-spec.js';
-import type { PoolUsage, ThinLeg } from '../backends/thin-leg.js';
+import type { PoolGrowth, PoolUsage, ThinLeg } from '../backends/thin-leg.js';
 import type { PageCache, PageCacheStatus } from '../pagecache/page-cache.js';
 import { formatUuid, type LegRecord, type LogState } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
@@ -329,13 +329,11 @@ export class MirrorController {
   }
 
   /** Raises a thin leg's pool capacity online (to `toBytes`, or by `byBytes`). */
-  async growPool(slot: number, size: { toBytes?: number; byBytes?: number }): Promise<PoolUsage> {
+  async growPool(slot: number, size: PoolGrowth): Promise<PoolUsage> {
     this.recordAt(slot);
     const pool = this.pools[slot];
     if (!pool) throw new MirrorSetupError(`leg ${slot} is not a thin leg (or is not attached); only thin pools grow`);
-    const current = pool.usage().capacityBytes;
-    const target = size.toBytes ?? current + (size.byBytes ?? 0);
-    const usage = await pool.grow(target);
+    const usage = await pool.grow(size);
     this.logger.info({ slot, path: pool.path, capacityBytes: usage.capacityBytes, freeBytes: usage.freeBytes }, 'thin pool grown');
     return usage;
   }

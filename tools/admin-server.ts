@@ -144,8 +144,7 @@ export class AdminServer {
         if (target.mirror) return target.mirror.growPool(slot(), size);
         const pool = target.plain?.pool;
         if (!pool || (request.slot ?? 0) !== 0) throw new Error('this export has no thin pool at that slot');
-        const current = pool.usage().capacityBytes;
-        return pool.grow(size.toBytes ?? current + size.byBytes!);
+        return pool.grow(size);
       }
       case 'cache-drop': {
         if (!target.cache) throw new Error('this server has no cache');

@@ -226,7 +226,7 @@ export function registerTools(program: Command): void {
         if (!leg.thin) throw new ConfigError(`storage.legs[${slot}]`, 'is not a thin leg', 'nbd-mirror pool grow');
         const thin = await ThinLeg.open({ path: leg.path });
         try {
-          usage = await thin.grow(size.toBytes ?? thin.usage().capacityBytes + size.byBytes!);
+          usage = await thin.grow(size);
         } finally {
           await thin.close();
         }

@@ -56,11 +56,11 @@ test('a full pool fails new chunks with a retryable ENOSPC, keeps serving writte
   await leg.read(chunk, back);
   t.true(back.equals(pattern(7, chunk)), 'overwriting an allocated chunk needs no space');
   // A grow while a write waits for nothing else: the next allocation sees it.
-  const grown = await leg.grow(8 * chunk);
+  const grown = await leg.grow({ toBytes: 8 * chunk });
   t.is(grown.capacityBytes, 8 * chunk);
   await leg.write(8 * chunk, pattern(9, 4096), { fua: true });
-  await t.throwsAsync(leg.grow(2 * chunk), { message: /cannot shrink/ });
-  await t.throwsAsync(leg.grow(64 * MiB), { message: /cannot exceed its virtual size/ });
+  await t.throwsAsync(leg.grow({ toBytes: 2 * chunk }), { message: /cannot shrink/ });
+  await t.throwsAsync(leg.grow({ toBytes: 64 * MiB }), { message: /cannot exceed its virtual size/ });
   await leg.close();
 });
 
@@ -176,7 +176,7 @@ test('the low-water mark fires once when free space drops below it and again whe
   for (let index = 0; index < 6; index += 1) await leg.write(index * chunk, pattern(index, chunk), { fua: false });
   t.deepEqual(events, [true]);
   t.true(leg.usage().belowLowWater);
-  await leg.grow(16 * chunk);
+  await leg.grow({ byBytes: 8 * chunk });
   t.deepEqual(events, [true, false]);
   await leg.close();
 });
