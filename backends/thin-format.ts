@@ -1,5 +1,6 @@
-import { crc32 } from 'node:zlib';
+import fs from 'node:fs';
 import { alignUp } from '../blockdev/range.js';
+import { seal, sealProblem } from '../blockdev/sealed-block.js';
 
 /**
  * On-disk layout of a thin pool file (docs/thin-pool.md is the spec).
@@ -45,23 +46,6 @@ export function mapPageOffset(page: number, copy: number): number {
   return mapAreaOffset + (page * 2 + copy) * blockBytes;
 }
 
-function sealed(buffer: Buffer): Buffer {
-  buffer.writeUInt32LE(0, 12);
-  buffer.writeUInt32LE(crc32(buffer), 12);
-  return buffer;
-}
-
-function checksumProblem(buffer: Buffer, magic: Buffer, what: string): string | undefined {
-  if (!buffer.subarray(0, 8).equals(magic)) return `${what}: bad magic`;
-  const version = buffer.readUInt32LE(8);
-  if (version !== thinVersion) return `${what}: unsupported version ${version}`;
-  const copy = Buffer.from(buffer);
-  const stored = copy.readUInt32LE(12);
-  copy.writeUInt32LE(0, 12);
-  if (crc32(copy) !== stored) return `${what}: checksum mismatch`;
-  return undefined;
-}
-
 export function encodeSuperblock(superblock: ThinSuperblock): Buffer {
   const buffer = Buffer.alloc(blockBytes);
   thinMagic.copy(buffer, 0);
@@ -71,11 +55,11 @@ export function encodeSuperblock(superblock: ThinSuperblock): Buffer {
   buffer.writeBigUInt64LE(BigInt(superblock.virtualSizeBytes), 40);
   buffer.writeUInt32LE(superblock.chunkSizeBytes, 48);
   buffer.writeBigUInt64LE(BigInt(superblock.capacityChunks), 56);
-  return sealed(buffer);
+  return seal(buffer);
 }
 
 export function decodeSuperblock(buffer: Buffer): ThinSuperblock | string {
-  const problem = checksumProblem(buffer, thinMagic, 'superblock');
+  const problem = sealProblem(buffer, thinMagic, thinVersion, 'superblock');
   if (problem) return problem;
   const superblock: ThinSuperblock = {
     sequence: buffer.readBigUInt64LE(16),
@@ -97,8 +81,11 @@ export function decodeSuperblock(buffer: Buffer): ThinSuperblock | string {
   return superblock;
 }
 
-/** Newest valid of the two copies, or why neither is valid. */
-export function newestSuperblock(copies: [Buffer, Buffer]): ThinSuperblock | string {
+/** The newest valid of the pool file's two superblock copies, or why neither is valid. */
+export function readSuperblock(fd: number): ThinSuperblock | string {
+  const copies = [Buffer.alloc(blockBytes), Buffer.alloc(blockBytes)];
+  fs.readSync(fd, copies[0], 0, blockBytes, 0);
+  fs.readSync(fd, copies[1], 0, blockBytes, blockBytes);
   const decoded = copies.map(decodeSuperblock);
   const valid = decoded.filter((entry): entry is ThinSuperblock => typeof entry !== 'string');
   if (valid.length === 0) return decoded.join('; ');
@@ -118,7 +105,7 @@ export function encodeMapPage(poolUuid: Buffer, page: number, sequence: bigint, 
   buffer.writeUInt32LE(page, 40);
   buffer.writeUInt32LE(entries.length, 44);
   for (let index = 0; index < entries.length; index += 1) buffer.writeUInt32LE(entries[index], mapHeaderBytes + index * 4);
-  return sealed(buffer);
+  return seal(buffer);
 }
 
 export interface MapPageCopy {
@@ -127,7 +114,7 @@ export interface MapPageCopy {
 }
 
 export function decodeMapPage(buffer: Buffer, poolUuid: Buffer, page: number): MapPageCopy | string {
-  const problem = checksumProblem(buffer, mapPageMagic, `map page ${page}`);
+  const problem = sealProblem(buffer, mapPageMagic, thinVersion, `map page ${page}`);
   if (problem) return problem;
   if (!buffer.subarray(24, 40).equals(poolUuid)) return `map page ${page}: belongs to another pool`;
   const storedPage = buffer.readUInt32LE(40);

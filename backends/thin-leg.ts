@@ -8,7 +8,7 @@ import { closeFd, fdatasync, preadAll, pwriteAll, pwriteAllSync } from './fs-io.
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, native } from './native.js';
 import {
   blockBytes, decodeMapPage, encodeMapPage, encodeSuperblock, entriesPerMapPage, geometryOf, mapAreaOffset,
-  mapPageOffset, newestSuperblock, type ThinGeometry, type ThinSuperblock,
+  mapPageOffset, readSuperblock, type ThinGeometry, type ThinSuperblock,
 } from './thin-format.js';
 
 export interface ThinCreateOptions {
@@ -159,10 +159,7 @@ export class ThinLeg implements BlockDevice {
   static inspect(path: string): ThinSuperblock | string {
     const fd = fs.openSync(path, 'r');
     try {
-      const copies = [Buffer.alloc(blockBytes), Buffer.alloc(blockBytes)] as [Buffer, Buffer];
-      fs.readSync(fd, copies[0], 0, blockBytes, 0);
-      fs.readSync(fd, copies[1], 0, blockBytes, blockBytes);
-      return newestSuperblock(copies);
+      return readSuperblock(fd);
     } finally {
       fs.closeSync(fd);
     }
@@ -550,10 +547,7 @@ async function settleAll(pieces: Array<Promise<void>>): Promise<void> {
 }
 
 function readPool(fd: number, path: string): { superblock: ThinSuperblock; map: Uint32Array; pageSequence: number[] } {
-  const copies = [Buffer.alloc(blockBytes), Buffer.alloc(blockBytes)] as [Buffer, Buffer];
-  fs.readSync(fd, copies[0], 0, blockBytes, 0);
-  fs.readSync(fd, copies[1], 0, blockBytes, blockBytes);
-  const superblock = newestSuperblock(copies);
+  const superblock = readSuperblock(fd);
   if (typeof superblock === 'string') {
     throw new BlockError('EINVAL', `${path} is not a usable thin pool (${superblock}); it was not created as one, or both superblock copies are damaged`);
   }

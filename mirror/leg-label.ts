@@ -1,8 +1,8 @@
 import fs from 'node:fs';
-import { crc32 } from 'node:zlib';
 import { fileOrDeviceSize } from '../backends/file-leg.js';
 import type { LegSpec } from '../backends/leg-spec.js';
-import { blockBytes, newestSuperblock, thinLabelOffset } from '../backends/thin-format.js';
+import { readSuperblock, thinLabelOffset } from '../backends/thin-format.js';
+import { seal, sealProblem } from '../blockdev/sealed-block.js';
 import { ThinLeg } from '../backends/thin-leg.js';
 
 /**
@@ -38,25 +38,19 @@ export function encodeLabel(label: LegLabel): Buffer {
   buffer.writeUInt32LE(label.slot, 56);
   buffer.writeBigUInt64LE(BigInt(label.dataSizeBytes), 64);
   buffer.writeBigUInt64LE(label.events, 72);
-  buffer.writeUInt32LE(crc32(buffer), 12);
-  return buffer;
+  return seal(buffer);
 }
 
 export function decodeLabel(buffer: Buffer): LegLabel | string {
-  if (!buffer.subarray(0, 8).equals(labelMagic)) return 'no nbd-mirror leg label';
-  const version = buffer.readUInt32LE(8);
-  if (version !== labelVersion) return `unsupported label version ${version}`;
-  const copy = Buffer.from(buffer);
-  const stored = copy.readUInt32LE(12);
-  copy.writeUInt32LE(0, 12);
-  if (crc32(copy) !== stored) return 'label checksum mismatch';
+  const problem = sealProblem(buffer, labelMagic, labelVersion, 'nbd-mirror leg label');
+  if (problem) return problem;
   return {
-    sequence: copy.readBigUInt64LE(16),
-    mirrorUuid: Buffer.from(copy.subarray(24, 40)),
-    legUuid: Buffer.from(copy.subarray(40, 56)),
-    slot: copy.readUInt32LE(56),
-    dataSizeBytes: Number(copy.readBigUInt64LE(64)),
-    events: copy.readBigUInt64LE(72),
+    sequence: buffer.readBigUInt64LE(16),
+    mirrorUuid: Buffer.from(buffer.subarray(24, 40)),
+    legUuid: Buffer.from(buffer.subarray(40, 56)),
+    slot: buffer.readUInt32LE(56),
+    dataSizeBytes: Number(buffer.readBigUInt64LE(64)),
+    events: buffer.readBigUInt64LE(72),
   };
 }
 
@@ -80,10 +74,7 @@ function placement(fd: number, path: string, thin: boolean): Placement {
     if (legBytes < labelAreaBytes * 2) return { legBytes, labelOffset: 0, problem: `${legBytes} bytes is too small for a leg` };
     return { legBytes, labelOffset: legBytes - labelAreaBytes };
   }
-  const copies = [Buffer.alloc(blockBytes), Buffer.alloc(blockBytes)] as [Buffer, Buffer];
-  fs.readSync(fd, copies[0], 0, blockBytes, 0);
-  fs.readSync(fd, copies[1], 0, blockBytes, blockBytes);
-  const superblock = newestSuperblock(copies);
+  const superblock = readSuperblock(fd);
   if (typeof superblock === 'string') return { legBytes: 0, labelOffset: 0, problem: `not a thin pool (${superblock})` };
   return { legBytes: superblock.virtualSizeBytes + labelAreaBytes, labelOffset: thinLabelOffset };
 }
