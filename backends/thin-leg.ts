@@ -241,15 +241,7 @@ export class ThinLeg implements BlockDevice {
   async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     this.checkWritable('write');
     checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
-    const pieces: Array<Promise<void>> = [];
-    for (let at = offsetBytes; at < offsetBytes + data.length;) {
-      const chunk = Math.floor(at / this.chunkBytes);
-      const within = at - chunk * this.chunkBytes;
-      const length = Math.min(this.chunkBytes - within, offsetBytes + data.length - at);
-      pieces.push(this.writePiece(chunk, within, data.subarray(at - offsetBytes, at - offsetBytes + length)));
-      at += length;
-    }
-    await settleAll(pieces);
+    await this.writeChunks(offsetBytes, data.length, (at, length) => data.subarray(at - offsetBytes, at - offsetBytes + length));
     if (flags.fua) await this.flush();
   }
 
@@ -282,15 +274,7 @@ export class ThinLeg implements BlockDevice {
     // NO_HOLE: the range must stay allocated, which takes pool space and real writes.
     if (flags.fast) throw new BlockError('ENOTSUP', 'write-zeroes with NO_HOLE on a thin pool allocates and writes: not fast');
     const zeroes = this.zeroes();
-    const pieces: Array<Promise<void>> = [];
-    for (let at = offsetBytes; at < offsetBytes + lengthBytes;) {
-      const chunk = Math.floor(at / this.chunkBytes);
-      const within = at - chunk * this.chunkBytes;
-      const length = Math.min(this.chunkBytes - within, offsetBytes + lengthBytes - at);
-      pieces.push(this.writePiece(chunk, within, zeroes.subarray(0, length)));
-      at += length;
-    }
-    await settleAll(pieces);
+    await this.writeChunks(offsetBytes, lengthBytes, (_at, length) => zeroes.subarray(0, length));
     if (flags.fua) await this.flush();
   }
 
@@ -341,6 +325,19 @@ export class ThinLeg implements BlockDevice {
       visit(physical, within, runEnd - at, at - offsetBytes);
       at = runEnd;
     }
+  }
+
+  /** Writes a range chunk by chunk, all chunks at once; `bytesAt` gives the bytes for each piece. */
+  private async writeChunks(offsetBytes: number, lengthBytes: number, bytesAt: (at: number, length: number) => Buffer): Promise<void> {
+    const pieces: Array<Promise<void>> = [];
+    for (let at = offsetBytes; at < offsetBytes + lengthBytes;) {
+      const chunk = Math.floor(at / this.chunkBytes);
+      const within = at - chunk * this.chunkBytes;
+      const length = Math.min(this.chunkBytes - within, offsetBytes + lengthBytes - at);
+      pieces.push(this.writePiece(chunk, within, bytesAt(at, length)));
+      at += length;
+    }
+    await settleAll(pieces);
   }
 
   private async writePiece(chunk: number, within: number, piece: Buffer): Promise<void> {

@@ -180,3 +180,17 @@ test('the low-water mark fires once when free space drops below it and again whe
   t.deepEqual(events, [true, false]);
   await leg.close();
 });
+
+test('write-zeroes with NO_HOLE allocates zeroed chunks (refused when FAST_ZERO is asked)', async (t) => {
+  const { leg } = await newPool(t, 8 * chunk);
+  await leg.write(0, pattern(1, chunk), { fua: false });
+  await t.throwsAsync(leg.writeZeroes(0, 2 * chunk, { fua: false, noHole: true, fast: true }), { message: /ENOTSUP/ });
+  await leg.writeZeroes(4096, 2 * chunk, { fua: true, noHole: true, fast: false });
+  t.is(leg.usage().usedBytes, 3 * chunk, 'the range stays allocated');
+  const back = Buffer.alloc(3 * chunk);
+  await leg.read(0, back);
+  t.true(back.subarray(0, 4096).equals(pattern(1, chunk).subarray(0, 4096)));
+  t.true(back.subarray(4096, 4096 + 2 * chunk).equals(Buffer.alloc(2 * chunk)));
+  t.deepEqual((await leg.blockStatus(0, 3 * chunk)).map((extent) => extent.hole), [false]);
+  await leg.close();
+});
