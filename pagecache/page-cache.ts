@@ -327,6 +327,7 @@ export class PageCache implements BlockDevice {
   private async makeRoom(first: number, last: number): Promise<number> {
     const limit = this.options.dirtyLimitBytes;
     let waitedSinceMs: number | undefined;
+    let throttled = false;
     for (;;) {
       let newDirty = 0;
       for (let index = first; index <= last; index += 1) if (!this.dirtyOrder.has(index)) newDirty += this.pageBytes;
@@ -337,9 +338,8 @@ export class PageCache implements BlockDevice {
         this.reservedBytes += newDirty;
         return newDirty;
       }
-      // While the device is out of space the timer retries once per interval; hammering it here would not help.
-      if (!this.noSpace) this.startBackground(committed + newDirty - limit);
       if (this.noSpace) {
+        // Out of space, the timer retries once per interval; hammering the device from here would not help.
         const timeoutMs = this.options.noSpacePolicy === 'queue' ? this.options.noSpaceTimeoutMs : 0;
         waitedSinceMs ??= Date.now();
         const remainingMs = timeoutMs - (Date.now() - waitedSinceMs);
@@ -350,7 +350,9 @@ export class PageCache implements BlockDevice {
         }
         await this.nextProgress(remainingMs);
       } else {
-        if (waitedSinceMs === undefined) this.stats.throttledWrites += 1;
+        if (!throttled) this.stats.throttledWrites += 1;
+        throttled = true;
+        this.startBackground(committed + newDirty - limit);
         waitedSinceMs = undefined;
         await this.nextProgress(this.options.writebackIntervalMs || 1000);
       }
@@ -375,10 +377,9 @@ export class PageCache implements BlockDevice {
     for (const wake of waiters) wake();
   }
 
+  /** Indices of the dirty pages in [first, last], ascending. */
   private dirtyIndicesIn(first: number, last: number): number[] {
-    const indices: number[] = [];
-    for (let index = first; index <= last; index += 1) if (this.dirtyOrder.has(index)) indices.push(index);
-    return indices;
+    return this.pagesIn(first, last).filter((page) => page.dirty).map((page) => page.index).sort((a, b) => a - b);
   }
 
   /**
@@ -620,7 +621,7 @@ export class PageCache implements BlockDevice {
     checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'block-status');
     const extents = await this.below.blockStatus(offsetBytes, lengthBytes);
     const [first, last] = this.pagesOf(offsetBytes, lengthBytes);
-    const dirty = this.pagesIn(first, last).filter((page) => page.dirty).map((page) => page.index).sort((a, b) => a - b);
+    const dirty = this.dirtyIndicesIn(first, last);
     const ranges: Array<[number, number]> = [];
     for (const index of dirty) {
       const start = Math.max(offsetBytes, index * this.pageBytes);
