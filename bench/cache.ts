@@ -40,7 +40,7 @@ export async function benchCache(options: { dir: string; sizeBytes: number; seco
   const { dir, sizeBytes, seconds, rounds } = options;
   console.log(`\npage cache (dirty limit ${dirtyLimitMiB} MiB, ${cacheSizeMiB} MiB cap) over the 2-leg mirror, vs the same mirror without it`);
   const config = cacheConfig(dir);
-  const withArgs = ['--config', config, ...mirrorArgs(dir, 'cached', sizeBytes, 3000).filter((arg) => arg !== '--no-cache'), '--cache'];
+  const withArgs = ['--config', config, ...mirrorArgs(dir, 'cached', sizeBytes, 3000, true)];
   const without = await startServerProcess(mirrorArgs(dir, 'uncached', sizeBytes, 3000));
   const cached = await startServerProcess(withArgs);
   try {

@@ -17,9 +17,11 @@ const mirrorJobs: FioJob[] = [
   { name: '1m-seqwrite-qd8', rw: 'write', blockSize: '1m', iodepth: 8 },
 ];
 
-export function mirrorArgs(dir: string, name: string, sizeBytes: number, sweepIntervalMs: number): string[] {
+/** A two-leg mirror's serve flags; without the page cache unless asked (its settings then come from the --config file). */
+export function mirrorArgs(dir: string, name: string, sizeBytes: number, sweepIntervalMs: number, cache = false): string[] {
   return ['--leg', path.join(dir, `${name}-0.img`), path.join(dir, `${name}-1.img`), '--log', path.join(dir, `${name}.log`),
-    '--admin', path.join(dir, `${name}.sock`), '--size', String(sizeBytes), '--sweep-interval-ms', String(sweepIntervalMs), '--no-unix', '--no-cache'];
+    '--admin', path.join(dir, `${name}.sock`), '--size', String(sizeBytes), '--sweep-interval-ms', String(sweepIntervalMs), '--no-unix',
+    cache ? '--cache' : '--no-cache'];
 }
 
 export function figure(job: FioJob, result: FioResult): string {
