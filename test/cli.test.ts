@@ -55,6 +55,11 @@ test('malformed configuration is refused with the key and the problem', async (t
     ['limits:\n  maxConnections: 0\nstorage:\n  legs:\n    - path: a.img\n', /limits\.maxConnections: 0 is outside 1\.\.65536/],
     ['storage: [oops\n', /line \d+, column \d+: invalid YAML/],
     ['log:\n  level: loud\nstorage:\n  legs:\n    - path: a.img\n', /log\.level: must be one of/],
+    ['storage:\n  legs:\n    - path: a.img\n      thin: {}\n', /storage\.legs\[0\]\.thin\.poolSize: is required/],
+    ['storage:\n  legs:\n    - path: a.img\n      thin: { poolSize: 1MiB, chunkSize: 3000 }\n', /thin\.chunkSize: 3000 must be a power of two/],
+    ['storage:\n  legs:\n    - path: a.img\ncache: { size: 64MiB, dirtyLimit: 1GiB }\n', /cache\.dirtyLimit: 1073741824 exceeds cache\.size/],
+    ['storage:\n  legs:\n    - path: a.img\ncache: { noSpacePolicy: wait }\n', /cache\.noSpacePolicy: must be error .* or queue/],
+    ['storage:\n  legs:\n    - path: a.img\ncache: { dirtyLimt: 1GiB }\n', /cache\.dirtyLimt: unknown key/],
   ];
   for (const [index, [text, expected]] of cases.entries()) {
     const file = write(`bad-${index}.yaml`, text);
