@@ -1,5 +1,6 @@
 import { BlockError, type BlockErrorCode } from '../blockdev/errors.js';
 import type { BlockDevice, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
+import { seededRandom } from '../faults/seeded-random.js';
 
 export type FaultOp = 'read' | 'write' | 'flush' | 'trim' | 'zeroes';
 export const faultOps: FaultOp[] = ['read', 'write', 'flush', 'trim', 'zeroes'];
@@ -23,18 +24,6 @@ export interface FaultPlan {
   rules: FaultRule[];
   latencyMs?: number;
   seed?: number;
-}
-
-/** mulberry32: small, seeded and good enough to make a fault schedule reproducible. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 interface RuleState {

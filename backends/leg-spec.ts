@@ -1,7 +1,10 @@
 import fs from 'node:fs';
 import type { Logger } from 'pino';
 import type { BlockDevice } from '../blockdev/types.js';
-import { FaultDevice, type FaultPlan } from './fault-device.js';
+import { type DeviceWrap, wrapDevice } from '../faults/device-wrap.js';
+import type { PowerCutDevice } from '../faults/power-cut-device.js';
+import type { WriteLogDevice } from '../faults/write-log-device.js';
+import type { FaultDevice } from './fault-device.js';
 import { FileLeg } from './file-leg.js';
 import { ThinLeg } from './thin-leg.js';
 
@@ -12,27 +15,28 @@ export interface ThinSpec {
   lowWaterBytes: number;
 }
 
-/** One leg as the configuration describes it. */
-export interface LegSpec {
+/** One leg as the configuration describes it, with any crash-toolkit devices under it. */
+export interface LegSpec extends DeviceWrap {
   path: string;
-  faults?: FaultPlan;
   /** Set: the leg is a thin pool file; unset: a plain file or block device. */
   thin?: ThinSpec;
 }
 
 export interface OpenedLeg {
-  /** What the layer above uses: the leg, or its fault wrapper. */
+  /** What the layer above uses: the leg, or the crash toolkit's devices over it. */
   device: BlockDevice;
   fault?: FaultDevice;
+  powerCut?: PowerCutDevice;
+  writeLog?: WriteLogDevice;
   thin?: ThinLeg;
 }
 
 /**
- * Opens a leg of either kind, exposing exactly `sizeBytes` of data, wrapped in
- * its configured fault plan if any.
+ * Opens a leg of either kind, exposing exactly `sizeBytes` of data, with the
+ * crash toolkit's devices its configuration names stacked over it.
  */
 export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logger: Logger,
-  options: { readOnly?: boolean; createSizeBytes?: number } = {}): Promise<OpenedLeg> {
+  options: { readOnly?: boolean; createSizeBytes?: number; name?: string } = {}): Promise<OpenedLeg> {
   let device: BlockDevice;
   let thin: ThinLeg | undefined;
   if (leg.thin) {
@@ -58,7 +62,5 @@ export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logge
     device = await FileLeg.open({ path: leg.path, readOnly: options.readOnly, usableSizeBytes: sizeBytes,
       createSizeBytes: options.createSizeBytes });
   }
-  if (!leg.faults) return { device, thin };
-  const fault = new FaultDevice(device, leg.faults);
-  return { device: fault, fault, thin };
+  return { ...await wrapDevice(device, leg, options.name ?? leg.path), thin };
 }

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Command, Option } from 'commander';
 import { type ConfigOverrides, ensureDefaultDataDir, loadConfig } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
+import { armCrashPoint } from '../faults/crash-points.js';
 import { createLogger } from './logger.js';
 import { attachHints, startServer } from './serve.js';
 import { recordLegPath } from '../config/update.js';
@@ -37,6 +38,7 @@ program.command('serve')
   .option('--max-connections <n>', 'maximum simultaneous clients', (value) => parseInteger(value, '--max-connections'))
   .option('--handshake-timeout-ms <n>', 'disconnect clients that do not finish negotiating',
     (value) => parseInteger(value, '--handshake-timeout-ms'))
+  .option('--crash-point <point>', 'crash-injection testing: point[@hit][:kill|power-cut] ends the process there')
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
   .action(async (options: Record<string, unknown>) => {
     const configFile = typeof options.config === 'string'
@@ -58,9 +60,14 @@ program.command('serve')
       maxConnections: options.maxConnections as number | undefined,
       handshakeTimeoutMs: options.handshakeTimeoutMs as number | undefined,
       logLevel: options.logLevel as string | undefined,
+      crashPoint: options.crashPoint as string | undefined,
     };
     const config = loadConfig(configFile, overrides);
     const logger = createLogger(config.log.level);
+    if (config.crash) {
+      armCrashPoint(config.crash);
+      logger.warn({ crash: config.crash }, 'crash point armed: this server will end itself there');
+    }
     const running = await startServer(config, logger, {
       onLegPathChanged: (slot, legPath) => {
         if (overrides.legs === undefined) {

@@ -26,6 +26,7 @@ export function mirrorSettings(config: Config): MirrorSettings {
   const { storage } = config;
   return {
     logPath: storage.log!,
+    logWrap: storage.logWrap,
     legs: storage.legs.map((leg) => ({ ...leg })),
     sizeBytes: storage.sizeBytes,
     regionSizeBytes: storage.regionSizeBytes,

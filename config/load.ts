@@ -22,6 +22,8 @@ export interface ConfigOverrides {
   maxConnections?: number;
   handshakeTimeoutMs?: number;
   logLevel?: string;
+  /** point[@hit][:kill|power-cut] (crash-injection testing). */
+  crashPoint?: string;
 }
 
 /** Reads a YAML configuration file, applies overrides, validates; errors name the file and the key. */
@@ -84,6 +86,7 @@ function applyOverrides(raw: Record<string, unknown>, overrides: ConfigOverrides
   if (overrides.maxConnections !== undefined) section(copy, 'limits').maxConnections = overrides.maxConnections;
   if (overrides.handshakeTimeoutMs !== undefined) section(copy, 'limits').handshakeTimeoutMs = overrides.handshakeTimeoutMs;
   if (overrides.logLevel !== undefined) section(copy, 'log').level = overrides.logLevel;
+  if (overrides.crashPoint !== undefined) section(copy, 'crash').point = overrides.crashPoint;
   return copy;
 }
 

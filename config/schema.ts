@@ -1,6 +1,9 @@
 import path from 'node:path';
 import { type FaultOp, faultOps, type FaultPlan, type FaultRule } from '../backends/fault-device.js';
 import type { LegSpec, ThinSpec } from '../backends/leg-spec.js';
+import { type CrashPlan, parseCrashPlan } from '../faults/crash-points.js';
+import type { DeviceWrap } from '../faults/device-wrap.js';
+import { type CutPolicy, cutPolicies } from '../faults/power-cut-device.js';
 import type { ReadPolicy } from '../mirror/mirror-device.js';
 import type { PageCacheOptions } from '../pagecache/page-cache.js';
 
@@ -29,6 +32,8 @@ export interface Config {
     legs: LegSpec[];
     /** The dirty-region log; set means the legs form a mirror, unset means one plain leg. */
     log: string | undefined;
+    /** Crash-toolkit devices under the log (faults, power cut, write log). */
+    logWrap: DeviceWrap | undefined;
     regionSizeBytes: number;
     readPolicy: ReadPolicy;
     preferredLeg: number | undefined;
@@ -46,6 +51,8 @@ export interface Config {
     inFlightBytesMax: number;
   };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+  /** A named crash point to fire (crash-injection testing only). */
+  crash: CrashPlan | undefined;
 }
 
 /** The cache's settings as configured; the server adds its logger. */
@@ -136,7 +143,7 @@ function integerAt(value: unknown, key: string, fallback: number, minimum: numbe
 /** Builds a Config from parsed YAML; relative paths are resolved against baseDir. */
 export function parseConfig(raw: unknown, baseDir: string): Config {
   const root = objectAt(raw, '(top level)');
-  rejectUnknownKeys(root, ['listen', 'export', 'storage', 'cache', 'limits', 'log'], '');
+  rejectUnknownKeys(root, ['listen', 'export', 'storage', 'cache', 'limits', 'log', 'crash'], '');
   const listen = objectAt(root.listen, 'listen');
   rejectUnknownKeys(listen, ['tcp', 'unix', 'admin'], 'listen');
   const exported = objectAt(root.export, 'export');
@@ -159,14 +166,23 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   const legs = legsRaw.map((leg, index) => {
     const key = `storage.legs[${index}]`;
     const entry = objectAt(leg, key);
-    rejectUnknownKeys(entry, ['path', 'faults', 'thin'], key);
-    const spec: LegSpec = { path: path.resolve(baseDir, stringAt(entry.path, `${key}.path`, undefined, false)) };
-    if (entry.faults !== undefined && entry.faults !== null) spec.faults = parseFaultPlan(entry.faults, `${key}.faults`);
+    rejectUnknownKeys(entry, ['path', 'thin', ...wrapKeys], key);
+    const spec: LegSpec = { path: path.resolve(baseDir, stringAt(entry.path, `${key}.path`, undefined, false)),
+      ...parseDeviceWrap(entry, key, baseDir) };
     if (entry.thin !== undefined && entry.thin !== null) spec.thin = parseThin(entry.thin, `${key}.thin`);
     return spec;
   });
-  const logPath = storage.log === undefined || storage.log === null ? undefined
-    : path.resolve(baseDir, stringAt(storage.log, 'storage.log', undefined, false));
+  let logPath: string | undefined;
+  let logWrap: DeviceWrap | undefined;
+  if (typeof storage.log === 'object' && storage.log !== null && !Array.isArray(storage.log)) {
+    // The long form slides crash-toolkit devices under the log: { path, faults, powerCut, writeLog }.
+    const entry = storage.log as Record<string, unknown>;
+    rejectUnknownKeys(entry, ['path', ...wrapKeys], 'storage.log');
+    logPath = path.resolve(baseDir, stringAt(entry.path, 'storage.log.path', undefined, false));
+    logWrap = parseDeviceWrap(entry, 'storage.log', baseDir);
+  } else if (storage.log !== undefined && storage.log !== null) {
+    logPath = path.resolve(baseDir, stringAt(storage.log, 'storage.log', undefined, false));
+  }
   if (logPath === undefined && legs.length !== 1) {
     throw new ConfigError('storage.legs', `${legs.length} legs but no storage.log: a mirror needs a region log (one leg without a log is a plain export)`);
   }
@@ -208,6 +224,7 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
       sizeBytes: storage.sizeBytes === undefined ? 1024 ** 3 : parseSize(storage.sizeBytes, 'storage.sizeBytes'),
       legs,
       log: logPath,
+      logWrap,
       regionSizeBytes,
       readPolicy: readPolicy as ReadPolicy,
       preferredLeg,
@@ -225,7 +242,40 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
         : parseSize(limits.inFlightBytesMax, 'limits.inFlightBytesMax'),
     },
     log: { level: level as Config['log']['level'] },
+    crash: parseCrash(root.crash),
   };
+}
+
+const wrapKeys = ['faults', 'powerCut', 'writeLog'];
+
+function parseDeviceWrap(entry: Record<string, unknown>, key: string, baseDir: string): DeviceWrap {
+  const wrap: DeviceWrap = {};
+  if (entry.faults !== undefined && entry.faults !== null) wrap.faults = parseFaultPlan(entry.faults, `${key}.faults`);
+  if (entry.powerCut !== undefined && entry.powerCut !== null) {
+    const cut = objectAt(entry.powerCut, `${key}.powerCut`);
+    rejectUnknownKeys(cut, ['policy', 'seed'], `${key}.powerCut`);
+    const policy = cut.policy ?? 'torn';
+    if (!cutPolicies.includes(policy as CutPolicy)) {
+      throw new ConfigError(`${key}.powerCut.policy`, `must be one of ${cutPolicies.join(', ')}`);
+    }
+    wrap.powerCut = { policy: policy as CutPolicy, seed: integerAt(cut.seed, `${key}.powerCut.seed`, 1, 0, 2 ** 32 - 1) };
+  }
+  if (entry.writeLog !== undefined && entry.writeLog !== null) {
+    wrap.writeLog = path.resolve(baseDir, stringAt(entry.writeLog, `${key}.writeLog`, undefined, false));
+  }
+  return wrap;
+}
+
+function parseCrash(raw: unknown): CrashPlan | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  const crash = objectAt(raw, 'crash');
+  rejectUnknownKeys(crash, ['point'], 'crash');
+  if (crash.point === undefined || crash.point === null) return undefined;
+  try {
+    return parseCrashPlan(stringAt(crash.point, 'crash.point', undefined, false), 'crash.point');
+  } catch (error) {
+    throw new ConfigError('crash.point', (error as Error).message.replace(/^crash\.point: /, ''));
+  }
 }
 
 function parseThin(raw: unknown, key: string): ThinSpec {

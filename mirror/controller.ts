@@ -2,7 +2,9 @@ import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { FaultDevice } from '../backends/fault-device.js';
+import { FileLeg } from '../backends/file-leg.js';
 import { type LegSpec, type OpenedLeg, openLeg } from '../backends/leg-spec.js';
+import { type DeviceWrap, wrapDevice, wrapsAnything } from '../faults/device-wrap.js';
 import type { PoolGrowth, PoolUsage, ThinLeg } from '../backends/thin-leg.js';
 import type { PageCache, PageCacheStatus } from '../pagecache/page-cache.js';
 import { formatUuid, type LegRecord, type LogState } from '../regionlog/format.js';
@@ -25,6 +27,8 @@ export interface MirrorSettings {
   preferredLeg?: number;
   sweepIntervalMs: number;
   resyncBytesPerSecond: number;
+  /** Crash-toolkit devices under the region log. */
+  logWrap?: DeviceWrap;
   /** Create log and legs when none of them exists yet. */
   createIfMissing: boolean;
   /** Take in refused legs (foreign, stale, unlabelled) and rebuild them fully. */
@@ -63,6 +67,8 @@ export class MirrorController {
   private stopping = false;
   /** Fault wrappers by slot, so tests and the crash toolkit can trigger and heal them. */
   readonly faults: Array<FaultDevice | undefined> = [];
+  /** The fault wrapper under the region log, if configured. */
+  logFault: FaultDevice | undefined;
   /** Thin pools by slot (for pool grow and status); undefined for plain legs. */
   readonly pools: Array<ThinLeg | undefined> = [];
   /** The write-back cache above the mirror, if configured: what clients talk to. */
@@ -96,7 +102,18 @@ export class MirrorController {
     }
     const log = RegionLog.open(logPath);
     try {
-      return await MirrorController.assemble(log, settings, logger);
+      let logFault: FaultDevice | undefined;
+      if (wrapsAnything(settings.logWrap)) {
+        const file = await FileLeg.open({ path: logPath });
+        const wrapped = await wrapDevice(file, settings.logWrap, 'log');
+        log.routeUpdatesThrough(wrapped.device);
+        logFault = wrapped.fault;
+        logger.warn({ path: logPath, faults: wrapped.fault !== undefined, powerCut: wrapped.powerCut?.options.policy,
+          writeLog: wrapped.writeLog?.path }, 'region log runs over crash-injection devices');
+      }
+      const controller = await MirrorController.assemble(log, settings, logger);
+      controller.logFault = logFault;
+      return controller;
     } catch (error) {
       await log.close();
       throw error;
@@ -139,7 +156,7 @@ export class MirrorController {
           record.rebuildMode = 'full';
           record.rebuildCheckpointBytes = 0;
         }
-        const leg = await openLeg(spec, state.deviceSizeBytes, logger);
+        const leg = await openLeg(spec, state.deviceSizeBytes, logger, { name: `leg${slot}` });
         legs.push({ slot, path, device: leg.device, pendingReads: 0 });
         opened.push(leg);
         if (record.state === 'rebuilding' && record.rebuildMode === 'full') fullRebuilds.push(slot);
@@ -260,7 +277,7 @@ export class MirrorController {
       stampLeg(spec, log.state, slot, 0n);
       mode = 'full';
     }
-    const opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger);
+    const opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}` });
     record.state = 'rebuilding';
     record.rebuildMode = mode;
     record.rebuildCheckpointBytes = 0;
@@ -293,7 +310,7 @@ export class MirrorController {
     const spec: LegSpec = { path, thin: this.settings.legs[slot].thin };
     createLegFile(spec, log.state.deviceSizeBytes, { mirrorUuid: log.state.mirrorUuid, legUuid, slot,
       dataSizeBytes: log.state.deviceSizeBytes, events: 0n }, { overwrite: options.force });
-    const opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger);
+    const opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}` });
     record.uuid = legUuid;
     record.state = 'rebuilding';
     record.rebuildMode = 'full';

@@ -5,6 +5,7 @@ import { RangeOrder } from '../blockdev/range-order.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
 import type { LegState } from '../regionlog/format.js';
 import type { RegionLog } from '../regionlog/region-log.js';
+import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
 import { Generation, type MirrorLeg } from './generation.js';
 import { RegionTracker } from './region-tracker.js';
 
@@ -258,6 +259,7 @@ export class MirrorDevice implements BlockDevice {
         } catch (error) {
           throw new BlockError('EIO', `${what}: the region log could not be updated: ${(error as Error).message}`);
         }
+        if (crashPointArmed()) await crashPoint('mirror.after-log-dirty');
       }
       await this.fanOut(generation, what, first, last, apply);
     } finally {
@@ -276,7 +278,7 @@ export class MirrorDevice implements BlockDevice {
     apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
     const legs = generation.writable;
     if (generation.readable.length === 0) throw new BlockError('EIO', `${what}: no in-sync leg left`);
-    const results = await Promise.allSettled(legs.map(apply));
+    const results = await Promise.allSettled(crashPointArmed() && legs.length > 1 ? crashBetweenLegs(legs, apply) : legs.map(apply));
     let appliedInSync = 0;
     let applied = 0;
     let passOn: BlockError | undefined;
@@ -409,11 +411,13 @@ export class MirrorDevice implements BlockDevice {
     if (this.closed || !this.fullyInSync) return { candidates: 0, cleared: 0, synced: false };
     const candidates = this.regions.beginSweep(quietSweepsRequired);
     if (candidates.length === 0) return { candidates: 0, cleared: 0, synced: false };
+    if (crashPointArmed()) await crashPoint('sweeper.after-candidates');
     let synced = false;
     try {
       await this.beforeSync?.();
       await this.flush();
       synced = this.fullyInSync;
+      if (crashPointArmed()) await crashPoint('sweeper.after-sync');
     } catch (error) {
       this.logger.warn({ err: (error as Error).message, candidates: candidates.length }, 'sweep sync failed: no bit cleared');
     }
@@ -457,4 +461,14 @@ export class MirrorDevice implements BlockDevice {
     await Promise.allSettled([...devices].map((device) => device.close()));
     await this.log.close();
   }
+}
+
+/** The crash point between legs: reached when the first leg has applied a change and the others may not have. */
+function crashBetweenLegs(legs: MirrorLeg[], apply: (leg: MirrorLeg) => Promise<void>): Array<Promise<void>> {
+  let first = true;
+  return legs.map((leg) => apply(leg).then(() => {
+    if (!first) return undefined;
+    first = false;
+    return crashPoint('mirror.between-legs');
+  }));
 }

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
+import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
 import type { MirrorLeg } from './generation.js';
 import type { MirrorDevice } from './mirror-device.js';
 
@@ -173,6 +174,7 @@ export class ResyncEngine {
         for (let at = covered; at < end; at += this.buffer.length) {
           const chunk = this.buffer.subarray(0, Math.min(this.buffer.length, end - at));
           await this.onLeg(source, () => source.device.read(at, chunk));
+          if (crashPointArmed()) await crashPoint('resync.between-read-and-write');
           await Promise.all(targets.map((leg) => this.onLeg(leg, () => leg.device.write(at, chunk, { fua: false }))));
           this.progress.bytesCopied += chunk.length;
         }

@@ -3,6 +3,8 @@ import { randomBytes } from 'node:crypto';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { GroupCommit } from '../blockdev/group-commit.js';
 import { closeFd, fdatasync, pwriteAll } from '../backends/fs-io.js';
+import { type BlockDevice, noFlags } from '../blockdev/types.js';
+import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
 import {
   bitmapBytesFor, copyBytesFor, decodeCopy, encodeCopy, headerBytes, type LegRecord, legSlotsMax, LogFormatError,
   type LogState, regionsSet,
@@ -41,6 +43,8 @@ export class RegionLog {
   private durable: Uint8Array;
   private readonly copyBytes: number;
   private closed = false;
+  /** Set: updates go through this device (a fault or power-cut wrapper over the log file) instead of the fd. */
+  private device: BlockDevice | undefined;
 
   private constructor(readonly path: string, private readonly fd: number, readonly state: LogState) {
     this.copyBytes = copyBytesFor(state.regionCount);
@@ -183,13 +187,27 @@ export class RegionLog {
     return this.commits.run();
   }
 
+  /**
+   * Sends later updates through a block device over this log's file (the
+   * crash toolkit's fault, power-cut and write-log devices). Reads at open
+   * still come from the file itself.
+   */
+  routeUpdatesThrough(device: BlockDevice): void {
+    if (device.sizeBytes < 2 * this.copyBytes) throw new RegionLogError(this.path, 'the device routed to is smaller than the log');
+    this.device = device;
+  }
+
   private async writeNextCopy(): Promise<void> {
     const sequence = this.state.sequence + 1n;
     const snapshot = new Uint8Array(this.state.dirty);
     const encoded = encodeCopy({ ...this.state, sequence, dirty: snapshot });
+    const position = Number(sequence % 2n) * this.copyBytes;
     try {
-      await pwriteAll(this.fd, encoded, Number(sequence % 2n) * this.copyBytes);
-      await fdatasync(this.fd);
+      if (this.device) await this.device.write(position, encoded, noFlags);
+      else await pwriteAll(this.fd, encoded, position);
+      if (crashPointArmed() && clearsBits(this.durable, snapshot)) await crashPoint('regionlog.clearing-bits');
+      if (this.device) await this.device.flush();
+      else await fdatasync(this.fd);
     } catch (error) {
       throw toBlockError(error, `region log ${this.path}: update failed`);
     }
@@ -201,6 +219,11 @@ export class RegionLog {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.device?.close();
     await closeFd(this.fd);
   }
+}
+
+function clearsBits(durable: Uint8Array, next: Uint8Array): boolean {
+  return durable.some((byte, index) => (byte & ~next[index]) !== 0);
 }

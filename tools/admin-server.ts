@@ -2,6 +2,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import type { ThinLeg } from '../backends/thin-leg.js';
+import { crashNow } from '../faults/crash-points.js';
+import { hasPowerCutDevices } from '../faults/power-cut-device.js';
 import type { MirrorController } from '../mirror/controller.js';
 import type { PageCache } from '../pagecache/page-cache.js';
 
@@ -15,7 +17,7 @@ export interface AdminTarget {
 
 export interface AdminRequest {
   command: string;
-  slot?: number;
+  slot?: number | 'log';
   path?: string;
   force?: boolean;
   repair?: boolean;
@@ -112,8 +114,8 @@ export class AdminServer {
   private async execute(request: AdminRequest, progress: (done: number, total: number) => void): Promise<unknown> {
     const { target } = this;
     const slot = (): number => {
-      if (!Number.isInteger(request.slot)) throw new Error(`${request.command} needs a leg slot number`);
-      return request.slot!;
+      if (typeof request.slot !== 'number' || !Number.isInteger(request.slot)) throw new Error(`${request.command} needs a leg slot number`);
+      return request.slot;
     };
     const controller = (): MirrorController => {
       if (!target.mirror) throw new Error(`${request.command} needs a mirror; this server exports one plain leg`);
@@ -151,16 +153,22 @@ export class AdminServer {
         return { droppedPages: target.cache.shrink(), cache: target.cache.status() };
       }
       case 'fault': {
-        const fault = controller().faults[slot()];
-        if (!fault) throw new Error(`leg ${request.slot} has no fault injection configured`);
+        const fault = request.slot === 'log' ? controller().logFault : controller().faults[slot()];
+        if (!fault) throw new Error(`${request.slot === 'log' ? 'the region log' : `leg ${request.slot}`} has no fault injection configured`);
         if (request.action === 'trigger') fault.trigger();
         else if (request.action === 'heal') fault.heal();
         else throw new Error('fault needs action "trigger" or "heal"');
         return { slot: request.slot, action: request.action, injected: fault.injected };
       }
+      case 'power-cut': {
+        if (!hasPowerCutDevices()) throw new Error('no power-cut device is configured (storage.legs[].powerCut, storage.log.powerCut)');
+        // Answer first: once the cut starts nothing is answered any more.
+        setTimeout(() => void crashNow('power cut requested on the admin socket', 'power-cut'), 20);
+        return { cutting: true };
+      }
       default:
         throw new Error(`unknown command "${request.command}" (status, re-add, replace, resync, check, repair, sweep, wait-resync, ` +
-          'pool-grow, cache-drop, fault)');
+          'pool-grow, cache-drop, fault, power-cut)');
     }
   }
 

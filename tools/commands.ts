@@ -269,7 +269,7 @@ async function offlineCheck(config: Config, onProgress: (done: number, total: nu
   const slots = state.legs.flatMap((record, slot) => (record.state === 'in_sync' ? [slot] : []));
   const logger = createLogger('silent');
   const legs = await Promise.all(slots.map(async (slot) => ({
-    slot, device: (await openLeg({ ...config.storage.legs[slot], faults: undefined }, state.deviceSizeBytes, logger, { readOnly: true })).device,
+    slot, device: (await openLeg({ path: config.storage.legs[slot].path, thin: config.storage.legs[slot].thin }, state.deviceSizeBytes, logger, { readOnly: true })).device,
   })));
   try {
     return await compareRegions({ sizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes, legs }, onProgress);

@@ -1,0 +1,91 @@
+import fs from 'node:fs';
+import { cutPowerToAll, type CutReport } from './power-cut-device.js';
+
+/**
+ * Places in the server where a crash is most likely to expose a bug. A
+ * configured point ends the process on the spot when reached for the chosen
+ * time: `kill` as kill -9 would, `power-cut` after the power-cut devices have
+ * rolled back what their disks would lose.
+ */
+export const crashPointNames = [
+  /** The region's bit is durable in the log; no leg has the data yet. */
+  'mirror.after-log-dirty',
+  /** One leg has the write, the others may not. */
+  'mirror.between-legs',
+  /** The sweeper picked its clean candidates, nothing synced yet. */
+  'sweeper.after-candidates',
+  /** Every leg synced; the candidates' bits are still set on disk. */
+  'sweeper.after-sync',
+  /** The log copy with the cleared bits is written but not yet synced. */
+  'regionlog.clearing-bits',
+  /** Resync read a chunk from the source leg and has not written it to the others. */
+  'resync.between-read-and-write',
+] as const;
+
+export type CrashPointName = typeof crashPointNames[number];
+export type CrashAction = 'kill' | 'power-cut';
+
+export interface CrashPlan {
+  point: CrashPointName;
+  /** Crash the nth time the point is reached (1: the first). */
+  hit: number;
+  action: CrashAction;
+}
+
+let plan: CrashPlan | undefined;
+let hits = 0;
+
+/** Whether any point is armed: lets hot paths skip even the call. */
+export function crashPointArmed(): boolean {
+  return plan !== undefined;
+}
+
+export function armCrashPoint(next: CrashPlan | undefined): void {
+  plan = next;
+  hits = 0;
+}
+
+/**
+ * Ends the process as a crash would. The one line written first (to stdout,
+ * synchronously, as JSON like our logs) tells a harness what happened and,
+ * after a power cut, how many sectors each device kept and dropped.
+ */
+export function crashNow(reason: string, action: CrashAction): Promise<never> {
+  const announce = (reports: CutReport[]): void => {
+    const line = JSON.stringify({ level: 60, time: Date.now(), msg: 'crash injected', reason, action, powerCut: reports });
+    try {
+      fs.writeSync(1, `${line}\n`);
+    } catch {
+      // Nobody is listening: the crash still happens.
+    }
+    process.kill(process.pid, 'SIGKILL');
+  };
+  if (action === 'kill') announce([]);
+  else void cutPowerToAll().then(announce, () => announce([]));
+  return new Promise<never>(() => {});
+}
+
+/**
+ * Called at each named place. Unarmed, it costs one comparison and returns
+ * undefined, so the normal path never awaits; armed and due, the returned
+ * promise never settles, because the process is gone before it could.
+ */
+export function crashPoint(name: CrashPointName): Promise<never> | undefined {
+  if (plan === undefined || plan.point !== name) return undefined;
+  hits += 1;
+  if (hits !== plan.hit) return undefined;
+  const { action } = plan;
+  plan = undefined;
+  return crashNow(`crash point ${name}`, action);
+}
+
+export function parseCrashPlan(text: string, key: string): CrashPlan {
+  // point[@hit][:action], e.g. sweeper.after-sync@3:power-cut
+  const match = /^([a-z.-]+)(?:@(\d+))?(?::(kill|power-cut))?$/.exec(text);
+  if (!match || !(crashPointNames as readonly string[]).includes(match[1])) {
+    throw new Error(`${key}: "${text}" is not point[@hit][:kill|power-cut] with point one of ${crashPointNames.join(', ')}`);
+  }
+  const hit = match[2] === undefined ? 1 : Number(match[2]);
+  if (!(hit >= 1)) throw new Error(`${key}: the hit count must be at least 1`);
+  return { point: match[1] as CrashPointName, hit, action: (match[3] as CrashAction | undefined) ?? 'kill' };
+}
