@@ -6,7 +6,7 @@ import { checkRange } from '../blockdev/range.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
 import { closeFd, fdatasync, preadAll, pwriteAll, pwriteAllSync } from './fs-io.js';
 import {
-  EAGAIN, ENXIO, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
+  EAGAIN, ENXIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
   native, SEEK_DATA, SEEK_END, SEEK_HOLE,
 } from './native.js';
 
@@ -56,6 +56,8 @@ export class FileLeg implements BlockDevice {
   readonly capabilities: DeviceCapabilities;
   private readonly flushes: GroupCommit;
   private closed = false;
+  /** Cleared when the filesystem refuses RWF_NOWAIT reads (tmpfs does). */
+  private inlineReadsWork = native !== undefined;
   /** Cleared after the filesystem refuses fallocate once, so we stop asking. */
   private fallocateWorks = native !== undefined;
   /** performance.now() before which writes avoid the event loop (see inlineWriteBytesMax). */
@@ -129,10 +131,12 @@ export class FileLeg implements BlockDevice {
     this.checkOpen('read');
     checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
     let done = 0;
-    if (native !== undefined && target.length <= this.inlineReadBytesMax) {
-      const result = native.preadNoWait(this.fd, target, offsetBytes);
+    if (this.inlineReadsWork && target.length <= this.inlineReadBytesMax) {
+      const result = native!.preadNoWait(this.fd, target, offsetBytes);
       if (result === target.length) return;
-      if (result < 0 && result !== -EAGAIN) throw fromNegativeErrno(result, `read ${this.path} at ${offsetBytes}`);
+      // tmpfs and some other filesystems refuse RWF_NOWAIT: read through the thread pool from now on.
+      if (result === -EOPNOTSUPP) this.inlineReadsWork = false;
+      else if (result < 0 && result !== -EAGAIN) throw fromNegativeErrno(result, `read ${this.path} at ${offsetBytes}`);
       done = Math.max(result, 0);
     }
     try {

@@ -23,6 +23,7 @@ export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;
 export const ENXIO = 6;
 export const EAGAIN = 11;
+export const EOPNOTSUPP = 95;
 
 function load(): NativeCalls | undefined {
   if (process.env.NBD_MIRROR_NO_NATIVE === '1') return undefined;

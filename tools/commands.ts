@@ -5,6 +5,7 @@ import cliProgress from 'cli-progress';
 import { openLeg } from '../backends/leg-spec.js';
 import { ThinLeg } from '../backends/thin-leg.js';
 import { parseSize } from '../config/schema.js';
+import { registerCrashTest } from './crash-test/command.js';
 import { createLogger } from '../cli/logger.js';
 import { type ConfigOverrides, ensureDefaultDataDir, loadConfig } from '../config/load.js';
 import { type Config, ConfigError } from '../config/schema.js';
@@ -99,6 +100,7 @@ function describeCheck(result: CompareResult): string {
 }
 
 export function registerTools(program: Command): void {
+  registerCrashTest(program);
   targetOptions(program.command('create')
     .description('initialise the legs and the region log of a new mirror (from the configuration, or --leg/--log)'))
     .option('--size <size>', 'size of the mirror, e.g. 1GiB')

@@ -1,0 +1,202 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { adminRequest } from '../admin-client.js';
+import type { MirrorStatus } from '../../mirror/controller.js';
+import { type CrashTestSettings, describePlan, type IterationPlan, pathsIn, type Paths, planIteration, writeConfig } from './plan.js';
+import { type ServerProcess, startServerProcess } from './server-process.js';
+import { runWorkload, type WorkloadContext, type WorkloadState } from './workloads.js';
+
+/** 'pass', 'fail: why', or 'n/a' (the invariant does not apply to this iteration). */
+export type Verdict = string;
+
+export interface IterationResult {
+  plan: IterationPlan;
+  /** What actually ended the first server: the planned crash, or a kill when a crash point was not reached. */
+  crashed: string;
+  recoveryRegions: number;
+  resyncBytes: number;
+  invariants: Record<1 | 2 | 3 | 4 | 5, Verdict>;
+  notes: string[];
+}
+
+export interface CrashTestReport {
+  seed: number;
+  results: IterationResult[];
+  failures: number;
+  crashes: number;
+  recoveries: number;
+  elapsedMs: number;
+}
+
+export type Say = (line: string) => void;
+
+const adminTimeoutMs = 120_000;
+
+/**
+ * The crash-test loop: start the server, drive a workload through a real
+ * client, crash it, restart it, let recovery run, and check the invariants
+ * (docs/crash-testing.md). The mirror lives on in the work folder across
+ * iterations, so each one starts from the state the last one left.
+ */
+export function newWorkloadState(): WorkloadState {
+  return { nextOpId: 1, oracles: new Map(), ext4Files: new Map(), fioAreaWritten: false, rawPhases: [] };
+}
+
+export async function runCrashTest(settings: CrashTestSettings, say: Say, state = newWorkloadState()): Promise<CrashTestReport> {
+  fs.mkdirSync(settings.workDir, { recursive: true });
+  const paths = pathsIn(settings.workDir);
+  const started = Date.now();
+  const results: IterationResult[] = [];
+  say(`crash-test seed ${settings.seed}: up to ${settings.iterations} iterations or ${Math.round(settings.timeLimitMs / 1000)} s; ` +
+    `replay with --seed ${settings.seed} and the same options`);
+  const end = settings.firstIteration + settings.iterations;
+  for (let index = settings.firstIteration; index < end && Date.now() - started < settings.timeLimitMs; index += 1) {
+    const plan = planIteration(settings, index);
+    say(describePlan(plan));
+    const result = await runIteration(settings, plan, paths, state, say);
+    results.push(result);
+    const failed = Object.values(result.invariants).filter((verdict) => verdict.startsWith('fail'));
+    say(`  crashed: ${result.crashed}; recovery resynced ${result.recoveryRegions} regions (${formatBytes(result.resyncBytes)}); ` +
+      `invariants ${Object.entries(result.invariants).map(([key, verdict]) => `${key}:${verdict.split(':')[0]}`).join(' ')}`);
+    for (const note of result.notes) say(`  ${note}`);
+    if (failed.length > 0) {
+      for (const verdict of failed) say(`  FAIL ${verdict}`);
+      say(`  rerun this iteration alone: --seed ${settings.seed} --first-iteration ${index} (from a fresh mirror)`);
+    }
+  }
+  return {
+    seed: settings.seed,
+    results,
+    failures: results.filter((result) => Object.values(result.invariants).some((verdict) => verdict.startsWith('fail'))).length,
+    crashes: results.length,
+    recoveries: results.filter((result) => result.invariants[1] !== 'n/a').length,
+    elapsedMs: Date.now() - started,
+  };
+}
+
+async function runIteration(settings: CrashTestSettings, plan: IterationPlan, paths: Paths, state: WorkloadState,
+  say: Say): Promise<IterationResult> {
+  writeConfig(settings, plan, paths);
+  const result: IterationResult = {
+    plan, crashed: '', recoveryRegions: 0, resyncBytes: 0, invariants: { 1: 'n/a', 2: 'n/a', 3: 'n/a', 4: 'n/a', 5: 'n/a' }, notes: [],
+  };
+  const pointArgs = plan.point && plan.point.name !== 'resync.between-read-and-write'
+    ? ['--crash-point', `${plan.point.name}@${plan.point.hit}:${plan.point.action}`] : [];
+  const first = await startServerProcess(['--config', paths.config, ...pointArgs]);
+  const context: WorkloadContext = { settings, plan, paths, state, say, result };
+  const crashed = crashOnSchedule(first, plan, paths, settings.workloadMs);
+  const workload = await runWorkload(context, first);
+  result.crashed = await crashed;
+  await workload.afterCrash();
+
+  // Recovery; a crash point inside resync strikes here, during the first restart.
+  let server: ServerProcess;
+  if (plan.point?.name === 'resync.between-read-and-write') {
+    const recovering = await startServerProcess(['--config', paths.config, '--crash-point',
+      `${plan.point.name}@${plan.point.hit}:${plan.point.action}`]);
+    result.recoveryRegions = Number(recovering.logs.find((entry) => entry.msg === 'listening')?.recoveryRegions ?? 0);
+    const died = await Promise.race([recovering.exited.then(() => true), sleep(4000).then(() => false)]);
+    if (died) result.notes.push(`crash point ${plan.point.name} fired during recovery (${crashLine(recovering)})`);
+    else {
+      result.notes.push(`crash point ${plan.point.name} not reached during recovery; killed instead`);
+      await recovering.kill();
+    }
+  }
+  server = await startServerProcess(['--config', paths.config]);
+  try {
+    const listening = server.logs.find((entry) => entry.msg === 'listening');
+    result.recoveryRegions = Math.max(result.recoveryRegions, Number(listening?.recoveryRegions ?? 0));
+    await workload.duringRecovery(server);
+    const status = await waitResync(paths.admin);
+    result.resyncBytes = status.resync.bytesCopied + status.resync.bytesZeroed;
+    result.invariants[1] = await legsAgree(paths.admin, 'after recovery');
+    const faulty = status.legs.filter((leg) => leg.state === 'faulty');
+    for (const leg of faulty) {
+      await adminRequest(paths.admin, { command: 're-add', slot: leg.slot }, undefined, adminTimeoutMs);
+      const readded = await waitResync(paths.admin);
+      result.notes.push(`leg${leg.slot} was faulty; re-added, ${readded.resync.regionsTotal} regions resynced`);
+      const again = await legsAgree(paths.admin, `after re-adding leg${leg.slot}`);
+      if (result.invariants[1] === 'pass') result.invariants[1] = again;
+    }
+    await workload.verify(server);
+  } finally {
+    const code = await server.stop(60_000);
+    if (code !== 0) result.notes.push(`clean shutdown exited ${code}`);
+  }
+  return result;
+}
+
+/** Ends the first server as planned; resolves with what happened. */
+async function crashOnSchedule(server: ServerProcess, plan: IterationPlan, paths: Paths, workloadMs: number): Promise<string> {
+  const crashAtMs = Math.round(plan.crashAt * workloadMs);
+  if (plan.fault !== 'none') {
+    void sleep(crashAtMs * 0.4).then(() => adminRequest(paths.admin, { command: 'fault', slot: plan.faultSlot, action: 'trigger' }, undefined, 5000))
+      .catch(() => undefined);
+    if (plan.fault === 'leg-enospc') {
+      // Space comes back before the crash: the cache's retried writeback and later flushes must then succeed.
+      void sleep(crashAtMs * 0.7).then(() => adminRequest(paths.admin, { command: 'fault', slot: plan.faultSlot, action: 'heal' }, undefined, 5000))
+        .catch(() => undefined);
+    }
+  }
+  if (plan.crash === 'point' && plan.point!.name !== 'resync.between-read-and-write') {
+    const died = await Promise.race([server.exited.then(() => true), sleep(workloadMs + 500).then(() => false)]);
+    if (died) return `crash point ${plan.point!.name}@${plan.point!.hit}:${plan.point!.action} (${crashLine(server)})`;
+    await server.kill();
+    return `crash point ${plan.point!.name}@${plan.point!.hit} not reached; kill -9 at ${workloadMs + 500} ms`;
+  }
+  await Promise.race([server.exited, sleep(crashAtMs)]);
+  if (plan.crash === 'power-cut') {
+    try {
+      await adminRequest(paths.admin, { command: 'power-cut' }, undefined, 5000);
+    } catch (error) {
+      await server.kill();
+      return `power cut refused (${(error as Error).message}); kill -9`;
+    }
+    const died = await Promise.race([server.exited.then(() => true), sleep(15_000).then(() => false)]);
+    if (!died) {
+      await server.kill();
+      return 'power cut did not end the server in 15 s; kill -9';
+    }
+    return `power cut at ${crashAtMs} ms (${crashLine(server)})`;
+  }
+  await server.kill();
+  return `kill -9 at ${crashAtMs} ms`;
+}
+
+function crashLine(server: ServerProcess): string {
+  const line = server.logs.find((entry) => entry.msg === 'crash injected') as
+    { powerCut?: Array<{ name: string; keptSectors: number; droppedSectors: number }> } | undefined;
+  if (!line) return 'no report';
+  if (!line.powerCut || line.powerCut.length === 0) return 'killed';
+  return line.powerCut.map((cut) => `${cut.name} kept ${cut.keptSectors} dropped ${cut.droppedSectors}`).join(', ');
+}
+
+export async function waitResync(admin: string): Promise<MirrorStatus> {
+  const deadline = Date.now() + adminTimeoutMs;
+  for (;;) {
+    const status = await adminRequest(admin, { command: 'wait-resync' }, undefined, adminTimeoutMs) as MirrorStatus;
+    if (status.regions.outOfSync === 0 && !status.resync.running) return status;
+    if (Date.now() > deadline) throw new Error(`resync did not finish in ${adminTimeoutMs} ms: ${JSON.stringify(status.regions)}`);
+    await sleep(200);
+  }
+}
+
+async function legsAgree(admin: string, when: string): Promise<Verdict> {
+  const check = await adminRequest(admin, { command: 'check' }, undefined, adminTimeoutMs) as { mismatchedRegions: number[] };
+  return check.mismatchedRegions.length === 0 ? 'pass'
+    : `fail: ${when}, check found ${check.mismatchedRegions.length} mismatched regions (${check.mismatchedRegions.slice(0, 8).join(', ')})`;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+export function formatBytes(bytes: number): string {
+  if (bytes >= 1 << 20) return `${(bytes / (1 << 20)).toFixed(1)} MiB`;
+  if (bytes >= 1 << 10) return `${(bytes / (1 << 10)).toFixed(0)} KiB`;
+  return `${bytes} B`;
+}
+
+export function workloadScript(): string {
+  return path.join(import.meta.dirname, '..', '..', '..', 'tools', 'crash-test', 'raw_workload.py');
+}
