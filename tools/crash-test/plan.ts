@@ -72,7 +72,10 @@ export function planIteration(settings: CrashTestSettings, index: number): Itera
     crashAt: 0.2 + random() * 0.75,
   };
   if (crash === 'point') {
-    plan.point = { name: pick(crashPointNames), hit: 1 + randomBelow(random, 4), action: random() < 0.5 ? 'kill' : 'power-cut' };
+    const name = pick(crashPointNames);
+    // Per-write points are reached thousands of times a second, sweeper points a few times.
+    const hits = name.startsWith('mirror.') ? 3000 : name.startsWith('resync.') ? 30 : 8;
+    plan.point = { name, hit: 1 + randomBelow(random, hits), action: random() < 0.5 ? 'kill' : 'power-cut' };
   }
   return plan;
 }

@@ -73,9 +73,16 @@ def run(uri, seed, seconds, area_start, area_bytes, first_id, journal_path, fina
             ops[op_id] = {'id': op_id, 'op': 'flush', 'sent': time.monotonic_ns(), 'acked': None, 'err': None}
             cookie = handle.aio_flush()
             return cookie, op_id
+        # Most requests land in a window that moves every quarter second, so
+        # regions go quiet behind it and the sweeper clears them while others are busy.
+        window_blocks = max(16, blocks // 8)
+        window = int(time.monotonic() * 4) * 7919 % max(1, blocks - window_blocks + 1)
         for _ in range(8):
             count = rng.choice([1, 1, 1, 2, 4, 8, 16])
-            start = area_start + rng.randrange(0, blocks - count + 1) * BLOCK
+            if rng.random() < 0.9:
+                start = area_start + (window + rng.randrange(0, window_blocks - count + 1)) * BLOCK
+            else:
+                start = area_start + rng.randrange(0, blocks - count + 1) * BLOCK
             end = start + count * BLOCK
             if not overlaps(busy, start, end):
                 break
