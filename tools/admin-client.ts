@@ -20,6 +20,8 @@ export function adminRequest(socketPath: string, request: AdminRequest,
     socket.on('connect', () => socket.write(`${JSON.stringify(request)}\n`));
     socket.on('close', () => finish(new Error('the server closed the admin connection without answering')));
     const lines = readline.createInterface({ input: socket });
+    // The socket's own error handler reports the failure; readline re-emits it and must not crash the caller.
+    lines.on('error', () => undefined);
     lines.on('line', (line) => {
       let message: { ok?: boolean; result?: unknown; error?: string; progress?: { done: number; total: number } };
       try {
