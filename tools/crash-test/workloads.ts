@@ -152,6 +152,10 @@ async function fioCrashPhase(context: WorkloadContext, server: ServerProcess): P
     context.state.fioSeed = context.plan.seed;
     const write = await run('fio', fioArgs(context, server, 0, ['--do_verify=0', '--end_fsync=1']), { timeoutMs: 120_000 });
     if (write.code !== 0) throw new Error(`fio could not write its verified area: ${write.stdout}${write.stderr}`);
+    // fio's end_fsync did not make the area durable under a power cut (its nbd engine appears not to send
+    // NBD_CMD_FLUSH for it), so the client flushes explicitly: the area is then promised.
+    const flush = await run('nbdsh', ['-u', server.uri('crash'), '-c', 'h.flush()'], { timeoutMs: 60_000 });
+    if (flush.code !== 0) throw new Error(`flushing fio's verified area failed: ${flush.stderr}`);
     context.state.fioAreaWritten = true;
   }
   // Random writes into the other half until the crash stops them (fio then exits with an error, as it should).
