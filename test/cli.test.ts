@@ -60,6 +60,10 @@ test('malformed configuration is refused with the key and the problem', async (t
     ['storage:\n  legs:\n    - path: a.img\ncache: { size: 64MiB, dirtyLimit: 1GiB }\n', /cache\.dirtyLimit: 1073741824 exceeds cache\.size/],
     ['storage:\n  legs:\n    - path: a.img\ncache: { noSpacePolicy: wait }\n', /cache\.noSpacePolicy: must be error .* or queue/],
     ['storage:\n  legs:\n    - path: a.img\ncache: { dirtyLimt: 1GiB }\n', /cache\.dirtyLimt: unknown key/],
+    ['storage:\n  legs:\n    - path: a.img\n      powerCut: { policy: maybe }\n', /storage\.legs\[0\]\.powerCut\.policy: must be one of keep, drop, torn/],
+    ['storage:\n  log: { path: m.log, powerCutt: {} }\n  legs:\n    - path: a.img\n    - path: b.img\n', /storage\.log\.powerCutt: unknown key/],
+    ['storage:\n  log: { path: m.log, writeLog: "" }\n  legs:\n    - path: a.img\n    - path: b.img\n', /storage\.log\.writeLog: must be a non-empty string/],
+    ['storage:\n  legs:\n    - path: a.img\ncrash: { point: sweeper.nowhere@2 }\n', /crash\.point: "sweeper\.nowhere@2" is not point/],
   ];
   for (const [index, [text, expected]] of cases.entries()) {
     const file = write(`bad-${index}.yaml`, text);
