@@ -390,22 +390,30 @@ export class PageCache implements BlockDevice {
    */
   private async writeBack(indices: number[], fua: boolean): Promise<void> {
     const callSeq = this.seq;
+    // With FUA, a page some other writeback carried (a flush's or the background's, without FUA) is
+    // written but not durable yet: then the device below is flushed before FUA is honoured.
+    const carriedByUs = new Set<number>();
+    let carriedByOthers = false;
     for (;;) {
       const inFlight = new Set<Promise<void>>();
       const due: Page[] = [];
       for (const index of indices) {
         const page = this.pages.get(index);
-        if (!page || !page.dirty || page.firstUnwrittenSeq > callSeq) continue;
+        if (!page || !page.dirty || page.firstUnwrittenSeq > callSeq) {
+          if (!carriedByUs.has(index)) carriedByOthers = true;
+          continue;
+        }
         if (page.writeback) inFlight.add(page.writeback);
         else due.push(page);
       }
-      if (inFlight.size === 0 && due.length === 0) return;
-      await Promise.all([this.writeRuns(due, fua), Promise.allSettled(inFlight)]);
+      if (inFlight.size === 0 && due.length === 0) break;
+      await Promise.all([this.writeRuns(due, fua, carriedByUs), Promise.allSettled(inFlight)]);
     }
+    if (fua && carriedByOthers) await this.flushBelow();
   }
 
   /** Groups pages into contiguous runs and writes them, a few runs at a time; rejects with the first failure. */
-  private async writeRuns(pages: Page[], fua: boolean): Promise<void> {
+  private async writeRuns(pages: Page[], fua: boolean, carried: Set<number>): Promise<void> {
     pages.sort((a, b) => a.index - b.index);
     const runs: Page[][] = [];
     const pagesPerRun = Math.max(1, Math.floor(writebackRunBytesMax / this.pageBytes));
@@ -421,7 +429,7 @@ export class PageCache implements BlockDevice {
         const run = runs[next];
         next += 1;
         try {
-          await this.writeRun(run, fua);
+          await this.writeRun(run, fua, carried);
         } catch (error) {
           failure ??= error;
         }
@@ -431,7 +439,8 @@ export class PageCache implements BlockDevice {
     if (failure) throw failure;
   }
 
-  private async writeRun(run: Page[], fua: boolean): Promise<void> {
+  /** Writes one run of pages from a snapshot; adds the indices it wrote to `carried`. */
+  private async writeRun(run: Page[], fua: boolean, carried: Set<number>): Promise<void> {
     const start = run[0].index * this.pageBytes;
     const lastPage = run[run.length - 1];
     const end = lastPage.index * this.pageBytes + lastPage.data.length;
@@ -441,7 +450,7 @@ export class PageCache implements BlockDevice {
     // writeback while we waited: only pages still ours go out.
     const live = run.filter((page) => this.pages.get(page.index) === page && page.dirty && !page.writeback);
     if (live.length !== run.length) {
-      if (live.length > 0) await this.writeRuns(live, fua);
+      if (live.length > 0) await this.writeRuns(live, fua, carried);
       return;
     }
     // The snapshot: the bytes as they are now, whatever writers do next.
@@ -460,6 +469,7 @@ export class PageCache implements BlockDevice {
       this.noSpace = undefined;
       this.stats.writebacks += 1;
       this.stats.writebackBytes += snapshot.length;
+      for (const page of run) carried.add(page.index);
       run.forEach((page, position) => {
         if (this.pages.get(page.index) !== page) return;
         if (page.version === versions[position]) {
@@ -523,6 +533,12 @@ export class PageCache implements BlockDevice {
   async flush(): Promise<void> {
     this.checkUsable('flush');
     await this.writeBackAll();
+    await this.flushBelow();
+    this.checkUsable('flush');
+  }
+
+  /** A fatal flush failure below means written data may be gone: the cache fails as for a fatal writeback. */
+  private async flushBelow(): Promise<void> {
     try {
       await this.below.flush();
     } catch (error) {
@@ -531,7 +547,6 @@ export class PageCache implements BlockDevice {
       this.enterFailed(failure);
       throw new BlockError('EIO', `flush failed: ${failure.message}`, { retryable: false });
     }
-    this.checkUsable('flush');
   }
 
   trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> {

@@ -2,9 +2,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { FileLeg } from '../../backends/file-leg.js';
+import { FaultDevice } from '../../backends/fault-device.js';
 import { cutPowerToAll, PowerCutDevice } from '../../faults/power-cut-device.js';
 import { isDurabilityMark } from '../../faults/write-log-format.js';
 import { applyRecord, WriteLogDevice, WriteLogReader } from '../../faults/write-log-device.js';
+import { PageCache } from '../../pagecache/page-cache.js';
+import { silentLogger } from '../helpers/mirror-fixture.js';
 import { makeTempDir } from '../helpers/tools.js';
 
 const sizeBytes = 64 * 1024;
@@ -138,5 +141,36 @@ test('write log: a torn tail is cut off and appending resumes; a damaged header 
   t.throws(() => WriteLogReader.open(logPath), { message: /checksum mismatch/ });
   fs.writeFileSync(logPath, Buffer.alloc(100));
   t.throws(() => WriteLogReader.open(logPath), { message: /truncated/ });
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test.serial('page cache: a FUA write whose pages a flush\'s writeback carried is durable before it is acknowledged', async (t) => {
+  // Found by the CI sweep: the FUA write waited for the flush's (non-FUA) writeback of its page and was
+  // acknowledged before anything made that writeback durable, so a power cut could take it back.
+  const dir = makeTempDir('powercut-');
+  const powerCut = new PowerCutDevice(await leg(dir, 'leg.img'), { name: 'cache-fua', policy: 'drop', seed: 1 });
+  const faults = new FaultDevice(powerCut);
+  const cache = new PageCache(faults, { capacityBytes: 1 << 20, dirtyLimitBytes: 1 << 19, dirtyExpireMs: 60_000,
+    writebackIntervalMs: 0, noSpacePolicy: 'error', noSpaceTimeoutMs: 0, logger: silentLogger });
+  await cache.write(0, fill(1), { fua: false });
+  const release = faults.holdWrites();
+  // A trim of the page's tail holds writebacks of the page at the cache's gate...
+  const trimming = cache.trim(3584, 512, { fua: false });
+  const flushing = cache.flush();
+  await new Promise((resolve) => setImmediate(resolve));
+  // ...so the flush's writeback, queued first, takes the page with the FUA write's bytes in it.
+  let acknowledged = false;
+  const fuaWrite = cache.write(0, fill(2, 2048), { fua: true }).then(() => { acknowledged = true; });
+  await new Promise((resolve) => setImmediate(resolve));
+  release();
+  await trimming;
+  await fuaWrite;
+  t.true(acknowledged);
+  // Cut at once: a flush the cache started on its own behalf has not reached the disk yet.
+  await cutPowerToAll();
+  const image = fs.readFileSync(path.join(dir, 'leg.img'));
+  t.true(image.subarray(0, 2048).equals(fill(2, 2048)), 'the acknowledged FUA write survived the power cut');
+  void flushing.catch(() => undefined);
+  await powerCut.close();
   fs.rmSync(dir, { recursive: true, force: true });
 });
