@@ -4,7 +4,7 @@ import { adminRequest } from '../admin-client.js';
 import type { MirrorStatus } from '../../mirror/controller.js';
 import { type CrashTestSettings, describePlan, type IterationPlan, pathsIn, type Paths, planIteration, writeConfig } from './plan.js';
 import { type ServerProcess, startServerProcess } from './server-process.js';
-import { runWorkload, type WorkloadContext, type WorkloadState } from './workloads.js';
+import { needsPreparation, prepareWorkload, runWorkload, type WorkloadContext, type WorkloadState } from './workloads.js';
 
 /** 'pass', 'fail: why', or 'n/a' (the invariant does not apply to this iteration). */
 export type Verdict = string;
@@ -82,8 +82,16 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
   };
   const pointArgs = plan.point && plan.point.name !== 'resync.between-read-and-write'
     ? ['--crash-point', `${plan.point.name}@${plan.point.hit}:${plan.point.action}`] : [];
-  const first = await startServerProcess(['--config', paths.config, ...pointArgs]);
   const context: WorkloadContext = { settings, plan, paths, state, say, result };
+  if (needsPreparation(context)) {
+    const preparing = await startServerProcess(['--config', paths.config]);
+    try {
+      await prepareWorkload(context, preparing);
+    } finally {
+      await preparing.stop(60_000);
+    }
+  }
+  const first = await startServerProcess(['--config', paths.config, ...pointArgs]);
   const crashed = crashOnSchedule(first, plan, paths, settings.workloadMs);
   const workload = await runWorkload(context, first);
   result.crashed = await crashed;
