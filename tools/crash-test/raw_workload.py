@@ -188,7 +188,14 @@ def files(directory, seed, seconds, prefix):
                     handle.write(content)
                 continue
             descriptor = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.write(descriptor, content)
+            # write() may write less than asked (ext4 under memory or signal pressure does); the rest follows.
+            view = memoryview(content)
+            written = 0
+            while written < len(content):
+                count = os.write(descriptor, view[written:])
+                if written + count < len(content):
+                    print('# short write: %s took %d of %d bytes' % (name, count, len(content) - written), flush=True)
+                written += count
             os.fsync(descriptor)
             os.close(descriptor)
             directory_descriptor = os.open(directory, os.O_RDONLY)

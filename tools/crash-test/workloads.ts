@@ -218,6 +218,7 @@ async function ext4CrashPhase(context: WorkloadContext, server: ServerProcess): 
       if (!ended) writer!.kill('SIGKILL');
       await detachQuietly(attachment);
       for (const line of printed.split('\n')) {
+        if (line.startsWith('# ')) context.result.notes.push(`ext4 writer: ${line.slice(2)}`);
         const [name, digest] = line.trim().split(' ');
         if (name && digest?.length === 64) context.state.ext4Files.set(name, digest);
       }
