@@ -28,9 +28,18 @@ test('raw workload: a few dozen kill -9s, crash points and power cuts, with leg 
   t.regex(result.stdout, new RegExp(`seed ${seed}: ${rawIterations} crashes, ${rawIterations} recoveries, 0 failing`));
 });
 
-// The fio and ext4 workloads run in `npm run soak`, not here: the soak found fsynced ext4 files changed
-// after some crashes, and the fio harness can crash the server while fio is still writing its verified
-// area; both are open (docs/crash-testing.md, "Open findings"), and CI must not be a coin toss.
+const clientIterations = Number(process.env.CRASH_TEST_CLIENT_ITERATIONS ?? 36);
+
+test('fio and ext4 through real clients (fio nbd engine, nbdfuse + loop + ext4) survive crashes, leg faults and the cache', async (t) => {
+  t.timeout(12 * 60_000);
+  const result = await crashTest(t, ['--iterations', String(clientIterations), '--workloads', 'fio,ext4', '--crashes', 'kill,point,power-cut',
+    '--faults', 'none,leg-eio,leg-enospc', '--cache', 'mixed'], 11 * 60_000);
+  t.is(result.code, 0, result.stdout.split('\n').filter((line) => line.includes('FAIL')).join('\n') + result.stderr);
+  const summary = /by workload\/crash: (.*)/.exec(result.stdout)?.[1] ?? '';
+  for (const workload of ['fio', 'ext4']) t.regex(summary, new RegExp(`${workload}/(kill|point|power-cut) \\d+/\\d+ pass`));
+  t.regex(result.stdout, new RegExp(`seed ${seed}: ${clientIterations} crashes, ${clientIterations} recoveries, 0 failing`));
+});
+
 test('--replay rebuilds each leg at every flush and FUA mark from its write log, and every state keeps its promises', async (t) => {
   t.timeout(5 * 60_000);
   const result = await crashTest(t, ['--iterations', '4', '--workloads', 'raw', '--crashes', 'kill,power-cut', '--replay'], 4 * 60_000);

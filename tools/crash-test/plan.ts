@@ -60,10 +60,7 @@ export function planIteration(settings: CrashTestSettings, index: number): Itera
   const pick = <T>(choices: readonly T[]): T => choices[randomBelow(random, choices.length)];
   const workload = pick(settings.workloads);
   const crash = pick(settings.crashes);
-  let fault = pick(settings.faults);
-  // A retryable error the client sees is lost inside the kernel's buffered loop-over-FUSE stack (fsyncgate:
-  // the FUSE file's writeback error reaches one fsync, possibly jbd2's), so ext4 cannot be judged under it.
-  if (workload === 'ext4' && fault === 'leg-enospc') fault = 'none';
+  const fault = pick(settings.faults);
   const plan: IterationPlan = {
     index,
     seed,
