@@ -38,7 +38,7 @@ program.command('serve')
   .option('--max-connections <n>', 'maximum simultaneous clients', (value) => parseInteger(value, '--max-connections'))
   .option('--handshake-timeout-ms <n>', 'disconnect clients that do not finish negotiating',
     (value) => parseInteger(value, '--handshake-timeout-ms'))
-  .option('--crash-point <point>', 'crash-injection testing: point[@hit][:kill|power-cut] ends the process there')
+  .option('--crash-point <point>', 'crash-injection testing: point[@hit][+ms][:kill|power-cut] ends the process at the hit-th time the point is reached at least ms after the start')
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
   .action(async (options: Record<string, unknown>) => {
     const configFile = typeof options.config === 'string'

@@ -27,13 +27,21 @@ export type CrashAction = 'kill' | 'power-cut';
 
 export interface CrashPlan {
   point: CrashPointName;
-  /** Crash the nth time the point is reached (1: the first). */
+  /** Crash the nth time the point is reached (1: the first), counting from afterMs. */
   hit: number;
+  /**
+   * Hits before this many milliseconds since arming do not count. How often a
+   * point is reached depends on the workload (a sweeper point a few times a
+   * second, a per-write point thousands of times), so a time says "crash
+   * mid-workload" for any point where a hit count alone would not.
+   */
+  afterMs: number;
   action: CrashAction;
 }
 
 let plan: CrashPlan | undefined;
 let hits = 0;
+let armedAtMs = 0;
 
 /** Whether any point is armed: lets hot paths skip even the call. */
 export function crashPointArmed(): boolean {
@@ -43,6 +51,7 @@ export function crashPointArmed(): boolean {
 export function armCrashPoint(next: CrashPlan | undefined): void {
   plan = next;
   hits = 0;
+  armedAtMs = Date.now();
 }
 
 /**
@@ -72,6 +81,7 @@ export function crashNow(reason: string, action: CrashAction): Promise<never> {
  */
 export function crashPoint(name: CrashPointName): Promise<never> | undefined {
   if (plan === undefined || plan.point !== name) return undefined;
+  if (plan.afterMs > 0 && Date.now() - armedAtMs < plan.afterMs) return undefined;
   hits += 1;
   if (hits !== plan.hit) return undefined;
   const { action } = plan;
@@ -80,12 +90,18 @@ export function crashPoint(name: CrashPointName): Promise<never> | undefined {
 }
 
 export function parseCrashPlan(text: string, key: string): CrashPlan {
-  // point[@hit][:action], e.g. sweeper.after-sync@3:power-cut
-  const match = /^([a-z.-]+)(?:@(\d+))?(?::(kill|power-cut))?$/.exec(text);
+  // point[@hit][+ms][:action], e.g. sweeper.after-sync@3:power-cut, mirror.between-legs+800:kill
+  const match = /^([a-z.-]+)(?:@(\d+))?(?:\+(\d+))?(?::(kill|power-cut))?$/.exec(text);
   if (!match || !(crashPointNames as readonly string[]).includes(match[1])) {
-    throw new Error(`${key}: "${text}" is not point[@hit][:kill|power-cut] with point one of ${crashPointNames.join(', ')}`);
+    throw new Error(`${key}: "${text}" is not point[@hit][+ms][:kill|power-cut] with point one of ${crashPointNames.join(', ')}`);
   }
   const hit = match[2] === undefined ? 1 : Number(match[2]);
   if (!(hit >= 1)) throw new Error(`${key}: the hit count must be at least 1`);
-  return { point: match[1] as CrashPointName, hit, action: (match[3] as CrashAction | undefined) ?? 'kill' };
+  const afterMs = match[3] === undefined ? 0 : Number(match[3]);
+  return { point: match[1] as CrashPointName, hit, afterMs, action: (match[4] as CrashAction | undefined) ?? 'kill' };
+}
+
+/** The text parseCrashPlan reads back into the same plan. */
+export function formatCrashPlan(crash: { point: string; hit: number; afterMs: number; action: CrashAction }): string {
+  return `${crash.point}@${crash.hit}${crash.afterMs > 0 ? `+${crash.afterMs}` : ''}:${crash.action}`;
 }

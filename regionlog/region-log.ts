@@ -40,7 +40,10 @@ export class RegionLogError extends Error {
  */
 export class RegionLog {
   private readonly commits: GroupCommit;
+  /** Bits set on disk and still set in memory: a write to such a region needs no log update. */
   private durable: Uint8Array;
+  /** The bits of the newest copy on disk, exactly: what a crash now would find. */
+  private onDisk: Uint8Array;
   private readonly copyBytes: number;
   private closed = false;
   /** Set: updates go through this device (a fault or power-cut wrapper over the log file) instead of the fd. */
@@ -49,6 +52,7 @@ export class RegionLog {
   private constructor(readonly path: string, private readonly fd: number, readonly state: LogState) {
     this.copyBytes = copyBytesFor(state.regionCount);
     this.durable = new Uint8Array(state.dirty);
+    this.onDisk = new Uint8Array(state.dirty);
     this.commits = new GroupCommit(() => this.writeNextCopy());
   }
 
@@ -205,13 +209,14 @@ export class RegionLog {
     try {
       if (this.device) await this.device.write(position, encoded, noFlags);
       else await pwriteAll(this.fd, encoded, position);
-      if (crashPointArmed() && clearsBits(this.durable, snapshot)) await crashPoint('regionlog.clearing-bits');
+      if (crashPointArmed() && clearsBits(this.onDisk, snapshot)) await crashPoint('regionlog.clearing-bits');
       if (this.device) await this.device.flush();
       else await fdatasync(this.fd);
     } catch (error) {
       throw toBlockError(error, `region log ${this.path}: update failed`);
     }
     this.state.sequence = sequence;
+    this.onDisk = snapshot;
     // A bit cleared after the snapshot was taken must not count as durable.
     for (let byte = 0; byte < snapshot.length; byte += 1) this.durable[byte] = snapshot[byte] & this.state.dirty[byte];
   }
@@ -224,6 +229,6 @@ export class RegionLog {
   }
 }
 
-function clearsBits(durable: Uint8Array, next: Uint8Array): boolean {
-  return durable.some((byte, index) => (byte & ~next[index]) !== 0);
+function clearsBits(onDisk: Uint8Array, next: Uint8Array): boolean {
+  return onDisk.some((byte, index) => (byte & ~next[index]) !== 0);
 }

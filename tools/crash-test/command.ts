@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { parseSize } from '../../config/schema.js';
 import { type CrashTestReport, formatBytes, newWorkloadState, runCrashTest } from './harness.js';
-import { type CrashKind, crashKinds, type CrashTestSettings, type FaultKind, faultKinds, type WorkloadKind, workloadKinds } from './plan.js';
+import { type CrashKind, crashKinds, type CrashTestSettings, type FaultKind, faultKinds, type WorkloadKind, workloadKinds, pointText } from './plan.js';
 import { replayWriteLogs } from './replay.js';
 import { runExhaustive } from './exhaustive.js';
 
@@ -101,7 +101,7 @@ export function printTable(report: CrashTestReport, say: (line: string) => void)
   say('iter  workload  crash                                      fault       cache  resync              1     2     3     4     5');
   for (const result of report.results) {
     const { plan } = result;
-    const crash = plan.crash === 'point' ? `${plan.point!.name}@${plan.point!.hit}:${plan.point!.action}` : plan.crash;
+    const crash = plan.crash === 'point' ? pointText(plan) : plan.crash;
     const mark = (verdict: string): string => (verdict.startsWith('fail') ? 'FAIL' : verdict);
     say(`${String(plan.index).padEnd(5)} ${plan.workload.padEnd(9)} ${crash.padEnd(42)} ${plan.fault.padEnd(11)} ` +
       `${(plan.cache ? 'on' : 'off').padEnd(6)} ${`${result.recoveryRegions} rg ${formatBytes(result.resyncBytes)}`.padEnd(19)} ` +
@@ -116,4 +116,11 @@ export function printTable(report: CrashTestReport, say: (line: string) => void)
     byKind.set(key, entry);
   }
   say(`by workload/crash: ${[...byKind].map(([key, entry]) => `${key} ${entry.runs - entry.failures}/${entry.runs} pass`).join(', ')}`);
+  const points = report.results.filter((result) => result.plan.crash === 'point');
+  if (points.length > 0) {
+    // A point the run never reached ends in kill -9 instead: say how many really struck where planned.
+    const struck = points.filter((result) => (result.crashed.startsWith('crash point') && !result.crashed.includes('not reached')) ||
+      result.notes.some((note) => note.startsWith('crash point') && note.includes('fired')));
+    say(`crash points: ${struck.length} of ${points.length} struck where planned, the rest were not reached and became kill -9`);
+  }
 }

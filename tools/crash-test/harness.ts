@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { adminRequest } from '../admin-client.js';
 import type { MirrorStatus } from '../../mirror/controller.js';
-import { type CrashTestSettings, describePlan, type IterationPlan, pathsIn, type Paths, planIteration, writeConfig } from './plan.js';
+import { type CrashTestSettings, describePlan, type IterationPlan, pathsIn, type Paths, planIteration, pointText, writeConfig } from './plan.js';
 import { type ServerProcess, startServerProcess } from './server-process.js';
 import { needsPreparation, prepareWorkload, runWorkload, type WorkloadContext, type WorkloadState } from './workloads.js';
 
@@ -81,7 +81,7 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
     plan, crashed: '', recoveryRegions: 0, resyncBytes: 0, invariants: { 1: 'n/a', 2: 'n/a', 3: 'n/a', 4: 'n/a', 5: 'n/a' }, notes: [],
   };
   const pointArgs = plan.point && plan.point.name !== 'resync.between-read-and-write'
-    ? ['--crash-point', `${plan.point.name}@${plan.point.hit}:${plan.point.action}`] : [];
+    ? ['--crash-point', pointText(plan)] : [];
   const context: WorkloadContext = { settings, plan, paths, state, say, result };
   if (needsPreparation(context)) {
     const preparing = await startServerProcess(['--config', paths.config]);
@@ -101,7 +101,7 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
   let server: ServerProcess;
   if (plan.point?.name === 'resync.between-read-and-write') {
     const recovering = await startServerProcess(['--config', paths.config, '--crash-point',
-      `${plan.point.name}@${plan.point.hit}:${plan.point.action}`]);
+      pointText(plan)]);
     result.recoveryRegions = Number(recovering.logs.find((entry) => entry.msg === 'listening')?.recoveryRegions ?? 0);
     const died = await Promise.race([recovering.exited.then(() => true), sleep(4000).then(() => false)]);
     if (died) result.notes.push(`crash point ${plan.point.name} fired during recovery (${crashLine(recovering)})`);
@@ -134,6 +134,8 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
   return result;
 }
 
+const pointGraceMs = 2500;
+
 /** Ends the first server as planned; resolves with what happened. */
 async function crashOnSchedule(server: ServerProcess, plan: IterationPlan, paths: Paths, workloadMs: number): Promise<string> {
   const crashAtMs = Math.round(plan.crashAt * workloadMs);
@@ -147,10 +149,12 @@ async function crashOnSchedule(server: ServerProcess, plan: IterationPlan, paths
     }
   }
   if (plan.crash === 'point' && plan.point!.name !== 'resync.between-read-and-write') {
-    const died = await Promise.race([server.exited.then(() => true), sleep(workloadMs + 500).then(() => false)]);
-    if (died) return `crash point ${plan.point!.name}@${plan.point!.hit}:${plan.point!.action} (${crashLine(server)})`;
+    // The clients keep writing a while past workloadMs, and once they stop regions go quiet and the
+    // sweeper's points come: waiting that long lets most planned points strike.
+    const died = await Promise.race([server.exited.then(() => true), sleep(workloadMs + pointGraceMs).then(() => false)]);
+    if (died) return `crash point ${pointText(plan)} (${crashLine(server)})`;
     await server.kill();
-    return `crash point ${plan.point!.name}@${plan.point!.hit} not reached; kill -9 at ${workloadMs + 500} ms`;
+    return `crash point ${pointText(plan)} not reached; kill -9 at ${workloadMs + pointGraceMs} ms`;
   }
   await Promise.race([server.exited, sleep(crashAtMs)]);
   if (plan.crash === 'power-cut') {

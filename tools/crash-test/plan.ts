@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
-import { type CrashPointName, crashPointNames } from '../../faults/crash-points.js';
+import { type CrashPointName, crashPointNames, formatCrashPlan } from '../../faults/crash-points.js';
 import { type CutPolicy, cutPolicies } from '../../faults/power-cut-device.js';
 import { randomBelow, seededRandom } from '../../faults/seeded-random.js';
 
@@ -39,8 +39,8 @@ export interface IterationPlan {
   seed: number;
   workload: WorkloadKind;
   crash: CrashKind;
-  /** For crash "point": where, which hit, and whether it cuts the power or kills. */
-  point?: { name: CrashPointName; hit: number; action: 'kill' | 'power-cut' };
+  /** For crash "point": where, which hit after how long, and whether it cuts the power or kills. */
+  point?: { name: CrashPointName; hit: number; afterMs: number; action: 'kill' | 'power-cut' };
   fault: FaultKind;
   faultSlot: number;
   cache: boolean;
@@ -74,15 +74,18 @@ export function planIteration(settings: CrashTestSettings, index: number): Itera
   };
   if (crash === 'point') {
     const name = pick(crashPointNames);
-    // Per-write points are reached thousands of times a second, sweeper points a few times.
-    const hits = name.startsWith('mirror.') ? 3000 : name.startsWith('resync.') ? 30 : 8;
-    plan.point = { name, hit: 1 + randomBelow(random, hits), action: random() < 0.5 ? 'kill' : 'power-cut' };
+    const action = random() < 0.5 ? 'kill' : 'power-cut';
+    // Every other point strikes at its first hit after the planned crash time, however often the workload
+    // reaches it. Resync runs at the restart, over only the regions the crash left dirty: an early hit.
+    plan.point = name === 'resync.between-read-and-write'
+      ? { name, hit: 1 + randomBelow(random, 8), afterMs: 0, action }
+      : { name, hit: 1, afterMs: Math.round(plan.crashAt * settings.workloadMs), action };
   }
   return plan;
 }
 
 export function describePlan(plan: IterationPlan): string {
-  const crash = plan.crash === 'point' ? `point ${plan.point!.name}@${plan.point!.hit}:${plan.point!.action}` : plan.crash;
+  const crash = plan.crash === 'point' ? `point ${pointText(plan)}` : plan.crash;
   return `#${plan.index} seed ${plan.seed}: ${plan.workload}, ${crash}, fault ${plan.fault}` +
     `${plan.fault === 'none' ? '' : ` on leg${plan.faultSlot}`}, cache ${plan.cache ? 'on' : 'off'}, cut ${plan.cutPolicies.join('/')}`;
 }
@@ -139,4 +142,10 @@ export function writeConfig(settings: CrashTestSettings, plan: IterationPlan, pa
     log: { level: 'info' },
   };
   fs.writeFileSync(paths.config, YAML.stringify(config));
+}
+
+/** The crash point as `--crash-point` takes it. */
+export function pointText(plan: IterationPlan): string {
+  const { name, ...rest } = plan.point!;
+  return formatCrashPlan({ point: name, ...rest });
 }

@@ -144,7 +144,9 @@ async function exportImage(context: WorkloadContext, server: ServerProcess): Pro
 function fioArgs(context: WorkloadContext, server: ServerProcess, half: 0 | 1, extra: string[]): string[] {
   const [start, length] = areas(context.settings.sizeBytes).fio;
   return ['--name=crash', '--ioengine=nbd', `--uri=${server.uri('crash')}`, '--rw=randwrite', '--bs=4k', '--iodepth=8',
-    `--offset=${start + half * (length / 2)}`, `--size=${length / 2}`, '--verify=crc32c', `--randseed=${context.state.fioSeed}`, ...extra];
+    `--offset=${start + half * (length / 2)}`, `--size=${length / 2}`, '--verify=crc32c', `--randseed=${context.state.fioSeed}`,
+    // A crashed job would otherwise leave its verify state file in the caller's working directory.
+    '--verify_state_save=0', ...extra];
 }
 
 /**
