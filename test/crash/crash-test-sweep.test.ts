@@ -25,6 +25,8 @@ test('raw workload: a few dozen kill -9s, crash points and power cuts, with leg 
   t.is(result.code, 0, result.stdout.split('\n').filter((line) => line.includes('FAIL')).join('\n') + result.stderr);
   const summary = /by workload\/crash: (.*)/.exec(result.stdout)?.[1] ?? '';
   for (const kind of ['raw/kill', 'raw/point', 'raw/power-cut']) t.regex(summary, new RegExp(`${kind} (\\d+)/\\1 pass`));
+  const struck = /crash points: (\d+) of (\d+) struck/.exec(result.stdout);
+  t.true(struck !== null && Number(struck[1]) > 0, `named crash points must really strike: ${struck?.[0] ?? 'no summary'}`);
   t.regex(result.stdout, new RegExp(`seed ${seed}: ${rawIterations} crashes, ${rawIterations} recoveries, 0 failing`));
 });
 
