@@ -100,14 +100,20 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
   // Recovery; a crash point inside resync strikes here, during the first restart.
   let server: ServerProcess;
   if (plan.point?.name === 'resync.between-read-and-write') {
-    const recovering = await startServerProcess(['--config', paths.config, '--crash-point',
-      pointText(plan)]);
-    result.recoveryRegions = Number(recovering.logs.find((entry) => entry.msg === 'listening')?.recoveryRegions ?? 0);
-    const died = await Promise.race([recovering.exited.then(() => true), sleep(4000).then(() => false)]);
-    if (died) result.notes.push(`crash point ${plan.point.name} fired during recovery (${crashLine(recovering)})`);
-    else {
-      result.notes.push(`crash point ${plan.point.name} not reached during recovery; killed instead`);
-      await recovering.kill();
+    const recovering = await startServerProcess(['--config', paths.config, '--crash-point', pointText(plan)]).catch((error: Error) => {
+      // Resync starts before the server listens, so an early hit can end it first: ended by a signal, that is the crash.
+      if (!/exited with null before listening/.test(error.message)) throw error;
+      result.notes.push(`crash point ${plan.point!.name} fired during recovery, before the server listened`);
+      return undefined;
+    });
+    if (recovering) {
+      result.recoveryRegions = Number(recovering.logs.find((entry) => entry.msg === 'listening')?.recoveryRegions ?? 0);
+      const died = await Promise.race([recovering.exited.then(() => true), sleep(4000).then(() => false)]);
+      if (died) result.notes.push(`crash point ${plan.point.name} fired during recovery (${crashLine(recovering)})`);
+      else {
+        result.notes.push(`crash point ${plan.point.name} not reached during recovery; killed instead`);
+        await recovering.kill();
+      }
     }
   }
   server = await startServerProcess(['--config', paths.config]);
