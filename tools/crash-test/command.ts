@@ -119,8 +119,7 @@ export function printTable(report: CrashTestReport, say: (line: string) => void)
   const points = report.results.filter((result) => result.plan.crash === 'point');
   if (points.length > 0) {
     // A point the run never reached ends in kill -9 instead: say how many really struck where planned.
-    const struck = points.filter((result) => (result.crashed.startsWith('crash point') && !result.crashed.includes('not reached')) ||
-      result.notes.some((note) => note.startsWith('crash point') && note.includes('fired')));
+    const struck = points.filter((result) => result.pointStruck);
     say(`crash points: ${struck.length} of ${points.length} struck where planned, the rest were not reached and became kill -9`);
   }
 }

@@ -13,6 +13,8 @@ export interface IterationResult {
   plan: IterationPlan;
   /** What actually ended the first server: the planned crash, or a kill when a crash point was not reached. */
   crashed: string;
+  /** For crash "point": the point struck where planned (one never reached ends in kill -9 instead). */
+  pointStruck: boolean;
   recoveryRegions: number;
   resyncBytes: number;
   invariants: Record<1 | 2 | 3 | 4 | 5, Verdict>;
@@ -78,7 +80,7 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
   say: Say): Promise<IterationResult> {
   writeConfig(settings, plan, paths);
   const result: IterationResult = {
-    plan, crashed: '', recoveryRegions: 0, resyncBytes: 0, invariants: { 1: 'n/a', 2: 'n/a', 3: 'n/a', 4: 'n/a', 5: 'n/a' }, notes: [],
+    plan, crashed: '', pointStruck: false, recoveryRegions: 0, resyncBytes: 0, invariants: { 1: 'n/a', 2: 'n/a', 3: 'n/a', 4: 'n/a', 5: 'n/a' }, notes: [],
   };
   const pointArgs = plan.point && plan.point.name !== 'resync.between-read-and-write'
     ? ['--crash-point', pointText(plan)] : [];
@@ -92,9 +94,12 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
     }
   }
   const first = await startServerProcess(['--config', paths.config, ...pointArgs]);
-  const crashed = crashOnSchedule(first, plan, paths, settings.workloadMs);
+  const crashed = crashOnSchedule(first, plan, paths, settings.workloadMs).then((ended) => {
+    result.crashed = ended.crashed;
+    result.pointStruck = ended.pointStruck;
+  });
   const workload = await runWorkload(context, first);
-  result.crashed = await crashed;
+  await crashed;
   await workload.afterCrash();
 
   // Recovery; a crash point inside resync strikes here, during the first restart.
@@ -104,11 +109,13 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
       // Resync starts before the server listens, so an early hit can end it first: ended by a signal, that is the crash.
       if (!/exited with null before listening/.test(error.message)) throw error;
       result.notes.push(`crash point ${plan.point!.name} fired during recovery, before the server listened`);
+      result.pointStruck = true;
       return undefined;
     });
     if (recovering) {
       result.recoveryRegions = Number(recovering.logs.find((entry) => entry.msg === 'listening')?.recoveryRegions ?? 0);
       const died = await Promise.race([recovering.exited.then(() => true), sleep(4000).then(() => false)]);
+      result.pointStruck = died;
       if (died) result.notes.push(`crash point ${plan.point.name} fired during recovery (${crashLine(recovering)})`);
       else {
         result.notes.push(`crash point ${plan.point.name} not reached during recovery; killed instead`);
@@ -142,8 +149,10 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
 
 const pointGraceMs = 2500;
 
-/** Ends the first server as planned; resolves with what happened. */
-async function crashOnSchedule(server: ServerProcess, plan: IterationPlan, paths: Paths, workloadMs: number): Promise<string> {
+/** Ends the first server as planned; resolves with what happened, and whether a planned crash point struck. */
+async function crashOnSchedule(server: ServerProcess, plan: IterationPlan, paths: Paths, workloadMs: number):
+  Promise<{ crashed: string; pointStruck: boolean }> {
+  const ended = (crashed: string, pointStruck = false): { crashed: string; pointStruck: boolean } => ({ crashed, pointStruck });
   const crashAtMs = Math.round(plan.crashAt * workloadMs);
   if (plan.fault !== 'none') {
     void sleep(crashAtMs * 0.4).then(() => adminRequest(paths.admin, { command: 'fault', slot: plan.faultSlot, action: 'trigger' }, undefined, 5000))
@@ -158,9 +167,9 @@ async function crashOnSchedule(server: ServerProcess, plan: IterationPlan, paths
     // The clients keep writing a while past workloadMs, and once they stop regions go quiet and the
     // sweeper's points come: waiting that long lets most planned points strike.
     const died = await Promise.race([server.exited.then(() => true), sleep(workloadMs + pointGraceMs).then(() => false)]);
-    if (died) return `crash point ${pointText(plan)} (${crashLine(server)})`;
+    if (died) return ended(`crash point ${pointText(plan)} (${crashLine(server)})`, true);
     await server.kill();
-    return `crash point ${pointText(plan)} not reached; kill -9 at ${workloadMs + pointGraceMs} ms`;
+    return ended(`crash point ${pointText(plan)} not reached; kill -9 at ${workloadMs + pointGraceMs} ms`);
   }
   await Promise.race([server.exited, sleep(crashAtMs)]);
   if (plan.crash === 'power-cut') {
@@ -168,17 +177,17 @@ async function crashOnSchedule(server: ServerProcess, plan: IterationPlan, paths
       await adminRequest(paths.admin, { command: 'power-cut' }, undefined, 5000);
     } catch (error) {
       await server.kill();
-      return `power cut refused (${(error as Error).message}); kill -9`;
+      return ended(`power cut refused (${(error as Error).message}); kill -9`);
     }
     const died = await Promise.race([server.exited.then(() => true), sleep(15_000).then(() => false)]);
     if (!died) {
       await server.kill();
-      return 'power cut did not end the server in 15 s; kill -9';
+      return ended('power cut did not end the server in 15 s; kill -9');
     }
-    return `power cut at ${crashAtMs} ms (${crashLine(server)})`;
+    return ended(`power cut at ${crashAtMs} ms (${crashLine(server)})`);
   }
   await server.kill();
-  return `kill -9 at ${crashAtMs} ms`;
+  return ended(`kill -9 at ${crashAtMs} ms`);
 }
 
 function crashLine(server: ServerProcess): string {
