@@ -6,7 +6,7 @@ import { attachThroughFuse, type LoopAttachment } from './fuse-loop.js';
 import { type IterationResult, type Say, sleep, workloadScript } from './harness.js';
 import { DurabilityOracle, readJournal, type Phase } from './oracle.js';
 import type { CrashTestSettings, IterationPlan, Paths } from './plan.js';
-import { run } from './process-tools.js';
+import { run, runOk } from './process-tools.js';
 import type { ServerProcess } from './server-process.js';
 
 /** What carries over from one iteration to the next: the device keeps its data, so the checks keep their expectations. */
@@ -150,16 +150,22 @@ function fioArgs(context: WorkloadContext, server: ServerProcess, half: 0 | 1, e
 }
 
 /**
- * Work a workload needs done before its first crash: fio's verified area is
- * written and flushed once, on a server with no crash planned, so no crash
- * can land in the middle of the area the later checks rely on.
+ * Work a workload needs done before its first crash, on a server with no
+ * crash planned and no fault triggered, so neither can land in the middle of
+ * what the later checks rely on: fio's verified area is written and flushed,
+ * ext4's filesystem is made.
  */
 export function needsPreparation(context: WorkloadContext): boolean {
-  return context.plan.workload === 'fio' && !context.state.fioAreaWritten;
+  const { plan, state } = context;
+  return (plan.workload === 'fio' && !state.fioAreaWritten) || (plan.workload === 'ext4' && !state.ext4Made);
 }
 
 export async function prepareWorkload(context: WorkloadContext, server: ServerProcess): Promise<void> {
-  if (!needsPreparation(context)) return;
+  if (context.plan.workload === 'ext4') await makeExt4(context, server);
+  else await writeFioArea(context, server);
+}
+
+async function writeFioArea(context: WorkloadContext, server: ServerProcess): Promise<void> {
   context.state.fioSeed = context.plan.seed;
   const write = await run('fio', fioArgs(context, server, 0, ['--do_verify=0']), { timeoutMs: 120_000 });
   if (write.code !== 0) throw new Error(`fio could not write its verified area: ${write.stdout}${write.stderr}`);
@@ -199,12 +205,16 @@ async function ext4CrashPhase(context: WorkloadContext, server: ServerProcess): 
   let writer: ChildProcess | undefined;
   let printed = '';
   try {
-    if (!context.state.ext4Made) {
-      const mkfs = await run('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', attachment.device], { timeoutMs: 120_000 });
-      if (mkfs.code !== 0) throw new Error(`mkfs.ext4 failed: ${mkfs.stderr}`);
-      context.state.ext4Made = true;
+    try {
+      await attachment.mount(mountPoint);
+    } catch (error) {
+      // The fault or the crash can come while the mount still writes (a full leg fails the superblock
+      // write): then nothing is written and nothing promised this time; recovery is still checked.
+      const lines = (error as Error).message.split('\n');
+      context.result.notes.push(`ext4: mount failed during the crash phase (${lines.find((line) => line.startsWith('stderr')) ?? lines[0]})`);
+      await attachment.detach();
+      return { afterCrash: async () => undefined };
     }
-    await attachment.mount(mountPoint);
     writer = spawn(python, [workloadScript(), 'files', mountPoint, String(context.plan.seed), String(context.settings.workloadMs / 1000 + 2),
       `i${context.plan.index}`], { stdio: ['ignore', 'pipe', 'ignore'] });
     writer.stdout!.on('data', (chunk: Buffer) => { printed += chunk.toString(); });
@@ -226,6 +236,17 @@ async function ext4CrashPhase(context: WorkloadContext, server: ServerProcess): 
       }
     },
   };
+}
+
+async function makeExt4(context: WorkloadContext, server: ServerProcess): Promise<void> {
+  const [offsetBytes, sizeBytes] = areas(context.settings.sizeBytes).ext4;
+  const attachment = await attachThroughFuse(server.uri('crash'), path.join(context.settings.workDir, 'ext4-mkfs'), { offsetBytes, sizeBytes });
+  try {
+    await runOk('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', attachment.device], { timeoutMs: 120_000 });
+  } finally {
+    await attachment.detach();
+  }
+  context.state.ext4Made = true;
 }
 
 async function detachQuietly(attachment: LoopAttachment): Promise<void> {
