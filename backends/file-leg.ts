@@ -23,12 +23,13 @@ export interface FileLegOptions {
   inlineReadBytesMax?: number;
   /**
    * Non-FUA writes up to this size are written from the event loop, which
-   * saves a thread-pool round trip (most of a 4 KiB write's latency). A write
-   * into the page cache takes microseconds; when one takes longer than
-   * inlineWriteStallMs the kernel is throttling writeback, and writes go to the
-   * thread pool for a second so the event loop keeps serving other clients.
-   * Only one write per event-loop turn goes inline: the rest of a burst runs
-   * on the pool, in parallel with the event loop, which has its own work.
+   * saves a thread-pool round trip (most of a 4 KiB write's CPU and latency:
+   * 4k random writes at QD32 ran at 0.42x nbdkit through the pool, 0.8x
+   * inline). A write into the page cache takes microseconds; when one takes
+   * longer than inlineWriteStallMs the kernel is throttling writeback, and
+   * writes go to the thread pool for a second so the event loop keeps serving
+   * other clients. Each event-loop turn writes at most inlineTurnBytesMax
+   * inline, which bounds how long a burst of large writes holds the loop.
    */
   inlineWriteBytesMax?: number;
   /**
@@ -40,6 +41,7 @@ export interface FileLegOptions {
 
 const inlineWriteStallMs = 1;
 const inlineWritePauseMs = 1000;
+const inlineTurnBytesMax = 1024 * 1024;
 
 /** Zero-filling falls back to plain writes of this chunk size. */
 const zeroChunkBytes = 1 << 20;
@@ -62,7 +64,8 @@ export class FileLeg implements BlockDevice {
   private fallocateWorks = native !== undefined;
   /** performance.now() before which writes avoid the event loop (see inlineWriteBytesMax). */
   private inlineWritesResumeAt = 0;
-  private inlineWriteThisTurn = false;
+  /** Bytes written inline in this event-loop turn; -1 when no turn is being counted. */
+  private inlineBytesThisTurn = -1;
 
   private constructor(
     readonly path: string,
@@ -151,10 +154,13 @@ export class FileLeg implements BlockDevice {
   async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     this.checkWritable('write');
     checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
-    if (!flags.fua && !this.inlineWriteThisTurn && data.length <= this.inlineWriteBytesMax &&
+    if (!flags.fua && data.length <= this.inlineWriteBytesMax && this.inlineBytesThisTurn < inlineTurnBytesMax &&
         performance.now() >= this.inlineWritesResumeAt) {
-      this.inlineWriteThisTurn = true;
-      setImmediate(() => { this.inlineWriteThisTurn = false; });
+      if (this.inlineBytesThisTurn < 0) {
+        this.inlineBytesThisTurn = 0;
+        setImmediate(() => { this.inlineBytesThisTurn = -1; });
+      }
+      this.inlineBytesThisTurn += data.length;
       const started = performance.now();
       try {
         pwriteAllSync(this.fd, data, offsetBytes);

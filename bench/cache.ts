@@ -8,7 +8,7 @@ import path from 'node:path';
 import { peakRssBytes, projectRoot, startServerProcess, type ServerProcess } from '../test/helpers/server-process.js';
 import { run } from '../test/helpers/tools.js';
 import { type FioJob, type FioResult, runFio } from './fio.js';
-import { figure, fill, mirrorArgs } from './mirror.js';
+import { figure, fill, mirrorArgs, mirrorLegs } from './mirror.js';
 
 const dirtyLimitMiB = 64;
 /** Capacity equal to the dirty limit: peak memory is then compared against the dirty limit alone. */
@@ -49,8 +49,8 @@ export async function benchCache(options: { dir: string; sizeBytes: number; seco
     for (const job of cacheJobs) {
       const best: { cached?: FioResult; without?: FioResult } = {};
       for (let round = 0; round < rounds; round += 1) {
-        const a = await runFio(cached.uri(), job, seconds, sizeBytes);
-        const b = await runFio(without.uri(), job, seconds, sizeBytes);
+        const a = await runFio(cached.uri(), job, seconds, sizeBytes, mirrorLegs(dir, 'cached'));
+        const b = await runFio(without.uri(), job, seconds, sizeBytes, mirrorLegs(dir, 'uncached'));
         if (!best.cached || a.iops > best.cached.iops) best.cached = a;
         if (!best.without || b.iops > best.without.iops) best.without = b;
       }

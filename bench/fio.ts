@@ -1,4 +1,5 @@
 import { run } from '../test/helpers/tools.js';
+import { settleFiles } from './file-cache.js';
 
 export interface FioJob {
   name: string;
@@ -15,14 +16,22 @@ export interface FioResult {
   latencyMeanUs: number;
 }
 
-/** Runs one time-based fio job with the nbd engine against `uri`. */
-export async function runFio(uri: string, job: FioJob, seconds: number, sizeBytes: number): Promise<FioResult> {
+/**
+ * Runs one time-based fio job with the nbd engine against `uri`. `files` are
+ * the server's backing files: they are put in the same page-cache state
+ * before every run (see file-cache.ts).
+ */
+export async function runFio(uri: string, job: FioJob, seconds: number, sizeBytes: number, files: string[]): Promise<FioResult> {
+  await settleFiles(files, job.rw.includes('read'));
   const args = [
     '--name', job.name, '--ioengine=nbd', `--uri=${uri}`, `--rw=${job.rw}`, `--bs=${job.blockSize}`,
     `--iodepth=${job.iodepth}`, `--size=${sizeBytes}`, '--time_based', `--runtime=${seconds}`,
     '--ramp_time=1', '--randrepeat=0', '--norandommap', '--output-format=json',
   ];
   if (job.fsyncEvery !== undefined) args.push(`--fsync=${job.fsyncEvery}`);
+  // A write job flushes when it ends, so its dirty pages are written back on
+  // its own time, not during the next server's run (which they slowed by up to 2x).
+  if (job.rw.includes('write')) args.push('--end_fsync=1');
   const result = await run('fio', args, { timeoutMs: (seconds + 60) * 1000 });
   if (result.code !== 0) throw new Error(`fio ${job.name} failed: ${result.stderr}`);
   const parsed = JSON.parse(result.stdout.slice(result.stdout.indexOf('{'))) as {

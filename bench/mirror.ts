@@ -19,9 +19,14 @@ const mirrorJobs: FioJob[] = [
 
 /** A two-leg mirror's serve flags; without the page cache unless asked (its settings then come from the --config file). */
 export function mirrorArgs(dir: string, name: string, sizeBytes: number, sweepIntervalMs: number, cache = false): string[] {
-  return ['--leg', path.join(dir, `${name}-0.img`), path.join(dir, `${name}-1.img`), '--log', path.join(dir, `${name}.log`),
+  return ['--leg', ...mirrorLegs(dir, name), '--log', path.join(dir, `${name}.log`),
     '--admin', path.join(dir, `${name}.sock`), '--size', String(sizeBytes), '--sweep-interval-ms', String(sweepIntervalMs), '--no-unix',
     cache ? '--cache' : '--no-cache'];
+}
+
+/** The leg files of the mirror mirrorArgs names. */
+export function mirrorLegs(dir: string, name: string): string[] {
+  return [path.join(dir, `${name}-0.img`), path.join(dir, `${name}-1.img`)];
 }
 
 export function figure(job: FioJob, result: FioResult): string {
@@ -34,7 +39,8 @@ export async function fill(uri: string, sizeBytes: number): Promise<void> {
   if (result.code !== 0) throw new Error(`fill failed: ${result.stderr}`);
 }
 
-export async function benchMirror(options: { dir: string; singleUri: string; nbdkitUri: string; sizeBytes: number; seconds: number; rounds: number }):
+export async function benchMirror(options: { dir: string; singleUri: string; singleFile: string; nbdkitUri: string; nbdkitFile: string;
+  sizeBytes: number; seconds: number; rounds: number }):
   Promise<void> {
   const { dir, sizeBytes, seconds, rounds } = options;
   console.log('\nmirror (2 legs, region log, sweeper every 3 s) vs single-file export vs nbdkit file');
@@ -44,8 +50,10 @@ export async function benchMirror(options: { dir: string; singleUri: string; nbd
     for (const job of mirrorJobs) {
       const best: Record<'mirror' | 'single' | 'nbdkit', FioResult | undefined> = { mirror: undefined, single: undefined, nbdkit: undefined };
       for (let round = 0; round < rounds; round += 1) {
-        for (const [key, uri] of [['mirror', mirror.uri()], ['single', options.singleUri], ['nbdkit', options.nbdkitUri]] as const) {
-          const result = await runFio(uri, job, seconds, sizeBytes);
+        const servers = [['mirror', mirror.uri(), mirrorLegs(dir, 'mirror')], ['single', options.singleUri, [options.singleFile]],
+          ['nbdkit', options.nbdkitUri, [options.nbdkitFile]]] as const;
+        for (const [key, uri, files] of servers) {
+          const result = await runFio(uri, job, seconds, sizeBytes, [...files]);
           if (!best[key] || result.iops > best[key]!.iops) best[key] = result;
         }
       }
@@ -81,7 +89,7 @@ async function logCost(options: { dir: string; sizeBytes: number; seconds: numbe
         const before = await status(server, options.dir, `log-${name}`);
         let best: FioResult | undefined;
         for (let round = 0; round < options.rounds; round += 1) {
-          const result = await runFio(server.uri(), job, options.seconds, options.sizeBytes);
+          const result = await runFio(server.uri(), job, options.seconds, options.sizeBytes, mirrorLegs(options.dir, `log-${name}`));
           if (!best || result.iops > best.iops) best = result;
         }
         const after = await status(server, options.dir, `log-${name}`);

@@ -17,6 +17,7 @@ import {
   structuredNone, writeOffsetDataPrefix, writeSimpleHeader,
 } from './replies.js';
 import { parseRequestHeader, type RequestHeader, validateRequest } from './requests.js';
+import { defaultSocketReaderOptions, SocketReader, type SocketReaderOptions } from './socket-reader.js';
 
 export interface ConnectionOptions {
   /** A client that has not reached transmission by then is disconnected. */
@@ -29,6 +30,10 @@ export interface ConnectionOptions {
   sparseReadBytesMin: number;
   /** Large reply and payload buffers are reused from here. */
   bufferPool: BufferPool;
+  /** How received bytes are placed (see socket-reader.ts). */
+  reader: SocketReaderOptions;
+  /** false: leave the accepted socket as Node made it (every byte through the parse queue). */
+  directReads: boolean;
   logger: Logger;
 }
 
@@ -38,7 +43,16 @@ export const defaultConnectionOptions: Omit<ConnectionOptions, 'logger'> = {
   inFlightBytesMax: 256 * 1024 * 1024,
   sparseReadBytesMin: 65536,
   bufferPool: new BufferPool(64 * 1024 * 1024),
+  reader: defaultSocketReaderOptions,
+  directReads: true,
 };
+
+interface PendingWrite {
+  request: RequestHeader;
+  offsetBytes: number;
+  target: PooledBuffer | undefined;
+  filledBytes: number;
+}
 
 type Phase = 'client-flags' | 'options' | 'transmission' | 'closing' | 'closed';
 
@@ -59,7 +73,10 @@ export class Connection {
   private drainBytes = 0;
   private drainThen: (() => void) | undefined;
   private pendingOption: { option: number; lengthBytes: number } | undefined;
-  private pendingWrite: { request: RequestHeader; offsetBytes: number } | undefined;
+  /** A WRITE whose payload is arriving; `filledBytes` of it are in `target` already. */
+  private pendingWrite: PendingWrite | undefined;
+  private readonly socket: net.Socket;
+  private readonly reader: SocketReader;
   private entry: ExportEntry | undefined;
   private device: BlockDevice | undefined;
   private transmissionFlags = 0;
@@ -77,17 +94,23 @@ export class Connection {
   private resolveClosed!: () => void;
 
   constructor(
-    private readonly socket: net.Socket,
+    accepted: net.Socket,
     private readonly exports: ExportTable,
     private readonly options: ConnectionOptions,
     private readonly isShuttingDown: () => boolean,
   ) {
     this.closed = new Promise((resolve) => { this.resolveClosed = resolve; });
+    this.reader = new SocketReader(accepted, {
+      directTarget: () => this.directTarget(),
+      onChunk: (chunk) => {
+        this.input.push(chunk);
+        this.pump();
+      },
+      onDirect: (byteCount) => this.onDirectBytes(byteCount),
+    }, options.reader, options.directReads);
+    const socket = this.reader.socket;
+    this.socket = socket;
     socket.setNoDelay?.(true);
-    socket.on('data', (chunk: Buffer) => {
-      this.input.push(chunk);
-      this.pump();
-    });
     socket.on('drain', () => this.updateFlow());
     socket.on('error', (error) => this.options.logger.debug({ err: error }, 'socket error'));
     socket.on('close', () => this.onClose());
@@ -101,6 +124,11 @@ export class Connection {
     greeting.writeBigUInt64BE(IHAVEOPT, 8);
     greeting.writeUInt16BE(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES, 16);
     socket.write(greeting);
+  }
+
+  /** Payload bytes received straight into their buffers (see socket-reader.ts). */
+  get directBytesReceived(): number {
+    return this.reader.directBytes;
   }
 
   get inTransmission(): boolean {
@@ -218,20 +246,7 @@ export class Connection {
       this.input.clear();
       return false;
     }
-    if (this.pendingWrite !== undefined) {
-      const { request, offsetBytes } = this.pendingWrite;
-      if (this.input.length < request.lengthBytes) return false;
-      this.pendingWrite = undefined;
-      const view = this.input.takeIfContiguous(request.lengthBytes);
-      if (view !== undefined) {
-        this.dispatch(request, offsetBytes, view, undefined);
-      } else {
-        const pooled = this.options.bufferPool.acquire(request.lengthBytes);
-        this.input.copyInto(pooled.buffer, 0, request.lengthBytes);
-        this.dispatch(request, offsetBytes, pooled.buffer, pooled);
-      }
-      return true;
-    }
+    if (this.pendingWrite !== undefined) return this.fillPendingWrite();
     if (this.inFlightRequests >= this.options.inFlightRequestsMax || this.inFlightBytes >= this.options.inFlightBytesMax) {
       this.updateFlow();
       return false;
@@ -264,11 +279,55 @@ export class Connection {
       return true;
     }
     if (request.type === Command.WRITE) {
-      this.pendingWrite = { request, offsetBytes: verdict.offsetBytes };
+      this.pendingWrite = { request, offsetBytes: verdict.offsetBytes, target: undefined, filledBytes: 0 };
       return true;
     }
     this.dispatch(request, verdict.offsetBytes, undefined, undefined);
     return true;
+  }
+
+  /**
+   * Moves queued payload bytes into the pending WRITE. A payload that is all
+   * in one queued chunk is used in place; otherwise it gets its own buffer,
+   * filled as bytes arrive, so the rest can be received straight into it.
+   */
+  private fillPendingWrite(): boolean {
+    const pending = this.pendingWrite!;
+    const lengthBytes = pending.request.lengthBytes;
+    if (pending.target === undefined) {
+      if (this.input.length >= lengthBytes) {
+        const view = this.input.takeIfContiguous(lengthBytes);
+        if (view !== undefined) {
+          this.pendingWrite = undefined;
+          this.dispatch(pending.request, pending.offsetBytes, view, undefined);
+          return true;
+        }
+      }
+      pending.target = this.options.bufferPool.acquire(lengthBytes);
+    }
+    pending.filledBytes += this.input.copyInto(pending.target.buffer, pending.filledBytes, lengthBytes - pending.filledBytes);
+    if (pending.filledBytes < lengthBytes) return false;
+    this.pendingWrite = undefined;
+    this.dispatch(pending.request, pending.offsetBytes, pending.target.buffer, pending.target);
+    return true;
+  }
+
+  private directTarget(): Buffer | undefined {
+    const pending = this.pendingWrite;
+    // Only when nothing queued precedes the bytes, so they land in order.
+    if (pending?.target === undefined || this.input.length > 0 || this.stopReading || this.phase !== 'transmission') {
+      return undefined;
+    }
+    return pending.target.buffer.subarray(pending.filledBytes);
+  }
+
+  private onDirectBytes(byteCount: number): void {
+    const pending = this.pendingWrite;
+    assert(pending?.target !== undefined && this.input.length === 0, 'direct read without a pending write');
+    pending.filledBytes += byteCount;
+    assert(pending.filledBytes <= pending.request.lengthBytes, 'direct read past the payload');
+    if (this.phase === 'closed' || this.phase === 'closing') return;
+    this.pump();
   }
 
   private dispatch(
@@ -459,10 +518,10 @@ export class Connection {
       this.inFlightBytes >= this.options.inFlightBytesMax;
     if (shouldPause && !this.readingPaused) {
       this.readingPaused = true;
-      this.socket.pause();
+      this.reader.setPaused(true);
     } else if (!shouldPause && this.readingPaused) {
       this.readingPaused = false;
-      this.socket.resume();
+      this.reader.setPaused(false);
       this.pump();
     }
   }

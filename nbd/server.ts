@@ -29,6 +29,7 @@ export class NbdServer {
   private readonly connections = new Set<Connection>();
   private shuttingDown = false;
   private nextConnectionId = 1;
+  private directBytesOfClosed = 0;
 
   constructor(private readonly exports: ExportTable, private readonly options: ServerOptions) {
     assert(options.maxConnections > 0);
@@ -36,6 +37,13 @@ export class NbdServer {
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** WRITE payload bytes the kernel copied straight into their buffers, over all connections so far. */
+  get directBytesReceived(): number {
+    let total = this.directBytesOfClosed;
+    for (const connection of this.connections) total += connection.directBytesReceived;
+    return total;
   }
 
   async listen(): Promise<ListenAddresses> {
@@ -67,7 +75,8 @@ export class NbdServer {
   }
 
   private createListener(): net.Server {
-    const server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // Paused: the connection takes the socket over before any byte is read (see socket-reader.ts).
+    const server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     server.on('error', (error) => this.options.logger.error({ err: error }, 'listener error'));
     this.listeners.push(server);
     return server;
@@ -90,6 +99,7 @@ export class NbdServer {
     this.connections.add(connection);
     logger.debug('connected');
     void connection.closed.then(() => {
+      this.directBytesOfClosed += connection.directBytesReceived;
       this.connections.delete(connection);
       logger.debug('disconnected');
     });
