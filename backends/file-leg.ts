@@ -27,8 +27,10 @@ export interface FileLegOptions {
    * 4k random writes at QD32 ran at 0.42x nbdkit through the pool, 0.8x
    * inline). A write into the page cache takes microseconds; when one takes
    * longer than inlineWriteStallMs the kernel is throttling writeback, and
-   * writes go to the thread pool for a second so the event loop keeps serving
-   * other clients. Each event-loop turn writes at most inlineTurnBytesMax
+   * writes go to the thread pool for 100 times as long as that call took
+   * (0.1 to 2 s), so the event loop keeps serving other clients: a one-off
+   * 1 ms hiccup costs little, sustained throttling blocks the loop about 1%
+   * of the time. Each event-loop turn writes at most inlineTurnBytesMax
    * inline, which bounds how long a burst of large writes holds the loop.
    */
   inlineWriteBytesMax?: number;
@@ -40,7 +42,9 @@ export interface FileLegOptions {
 }
 
 const inlineWriteStallMs = 1;
-const inlineWritePauseMs = 1000;
+const inlineWritePausePerStallMs = 100;
+const inlineWritePauseMinMs = 100;
+const inlineWritePauseMaxMs = 2000;
 const inlineTurnBytesMax = 1024 * 1024;
 
 /** Zero-filling falls back to plain writes of this chunk size. */
@@ -168,7 +172,11 @@ export class FileLeg implements BlockDevice {
         throw toBlockError(error, `write ${this.path} at ${offsetBytes}`);
       }
       const finished = performance.now();
-      if (finished - started > inlineWriteStallMs) this.inlineWritesResumeAt = finished + inlineWritePauseMs;
+      const tookMs = finished - started;
+      if (tookMs > inlineWriteStallMs) {
+        const pauseMs = Math.min(inlineWritePauseMaxMs, Math.max(inlineWritePauseMinMs, tookMs * inlineWritePausePerStallMs));
+        this.inlineWritesResumeAt = finished + pauseMs;
+      }
       return;
     }
     try {
