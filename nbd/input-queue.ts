@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 
 /**
- * Bytes received but not yet parsed. Socket chunks are fresh buffers that
- * Node never reuses, so a run that lies inside one chunk is returned as a
- * zero-copy view; only runs that span chunks are copied.
+ * Bytes received but not yet parsed. Chunks are never written again once
+ * pushed (Node's fresh buffers, or the socket reader's slab views, which it
+ * only ever advances past), so a run that lies inside one chunk is returned
+ * as a zero-copy view; only runs that span chunks are copied.
  */
 export class InputQueue {
   private chunks: Buffer[] = [];
