@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { adminRequest } from '../../tools/admin-client.js';
@@ -54,4 +55,7 @@ test(`kill -9 under overlapping writes from two connections, ${iterations} seede
   t.is(await server.stop(), 0);
   const comparison = legsIdentical([path.join(dir, 'leg0.img'), path.join(dir, 'leg1.img')], sizeBytes);
   t.true(comparison.identical, `legs differ at byte ${comparison.firstDifference} (seeds ${seeds.join(', ')})`);
+  // Kept when the legs differ, so they can be examined.
+  if (comparison.identical) fs.rmSync(dir, { recursive: true, force: true });
+  else t.log(`legs kept in ${dir}`);
 });
