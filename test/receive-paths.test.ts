@@ -23,19 +23,20 @@ const sizeBytes = 32 * 1024 * 1024;
 
 interface Harness {
   server: NbdServer;
-  port: number;
+  /** Where clients connect: a TCP port, or the unix socket path. */
+  address: number | string;
   close(): Promise<void>;
 }
 
-async function startServer(t: ExecutionContext, options: { directReads: boolean; inFlightRequestsMax?: number }):
-  Promise<Harness> {
+async function startServer(t: ExecutionContext,
+  options: { directReads: boolean; inFlightRequestsMax?: number; unix?: boolean }): Promise<Harness> {
   const dir = makeTempDir('receive');
   const leg = await FileLeg.open({ path: path.join(dir, 'leg.img'), createSizeBytes: sizeBytes });
   const entry = { name: '', description: '', device: leg, readOnly: false };
   const exports: ExportTable = { find: () => entry, list: () => [entry] };
   const server = new NbdServer(exports, {
-    tcp: { host: '127.0.0.1', port: 0 },
-    unixPath: undefined,
+    tcp: options.unix ? undefined : { host: '127.0.0.1', port: 0 },
+    unixPath: options.unix ? path.join(dir, 'nbd.sock') : undefined,
     maxConnections: 8,
     connection: {
       ...defaultConnectionOptions,
@@ -51,11 +52,11 @@ async function startServer(t: ExecutionContext, options: { directReads: boolean;
     fs.rmSync(dir, { recursive: true, force: true });
   };
   t.teardown(close);
-  return { server, port: addresses.tcp!.port, close };
+  return { server, address: addresses.unixPath ?? addresses.tcp!.port, close };
 }
 
-async function attach(port: number): Promise<RawClient> {
-  const client = await RawClient.connect(port);
+async function attach(address: number | string): Promise<RawClient> {
+  const client = await RawClient.connect(address);
   await client.greet();
   await client.go();
   return client;
@@ -97,7 +98,7 @@ function seededRandom(seed: number): () => number {
 async function pipelinedWritesReadBack(t: ExecutionContext, harness: Harness, seed: number): Promise<void> {
   const random = seededRandom(seed);
   const model = Buffer.alloc(sizeBytes);
-  const client = await attach(harness.port);
+  const client = await attach(harness.address);
   const parts: Buffer[] = [];
   let cookie = 1n;
   // Overlapping writes on one connection apply in order, so the model is the last writer's bytes.
@@ -132,6 +133,12 @@ for (const directReads of [true, false]) {
   });
 }
 
+test('a unix socket client gets the same receive paths', async (t) => {
+  const harness = await startServer(t, { directReads: true, unix: true });
+  await pipelinedWritesReadBack(t, harness, 14);
+  t.true(harness.server.directBytesReceived > 0, 'no payload took the direct path');
+});
+
 test('flow control pausing mid-payload loses nothing (two requests in flight at most)', async (t) => {
   const harness = await startServer(t, { directReads: true, inFlightRequestsMax: 2 });
   await pipelinedWritesReadBack(t, harness, 13);
@@ -140,8 +147,8 @@ test('flow control pausing mid-payload loses nothing (two requests in flight at 
 
 test('a client that hangs up in the middle of a large payload harms no one else', async (t) => {
   const harness = await startServer(t, { directReads: true });
-  const healthy = await attach(harness.port);
-  const quitter = await attach(harness.port);
+  const healthy = await attach(harness.address);
+  const quitter = await attach(harness.address);
   const payload = crypto.randomBytes(2 * 1024 * 1024);
   await quitter.write(Buffer.concat([requestHeader(WRITE, 1n, 0, payload.length), payload.subarray(0, 700_000)]));
   await new Promise((resolve) => setTimeout(resolve, 50));
@@ -158,4 +165,16 @@ test('a client that hangs up in the middle of a large payload harms no one else'
   t.is((await healthy.readSimpleReply()).error, 0);
   t.true((await healthy.read(mine.length)).equals(mine));
   healthy.destroy();
+});
+
+test('shutting down while a large payload is half received does not wait for the rest', async (t) => {
+  const harness = await startServer(t, { directReads: true });
+  const client = await attach(harness.address);
+  const payload = crypto.randomBytes(4 * 1024 * 1024);
+  await client.write(Buffer.concat([requestHeader(WRITE, 1n, 0, payload.length), payload.subarray(0, 1_500_000)]));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  const started = Date.now();
+  await harness.server.shutdown();
+  t.true(Date.now() - started < 3000, 'shutdown waited for a payload that was never going to come');
+  t.true(await client.closedWithin(3000));
 });

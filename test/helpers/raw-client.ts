@@ -24,9 +24,11 @@ export class RawClient {
     socket.on('error', () => undefined);
   }
 
-  static connect(port: number): Promise<RawClient> {
+  /** A TCP port on 127.0.0.1, or a unix socket path. */
+  static connect(where: number | string): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const socket = net.connect({ host: '127.0.0.1', port }, () => resolve(new RawClient(socket)));
+      const options = typeof where === 'number' ? { host: '127.0.0.1', port: where } : { path: where };
+      const socket = net.connect(options, () => resolve(new RawClient(socket)));
       socket.once('error', reject);
     });
   }
