@@ -24,8 +24,8 @@ export interface FileLegOptions {
   /**
    * Non-FUA writes up to this size are written from the event loop, which
    * saves a thread-pool round trip (most of a 4 KiB write's CPU and latency:
-   * 4k random writes at QD32 ran at 0.42x nbdkit through the pool, 0.8x
-   * inline). A write into the page cache takes microseconds; when one takes
+   * 4k random writes at QD32 ran at 0.42x nbdkit through the pool,
+   * 0.65-0.77x inline). A write into the page cache takes microseconds; when one takes
    * longer than inlineWriteStallMs the kernel is throttling writeback, and
    * writes go to the thread pool for 100 times as long as that call took
    * (0.1 to 2 s), so the event loop keeps serving other clients: a one-off
