@@ -518,10 +518,10 @@ export class Connection {
       this.inFlightBytes >= this.options.inFlightBytesMax;
     if (shouldPause && !this.readingPaused) {
       this.readingPaused = true;
-      this.reader.setPaused(true);
+      this.socket.pause();
     } else if (!shouldPause && this.readingPaused) {
       this.readingPaused = false;
-      this.reader.setPaused(false);
+      this.socket.resume();
       this.pump();
     }
   }

@@ -55,8 +55,6 @@ const slabRoomMinBytes = 16 * 1024;
  */
 export class SocketReader {
   readonly socket: net.Socket;
-  /** Whether payloads can be received straight into their buffers. */
-  readonly directReads: boolean;
   private slab: Buffer;
   private slabUsedBytes = 0;
   /** The payload view libuv is reading into, if any. */
@@ -70,7 +68,6 @@ export class SocketReader {
     const handle = (accepted as unknown as { _handle?: unknown })._handle;
     if (!transfer || typeof handle !== 'object' || handle === null || accepted.destroyed) {
       this.socket = accepted;
-      this.directReads = false;
       accepted.on('data', (chunk: Buffer) => sink.onChunk(chunk));
       if (accepted.isPaused()) accepted.resume();
       return;
@@ -79,17 +76,10 @@ export class SocketReader {
     // socket (which keeps the server's connection count right) cannot close it.
     (accepted as unknown as { _handle: unknown })._handle = null;
     accepted.destroy();
-    this.directReads = true;
     this.socket = new net.Socket({
       handle, readable: true, writable: true,
       onread: { buffer: () => this.nextBuffer(), callback: (count: number, buffer: Uint8Array) => this.onRead(count, buffer) },
     } as net.SocketConstructorOpts);
-  }
-
-  /** Flow control. With onread, pause() stops libuv reading at once. */
-  setPaused(paused: boolean): void {
-    if (paused) this.socket.pause();
-    else this.socket.resume();
   }
 
   private nextBuffer(): Buffer {
