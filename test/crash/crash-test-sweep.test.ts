@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { cliPath } from '../helpers/server-process.js';
 import { run } from '../helpers/tools.js';
 
@@ -18,28 +18,34 @@ async function crashTest(t: { log(message: string): void }, args: string[], time
   return result;
 }
 
+/**
+ * One sweep over every crash kind and leg fault with the cache on and off:
+ * it must exit cleanly with every iteration recovered. Returns the output and
+ * its "by workload/crash" summary for the caller's own checks.
+ */
+async function sweep(t: ExecutionContext, workloads: string, iterations: number, timeoutMs: number):
+  Promise<{ stdout: string; summary: string }> {
+  const result = await crashTest(t, ['--iterations', String(iterations), '--workloads', workloads, '--crashes', 'kill,point,power-cut',
+    '--faults', 'none,leg-eio,leg-enospc', '--cache', 'mixed'], timeoutMs);
+  t.is(result.code, 0, result.stdout.split('\n').filter((line) => line.includes('FAIL')).join('\n') + result.stderr);
+  t.regex(result.stdout, new RegExp(`seed ${seed}: ${iterations} crashes, ${iterations} recoveries, 0 failing`));
+  return { stdout: result.stdout, summary: /by workload\/crash: (.*)/.exec(result.stdout)?.[1] ?? '' };
+}
+
 test('raw workload: a few dozen kill -9s, crash points and power cuts, with leg faults and the cache on and off', async (t) => {
   t.timeout(15 * 60_000);
-  const result = await crashTest(t, ['--iterations', String(rawIterations), '--workloads', 'raw', '--crashes', 'kill,point,power-cut',
-    '--faults', 'none,leg-eio,leg-enospc', '--cache', 'mixed'], 14 * 60_000);
-  t.is(result.code, 0, result.stdout.split('\n').filter((line) => line.includes('FAIL')).join('\n') + result.stderr);
-  const summary = /by workload\/crash: (.*)/.exec(result.stdout)?.[1] ?? '';
+  const { stdout, summary } = await sweep(t, 'raw', rawIterations, 14 * 60_000);
   for (const kind of ['raw/kill', 'raw/point', 'raw/power-cut']) t.regex(summary, new RegExp(`${kind} (\\d+)/\\1 pass`));
-  const struck = /crash points: (\d+) of (\d+) struck/.exec(result.stdout);
+  const struck = /crash points: (\d+) of (\d+) struck/.exec(stdout);
   t.true(struck !== null && Number(struck[1]) > 0, `named crash points must really strike: ${struck?.[0] ?? 'no summary'}`);
-  t.regex(result.stdout, new RegExp(`seed ${seed}: ${rawIterations} crashes, ${rawIterations} recoveries, 0 failing`));
 });
 
 const clientIterations = Number(process.env.CRASH_TEST_CLIENT_ITERATIONS ?? 36);
 
 test('fio and ext4 through real clients (fio nbd engine, nbdfuse + loop + ext4) survive crashes, leg faults and the cache', async (t) => {
   t.timeout(12 * 60_000);
-  const result = await crashTest(t, ['--iterations', String(clientIterations), '--workloads', 'fio,ext4', '--crashes', 'kill,point,power-cut',
-    '--faults', 'none,leg-eio,leg-enospc', '--cache', 'mixed'], 11 * 60_000);
-  t.is(result.code, 0, result.stdout.split('\n').filter((line) => line.includes('FAIL')).join('\n') + result.stderr);
-  const summary = /by workload\/crash: (.*)/.exec(result.stdout)?.[1] ?? '';
+  const { summary } = await sweep(t, 'fio,ext4', clientIterations, 11 * 60_000);
   for (const workload of ['fio', 'ext4']) t.regex(summary, new RegExp(`${workload}/(kill|point|power-cut) \\d+/\\d+ pass`));
-  t.regex(result.stdout, new RegExp(`seed ${seed}: ${clientIterations} crashes, ${clientIterations} recoveries, 0 failing`));
 });
 
 test('--replay rebuilds each leg at every flush and FUA mark from its write log, and every state keeps its promises', async (t) => {
