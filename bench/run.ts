@@ -42,6 +42,12 @@ function format(job: FioJob, result: FioResult): string {
 }
 
 async function main(): Promise<void> {
+  // Checked before 2 GiB of files are written for nothing.
+  const picked = process.env.BENCH_JOBS?.split(',');
+  const unknown = picked?.filter((name) => !jobs.some((job) => job.name === name)) ?? [];
+  if (unknown.length > 0) {
+    throw new Error(`BENCH_JOBS: no job named ${unknown.join(', ')}; the jobs are ${jobs.map((job) => job.name).join(', ')}`);
+  }
   const dir = makeTempDir('bench');
   const ours = path.join(dir, 'ours.img');
   const theirs = path.join(dir, 'nbdkit.img');
@@ -56,7 +62,6 @@ async function main(): Promise<void> {
   const nbdkit = await startNbdkit(theirs);
   try {
     const only = process.env.BENCH_ONLY;
-    const picked = process.env.BENCH_JOBS?.split(',');
     for (const job of only === undefined || only === 'plain' ? jobs.filter((j) => picked?.includes(j.name) ?? true) : []) {
       let best: { ours?: FioResult; nbdkit?: FioResult } = {};
       for (let round = 0; round < rounds; round += 1) {
