@@ -3,7 +3,7 @@ import { type FaultOp, faultOps, type FaultPlan, type FaultRule } from '../backe
 import type { LegSpec, ThinSpec } from '../backends/leg-spec.js';
 import { type CrashPlan, parseCrashPlan } from '../faults/crash-points.js';
 import type { DeviceWrap } from '../faults/device-wrap.js';
-import { type CutPolicy, cutPolicies } from '../faults/power-cut-device.js';
+import { type CutPolicy, cutPolicies, defaultSectorBytes, validSectorBytes } from '../faults/power-cut-device.js';
 import type { ReadPolicy } from '../mirror/mirror-device.js';
 import type { PageCacheOptions } from '../pagecache/page-cache.js';
 
@@ -253,12 +253,14 @@ function parseDeviceWrap(entry: Record<string, unknown>, key: string, baseDir: s
   if (entry.faults !== undefined && entry.faults !== null) wrap.faults = parseFaultPlan(entry.faults, `${key}.faults`);
   if (entry.powerCut !== undefined && entry.powerCut !== null) {
     const cut = objectAt(entry.powerCut, `${key}.powerCut`);
-    rejectUnknownKeys(cut, ['policy', 'seed'], `${key}.powerCut`);
+    rejectUnknownKeys(cut, ['policy', 'seed', 'sectorBytes'], `${key}.powerCut`);
     const policy = cut.policy ?? 'torn';
     if (!cutPolicies.includes(policy as CutPolicy)) {
       throw new ConfigError(`${key}.powerCut.policy`, `must be one of ${cutPolicies.join(', ')}`);
     }
-    wrap.powerCut = { policy: policy as CutPolicy, seed: integerAt(cut.seed, `${key}.powerCut.seed`, 1, 0, 2 ** 32 - 1) };
+    const sectorBytes = integerAt(cut.sectorBytes, `${key}.powerCut.sectorBytes`, defaultSectorBytes, 512, 65536);
+    if (!validSectorBytes(sectorBytes)) throw new ConfigError(`${key}.powerCut.sectorBytes`, 'must be a power of two from 512 to 65536');
+    wrap.powerCut = { policy: policy as CutPolicy, seed: integerAt(cut.seed, `${key}.powerCut.seed`, 1, 0, 2 ** 32 - 1), sectorBytes };
   }
   if (entry.writeLog !== undefined && entry.writeLog !== null) {
     wrap.writeLog = path.resolve(baseDir, stringAt(entry.writeLog, `${key}.writeLog`, undefined, false));

@@ -6,7 +6,7 @@ import { WriteLogDevice } from './write-log-device.js';
 /** The crash toolkit's devices to slide under a leg or the region log, as configured. */
 export interface DeviceWrap {
   faults?: FaultPlan;
-  powerCut?: { policy: CutPolicy; seed: number };
+  powerCut?: { policy: CutPolicy; seed: number; sectorBytes?: number };
   /** Path of a write log to record into (created, or appended to after a restart). */
   writeLog?: string;
 }

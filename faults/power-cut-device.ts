@@ -6,6 +6,7 @@ import { seededRandom } from './seeded-random.js';
  * What a power cut does to the sectors written since the last flush:
  * `keep` all of them, `drop` all of them, or `torn`: each sector
  * independently kept or dropped, so one write can survive in part.
+ * A sector is the disk's atomic unit (`sectorBytes`): a cut never splits one.
  */
 export type CutPolicy = 'keep' | 'drop' | 'torn';
 export const cutPolicies: CutPolicy[] = ['keep', 'drop', 'torn'];
@@ -15,6 +16,20 @@ export interface PowerCutOptions {
   name: string;
   policy: CutPolicy;
   seed: number;
+  /**
+   * The unit a cut keeps or drops whole, like a disk's physical sector
+   * (default 512, the finest a disk tears). Filesystems assume more: ext4
+   * rewrites its 1 KiB superblock in place and cannot mount it half old, half
+   * new, which a 4096-byte physical sector (and the host page a file leg is
+   * written back in) never produces.
+   */
+  sectorBytes?: number;
+}
+
+export const defaultSectorBytes = 512;
+
+export function validSectorBytes(bytes: number): boolean {
+  return Number.isInteger(bytes) && bytes >= 512 && bytes <= 65536 && (bytes & (bytes - 1)) === 0;
 }
 
 export interface CutReport {
@@ -24,8 +39,6 @@ export interface CutReport {
   keptSectors: number;
   droppedSectors: number;
 }
-
-const sectorBytes = 512;
 
 /**
  * Models a disk with a volatile write cache (FoundationDB's non-durable file,
@@ -54,10 +67,13 @@ export class PowerCutDevice implements BlockDevice {
   private innerRunning = new Set<Promise<unknown>>();
   private cutting = false;
   private readonly random: () => number;
+  private readonly sectorBytes: number;
   /** Runs when a cut begins, before anything is rolled back (a write log below records the cut). */
   onCut: (() => void) | undefined;
 
   constructor(readonly inner: BlockDevice, readonly options: PowerCutOptions) {
+    this.sectorBytes = options.sectorBytes ?? defaultSectorBytes;
+    if (!validSectorBytes(this.sectorBytes)) throw new RangeError(`sectorBytes ${this.sectorBytes}: must be a power of two from 512 to 65536`);
     this.sizeBytes = inner.sizeBytes;
     this.blockSizeBytes = inner.blockSizeBytes;
     this.capabilities = inner.capabilities;
@@ -107,10 +123,10 @@ export class PowerCutDevice implements BlockDevice {
     while (this.flushGate) await this.flushGate;
     if (this.cutting) return this.hold();
     this.writesRunning += 1;
-    const first = Math.floor(offsetBytes / sectorBytes);
-    const end = Math.ceil((offsetBytes + lengthBytes) / sectorBytes);
+    const first = Math.floor(offsetBytes / this.sectorBytes);
+    const end = Math.ceil((offsetBytes + lengthBytes) / this.sectorBytes);
     // Overlapping changes take turns here, so each sector's remembered bytes are what preceded the first of them.
-    const ticket = this.order.acquire(first * sectorBytes, (end - first) * sectorBytes, true);
+    const ticket = this.order.acquire(first * this.sectorBytes, (end - first) * this.sectorBytes, true);
     try {
       if (ticket.ready) await ticket.ready;
       await this.rememberDurable(first, end);
@@ -130,11 +146,13 @@ export class PowerCutDevice implements BlockDevice {
       const missing = sector < end && !this.volatile.has(sector);
       if (missing && runStart < 0) runStart = sector;
       if (!missing && runStart >= 0) {
-        const bytes = Buffer.alloc((sector - runStart) * sectorBytes);
-        await this.onInner(() => this.inner.read(runStart * sectorBytes, bytes));
+        const startBytes = runStart * this.sectorBytes;
+        // A device whose size is not a whole number of sectors ends in a short one.
+        const bytes = Buffer.alloc(Math.min(sector * this.sectorBytes, this.sizeBytes) - startBytes);
+        await this.onInner(() => this.inner.read(startBytes, bytes));
         for (let index = runStart; index < sector; index += 1) {
           // A sector may have been remembered meanwhile only by an overlapping change, which the range order excludes.
-          this.volatile.set(index, bytes.subarray((index - runStart) * sectorBytes, (index - runStart + 1) * sectorBytes));
+          this.volatile.set(index, bytes.subarray((index - runStart) * this.sectorBytes, (index - runStart + 1) * this.sectorBytes));
         }
         runStart = -1;
       }
@@ -189,7 +207,7 @@ export class PowerCutDevice implements BlockDevice {
         report.keptSectors += 1;
         continue;
       }
-      await this.inner.write(sector * sectorBytes, this.volatile.get(sector)!, { fua: false });
+      await this.inner.write(sector * this.sectorBytes, this.volatile.get(sector)!, { fua: false });
       report.droppedSectors += 1;
     }
     this.volatile.clear();

@@ -61,6 +61,7 @@ test('malformed configuration is refused with the key and the problem', async (t
     ['storage:\n  legs:\n    - path: a.img\ncache: { noSpacePolicy: wait }\n', /cache\.noSpacePolicy: must be error .* or queue/],
     ['storage:\n  legs:\n    - path: a.img\ncache: { dirtyLimt: 1GiB }\n', /cache\.dirtyLimt: unknown key/],
     ['storage:\n  legs:\n    - path: a.img\n      powerCut: { policy: maybe }\n', /storage\.legs\[0\]\.powerCut\.policy: must be one of keep, drop, torn/],
+    ['storage:\n  legs:\n    - path: a.img\n      powerCut: { sectorBytes: 1000 }\n', /storage\.legs\[0\]\.powerCut\.sectorBytes: must be a power of two from 512 to 65536/],
     ['storage:\n  log: { path: m.log, powerCutt: {} }\n  legs:\n    - path: a.img\n    - path: b.img\n', /storage\.log\.powerCutt: unknown key/],
     ['storage:\n  log: { path: m.log, writeLog: "" }\n  legs:\n    - path: a.img\n    - path: b.img\n', /storage\.log\.writeLog: must be a non-empty string/],
     ['storage:\n  legs:\n    - path: a.img\ncrash: { point: sweeper.nowhere@2 }\n', /crash\.point: "sweeper\.nowhere@2" is not point/],

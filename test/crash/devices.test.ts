@@ -72,6 +72,34 @@ test.serial('power cut: a flush covers only writes completed before it began; ov
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+test.serial('power cut: a torn cut never splits a sector of the configured size, and tears finer sectors', async (t) => {
+  const dir = makeTempDir('powercut-');
+  // A 1 KiB write at 1 KiB, like ext4's superblock, plus a 6 KiB write straddling two 4 KiB sectors.
+  const runCut = async (sectorBytes: number, seed: number): Promise<Buffer> => {
+    const name = `sector-${sectorBytes}-${seed}`;
+    const device = new PowerCutDevice(await leg(dir, `${name}.img`), { name, policy: 'torn', seed, sectorBytes });
+    await device.write(1024, fill(6, 1024), { fua: false });
+    await device.write(10240, fill(7, 6144), { fua: false });
+    t.is(device.volatileSectors, sectorBytes === 4096 ? 3 : 2 + 12);
+    await cutPowerToAll();
+    await device.close();
+    return fs.readFileSync(path.join(dir, `${name}.img`));
+  };
+  const wholeOrNothing = (bytes: Buffer, byte: number): boolean => bytes.equals(fill(byte, bytes.length)) || bytes.equals(Buffer.alloc(bytes.length));
+  let tornAt512 = 0;
+  for (let seed = 1; seed <= 12; seed += 1) {
+    const coarse = await runCut(4096, seed);
+    t.true(wholeOrNothing(coarse.subarray(1024, 2048), 6), `seed ${seed}: the 1 KiB write is kept or dropped whole`);
+    t.true(wholeOrNothing(coarse.subarray(10240, 12288), 7) && wholeOrNothing(coarse.subarray(12288, 16384), 7),
+      `seed ${seed}: each 4 KiB sector of the straddling write is kept or dropped whole`);
+    const fine = await runCut(512, seed);
+    if (!wholeOrNothing(fine.subarray(1024, 2048), 6)) tornAt512 += 1;
+  }
+  t.true(tornAt512 > 0, '512-byte sectors do tear a 1 KiB write for some seed');
+  t.throws(() => new PowerCutDevice(undefined as never, { name: 'bad', policy: 'torn', seed: 1, sectorBytes: 3000 }), { message: /power of two/ });
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test('write log: records completed changes in order and rebuilds the device at every flush and FUA mark', async (t) => {
   const dir = makeTempDir('writelog-');
   const logPath = path.join(dir, 'leg.wlog');

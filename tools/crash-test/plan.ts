@@ -48,6 +48,8 @@ export interface IterationPlan {
   cutPolicies: [CutPolicy, CutPolicy, CutPolicy];
   /** When the crash comes, as a fraction of the workload's time. */
   crashAt: number;
+  /** The legs' atomic unit at a power cut (the log always tears at 512 bytes). */
+  legSectorBytes: number;
 }
 
 export function iterationSeed(seed: number, index: number): number {
@@ -71,6 +73,7 @@ export function planIteration(settings: CrashTestSettings, index: number): Itera
     cache: settings.cache === 'mixed' ? random() < 0.5 : settings.cache === 'on',
     cutPolicies: [pick(cutPolicies), pick(cutPolicies), pick(cutPolicies)],
     crashAt: 0.2 + random() * 0.75,
+    legSectorBytes: legSectorBytes(workload),
   };
   if (crash === 'point') {
     const name = pick(crashPointNames);
@@ -84,10 +87,20 @@ export function planIteration(settings: CrashTestSettings, index: number): Itera
   return plan;
 }
 
+/**
+ * The raw workload's oracle judges every 512-byte sector on its own, so its
+ * legs tear as finely as any disk can; real clients get the 4 KiB sectors they
+ * assume (see PowerCutOptions.sectorBytes). Not drawn, so a seed's plans stay as they were.
+ */
+function legSectorBytes(workload: WorkloadKind): number {
+  return workload === 'raw' ? 512 : 4096;
+}
+
 export function describePlan(plan: IterationPlan): string {
   const crash = plan.crash === 'point' ? `point ${pointText(plan)}` : plan.crash;
   return `#${plan.index} seed ${plan.seed}: ${plan.workload}, ${crash}, fault ${plan.fault}` +
-    `${plan.fault === 'none' ? '' : ` on leg${plan.faultSlot}`}, cache ${plan.cache ? 'on' : 'off'}, cut ${plan.cutPolicies.join('/')}`;
+    `${plan.fault === 'none' ? '' : ` on leg${plan.faultSlot}`}, cache ${plan.cache ? 'on' : 'off'}, cut ${plan.cutPolicies.join('/')}` +
+    ` (leg sectors ${plan.legSectorBytes} B)`;
 }
 
 export interface Paths {
@@ -131,7 +144,7 @@ export function writeConfig(settings: CrashTestSettings, plan: IterationPlan, pa
       log: { path: paths.log, powerCut: { policy: plan.cutPolicies[2], seed: plan.seed + 2 } },
       legs: [0, 1].map((slot) => ({
         path: paths.legs[slot],
-        powerCut: { policy: plan.cutPolicies[slot], seed: plan.seed + slot },
+        powerCut: { policy: plan.cutPolicies[slot], seed: plan.seed + slot, sectorBytes: plan.legSectorBytes },
         faults: legFaults(slot),
         writeLog: settings.writeLogs ? paths.writeLogs[slot] : undefined,
       })),

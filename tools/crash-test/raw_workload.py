@@ -180,7 +180,8 @@ def files(directory, seed, seconds, prefix):
     index = 0
     try:
         while time.monotonic() < deadline:
-            content = rng.randbytes(4096 * rng.randint(1, 64))
+            # Small files: a writer still has room, and is still writing, when its crash comes.
+            content = rng.randbytes(4096 * rng.randint(1, 16))
             name = '%s-%d.bin' % (prefix, index)
             index += 1
             if rng.random() < 0.3:
@@ -202,9 +203,9 @@ def files(directory, seed, seconds, prefix):
             os.fsync(directory_descriptor)
             os.close(directory_descriptor)
             print(name, hashlib.sha256(content).hexdigest(), flush=True)
-    except OSError:
-        # The device went away under the filesystem: the crash came.
-        pass
+    except OSError as error:
+        # Normally the device went away under the filesystem (the crash came); say so, in case it was not.
+        print('# stopped: %s' % error, flush=True)
 
 
 if __name__ == '__main__':

@@ -229,11 +229,16 @@ async function ext4CrashPhase(context: WorkloadContext, server: ServerProcess): 
       const ended = await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)]);
       if (!ended) writer!.kill('SIGKILL');
       await detachQuietly(attachment);
+      let fsynced = 0;
       for (const line of printed.split('\n')) {
         if (line.startsWith('# ')) context.result.notes.push(`ext4 writer: ${line.slice(2)}`);
         const [name, digest] = line.trim().split(' ');
-        if (name && digest?.length === 64) context.state.ext4Files.set(name, digest);
+        if (name && digest?.length === 64) {
+          context.state.ext4Files.set(name, digest);
+          fsynced += 1;
+        }
       }
+      context.result.notes.push(`ext4 writer: ${fsynced} files fsynced before the crash`);
     },
   };
 }
@@ -249,6 +254,23 @@ async function makeExt4(context: WorkloadContext, server: ServerProcess): Promis
   context.state.ext4Made = true;
 }
 
+/** About 5 MiB of the filesystem's 28: room for every iteration's writer. */
+const ext4FilesKept = 40;
+
+function mountFailure(error: Error): string {
+  const lines = error.message.split('\n');
+  return (lines.find((line) => line.startsWith('stderr:')) ?? lines[0]).replace(/^stderr:\s*/, '').trim();
+}
+
+/** What e2fsck -fn and the kernel say about a filesystem that would not mount, for the failure report. */
+async function fsckSummary(device: string): Promise<string> {
+  const fsck = await run('e2fsck', ['-fn', device], { timeoutMs: 120_000 });
+  const kernel = await run('dmesg', ['--notime']);
+  const ext4Lines = kernel.code === 0 ? kernel.stdout.split('\n').filter((line) => /EXT4-fs|JBD2/.test(line)).slice(-3) : [];
+  return `e2fsck -fn exited ${fsck.code}: ${fsck.stdout.split('\n').filter((line) => line.trim() !== '').slice(0, 4).join(' | ')}` +
+    (ext4Lines.length > 0 ? `; kernel: ${ext4Lines.join(' | ')}` : '');
+}
+
 async function detachQuietly(attachment: LoopAttachment): Promise<void> {
   await attachment.detach().catch(() => undefined);
 }
@@ -260,23 +282,31 @@ async function ext4Verify(context: WorkloadContext, server: ServerProcess): Prom
   const attachment = await attachThroughFuse(server.uri('crash'), path.join(context.settings.workDir, `ext4-${context.plan.index}-verify`),
     { offsetBytes, sizeBytes });
   try {
-    await attachment.mount(mountPoint);
+    try {
+      await attachment.mount(mountPoint);
+    } catch (error) {
+      const verdict = `fail: the recovered filesystem does not mount (${mountFailure(error as Error)}); ${await fsckSummary(attachment.device)}`;
+      // Reported once: later iterations start from a new filesystem.
+      context.state.ext4Made = false;
+      context.state.ext4Files.clear();
+      return verdict;
+    }
     const damaged: string[] = [];
     for (const [name, digest] of context.state.ext4Files) {
       const file = path.join(mountPoint, name);
       const actual = fs.existsSync(file) ? crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex') : 'missing';
       if (actual !== digest) damaged.push(`${name} ${actual === 'missing' ? 'missing' : 'changed'}`);
     }
-    // Keep the filesystem from filling over many iterations: unsynced leftovers go.
-    for (const name of fs.readdirSync(mountPoint)) if (name.endsWith('.unsynced')) fs.rmSync(path.join(mountPoint, name), { force: true });
-    if (context.state.ext4Files.size > 200) {
-      for (const name of [...context.state.ext4Files.keys()].slice(0, 100)) {
-        fs.rmSync(path.join(mountPoint, name), { force: true });
-        context.state.ext4Files.delete(name);
-      }
-    }
     // Reported once: a damaged file is not expected intact again.
     for (const entry of damaged) context.state.ext4Files.delete(entry.split(' ')[0]);
+    // Keep the filesystem far from full, or later writers stop at ENOSPC before the crash and test
+    // nothing: the oldest checked files go, and so does everything nobody was promised.
+    for (const name of [...context.state.ext4Files.keys()].slice(0, Math.max(0, context.state.ext4Files.size - ext4FilesKept))) {
+      context.state.ext4Files.delete(name);
+    }
+    for (const name of fs.readdirSync(mountPoint)) {
+      if (!context.state.ext4Files.has(name) && name !== 'lost+found') fs.rmSync(path.join(mountPoint, name), { recursive: true, force: true });
+    }
     await attachment.unmount(mountPoint);
     const fsck = await run('e2fsck', ['-fn', attachment.device], { timeoutMs: 120_000 });
     context.result.notes.push(`ext4: ${context.state.ext4Files.size} fsynced files checked`);
