@@ -6,7 +6,7 @@ import { attachThroughFuse, type LoopAttachment } from './fuse-loop.js';
 import { type IterationResult, type Say, sleep, workloadScript } from './harness.js';
 import { DurabilityOracle, readJournal, type Phase } from './oracle.js';
 import type { CrashTestSettings, IterationPlan, Paths } from './plan.js';
-import { run, runOk } from './process-tools.js';
+import { run, runOk, type RunResult } from './process-tools.js';
 import type { ServerProcess } from './server-process.js';
 
 /** What carries over from one iteration to the next: the device keeps its data, so the checks keep their expectations. */
@@ -210,8 +210,7 @@ async function ext4CrashPhase(context: WorkloadContext, server: ServerProcess): 
     } catch (error) {
       // The fault or the crash can come while the mount still writes (a full leg fails the superblock
       // write): then nothing is written and nothing promised this time; recovery is still checked.
-      const lines = (error as Error).message.split('\n');
-      context.result.notes.push(`ext4: mount failed during the crash phase (${lines.find((line) => line.startsWith('stderr')) ?? lines[0]})`);
+      context.result.notes.push(`ext4: mount failed during the crash phase (${mountFailure(error as Error)})`);
       await attachment.detach();
       return { afterCrash: async () => undefined };
     }
@@ -262,13 +261,20 @@ function mountFailure(error: Error): string {
   return (lines.find((line) => line.startsWith('stderr:')) ?? lines[0]).replace(/^stderr:\s*/, '').trim();
 }
 
+function checkFilesystem(device: string): Promise<RunResult> {
+  return run('e2fsck', ['-fn', device], { timeoutMs: 120_000 });
+}
+
+function fsckWords(fsck: RunResult): string {
+  return `e2fsck -fn exited ${fsck.code}: ${fsck.stdout.split('\n').filter((line) => line.trim() !== '').slice(0, 6).join(' | ')}`;
+}
+
 /** What e2fsck -fn and the kernel say about a filesystem that would not mount, for the failure report. */
 async function fsckSummary(device: string): Promise<string> {
-  const fsck = await run('e2fsck', ['-fn', device], { timeoutMs: 120_000 });
+  const fsck = await checkFilesystem(device);
   const kernel = await run('dmesg', ['--notime']);
   const ext4Lines = kernel.code === 0 ? kernel.stdout.split('\n').filter((line) => /EXT4-fs|JBD2/.test(line)).slice(-3) : [];
-  return `e2fsck -fn exited ${fsck.code}: ${fsck.stdout.split('\n').filter((line) => line.trim() !== '').slice(0, 4).join(' | ')}` +
-    (ext4Lines.length > 0 ? `; kernel: ${ext4Lines.join(' | ')}` : '');
+  return fsckWords(fsck) + (ext4Lines.length > 0 ? `; kernel: ${ext4Lines.join(' | ')}` : '');
 }
 
 async function detachQuietly(attachment: LoopAttachment): Promise<void> {
@@ -308,10 +314,10 @@ async function ext4Verify(context: WorkloadContext, server: ServerProcess): Prom
       if (!context.state.ext4Files.has(name) && name !== 'lost+found') fs.rmSync(path.join(mountPoint, name), { recursive: true, force: true });
     }
     await attachment.unmount(mountPoint);
-    const fsck = await run('e2fsck', ['-fn', attachment.device], { timeoutMs: 120_000 });
+    const fsck = await checkFilesystem(attachment.device);
     context.result.notes.push(`ext4: ${context.state.ext4Files.size} fsynced files checked`);
     if (damaged.length > 0) return `fail: ${damaged.length} fsynced files damaged (${damaged.slice(0, 4).join(', ')})`;
-    if (fsck.code !== 0) return `fail: e2fsck -fn exited ${fsck.code}: ${fsck.stdout.split('\n').slice(0, 6).join(' | ')}`;
+    if (fsck.code !== 0) return `fail: ${fsckWords(fsck)}`;
     return 'pass';
   } finally {
     await attachment.detach();
