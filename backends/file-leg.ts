@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import { BlockError, fromNegativeErrno, toBlockError } from '../blockdev/errors.js';
 import { GroupCommit } from '../blockdev/group-commit.js';
 import { checkRange } from '../blockdev/range.js';
-import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
+import type { BlockDevice, DeviceCapabilities, Extent, FileRangeLease, WriteFlags, ZeroFlags } from '../blockdev/types.js';
 import { closeFd, fdatasync, preadAll, pwriteAll, pwriteAllSync } from './fs-io.js';
 import {
   EAGAIN, ENXIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
@@ -70,6 +70,9 @@ export class FileLeg implements BlockDevice {
   private inlineWritesResumeAt = 0;
   /** Bytes written inline in this event-loop turn; -1 when no turn is being counted. */
   private inlineBytesThisTurn = -1;
+  /** File ranges lent for sendfile: close waits for them, so the descriptor is never reused under one. */
+  private leasesOut = 0;
+  private leasesReturned: Array<() => void> = [];
 
   private constructor(
     readonly path: string,
@@ -247,9 +250,27 @@ export class FileLeg implements BlockDevice {
     return extents;
   }
 
+  lendFileRange(offsetBytes: number, lengthBytes: number): FileRangeLease | undefined {
+    if (this.closed || native?.sendFileAsync === undefined) return undefined;
+    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'read');
+    this.leasesOut += 1;
+    let released = false;
+    return {
+      fd: this.fd,
+      positionBytes: offsetBytes,
+      release: () => {
+        assert(!released, 'file range lease released twice');
+        released = true;
+        this.leasesOut -= 1;
+        if (this.leasesOut === 0) for (const waiter of this.leasesReturned.splice(0)) waiter();
+      },
+    };
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.leasesOut > 0) await new Promise<void>((resolve) => this.leasesReturned.push(resolve));
     if (this.syncFd !== this.fd) await closeFd(this.syncFd);
     await closeFd(this.fd);
   }

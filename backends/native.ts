@@ -13,6 +13,19 @@ export interface NativeCalls {
   seek(fd: number, offsetBytes: number, whence: number): number;
   /** Bytes transferred or -errno; -EAGAIN when the call would block. */
   preadNoWait(fd: number, target: Buffer, positionBytes: number): number;
+  /** A new descriptor for the same open file, or -errno. */
+  dup?(fd: number): number;
+  /** shutdown(SHUT_RDWR): 0 or -errno. */
+  shutdownSocket?(fd: number): number;
+  /**
+   * On the thread pool: sends `header`, then `lengthBytes` of `fileFd` from
+   * `positionBytes` by sendfile (zeroes past the file's end). The callback
+   * gets 0 or -errno (-EAGAIN: the socket stayed full for `stallMs`), and
+   * the bytes of header and data sent.
+   * Optional: an addon built from older sources lacks these three.
+   */
+  sendFileAsync?(socketFd: number, header: Buffer, fileFd: number, positionBytes: number, lengthBytes: number,
+    stallMs: number, callback: (result: number, sentBytes: number) => void): void;
 }
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;

@@ -55,7 +55,20 @@ export interface BlockDevice {
   writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void>;
   /** Extents covering [offsetBytes, offsetBytes + lengthBytes), in order, at least one. */
   blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]>;
+  /**
+   * A device whose bytes for the range sit in one file, exactly as a read
+   * would return them, may lend that file range so a large read reply is sent
+   * with sendfile instead of being copied through a buffer. undefined: read.
+   * The device must not close the descriptor until the lease is released.
+   */
+  lendFileRange?(offsetBytes: number, lengthBytes: number): FileRangeLease | undefined;
   close(): Promise<void>;
+}
+
+export interface FileRangeLease {
+  fd: number;
+  positionBytes: number;
+  release(): void;
 }
 
 export const noFlags: WriteFlags = Object.freeze({ fua: false });

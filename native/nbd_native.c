@@ -1,8 +1,9 @@
 /*
  * Small system calls Node does not expose: fallocate (punch holes, zero
- * ranges), lseek SEEK_DATA/SEEK_HOLE (block status), and preadv2 with
+ * ranges), lseek SEEK_DATA/SEEK_HOLE (block status), preadv2 with
  * RWF_NOWAIT, which lets the event loop serve page-cache hits without a
- * thread-pool hop and fall back to the pool only when the call would block.
+ * thread-pool hop and fall back to the pool only when the call would block,
+ * and sendfile for large read replies (see sendFileAsync).
  *
  * Every function returns a negative errno instead of throwing, so the
  * TypeScript side maps errors to BlockError values in one place.
@@ -13,8 +14,13 @@
 #include <linux/falloc.h>
 #include <node_api.h>
 #include <stdint.h>
+#include <poll.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef RWF_NOWAIT
@@ -167,12 +173,179 @@ static napi_value js_fallocate_async(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* dup(fd) -> a new close-on-exec descriptor for the same open file, or -errno */
+static napi_value js_dup(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int64_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 1 || !get_i64(env, argv[0], &fd)) {
+    napi_throw_type_error(env, NULL, "dup(fd)");
+    return NULL;
+  }
+  int rc = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
+  return make_number(env, rc < 0 ? -errno : rc);
+}
+
+/* shutdownSocket(fd) -> 0 or -errno: both directions, which wakes a sender blocked in poll */
+static napi_value js_shutdown_socket(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int64_t fd;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 1 || !get_i64(env, argv[0], &fd)) {
+    napi_throw_type_error(env, NULL, "shutdownSocket(fd)");
+    return NULL;
+  }
+  int rc = shutdown((int)fd, SHUT_RDWR);
+  return make_number(env, rc < 0 ? -errno : 0);
+}
+
+/*
+ * sendFileAsync(socketFd, header, fileFd, position, length, stallMs,
+ * callback(result, sentBytes)) sends one read reply on the thread pool: the
+ * reply header, then `length` bytes of the file from `position` by
+ * sendfile, which hands the kernel references to page-cache pages instead
+ * of copying them twice (into a reply buffer, then into the socket). Bytes
+ * past the end of the file are sent as zeroes, as a read would return them.
+ *
+ * The socket is non-blocking. When it stays full for `stallMs` (the client
+ * is not reading), the job returns -EAGAIN with what it sent, so a slow
+ * client never holds a pool thread; the caller sends the rest another way.
+ * result: 0 when all was sent, else -errno; sentBytes counts header+data.
+ */
+#define REPLY_HEADER_MAX 64
+
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+  int socket_fd, file_fd;
+  unsigned char header[REPLY_HEADER_MAX];
+  size_t header_bytes;
+  off_t position;
+  uint64_t length, sent, stall_ms;
+  int result;
+} send_file_job;
+
+static const unsigned char zero_block[65536];
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void send_file_execute(napi_env env, void *data) {
+  (void)env;
+  send_file_job *job = data;
+  uint64_t total = job->header_bytes + job->length;
+  int file_ended = 0;
+  int64_t stalled_since = -1;
+  job->result = 0;
+  while (job->sent < total) {
+    ssize_t rc;
+    if (job->sent < job->header_bytes) {
+      rc = send(job->socket_fd, job->header + job->sent, job->header_bytes - job->sent, MSG_NOSIGNAL | MSG_MORE);
+    } else if (!file_ended) {
+      uint64_t done = job->sent - job->header_bytes;
+      off_t offset = job->position + (off_t)done;
+      uint64_t chunk = job->length - done;
+      if (chunk > (1u << 30)) chunk = 1u << 30;
+      rc = sendfile(job->socket_fd, job->file_fd, &offset, chunk);
+      if (rc == 0) {
+        file_ended = 1;
+        continue;
+      }
+    } else {
+      uint64_t chunk = total - job->sent;
+      if (chunk > sizeof(zero_block)) chunk = sizeof(zero_block);
+      rc = send(job->socket_fd, zero_block, chunk, MSG_NOSIGNAL);
+    }
+    if (rc > 0) {
+      job->sent += (uint64_t)rc;
+      stalled_since = -1;
+      continue;
+    }
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0 && errno != EAGAIN) {
+      job->result = -errno;
+      return;
+    }
+    int64_t now = now_ms();
+    if (stalled_since < 0) stalled_since = now;
+    int64_t left = (int64_t)job->stall_ms - (now - stalled_since);
+    if (left <= 0) {
+      job->result = -EAGAIN;
+      return;
+    }
+    struct pollfd pfd = {.fd = job->socket_fd, .events = POLLOUT};
+    if (poll(&pfd, 1, (int)left) < 0 && errno != EINTR) {
+      job->result = -errno;
+      return;
+    }
+  }
+}
+
+static void send_file_complete(napi_env env, napi_status status, void *data) {
+  send_file_job *job = data;
+  napi_value callback, global, argv[2];
+  napi_get_reference_value(env, job->callback, &callback);
+  napi_get_global(env, &global);
+  argv[0] = make_number(env, status == napi_ok ? job->result : -ECANCELED);
+  argv[1] = make_number(env, (double)job->sent);
+  napi_call_function(env, global, callback, 2, argv, NULL);
+  napi_delete_reference(env, job->callback);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value js_send_file_async(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7], name;
+  int64_t socket_fd, file_fd, position, length, stall_ms;
+  void *header;
+  size_t header_bytes;
+  bool is_buffer = false;
+  napi_valuetype type;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 7 || !get_i64(env, argv[0], &socket_fd) ||
+      napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer ||
+      napi_get_buffer_info(env, argv[1], &header, &header_bytes) != napi_ok || header_bytes > REPLY_HEADER_MAX ||
+      !get_i64(env, argv[2], &file_fd) || !get_i64(env, argv[3], &position) || position < 0 ||
+      !get_i64(env, argv[4], &length) || length < 0 || !get_i64(env, argv[5], &stall_ms) || stall_ms < 0 ||
+      napi_typeof(env, argv[6], &type) != napi_ok || type != napi_function) {
+    napi_throw_type_error(env, NULL,
+        "sendFileAsync(socketFd, header<=64 bytes, fileFd, position, length, stallMs, callback)");
+    return NULL;
+  }
+  send_file_job *job = calloc(1, sizeof(*job));
+  if (job == NULL) {
+    napi_throw_error(env, NULL, "sendFileAsync: out of memory");
+    return NULL;
+  }
+  job->socket_fd = (int)socket_fd;
+  job->file_fd = (int)file_fd;
+  memcpy(job->header, header, header_bytes);
+  job->header_bytes = header_bytes;
+  job->position = (off_t)position;
+  job->length = (uint64_t)length;
+  job->stall_ms = (uint64_t)stall_ms;
+  CHECK(napi_create_reference(env, argv[6], 1, &job->callback));
+  CHECK(napi_create_string_utf8(env, "nbd-mirror:sendfile", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, NULL, name, send_file_execute, send_file_complete, job, &job->work));
+  CHECK(napi_queue_async_work(env, job->work));
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_default, NULL},
       {"fallocateAsync", NULL, js_fallocate_async, NULL, NULL, NULL, napi_default, NULL},
       {"seek", NULL, js_seek, NULL, NULL, NULL, napi_default, NULL},
       {"preadNoWait", NULL, js_pread_nowait, NULL, NULL, NULL, napi_default, NULL},
+      {"dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL},
+      {"shutdownSocket", NULL, js_shutdown_socket, NULL, NULL, NULL, napi_default, NULL},
+      {"sendFileAsync", NULL, js_send_file_async, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
   return exports;

@@ -16,6 +16,7 @@ import {
   blockStatusChunk, OFFSET_DATA_PREFIX_BYTES, offsetHoleChunk, optionReply, simpleReply, structuredError,
   structuredNone, writeOffsetDataPrefix, writeSimpleHeader,
 } from './replies.js';
+import { type FileReplyStats, ReplyWriter } from './reply-writer.js';
 import { parseRequestHeader, type RequestHeader, validateRequest } from './requests.js';
 import { defaultSocketReaderOptions, SocketReader, type SocketReaderOptions } from './socket-reader.js';
 
@@ -34,6 +35,12 @@ export interface ConnectionOptions {
   reader: SocketReaderOptions;
   /** false: leave the accepted socket as Node made it (every byte through the parse queue). */
   directReads: boolean;
+  /**
+   * Reads at least this long of a device that lends file ranges are sent
+   * with sendfile (see reply-writer.ts); smaller ones are copied, which costs
+   * less than a thread-pool trip (up to 64 KiB is read from the event loop).
+   */
+  fileReplyBytesMin: number;
   logger: Logger;
 }
 
@@ -45,6 +52,7 @@ export const defaultConnectionOptions: Omit<ConnectionOptions, 'logger'> = {
   bufferPool: new BufferPool(64 * 1024 * 1024),
   reader: defaultSocketReaderOptions,
   directReads: true,
+  fileReplyBytesMin: 128 * 1024,
 };
 
 interface PendingWrite {
@@ -55,6 +63,12 @@ interface PendingWrite {
 }
 
 type Phase = 'client-flags' | 'options' | 'transmission' | 'closing' | 'closed';
+
+/**
+ * A reading client empties a loopback socket in microseconds; one that leaves
+ * it full this long is slow, and its reply is finished without a thread.
+ */
+const fileReplyStallMs = 5;
 
 /** Chunk size when serving NBD_CMD_CACHE, which may name gigabytes. */
 const cacheChunkBytes = 1 << 20;
@@ -77,6 +91,7 @@ export class Connection {
   private pendingWrite: PendingWrite | undefined;
   private readonly socket: net.Socket;
   private readonly reader: SocketReader;
+  private readonly writer: ReplyWriter;
   private entry: ExportEntry | undefined;
   private device: BlockDevice | undefined;
   private transmissionFlags = 0;
@@ -85,7 +100,6 @@ export class Connection {
   private inFlightRequests = 0;
   private inFlightBytes = 0;
   private readonly order = new RangeOrder();
-  private corked = false;
   private readingPaused = false;
   /** NBD_CMD_DISC or server shutdown: serve what is in flight, read nothing more. */
   private stopReading = false;
@@ -110,6 +124,11 @@ export class Connection {
     }, options.reader, options.directReads);
     const socket = this.reader.socket;
     this.socket = socket;
+    this.writer = new ReplyWriter(socket, {
+      shouldCork: () => this.inFlightRequests > 1,
+      flowChanged: () => this.updateFlow(),
+      broken: (reason) => this.hardDisconnect(reason),
+    }, { bufferPool: options.bufferPool, fileStallMs: fileReplyStallMs });
     socket.setNoDelay?.(true);
     socket.on('drain', () => this.updateFlow());
     socket.on('error', (error) => this.options.logger.debug({ err: error }, 'socket error'));
@@ -129,6 +148,11 @@ export class Connection {
   /** Payload bytes received straight into their buffers (see socket-reader.ts). */
   get directBytesReceived(): number {
     return this.reader.directBytes;
+  }
+
+  /** How read replies went out by sendfile (see reply-writer.ts). */
+  get fileReplyStats(): FileReplyStats {
+    return this.writer.stats;
   }
 
   get inTransmission(): boolean {
@@ -396,6 +420,7 @@ export class Connection {
     const device = this.device!;
     const lengthBytes = request.lengthBytes;
     if (!this.structured) {
+      if (await this.sendReadFromFile(offsetBytes, lengthBytes, () => simpleReply(0, request.cookie))) return;
       const reply = await this.readAfterPrefix(SIMPLE_REPLY_HEADER_BYTES, offsetBytes, lengthBytes);
       writeSimpleHeader(reply.buffer, 0, request.cookie);
       this.send(reply.buffer, reply.release);
@@ -410,9 +435,30 @@ export class Connection {
       const extents = await device.blockStatus(offsetBytes, lengthBytes);
       if (extents.some((extent) => extent.zero)) return this.serveSparseRead(request, offsetBytes, extents);
     }
+    const prefix = (): Buffer => {
+      const header = Buffer.allocUnsafe(OFFSET_DATA_PREFIX_BYTES);
+      writeOffsetDataPrefix(header, request.cookie, offsetBytes, lengthBytes, true);
+      return header;
+    };
+    if (await this.sendReadFromFile(offsetBytes, lengthBytes, prefix)) return;
     const reply = await this.readAfterPrefix(OFFSET_DATA_PREFIX_BYTES, offsetBytes, lengthBytes);
     writeOffsetDataPrefix(reply.buffer, request.cookie, offsetBytes, lengthBytes, true);
     this.send(reply.buffer, reply.release);
+  }
+
+  /** A large read of a range the device lends as a file range goes out by sendfile; false: read it instead. */
+  private async sendReadFromFile(offsetBytes: number, lengthBytes: number, header: () => Buffer): Promise<boolean> {
+    if (lengthBytes < this.options.fileReplyBytesMin || this.device!.lendFileRange === undefined ||
+        !this.writer.canSendFiles) {
+      return false;
+    }
+    const lease = this.device!.lendFileRange(offsetBytes, lengthBytes);
+    if (lease === undefined) return false;
+    try {
+      return await this.writer.sendFile({ header: header(), fd: lease.fd, positionBytes: lease.positionBytes, lengthBytes });
+    } finally {
+      lease.release();
+    }
   }
 
   /** Reads into a pooled reply buffer behind room for the reply header, so the reply is one write. */
@@ -493,29 +539,18 @@ export class Connection {
 
   /** Queues one reply; `written` runs once the socket no longer needs the buffer. */
   private send(buffer: Buffer, written?: () => void): void {
-    if (this.phase === 'closed' || this.socket.destroyed) {
+    if (this.phase === 'closed') {
       written?.();
       return;
     }
-    if (!this.corked && this.inFlightRequests > 1) {
-      // Replies finishing in one event-loop turn go out in one system call. A
-      // lone request's reply goes out at once: nothing else could join it.
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
-    const flowing = written === undefined ? this.socket.write(buffer) : this.socket.write(buffer, () => written());
-    if (!flowing) this.updateFlow();
+    this.writer.send(buffer, written);
   }
 
   private updateFlow(): void {
     if (this.phase === 'closed') return;
     const shouldPause = this.socket.writableNeedDrain ||
       this.inFlightRequests >= this.options.inFlightRequestsMax ||
-      this.inFlightBytes >= this.options.inFlightBytesMax;
+      this.inFlightBytes + this.writer.heldBytes >= this.options.inFlightBytesMax;
     if (shouldPause && !this.readingPaused) {
       this.readingPaused = true;
       this.socket.pause();
@@ -540,10 +575,7 @@ export class Connection {
   private closeGracefully(): void {
     if (this.phase === 'closed' || this.phase === 'closing') return;
     this.phase = 'closing';
-    if (this.corked) {
-      this.corked = false;
-      this.socket.uncork();
-    }
+    // end() writes corked replies first.
     this.socket.end();
     // A peer that never closes its side must not hold the connection (or a shutdown) forever.
     setTimeout(() => this.socket.destroy(), 5000).unref();
@@ -565,6 +597,7 @@ export class Connection {
   private onClose(): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
+    this.writer.close();
     clearTimeout(this.handshakeTimer);
     this.input.clear();
     this.resolveClosed();

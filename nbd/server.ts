@@ -4,6 +4,7 @@ import net from 'node:net';
 import type { Logger } from 'pino';
 import { Connection, type ConnectionOptions } from './connection.js';
 import type { ExportTable } from './negotiation.js';
+import { addFileReplyStats, emptyFileReplyStats, type FileReplyStats } from './reply-writer.js';
 
 export interface ServerOptions {
   /** TCP listen address; undefined to skip TCP. Port 0 picks a free port. */
@@ -30,6 +31,7 @@ export class NbdServer {
   private shuttingDown = false;
   private nextConnectionId = 1;
   private directBytesOfClosed = 0;
+  private readonly fileRepliesOfClosed = emptyFileReplyStats();
 
   constructor(private readonly exports: ExportTable, private readonly options: ServerOptions) {
     assert(options.maxConnections > 0);
@@ -43,6 +45,14 @@ export class NbdServer {
   get directBytesReceived(): number {
     let total = this.directBytesOfClosed;
     for (const connection of this.connections) total += connection.directBytesReceived;
+    return total;
+  }
+
+  /** How read replies went out by sendfile, over all connections so far. */
+  get fileReplyStats(): FileReplyStats {
+    const total = emptyFileReplyStats();
+    addFileReplyStats(total, this.fileRepliesOfClosed);
+    for (const connection of this.connections) addFileReplyStats(total, connection.fileReplyStats);
     return total;
   }
 
@@ -100,6 +110,7 @@ export class NbdServer {
     logger.debug('connected');
     void connection.closed.then(() => {
       this.directBytesOfClosed += connection.directBytesReceived;
+      addFileReplyStats(this.fileRepliesOfClosed, connection.fileReplyStats);
       this.connections.delete(connection);
       logger.debug('disconnected');
     });

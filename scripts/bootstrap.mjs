@@ -24,10 +24,16 @@ function dependenciesCurrent() {
   return fs.statSync(installed).mtimeMs >= fs.statSync(path.join(root, 'package-lock.json')).mtimeMs;
 }
 
-if (!dependenciesCurrent()) run('npm', ['ci', '--no-audit', '--no-fund']);
-else if (!fs.existsSync(path.join(root, 'native', 'build', 'Release', 'nbd_native.node'))) {
-  run('npm', ['run', 'install']);
+// The addon is rebuilt when its source changed since it was built: an old
+// binary lacks the calls newer code looks for (which then falls back, slower).
+function nativeCurrent() {
+  const binary = path.join(root, 'native', 'build', 'Release', 'nbd_native.node');
+  if (!fs.existsSync(binary)) return false;
+  return fs.statSync(binary).mtimeMs >= fs.statSync(path.join(root, 'native', 'nbd_native.c')).mtimeMs;
 }
+
+if (!dependenciesCurrent()) run('npm', ['ci', '--no-audit', '--no-fund']);
+else if (!nativeCurrent()) run('npm', ['run', 'install']);
 run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root]);
 
 // Each tool the tests run, and the Debian package that provides it.

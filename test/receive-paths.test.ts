@@ -1,14 +1,8 @@
 import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
-import { pino } from 'pino';
-import { FileLeg } from '../backends/file-leg.js';
 import { defaultConnectionOptions } from '../nbd/connection.js';
-import type { ExportTable } from '../nbd/negotiation.js';
-import { NbdServer } from '../nbd/server.js';
-import { RawClient } from './helpers/raw-client.js';
-import { makeTempDir } from './helpers/tools.js';
+import { attach, type LegServer, READ, requestHeader, startLegServer, WRITE } from './helpers/leg-server.js';
+import type { RawClient } from './helpers/raw-client.js';
 
 /**
  * WRITE payloads reach the device by three paths: a view of a received slab,
@@ -17,59 +11,20 @@ import { makeTempDir } from './helpers/tools.js';
  * look like on the wire (fragmented anywhere, pipelined, interrupted), every
  * path must deliver exactly the bytes sent, in order.
  */
-const READ = 0;
-const WRITE = 1;
 const sizeBytes = 32 * 1024 * 1024;
 
-interface Harness {
-  server: NbdServer;
-  /** Where clients connect: a TCP port, or the unix socket path. */
-  address: number | string;
-  close(): Promise<void>;
-}
+type Harness = LegServer;
 
-async function startServer(t: ExecutionContext,
+function startServer(t: ExecutionContext,
   options: { directReads: boolean; inFlightRequestsMax?: number; unix?: boolean }): Promise<Harness> {
-  const dir = makeTempDir('receive');
-  const leg = await FileLeg.open({ path: path.join(dir, 'leg.img'), createSizeBytes: sizeBytes });
-  const entry = { name: '', description: '', device: leg, readOnly: false };
-  const exports: ExportTable = { find: () => entry, list: () => [entry] };
-  const server = new NbdServer(exports, {
-    tcp: options.unix ? undefined : { host: '127.0.0.1', port: 0 },
-    unixPath: options.unix ? path.join(dir, 'nbd.sock') : undefined,
-    maxConnections: 8,
+  return startLegServer(t, {
+    sizeBytes,
+    unix: options.unix,
     connection: {
-      ...defaultConnectionOptions,
       directReads: options.directReads,
       inFlightRequestsMax: options.inFlightRequestsMax ?? defaultConnectionOptions.inFlightRequestsMax,
     },
-    logger: pino({ level: 'silent' }),
   });
-  const addresses = await server.listen();
-  const close = async (): Promise<void> => {
-    await server.shutdown();
-    await leg.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  };
-  t.teardown(close);
-  return { server, address: addresses.unixPath ?? addresses.tcp!.port, close };
-}
-
-async function attach(address: number | string): Promise<RawClient> {
-  const client = await RawClient.connect(address);
-  await client.greet();
-  await client.go();
-  return client;
-}
-
-function requestHeader(type: number, cookie: bigint, offsetBytes: number, lengthBytes: number): Buffer {
-  const header = Buffer.alloc(28);
-  header.writeUInt32BE(0x25609513, 0);
-  header.writeUInt16BE(type, 6);
-  header.writeBigUInt64BE(cookie, 8);
-  header.writeBigUInt64BE(BigInt(offsetBytes), 16);
-  header.writeUInt32BE(lengthBytes, 24);
-  return header;
 }
 
 /** Deterministic sizes around every boundary the receive paths have. */

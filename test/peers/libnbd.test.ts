@@ -21,6 +21,21 @@ for (const mode of ['off', 'on'] as const) {
   });
 }
 
+test('without the cache (large reads of the leg go out by sendfile) every command still behaves', async (t) => {
+  const dir = makeTempDir('libnbd-no-cache');
+  const server = await startServerProcess(['--leg', path.join(dir, 'leg.img'), '--size', '256MiB', '--no-unix', '--no-cache']);
+  try {
+    for (const mode of ['off', 'on']) {
+      const result = await run('/usr/bin/python3', [script, server.uri(), mode], { timeoutMs: 120_000 });
+      t.is(result.code, 0, `${mode}: ${result.stdout}\n${result.stderr}`);
+      t.regex(result.stdout, /^ok$/m);
+    }
+  } finally {
+    t.is(await server.stop(), 0);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('without the native addon (portable fallbacks) every command still behaves', async (t) => {
   const dir = makeTempDir('libnbd-portable');
   const server = await startServerProcess(['--leg', path.join(dir, 'leg.img'), '--size', '256MiB', '--no-unix'],

@@ -1,0 +1,201 @@
+import test from 'ava';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { FileLeg } from '../backends/file-leg.js';
+import { projectRoot } from './helpers/server-process.js';
+import { attach, READ, requestHeader, startLegServer } from './helpers/leg-server.js';
+import type { RawClient } from './helpers/raw-client.js';
+import { makeTempDir, run } from './helpers/tools.js';
+import { waitUntil } from './helpers/wait.js';
+
+/**
+ * Large reads of a file leg go out by sendfile from a pool thread, and every
+ * other reply through Node's writes, on the same socket (nbd/reply-writer.ts).
+ * Whatever the client does (pipelines both kinds, stops reading, hangs up),
+ * each reply must arrive whole, in one piece, with the file's bytes.
+ */
+const MiB = 1024 * 1024;
+const sizeBytes = 64 * MiB;
+
+function openDescriptors(): number {
+  return fs.readdirSync('/proc/self/fd').length;
+}
+
+async function readReply(client: RawClient, lengths: Map<bigint, { offsetBytes: number; lengthBytes: number }>,
+  contents: Buffer): Promise<string | undefined> {
+  const reply = await client.readSimpleReply();
+  const request = lengths.get(reply.cookie);
+  if (request === undefined) return `reply for unknown cookie ${reply.cookie}`;
+  lengths.delete(reply.cookie);
+  if (reply.error !== 0) return `read at ${request.offsetBytes} failed with ${reply.error}`;
+  const data = await client.read(request.lengthBytes, 30_000);
+  const { offsetBytes, lengthBytes } = request;
+  if (!data.equals(contents.subarray(offsetBytes, offsetBytes + lengthBytes))) {
+    return `read of ${lengthBytes} at ${offsetBytes} differs from the file`;
+  }
+  return undefined;
+}
+
+test('pipelined reads of every size come back whole, large ones by sendfile', async (t) => {
+  const contents = crypto.randomBytes(sizeBytes);
+  const harness = await startLegServer(t, { sizeBytes, contents });
+  const client = await attach(harness.address);
+  const lengths = new Map<bigint, { offsetBytes: number; lengthBytes: number }>();
+  const sizes = [1, 512, 4096, 65536, 131071, 131072, 200_000, MiB, 4 * MiB + 3];
+  const requests: Buffer[] = [];
+  for (let index = 0; index < 120; index += 1) {
+    const lengthBytes = sizes[index % sizes.length];
+    const offsetBytes = (index * 7_654_321) % (sizeBytes - lengthBytes);
+    const cookie = BigInt(index + 1);
+    lengths.set(cookie, { offsetBytes, lengthBytes });
+    requests.push(requestHeader(READ, cookie, offsetBytes, lengthBytes));
+  }
+  // The tail of the device, through both paths.
+  lengths.set(1000n, { offsetBytes: sizeBytes - 3 * MiB, lengthBytes: 3 * MiB });
+  requests.push(requestHeader(READ, 1000n, sizeBytes - 3 * MiB, 3 * MiB));
+  lengths.set(1001n, { offsetBytes: sizeBytes - 100, lengthBytes: 100 });
+  requests.push(requestHeader(READ, 1001n, sizeBytes - 100, 100));
+  await client.write(Buffer.concat(requests));
+  for (let count = requests.length; count > 0; count -= 1) {
+    const problem = await readReply(client, lengths, contents);
+    if (problem !== undefined) return t.fail(problem);
+  }
+  t.is(lengths.size, 0);
+  t.true(harness.server.fileReplyStats.bytesSent >= 13 * (MiB + 4 * MiB), 'large reads did not go out by sendfile');
+  client.destroy();
+});
+
+test('with fileReplyBytesMin out of reach every read is copied, and reads the same', async (t) => {
+  const contents = crypto.randomBytes(8 * MiB);
+  const harness = await startLegServer(t, { sizeBytes: 8 * MiB, contents, connection: { fileReplyBytesMin: Infinity } });
+  const client = await attach(harness.address);
+  await client.write(requestHeader(READ, 1n, MiB, 4 * MiB));
+  t.is((await client.readSimpleReply()).error, 0);
+  t.true((await client.read(4 * MiB)).equals(contents.subarray(MiB, 5 * MiB)));
+  t.is(harness.server.fileReplyStats.bytesSent, 0);
+  client.destroy();
+});
+
+for (const mode of ['off', 'on'] as const) {
+  test(`libnbd pipelining mixed reads with structured replies ${mode} reads the file's bytes`, async (t) => {
+    const contents = crypto.randomBytes(sizeBytes);
+    const harness = await startLegServer(t, { sizeBytes, contents });
+    const script = path.join(projectRoot, 'test', 'python', 'read_mix.py');
+    const result = await run('/usr/bin/python3', [script, `nbd://127.0.0.1:${harness.address}`, mode, harness.legPath,
+      mode === 'on' ? '7' : '8'], { timeoutMs: 120_000 });
+    t.is(result.code, 0, `${result.stdout}\n${result.stderr}`);
+    t.regex(result.stdout, /^ok$/m);
+    t.true(harness.server.fileReplyStats.bytesSent > 0, 'no read went out by sendfile');
+  });
+}
+
+test('a client that stops reading mid-reply gets the rest when it reads again, and others are served meanwhile', async (t) => {
+  const contents = crypto.randomBytes(sizeBytes);
+  const harness = await startLegServer(t, { sizeBytes, contents });
+  const slow = await attach(harness.address);
+  const healthy = await attach(harness.address);
+  slow.socket.pause();
+  const lengths = new Map<bigint, { offsetBytes: number; lengthBytes: number }>();
+  const requests: Buffer[] = [];
+  // Far more than the socket buffers hold: the sender finds the socket full and must give its thread back.
+  for (let index = 0; index < 12; index += 1) {
+    const lengthBytes = index % 3 === 2 ? 4096 : 4 * MiB;
+    const offsetBytes = index * 5 * MiB;
+    lengths.set(BigInt(index + 1), { offsetBytes, lengthBytes });
+    requests.push(requestHeader(READ, BigInt(index + 1), offsetBytes, lengthBytes));
+  }
+  await slow.write(Buffer.concat(requests));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  // The pool has 4 threads; a stalled reply holding one would show as a stall here.
+  const healthyLengths = new Map<bigint, { offsetBytes: number; lengthBytes: number }>();
+  for (let index = 0; index < 8; index += 1) {
+    healthyLengths.set(BigInt(index + 1), { offsetBytes: index * MiB, lengthBytes: 2 * MiB });
+    await healthy.write(requestHeader(READ, BigInt(index + 1), index * MiB, 2 * MiB));
+    const problem = await readReply(healthy, healthyLengths, contents);
+    if (problem !== undefined) return t.fail(`healthy client: ${problem}`);
+  }
+  slow.socket.resume();
+  for (let count = requests.length; count > 0; count -= 1) {
+    const problem = await readReply(slow, lengths, contents);
+    if (problem !== undefined) return t.fail(`slow client: ${problem}`);
+  }
+  t.is(lengths.size, 0);
+  const { stalled, declined } = harness.server.fileReplyStats;
+  t.true(stalled >= 1, 'no reply found the socket full and finished through Node');
+  t.true(declined >= 1, 'no reply was declined while Node still had bytes to write');
+  slow.destroy();
+  healthy.destroy();
+});
+
+test.serial('a client that hangs up with replies in flight leaves no descriptor behind and harms no one', async (t) => {
+  const contents = crypto.randomBytes(sizeBytes);
+  const harness = await startLegServer(t, { sizeBytes, contents });
+  const healthy = await attach(harness.address);
+  const descriptorsBefore = openDescriptors();
+  for (let round = 0; round < 5; round += 1) {
+    const quitter = await attach(harness.address);
+    quitter.socket.pause();
+    const requests: Buffer[] = [];
+    for (let index = 0; index < 10; index += 1) requests.push(requestHeader(READ, BigInt(index + 1), index * 6 * MiB, 4 * MiB));
+    await quitter.write(Buffer.concat(requests));
+    await new Promise((resolve) => setTimeout(resolve, 20 + round * 30));
+    quitter.destroy();
+  }
+  t.true(await waitUntil(() => harness.server.connectionCount === 1, 10_000, 20), 'quitters still connected');
+  t.is(openDescriptors(), descriptorsBefore, 'a socket descriptor outlived its connection');
+  const lengths = new Map([[9n, { offsetBytes: 3 * MiB, lengthBytes: 4 * MiB }]]);
+  await healthy.write(requestHeader(READ, 9n, 3 * MiB, 4 * MiB));
+  t.is(await readReply(healthy, lengths, contents), undefined);
+  healthy.destroy();
+});
+
+test('shutting down with a client not reading its large replies finishes', async (t) => {
+  const harness = await startLegServer(t, { sizeBytes, contents: crypto.randomBytes(sizeBytes) });
+  const stuck = await attach(harness.address);
+  stuck.socket.pause();
+  const requests: Buffer[] = [];
+  for (let index = 0; index < 8; index += 1) requests.push(requestHeader(READ, BigInt(index + 1), index * 4 * MiB, 4 * MiB));
+  await stuck.write(Buffer.concat(requests));
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const started = Date.now();
+  await harness.close();
+  t.true(Date.now() - started < 8000, `shutdown took ${Date.now() - started} ms`);
+  stuck.destroy();
+});
+
+test('a file cut short under the server: the missing tail is sent as zeroes, framing intact', async (t) => {
+  const contents = crypto.randomBytes(16 * MiB);
+  const harness = await startLegServer(t, { sizeBytes: 16 * MiB, contents });
+  const client = await attach(harness.address);
+  fs.truncateSync(harness.legPath, 15 * MiB + 100);
+  await client.write(Buffer.concat([
+    requestHeader(READ, 1n, 14 * MiB, 2 * MiB),
+    requestHeader(READ, 2n, 0, 4096),
+  ]));
+  const expected = Buffer.concat([contents.subarray(14 * MiB, 15 * MiB + 100), Buffer.alloc(MiB - 100)]);
+  for (let count = 0; count < 2; count += 1) {
+    const reply = await client.readSimpleReply();
+    t.is(reply.error, 0);
+    const data = await client.read(reply.cookie === 1n ? 2 * MiB : 4096);
+    t.true(data.equals(reply.cookie === 1n ? expected : contents.subarray(0, 4096)), `reply ${reply.cookie}`);
+  }
+  client.destroy();
+});
+
+test('a file leg waits for lent ranges before it closes its descriptor', async (t) => {
+  const dir = makeTempDir('lease');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const leg = await FileLeg.open({ path: path.join(dir, 'leg.img'), createSizeBytes: MiB });
+  const lease = leg.lendFileRange(4096, 8192);
+  t.truthy(lease, 'a file leg lends its ranges when the addon has sendfile');
+  let closed = false;
+  const closing = leg.close().then(() => { closed = true; });
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.false(closed, 'closed while a range was lent');
+  t.is(leg.lendFileRange(0, 4096), undefined, 'a closing leg lends nothing more');
+  lease!.release();
+  await closing;
+  t.true(closed);
+  t.throws(() => lease!.release(), { message: /released twice/ });
+});
