@@ -5,6 +5,7 @@ import { GroupCommit } from '../blockdev/group-commit.js';
 import { checkRange } from '../blockdev/range.js';
 import type { BlockDevice, DeviceCapabilities, Extent, FileRangeLease, WriteFlags, ZeroFlags } from '../blockdev/types.js';
 import { closeFd, fdatasync, preadAll, pwriteAll, pwriteAllSync } from './fs-io.js';
+import { InlineWriteGate } from './inline-write-gate.js';
 import {
   EAGAIN, ENXIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
   native, SEEK_DATA, SEEK_END, SEEK_HOLE,
@@ -25,13 +26,11 @@ export interface FileLegOptions {
    * Non-FUA writes up to this size are written from the event loop, which
    * saves a thread-pool round trip (most of a 4 KiB write's CPU and latency:
    * 4k random writes at QD32 ran at 0.42x nbdkit through the pool,
-   * 0.65-0.77x inline). A write into the page cache takes microseconds; when one takes
-   * longer than inlineWriteStallMs the kernel is throttling writeback, and
-   * writes go to the thread pool for 100 times as long as that call took
-   * (0.1 to 2 s), so the event loop keeps serving other clients: a one-off
-   * 1 ms hiccup costs little, sustained throttling blocks the loop about 1%
-   * of the time. Each event-loop turn writes at most inlineTurnBytesMax
-   * inline, which bounds how long a burst of large writes holds the loop.
+   * 0.65-0.77x inline). After an inline write that stalls, writes go to the
+   * pool for a while (see inline-write-gate.ts), so the event loop keeps
+   * serving other clients while the kernel throttles writeback. Each
+   * event-loop turn writes at most inlineTurnBytesMax inline, which bounds
+   * how long a burst of large writes holds the loop.
    */
   inlineWriteBytesMax?: number;
   /**
@@ -41,10 +40,6 @@ export interface FileLegOptions {
   usableSizeBytes?: number;
 }
 
-const inlineWriteStallMs = 1;
-const inlineWritePausePerStallMs = 100;
-const inlineWritePauseMinMs = 100;
-const inlineWritePauseMaxMs = 2000;
 const inlineTurnBytesMax = 1024 * 1024;
 
 /** Zero-filling falls back to plain writes of this chunk size. */
@@ -66,8 +61,7 @@ export class FileLeg implements BlockDevice {
   private inlineReadsWork = native !== undefined;
   /** Cleared after the filesystem refuses fallocate once, so we stop asking. */
   private fallocateWorks = native !== undefined;
-  /** performance.now() before which writes avoid the event loop (see inlineWriteBytesMax). */
-  private inlineWritesResumeAt = 0;
+  private readonly inlineWrites = new InlineWriteGate();
   /** Bytes written inline in this event-loop turn; -1 when no turn is being counted. */
   private inlineBytesThisTurn = -1;
   /** File ranges lent for sendfile: close waits for them, so the descriptor is never reused under one. */
@@ -162,7 +156,7 @@ export class FileLeg implements BlockDevice {
     this.checkWritable('write');
     checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
     if (!flags.fua && data.length <= this.inlineWriteBytesMax && this.inlineBytesThisTurn < inlineTurnBytesMax &&
-        performance.now() >= this.inlineWritesResumeAt) {
+        this.inlineWrites.open(performance.now())) {
       if (this.inlineBytesThisTurn < 0) {
         this.inlineBytesThisTurn = 0;
         setImmediate(() => { this.inlineBytesThisTurn = -1; });
@@ -175,11 +169,7 @@ export class FileLeg implements BlockDevice {
         throw toBlockError(error, `write ${this.path} at ${offsetBytes}`);
       }
       const finished = performance.now();
-      const tookMs = finished - started;
-      if (tookMs > inlineWriteStallMs) {
-        const pauseMs = Math.min(inlineWritePauseMaxMs, Math.max(inlineWritePauseMinMs, tookMs * inlineWritePausePerStallMs));
-        this.inlineWritesResumeAt = finished + pauseMs;
-      }
+      this.inlineWrites.record(finished - started, finished);
       return;
     }
     try {

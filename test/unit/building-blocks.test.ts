@@ -1,4 +1,5 @@
 import test from 'ava';
+import { InlineWriteGate } from '../../backends/inline-write-gate.js';
 import { GroupCommit } from '../../blockdev/group-commit.js';
 import { RangeOrder } from '../../blockdev/range-order.js';
 import { BufferPool } from '../../blockdev/buffer-pool.js';
@@ -118,4 +119,24 @@ test('validateRequest follows the spec errors', (t) => {
   t.deepEqual(request(4, 0n, 0xffffffff >>> 12), { ok: true, offsetBytes: 0 }, 'large trims inside the export are fine');
   const readOnly = { ...context, transmissionFlags: context.transmissionFlags | TransmissionFlag.READ_ONLY };
   t.like(validateRequest({ type: 1, offset: 0n, lengthBytes: 1, flags: 0, cookie: 1n }, readOnly), { ok: false, error: 1 });
+});
+
+test('InlineWriteGate: a lone stall pauses inline writes briefly; stalls right after each pause escalate to 100x', (t) => {
+  const gate = new InlineWriteGate();
+  t.true(gate.open(0));
+  t.is(gate.record(0.5, 100), 0, 'a write under 1 ms is no stall');
+  t.true(gate.open(100));
+  t.is(gate.record(20, 1000), 200, 'a lone 20 ms stall: 10 times as long');
+  t.false(gate.open(1199));
+  t.true(gate.open(1200));
+  // Throttling: each time writes come back, they stall again at once.
+  t.is(gate.record(2, 1201), 40, 'second stall of the episode: 20x');
+  t.is(gate.record(2, 1242), 80, 'third: 40x');
+  t.is(gate.record(2, 1323), 160, 'fourth: 80x');
+  t.is(gate.record(2, 1484), 200, 'then 100x at most');
+  t.is(gate.record(30, 1700), 2000, 'never more than 2 s');
+  t.false(gate.open(3699));
+  // A quiet second after the pause ends starts a new episode.
+  t.is(gate.record(2, 4800), 20, 'a later lone stall is short again');
+  t.is(gate.record(1.5, 6000), 15);
 });
