@@ -110,14 +110,41 @@ static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
   return make_number(env, rc < 0 ? -errno : (double)rc);
 }
 
+/* The start of every thread-pool job: its libuv work and the JS callback to call when done. */
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+} async_job;
+
+/* Queues a job (a struct that begins with an async_job) to run `execute` on the thread pool. */
+static napi_status queue_job(napi_env env, async_job *job, napi_value callback, const char *name,
+                             napi_async_execute_callback execute, napi_async_complete_callback complete) {
+  napi_value resource_name;
+  napi_status status = napi_create_reference(env, callback, 1, &job->callback);
+  if (status == napi_ok) status = napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource_name);
+  if (status == napi_ok) status = napi_create_async_work(env, NULL, resource_name, execute, complete, job, &job->work);
+  if (status == napi_ok) status = napi_queue_async_work(env, job->work);
+  return status;
+}
+
+/* Calls the job's callback with these arguments, then frees the job. */
+static void finish_job(napi_env env, async_job *job, size_t argc, napi_value *argv) {
+  napi_value callback, global;
+  napi_get_reference_value(env, job->callback, &callback);
+  napi_get_global(env, &global);
+  napi_call_function(env, global, callback, argc, argv, NULL);
+  napi_delete_reference(env, job->callback);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
 /*
  * fallocateAsync(fd, mode, offset, length, callback(result)) runs on the
  * libuv thread pool: punching or zeroing gigabytes (one TRIM of a whole
  * export) can take milliseconds, too long to block the event loop.
  */
 typedef struct {
-  napi_async_work work;
-  napi_ref callback;
+  async_job async;
   int fd, mode;
   off_t offset, length;
   int result;
@@ -135,19 +162,13 @@ static void fallocate_execute(napi_env env, void *data) {
 
 static void fallocate_complete(napi_env env, napi_status status, void *data) {
   fallocate_job *job = data;
-  napi_value callback, global, argv[1];
-  napi_get_reference_value(env, job->callback, &callback);
-  napi_get_global(env, &global);
-  argv[0] = make_number(env, status == napi_ok ? job->result : -ECANCELED);
-  napi_call_function(env, global, callback, 1, argv, NULL);
-  napi_delete_reference(env, job->callback);
-  napi_delete_async_work(env, job->work);
-  free(job);
+  napi_value argv[1] = {make_number(env, status == napi_ok ? job->result : -ECANCELED)};
+  finish_job(env, &job->async, 1, argv);
 }
 
 static napi_value js_fallocate_async(napi_env env, napi_callback_info info) {
   size_t argc = 5;
-  napi_value argv[5], name;
+  napi_value argv[5];
   int64_t fd, mode, offset, length;
   napi_valuetype type;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -166,10 +187,7 @@ static napi_value js_fallocate_async(napi_env env, napi_callback_info info) {
   job->mode = (int)mode;
   job->offset = (off_t)offset;
   job->length = (off_t)length;
-  CHECK(napi_create_reference(env, argv[4], 1, &job->callback));
-  CHECK(napi_create_string_utf8(env, "nbd-mirror:fallocate", NAPI_AUTO_LENGTH, &name));
-  CHECK(napi_create_async_work(env, NULL, name, fallocate_execute, fallocate_complete, job, &job->work));
-  CHECK(napi_queue_async_work(env, job->work));
+  CHECK(queue_job(env, &job->async, argv[4], "nbd-mirror:fallocate", fallocate_execute, fallocate_complete));
   return NULL;
 }
 
@@ -217,8 +235,7 @@ static napi_value js_shutdown_socket(napi_env env, napi_callback_info info) {
 #define REPLY_HEADER_MAX 64
 
 typedef struct {
-  napi_async_work work;
-  napi_ref callback;
+  async_job async;
   int socket_fd, file_fd;
   unsigned char header[REPLY_HEADER_MAX];
   size_t header_bytes;
@@ -288,20 +305,14 @@ static void send_file_execute(napi_env env, void *data) {
 
 static void send_file_complete(napi_env env, napi_status status, void *data) {
   send_file_job *job = data;
-  napi_value callback, global, argv[2];
-  napi_get_reference_value(env, job->callback, &callback);
-  napi_get_global(env, &global);
-  argv[0] = make_number(env, status == napi_ok ? job->result : -ECANCELED);
-  argv[1] = make_number(env, (double)job->sent);
-  napi_call_function(env, global, callback, 2, argv, NULL);
-  napi_delete_reference(env, job->callback);
-  napi_delete_async_work(env, job->work);
-  free(job);
+  napi_value argv[2] = {make_number(env, status == napi_ok ? job->result : -ECANCELED),
+                        make_number(env, (double)job->sent)};
+  finish_job(env, &job->async, 2, argv);
 }
 
 static napi_value js_send_file_async(napi_env env, napi_callback_info info) {
   size_t argc = 7;
-  napi_value argv[7], name;
+  napi_value argv[7];
   int64_t socket_fd, file_fd, position, length, stall_ms;
   void *header;
   size_t header_bytes;
@@ -330,10 +341,7 @@ static napi_value js_send_file_async(napi_env env, napi_callback_info info) {
   job->position = (off_t)position;
   job->length = (uint64_t)length;
   job->stall_ms = (uint64_t)stall_ms;
-  CHECK(napi_create_reference(env, argv[6], 1, &job->callback));
-  CHECK(napi_create_string_utf8(env, "nbd-mirror:sendfile", NAPI_AUTO_LENGTH, &name));
-  CHECK(napi_create_async_work(env, NULL, name, send_file_execute, send_file_complete, job, &job->work));
-  CHECK(napi_queue_async_work(env, job->work));
+  CHECK(queue_job(env, &job->async, argv[6], "nbd-mirror:sendfile", send_file_execute, send_file_complete));
   return NULL;
 }
 
