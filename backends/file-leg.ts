@@ -4,7 +4,7 @@ import { BlockError, fromNegativeErrno, toBlockError } from '../blockdev/errors.
 import { GroupCommit } from '../blockdev/group-commit.js';
 import { checkRange } from '../blockdev/range.js';
 import type { BlockDevice, DeviceCapabilities, Extent, FileRangeLease, WriteFlags, ZeroFlags } from '../blockdev/types.js';
-import { closeFd, fdatasync, preadAll, pwriteAll, pwriteAllSync } from './fs-io.js';
+import { closeFd, fdatasync, preadOrZeroes, pwriteAll, pwriteAllSync } from './fs-io.js';
 import { InlineWriteGate } from './inline-write-gate.js';
 import {
   EAGAIN, ENXIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
@@ -144,12 +144,11 @@ export class FileLeg implements BlockDevice {
       done = Math.max(result, 0);
     }
     try {
-      done += await preadAll(this.fd, target, done, offsetBytes + done);
+      // A file shorter than the device (truncated behind our back) reads as zeroes.
+      await preadOrZeroes(this.fd, target, done, offsetBytes + done);
     } catch (error) {
       throw toBlockError(error, `read ${this.path} at ${offsetBytes}`);
     }
-    // A file shorter than the device (truncated behind our back) reads as zeroes.
-    if (done < target.length) target.fill(0, done);
   }
 
   async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {

@@ -18,6 +18,12 @@ export function preadAll(fd: number, target: Buffer, targetOffset: number, posit
   });
 }
 
+/** Fills target[targetOffset..] from the file at positionBytes; past the end of the file, with zeroes (as a device reads). */
+export async function preadOrZeroes(fd: number, target: Buffer, targetOffset: number, positionBytes: number): Promise<void> {
+  const readBytes = await preadAll(fd, target, targetOffset, positionBytes);
+  if (targetOffset + readBytes < target.length) target.fill(0, targetOffset + readBytes);
+}
+
 export function pwriteAll(fd: number, data: Buffer, positionBytes: number): Promise<void> {
   return new Promise((resolve, reject) => {
     let done = 0;

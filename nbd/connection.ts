@@ -230,7 +230,7 @@ export class Connection {
         this.drainBytes = lengthBytes;
         this.drainThen = () => {
           if (option === Option.EXPORT_NAME) this.hardDisconnect(`NBD_OPT_EXPORT_NAME of ${lengthBytes} bytes`);
-          else this.send(optionReply(option, OptionReply.ERR_TOO_BIG, Buffer.from(`option length ${lengthBytes} is too large`)));
+          else this.writer.send(optionReply(option, OptionReply.ERR_TOO_BIG, Buffer.from(`option length ${lengthBytes} is too large`)));
         };
         return true;
       }
@@ -241,7 +241,7 @@ export class Connection {
     this.pendingOption = undefined;
     const payload = this.input.take(lengthBytes);
     const outcome = handleOption(this.negotiation, this.exports, option, payload, this.isShuttingDown());
-    for (const reply of outcome.replies) this.send(reply);
+    for (const reply of outcome.replies) this.writer.send(reply);
     if (outcome.next === 'close') {
       this.options.logger.info({ reason: outcome.reason }, 'closing during negotiation');
       this.closeGracefully();
@@ -420,14 +420,11 @@ export class Connection {
     const device = this.device!;
     const lengthBytes = request.lengthBytes;
     if (!this.structured) {
-      if (await this.sendReadFromFile(offsetBytes, lengthBytes, () => simpleReply(0, request.cookie))) return;
-      const reply = await this.readAfterPrefix(SIMPLE_REPLY_HEADER_BYTES, offsetBytes, lengthBytes);
-      writeSimpleHeader(reply.buffer, 0, request.cookie);
-      this.send(reply.buffer, reply.release);
-      return;
+      return this.sendReadData(SIMPLE_REPLY_HEADER_BYTES, offsetBytes, lengthBytes,
+        (target) => writeSimpleHeader(target, 0, request.cookie));
     }
     if (lengthBytes === 0) {
-      this.send(structuredNone(request.cookie));
+      this.writer.send(structuredNone(request.cookie));
       return;
     }
     const fragmentsAllowed = (request.flags & CommandFlag.DF) === 0;
@@ -435,27 +432,36 @@ export class Connection {
       const extents = await device.blockStatus(offsetBytes, lengthBytes);
       if (extents.some((extent) => extent.zero)) return this.serveSparseRead(request, offsetBytes, extents);
     }
-    const prefix = (): Buffer => {
-      const header = Buffer.allocUnsafe(OFFSET_DATA_PREFIX_BYTES);
-      writeOffsetDataPrefix(header, request.cookie, offsetBytes, lengthBytes, true);
-      return header;
-    };
-    if (await this.sendReadFromFile(offsetBytes, lengthBytes, prefix)) return;
-    const reply = await this.readAfterPrefix(OFFSET_DATA_PREFIX_BYTES, offsetBytes, lengthBytes);
-    writeOffsetDataPrefix(reply.buffer, request.cookie, offsetBytes, lengthBytes, true);
-    this.send(reply.buffer, reply.release);
+    return this.sendReadData(OFFSET_DATA_PREFIX_BYTES, offsetBytes, lengthBytes,
+      (target) => writeOffsetDataPrefix(target, request.cookie, offsetBytes, lengthBytes, true));
   }
 
-  /** A large read of a range the device lends as a file range goes out by sendfile; false: read it instead. */
-  private async sendReadFromFile(offsetBytes: number, lengthBytes: number, header: () => Buffer): Promise<boolean> {
+  /**
+   * A read reply of `prefixBytes` of header (written by `writeHeader`) and the
+   * data: by sendfile when the range is large and the device lends it as a
+   * file range, else read into a buffer behind the header.
+   */
+  private async sendReadData(prefixBytes: number, offsetBytes: number, lengthBytes: number,
+    writeHeader: (target: Buffer) => void): Promise<void> {
+    if (await this.sendReadFromFile(prefixBytes, offsetBytes, lengthBytes, writeHeader)) return;
+    const reply = await this.readAfterPrefix(prefixBytes, offsetBytes, lengthBytes);
+    writeHeader(reply.buffer);
+    this.writer.send(reply.buffer, reply.release);
+  }
+
+  /** false: not sent (too small, not lent, or declined); read it instead. */
+  private async sendReadFromFile(prefixBytes: number, offsetBytes: number, lengthBytes: number,
+    writeHeader: (target: Buffer) => void): Promise<boolean> {
     if (lengthBytes < this.options.fileReplyBytesMin || this.device!.lendFileRange === undefined ||
         !this.writer.canSendFiles) {
       return false;
     }
     const lease = this.device!.lendFileRange(offsetBytes, lengthBytes);
     if (lease === undefined) return false;
+    const header = Buffer.allocUnsafe(prefixBytes);
+    writeHeader(header);
     try {
-      return await this.writer.sendFile({ header: header(), fd: lease.fd, positionBytes: lease.positionBytes, lengthBytes });
+      return await this.writer.sendFile({ header, fd: lease.fd, positionBytes: lease.positionBytes, lengthBytes });
     } finally {
       lease.release();
     }
@@ -489,8 +495,8 @@ export class Connection {
     }
     // Block status may cover only a prefix; the rest is sent as data.
     if (position < endBytes) chunks.push(await this.readChunk(request.cookie, position, endBytes - position, false));
-    for (const chunk of chunks) this.send(chunk);
-    this.send(structuredNone(request.cookie));
+    for (const chunk of chunks) this.writer.send(chunk);
+    this.writer.send(structuredNone(request.cookie));
   }
 
   private async readChunk(cookie: bigint, offsetBytes: number, lengthBytes: number, zero: boolean): Promise<Buffer> {
@@ -515,11 +521,11 @@ export class Connection {
       position = extentEnd;
       if ((request.flags & CommandFlag.REQ_ONE) !== 0 || position >= endBytes) break;
     }
-    this.send(blockStatusChunk(request.cookie, BASE_ALLOCATION_ID, descriptors));
+    this.writer.send(blockStatusChunk(request.cookie, BASE_ALLOCATION_ID, descriptors));
   }
 
   private replyOk(request: RequestHeader): void {
-    this.send(simpleReply(0, request.cookie));
+    this.writer.send(simpleReply(0, request.cookie));
   }
 
   private replyFailure(request: RequestHeader, error: unknown): void {
@@ -533,17 +539,8 @@ export class Connection {
   private replyError(request: RequestHeader, errorCode: number, message: string): void {
     assert(errorCode !== 0);
     // With structured replies, READ must never get a simple reply; errors carry their message.
-    if (this.structured) this.send(structuredError(request.cookie, errorCode, message));
-    else this.send(simpleReply(errorCode, request.cookie));
-  }
-
-  /** Queues one reply; `written` runs once the socket no longer needs the buffer. */
-  private send(buffer: Buffer, written?: () => void): void {
-    if (this.phase === 'closed') {
-      written?.();
-      return;
-    }
-    this.writer.send(buffer, written);
+    if (this.structured) this.writer.send(structuredError(request.cookie, errorCode, message));
+    else this.writer.send(simpleReply(errorCode, request.cookie));
   }
 
   private updateFlow(): void {

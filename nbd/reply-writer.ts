@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import type net from 'node:net';
 import { BlockError, fromNegativeErrno, toBlockError } from '../blockdev/errors.js';
 import type { BufferPool } from '../blockdev/buffer-pool.js';
-import { preadAll } from '../backends/fs-io.js';
+import { preadOrZeroes } from '../backends/fs-io.js';
 import { EAGAIN, native } from '../backends/native.js';
 
 /** A read reply whose data is a file range: the header, then `lengthBytes` from `positionBytes` of `fd`. */
@@ -209,13 +209,10 @@ export class ReplyWriter {
     const totalBytes = reply.header.length + reply.lengthBytes;
     const rest = this.options.bufferPool.acquire(totalBytes - sentBytes);
     try {
-      const headerLeft = Math.max(0, reply.header.length - sentBytes);
-      reply.header.copy(rest.buffer, 0, reply.header.length - headerLeft);
-      const dataDone = sentBytes - reply.header.length + headerLeft;
-      const dataTarget = rest.buffer.subarray(headerLeft);
-      const readBytes = await preadAll(reply.fd, dataTarget, 0, reply.positionBytes + dataDone);
-      // Past the file's end a read returns zeroes, as the sendfile path sends them.
-      if (readBytes < dataTarget.length) dataTarget.fill(0, readBytes);
+      const headerLeft = reply.header.copy(rest.buffer, 0, Math.min(sentBytes, reply.header.length));
+      const dataSent = Math.max(0, sentBytes - reply.header.length);
+      // Past the file's end zeroes, as the sendfile path sends them.
+      await preadOrZeroes(reply.fd, rest.buffer, headerLeft, reply.positionBytes + dataSent);
     } catch (error) {
       rest.release();
       const failure = toBlockError(error, `reading the rest of the read reply at ${reply.positionBytes}`);

@@ -4,9 +4,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { FileLeg } from '../backends/file-leg.js';
 import { projectRoot } from './helpers/server-process.js';
-import { attach, READ, requestHeader, startLegServer } from './helpers/leg-server.js';
-import type { RawClient } from './helpers/raw-client.js';
-import { makeTempDir, run } from './helpers/tools.js';
+import { startLegServer } from './helpers/leg-server.js';
+import { attachClient, type RawClient, READ, requestHeader } from './helpers/raw-client.js';
+import { makeTempDir, openDescriptorCount, run } from './helpers/tools.js';
 import { waitUntil } from './helpers/wait.js';
 
 /**
@@ -17,10 +17,6 @@ import { waitUntil } from './helpers/wait.js';
  */
 const MiB = 1024 * 1024;
 const sizeBytes = 64 * MiB;
-
-function openDescriptors(): number {
-  return fs.readdirSync('/proc/self/fd').length;
-}
 
 async function readReply(client: RawClient, lengths: Map<bigint, { offsetBytes: number; lengthBytes: number }>,
   contents: Buffer): Promise<string | undefined> {
@@ -40,7 +36,7 @@ async function readReply(client: RawClient, lengths: Map<bigint, { offsetBytes: 
 test('pipelined reads of every size come back whole, large ones by sendfile', async (t) => {
   const contents = crypto.randomBytes(sizeBytes);
   const harness = await startLegServer(t, { sizeBytes, contents });
-  const client = await attach(harness.address);
+  const client = await attachClient(harness.address);
   const lengths = new Map<bigint, { offsetBytes: number; lengthBytes: number }>();
   const sizes = [1, 512, 4096, 65536, 131071, 131072, 200_000, MiB, 4 * MiB + 3];
   const requests: Buffer[] = [];
@@ -78,7 +74,7 @@ test('pipelined reads of every size come back whole, large ones by sendfile', as
 test('with fileReplyBytesMin out of reach every read is copied, and reads the same', async (t) => {
   const contents = crypto.randomBytes(8 * MiB);
   const harness = await startLegServer(t, { sizeBytes: 8 * MiB, contents, connection: { fileReplyBytesMin: Infinity } });
-  const client = await attach(harness.address);
+  const client = await attachClient(harness.address);
   await client.write(requestHeader(READ, 1n, MiB, 4 * MiB));
   t.is((await client.readSimpleReply()).error, 0);
   t.true((await client.read(4 * MiB)).equals(contents.subarray(MiB, 5 * MiB)));
@@ -102,8 +98,8 @@ for (const mode of ['off', 'on'] as const) {
 test('a client that stops reading mid-reply gets the rest when it reads again, and others are served meanwhile', async (t) => {
   const contents = crypto.randomBytes(sizeBytes);
   const harness = await startLegServer(t, { sizeBytes, contents });
-  const slow = await attach(harness.address);
-  const healthy = await attach(harness.address);
+  const slow = await attachClient(harness.address);
+  const healthy = await attachClient(harness.address);
   slow.socket.pause();
   const lengths = new Map<bigint, { offsetBytes: number; lengthBytes: number }>();
   const requests: Buffer[] = [];
@@ -140,10 +136,10 @@ test('a client that stops reading mid-reply gets the rest when it reads again, a
 test.serial('a client that hangs up with replies in flight leaves no descriptor behind and harms no one', async (t) => {
   const contents = crypto.randomBytes(sizeBytes);
   const harness = await startLegServer(t, { sizeBytes, contents });
-  const healthy = await attach(harness.address);
-  const descriptorsBefore = openDescriptors();
+  const healthy = await attachClient(harness.address);
+  const descriptorsBefore = openDescriptorCount();
   for (let round = 0; round < 5; round += 1) {
-    const quitter = await attach(harness.address);
+    const quitter = await attachClient(harness.address);
     quitter.socket.pause();
     const requests: Buffer[] = [];
     for (let index = 0; index < 10; index += 1) requests.push(requestHeader(READ, BigInt(index + 1), index * 6 * MiB, 4 * MiB));
@@ -152,7 +148,7 @@ test.serial('a client that hangs up with replies in flight leaves no descriptor 
     quitter.destroy();
   }
   t.true(await waitUntil(() => harness.server.connectionCount === 1, 10_000, 20), 'quitters still connected');
-  t.is(openDescriptors(), descriptorsBefore, 'a socket descriptor outlived its connection');
+  t.is(openDescriptorCount(), descriptorsBefore, 'a socket descriptor outlived its connection');
   const lengths = new Map([[9n, { offsetBytes: 3 * MiB, lengthBytes: 4 * MiB }]]);
   await healthy.write(requestHeader(READ, 9n, 3 * MiB, 4 * MiB));
   t.is(await readReply(healthy, lengths, contents), undefined);
@@ -161,7 +157,7 @@ test.serial('a client that hangs up with replies in flight leaves no descriptor 
 
 test('shutting down with a client not reading its large replies finishes', async (t) => {
   const harness = await startLegServer(t, { sizeBytes, contents: crypto.randomBytes(sizeBytes) });
-  const stuck = await attach(harness.address);
+  const stuck = await attachClient(harness.address);
   stuck.socket.pause();
   const requests: Buffer[] = [];
   for (let index = 0; index < 8; index += 1) requests.push(requestHeader(READ, BigInt(index + 1), index * 4 * MiB, 4 * MiB));
@@ -176,7 +172,7 @@ test('shutting down with a client not reading its large replies finishes', async
 test('a file cut short under the server: the missing tail is sent as zeroes, framing intact', async (t) => {
   const contents = crypto.randomBytes(16 * MiB);
   const harness = await startLegServer(t, { sizeBytes: 16 * MiB, contents });
-  const client = await attach(harness.address);
+  const client = await attachClient(harness.address);
   fs.truncateSync(harness.legPath, 15 * MiB + 100);
   await client.write(Buffer.concat([
     requestHeader(READ, 1n, 14 * MiB, 2 * MiB),

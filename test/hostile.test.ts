@@ -2,17 +2,15 @@ import test from 'ava';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { RawClient } from './helpers/raw-client.js';
+import { attachClient, RawClient, READ, requestHeader, WRITE } from './helpers/raw-client.js';
 import { type ServerProcess, startServerProcess } from './helpers/server-process.js';
-import { makeTempDir, run } from './helpers/tools.js';
+import { makeTempDir, openDescriptorCount, run } from './helpers/tools.js';
 
 /**
  * Each bad input the spec names, sent by a raw client, while a well-behaved
  * client works alongside. Afterwards the server still serves and the data
  * written before the attack is intact (invariant I6: isolation).
  */
-const READ = 0;
-const WRITE = 1;
 const FLUSH = 3;
 const NBD_EINVAL = 22;
 const NBD_ENOSPC = 28;
@@ -42,11 +40,8 @@ test.after.always(async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-async function attach(): Promise<RawClient> {
-  const client = await RawClient.connect(server.port);
-  await client.greet();
-  await client.go();
-  return client;
+function attach(): Promise<RawClient> {
+  return attachClient(server.port);
 }
 
 async function sentinelIntact(): Promise<boolean> {
@@ -56,10 +51,6 @@ async function sentinelIntact(): Promise<boolean> {
   const data = await client.read(sentinel.length);
   client.destroy();
   return reply.error === 0 && data.equals(sentinel);
-}
-
-function openFds(pid: number): number {
-  return fs.readdirSync(`/proc/${pid}/fd`).length;
 }
 
 test.serial('unknown client flags and a client without fixed newstyle are disconnected', async (t) => {
@@ -190,13 +181,9 @@ test.serial('transmission errors get error replies and framing survives', async 
 });
 
 test.serial('hang-ups mid-request and thousands of connect/disconnects leak nothing', async (t) => {
-  const baselineFds = openFds(server.pid);
+  const baselineFds = openDescriptorCount(server.pid);
   const halfWrite = await attach();
-  const header = Buffer.alloc(28);
-  header.writeUInt32BE(0x25609513, 0);
-  header.writeUInt16BE(WRITE, 6);
-  header.writeUInt32BE(65536, 24);
-  await halfWrite.write(Buffer.concat([header, Buffer.alloc(1000)]));
+  await halfWrite.write(Buffer.concat([requestHeader(WRITE, 0n, 0, 65536), Buffer.alloc(1000)]));
   halfWrite.destroy();
   const inFlight = await attach();
   for (let i = 0; i < 16; i += 1) await inFlight.request(READ, { cookie: BigInt(i), offset: 0n, length: 1024 * 1024 });
@@ -215,10 +202,10 @@ test.serial('hang-ups mid-request and thousands of connect/disconnects leak noth
       await client.closed;
     }));
   }
-  let fds = openFds(server.pid);
+  let fds = openDescriptorCount(server.pid);
   for (let attempt = 0; attempt < 50 && fds > baselineFds; attempt += 1) {
     await new Promise((resolve) => setTimeout(resolve, 100));
-    fds = openFds(server.pid);
+    fds = openDescriptorCount(server.pid);
   }
   t.true(fds <= baselineFds, `open descriptors went from ${baselineFds} to ${fds}`);
   t.true(await sentinelIntact(), 'data written before the connection storm is intact');

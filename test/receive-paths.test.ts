@@ -1,8 +1,8 @@
 import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
 import { defaultConnectionOptions } from '../nbd/connection.js';
-import { attach, type LegServer, READ, requestHeader, startLegServer, WRITE } from './helpers/leg-server.js';
-import type { RawClient } from './helpers/raw-client.js';
+import { type LegServer, startLegServer } from './helpers/leg-server.js';
+import { attachClient, type RawClient, READ, requestHeader, WRITE } from './helpers/raw-client.js';
 
 /**
  * WRITE payloads reach the device by three paths: a view of a received slab,
@@ -53,7 +53,7 @@ function seededRandom(seed: number): () => number {
 async function pipelinedWritesReadBack(t: ExecutionContext, harness: Harness, seed: number): Promise<void> {
   const random = seededRandom(seed);
   const model = Buffer.alloc(sizeBytes);
-  const client = await attach(harness.address);
+  const client = await attachClient(harness.address);
   const parts: Buffer[] = [];
   let cookie = 1n;
   // Overlapping writes on one connection apply in order, so the model is the last writer's bytes.
@@ -102,8 +102,8 @@ test('flow control pausing mid-payload loses nothing (two requests in flight at 
 
 test('a client that hangs up in the middle of a large payload harms no one else', async (t) => {
   const harness = await startServer(t, { directReads: true });
-  const healthy = await attach(harness.address);
-  const quitter = await attach(harness.address);
+  const healthy = await attachClient(harness.address);
+  const quitter = await attachClient(harness.address);
   const payload = crypto.randomBytes(2 * 1024 * 1024);
   await quitter.write(Buffer.concat([requestHeader(WRITE, 1n, 0, payload.length), payload.subarray(0, 700_000)]));
   await new Promise((resolve) => setTimeout(resolve, 50));
@@ -124,7 +124,7 @@ test('a client that hangs up in the middle of a large payload harms no one else'
 
 test('shutting down while a large payload is half received does not wait for the rest', async (t) => {
   const harness = await startServer(t, { directReads: true });
-  const client = await attach(harness.address);
+  const client = await attachClient(harness.address);
   const payload = crypto.randomBytes(4 * 1024 * 1024);
   await client.write(Buffer.concat([requestHeader(WRITE, 1n, 0, payload.length), payload.subarray(0, 1_500_000)]));
   await new Promise((resolve) => setTimeout(resolve, 50));

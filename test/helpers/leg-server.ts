@@ -6,11 +6,7 @@ import { FileLeg } from '../../backends/file-leg.js';
 import { type ConnectionOptions, defaultConnectionOptions } from '../../nbd/connection.js';
 import type { ExportTable } from '../../nbd/negotiation.js';
 import { NbdServer } from '../../nbd/server.js';
-import { RawClient } from './raw-client.js';
 import { makeTempDir } from './tools.js';
-
-export const READ = 0;
-export const WRITE = 1;
 
 /** An in-process server over one file leg, for tests that watch the server's own counters. */
 export interface LegServer {
@@ -52,22 +48,4 @@ export async function startLegServer(t: ExecutionContext, options: {
   })());
   t.teardown(close);
   return { server, leg, legPath, address: addresses.unixPath ?? addresses.tcp!.port, close };
-}
-
-/** A raw client past the handshake (NBD_OPT_GO, simple replies). */
-export async function attach(address: number | string): Promise<RawClient> {
-  const client = await RawClient.connect(address);
-  await client.greet();
-  await client.go();
-  return client;
-}
-
-export function requestHeader(type: number, cookie: bigint, offsetBytes: number, lengthBytes: number): Buffer {
-  const header = Buffer.alloc(28);
-  header.writeUInt32BE(0x25609513, 0);
-  header.writeUInt16BE(type, 6);
-  header.writeBigUInt64BE(cookie, 8);
-  header.writeBigUInt64BE(BigInt(offsetBytes), 16);
-  header.writeUInt32BE(lengthBytes, 24);
-  return header;
 }

@@ -108,13 +108,8 @@ export class RawClient {
 
   async request(type: number, options: { flags?: number; cookie?: bigint; offset?: bigint; length?: number; payload?: Buffer } = {}):
     Promise<void> {
-    const header = Buffer.alloc(28);
-    header.writeUInt32BE(0x25609513, 0);
-    header.writeUInt16BE(options.flags ?? 0, 4);
-    header.writeUInt16BE(type, 6);
-    header.writeBigUInt64BE(options.cookie ?? 1n, 8);
-    header.writeBigUInt64BE(options.offset ?? 0n, 16);
-    header.writeUInt32BE(options.length ?? options.payload?.length ?? 0, 24);
+    const header = requestHeader(type, options.cookie ?? 1n, options.offset ?? 0n,
+      options.length ?? options.payload?.length ?? 0, options.flags);
     await this.write(options.payload ? Buffer.concat([header, options.payload]) : header);
   }
 
@@ -123,4 +118,27 @@ export class RawClient {
     if (reply.readUInt32BE(0) !== 0x67446698) throw new Error(`bad reply magic 0x${reply.readUInt32BE(0).toString(16)}`);
     return { error: reply.readUInt32BE(4), cookie: reply.readBigUInt64BE(8) };
   }
+}
+
+export const READ = 0;
+export const WRITE = 1;
+
+/** A transmission-phase request header (compact form), as a client sends it; a bigint offset may be any 64-bit value. */
+export function requestHeader(type: number, cookie: bigint, offsetBytes: number | bigint, lengthBytes: number, flags = 0): Buffer {
+  const header = Buffer.alloc(28);
+  header.writeUInt32BE(0x25609513, 0);
+  header.writeUInt16BE(flags, 4);
+  header.writeUInt16BE(type, 6);
+  header.writeBigUInt64BE(cookie, 8);
+  header.writeBigUInt64BE(BigInt(offsetBytes), 16);
+  header.writeUInt32BE(lengthBytes, 24);
+  return header;
+}
+
+/** A raw client past the handshake (NBD_OPT_GO, simple replies). */
+export async function attachClient(address: number | string): Promise<RawClient> {
+  const client = await RawClient.connect(address);
+  await client.greet();
+  await client.go();
+  return client;
 }

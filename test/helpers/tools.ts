@@ -48,3 +48,8 @@ export function writeRandomFile(file: string, sizeBytes: number, seed = 1): void
     fs.closeSync(fd);
   }
 }
+
+/** How many descriptors a process has open (a leak shows as growth). */
+export function openDescriptorCount(pid: number | 'self' = 'self'): number {
+  return fs.readdirSync(`/proc/${pid}/fd`).length;
+}
