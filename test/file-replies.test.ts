@@ -1,8 +1,12 @@
 import test from 'ava';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { FileLeg } from '../backends/file-leg.js';
+import { BufferPool } from '../blockdev/buffer-pool.js';
+import type { BlockError } from '../blockdev/errors.js';
+import { ReplyWriter } from '../nbd/reply-writer.js';
 import { projectRoot } from './helpers/server-process.js';
 import { startLegServer } from './helpers/leg-server.js';
 import { attachClient, type RawClient, READ, requestHeader } from './helpers/raw-client.js';
@@ -203,4 +207,29 @@ test('a file leg waits for lent ranges before it closes its descriptor', async (
   await closing;
   t.true(closed);
   t.throws(() => lease!.release(), { message: /released twice/ });
+});
+
+test('a file reply that fails after its header went out breaks the connection instead of leaving it unframed', async (t) => {
+  const accepted = new Promise<net.Socket>((resolve) => {
+    const listener = net.createServer((socket) => { listener.close(); resolve(socket); });
+    listener.listen(0, '127.0.0.1', () => {
+      const peer = net.connect((listener.address() as net.AddressInfo).port, '127.0.0.1');
+      peer.on('error', () => undefined);
+      t.teardown(() => peer.destroy());
+    });
+  });
+  const socket = await accepted;
+  t.teardown(() => socket.destroy());
+  const broken: string[] = [];
+  const writer = new ReplyWriter(socket, { shouldCork: () => false, flowChanged: () => undefined,
+    broken: (reason) => broken.push(reason) }, { bufferPool: new BufferPool(MiB), fileStallMs: 5 });
+  t.true(writer.canSendFiles);
+  const header = Buffer.alloc(16, 0xab);
+  // A descriptor number nothing has open: sendfile fails once the header is on the wire.
+  const error = await t.throwsAsync(writer.sendFile({ header, fd: 1_000_000, positionBytes: 0, lengthBytes: MiB }));
+  t.is((error as BlockError).code, 'EIO');
+  t.regex((error as BlockError).message, /errno 9\b/);
+  t.is(broken.length, 1);
+  t.regex(broken[0], /after 16 of its bytes/);
+  writer.close();
 });
