@@ -41,6 +41,7 @@ export interface FileLegOptions {
 }
 
 const inlineTurnBytesMax = 1024 * 1024;
+const settled = Promise.resolve();
 
 /** Zero-filling falls back to plain writes of this chunk size. */
 const zeroChunkBytes = 1 << 20;
@@ -151,31 +152,37 @@ export class FileLeg implements BlockDevice {
     }
   }
 
-  async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
-    this.checkWritable('write');
-    checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
-    if (!flags.fua && data.length <= this.inlineWriteBytesMax && this.inlineBytesThisTurn < inlineTurnBytesMax &&
-        this.inlineWrites.open(performance.now())) {
-      if (this.inlineBytesThisTurn < 0) {
-        this.inlineBytesThisTurn = 0;
-        setImmediate(() => { this.inlineBytesThisTurn = -1; });
-      }
-      this.inlineBytesThisTurn += data.length;
-      const started = performance.now();
-      try {
-        pwriteAllSync(this.fd, data, offsetBytes);
-      } catch (error) {
-        throw toBlockError(error, `write ${this.path} at ${offsetBytes}`);
-      }
-      const finished = performance.now();
-      this.inlineWrites.record(finished - started, finished);
-      return;
-    }
+  write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     try {
-      await pwriteAll(flags.fua ? this.syncFd : this.fd, data, offsetBytes);
+      this.checkWritable('write');
+      checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
+      if (!flags.fua && data.length <= this.inlineWriteBytesMax && this.inlineBytesThisTurn < inlineTurnBytesMax &&
+          this.inlineWrites.open(performance.now())) {
+        this.writeInline(offsetBytes, data);
+        // Not an async function: a write done inline settles without allocating a promise.
+        return settled;
+      }
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return pwriteAll(flags.fua ? this.syncFd : this.fd, data, offsetBytes)
+      .catch((error: unknown) => { throw toBlockError(error, `write ${this.path} at ${offsetBytes}`); });
+  }
+
+  private writeInline(offsetBytes: number, data: Buffer): void {
+    if (this.inlineBytesThisTurn < 0) {
+      this.inlineBytesThisTurn = 0;
+      setImmediate(() => { this.inlineBytesThisTurn = -1; });
+    }
+    this.inlineBytesThisTurn += data.length;
+    const started = performance.now();
+    try {
+      pwriteAllSync(this.fd, data, offsetBytes);
     } catch (error) {
       throw toBlockError(error, `write ${this.path} at ${offsetBytes}`);
     }
+    const finished = performance.now();
+    this.inlineWrites.record(finished - started, finished);
   }
 
   async flush(): Promise<void> {

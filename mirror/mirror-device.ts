@@ -274,11 +274,19 @@ export class MirrorDevice implements BlockDevice {
    * or request error fails the change, and if some leg applied it anyway the
    * regions are marked out of sync so resync makes the legs agree again.
    */
-  private async fanOut(generation: Generation, what: string, first: number, last: number,
+  private fanOut(generation: Generation, what: string, first: number, last: number,
     apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
     const legs = generation.writable;
-    if (generation.readable.length === 0) throw new BlockError('EIO', `${what}: no in-sync leg left`);
-    const results = await Promise.allSettled(crashPointArmed() && legs.length > 1 ? crashBetweenLegs(legs, apply) : legs.map(apply));
+    if (generation.readable.length === 0) return Promise.reject(new BlockError('EIO', `${what}: no in-sync leg left`));
+    const applying = crashPointArmed() && legs.length > 1 ? crashBetweenLegs(legs, apply) : legs.map(apply);
+    const settle = (): Promise<void> => this.settleFanOut(generation, what, first, last, legs, applying);
+    // Every leg taking the change is the common case; it needs no per-leg outcome.
+    return Promise.all(applying).then(() => (legs.some((leg) => generation.isInSync(leg)) ? undefined : settle()), settle);
+  }
+
+  private async settleFanOut(generation: Generation, what: string, first: number, last: number,
+    legs: MirrorLeg[], applying: Array<Promise<void>>): Promise<void> {
+    const results = await Promise.allSettled(applying);
     let appliedInSync = 0;
     let applied = 0;
     let passOn: BlockError | undefined;

@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import test from 'ava';
 import { InlineWriteGate } from '../../backends/inline-write-gate.js';
 import { GroupCommit } from '../../blockdev/group-commit.js';
@@ -65,6 +66,42 @@ test('RangeOrder: overlapping writes wait in arrival order; disjoint ones and re
   c.release();
   t.is(order.size, 0);
   t.is(order.acquire(0, 0, true).ready, undefined, 'zero-length ranges never wait');
+});
+
+test('RangeOrder: random acquires and out-of-order releases match a model of who waits for whom', async (t) => {
+  const step = fc.oneof(
+    fc.record({ kind: fc.constant('acquire' as const), start: fc.integer({ min: 0, max: 60 }), length: fc.integer({ min: 0, max: 20 }),
+      mutating: fc.boolean() }),
+    fc.record({ kind: fc.constant('release' as const), pick: fc.nat() }),
+  );
+  await fc.assert(fc.asyncProperty(fc.array(step, { maxLength: 60 }), async (steps) => {
+    const order = new RangeOrder();
+    interface Held { start: number; end: number; mutating: boolean; blockers: Set<Held>; ready: boolean; release: () => void }
+    const held: Held[] = [];
+    const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+    for (const action of steps) {
+      if (action.kind === 'acquire') {
+        const end = action.start + action.length;
+        const blockers = new Set(action.length === 0 ? [] : held.filter((other) => (action.mutating || other.mutating) &&
+          other.start < end && action.start < other.end));
+        const ticket = order.acquire(action.start, action.length, action.mutating);
+        if ((ticket.ready === undefined) !== (blockers.size === 0)) return false;
+        const entry: Held = { start: action.start, end, mutating: action.mutating, blockers, ready: ticket.ready === undefined,
+          release: ticket.release };
+        void ticket.ready?.then(() => { entry.ready = true; });
+        held.push(entry);
+      } else if (held.length > 0) {
+        const [gone] = held.splice(action.pick % held.length, 1);
+        gone.release();
+        for (const other of held) other.blockers.delete(gone);
+      }
+      await settle();
+      if (order.size !== held.length) return false;
+      if (held.some((entry) => entry.ready !== (entry.blockers.size === 0))) return false;
+    }
+    return true;
+  }), { numRuns: 200 });
+  t.pass();
 });
 
 test('InputQueue: views within a chunk, copies across chunks, skips', (t) => {
