@@ -5,6 +5,7 @@ import { checkRange } from '../blockdev/range.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
 import { overlayData } from './extent-overlay.js';
 import { PageSlab } from './page-slab.js';
+import { type ListNode, PageList } from './page-list.js';
 import { RangeGate } from './range-gate.js';
 
 export type NoSpacePolicy = 'error' | 'queue';
@@ -42,7 +43,7 @@ export interface PageCacheStatus {
   stats: PageCache['stats'];
 }
 
-interface Page {
+interface Page extends ListNode<Page> {
   readonly index: number;
   data: Buffer;
   dirty: boolean;
@@ -86,15 +87,15 @@ export class PageCache implements BlockDevice {
   readonly pageBytes: number;
   private readonly pages = new Map<number, Page>();
   /** Clean pages, least recently used first: the ones eviction may drop. */
-  private readonly cleanLru = new Map<number, Page>();
+  private readonly cleanLru = new PageList<Page>();
   /** Dirty pages, oldest first. */
-  private readonly dirtyOrder = new Map<number, Page>();
+  private readonly dirtyOrder = new PageList<Page>();
   private seq = 0;
   private readonly gate = new RangeGate();
   private readonly slab: PageSlab;
   /** Writeback snapshots, reused: they are short-lived and would otherwise churn the heap. */
   private readonly snapshots = new BufferPool(8 << 20, 4096);
-  private progressWaiters: Array<() => void> = [];
+  private progress: { promise: Promise<void>; wake: () => void; deadlineMs: number; timer: NodeJS.Timeout } | undefined;
   private noSpace: BlockError | undefined;
   /** Dirty bytes promised to writers that passed the throttle but have not applied yet. */
   private reservedBytes = 0;
@@ -255,6 +256,7 @@ export class PageCache implements BlockDevice {
     const page: Page = {
       index, data, dirty: false, version: 0, firstUnwrittenSeq: 0, rewriteSeq: undefined, dirtiedAtMs: 0,
       writeback: undefined, loading: undefined, readers: 0, dropped: false,
+      listPrevious: undefined, listNext: undefined, list: undefined,
     };
     this.pages.set(index, page);
     return page;
@@ -267,14 +269,14 @@ export class PageCache implements BlockDevice {
     page.dirty = true;
     page.firstUnwrittenSeq = this.seq;
     page.dirtiedAtMs = now;
-    this.cleanLru.delete(page.index);
-    this.dirtyOrder.set(page.index, page);
+    this.cleanLru.remove(page);
+    this.dirtyOrder.pushBack(page);
   }
 
   private markClean(page: Page): void {
     page.dirty = false;
-    this.dirtyOrder.delete(page.index);
-    this.cleanLru.set(page.index, page);
+    this.dirtyOrder.remove(page);
+    this.cleanLru.pushBack(page);
   }
 
   /**
@@ -306,7 +308,7 @@ export class PageCache implements BlockDevice {
       try {
         await this.gate.clear(start, start + page.data.length);
         await this.below.read(start, page.data);
-        this.cleanLru.set(index, page);
+        this.cleanLru.pushBack(page);
       } catch (error) {
         this.dropPage(page);
         throw error;
@@ -330,7 +332,10 @@ export class PageCache implements BlockDevice {
     let throttled = false;
     for (;;) {
       let newDirty = 0;
-      for (let index = first; index <= last; index += 1) if (!this.dirtyOrder.has(index)) newDirty += this.pageBytes;
+      for (let index = first; index <= last; index += 1) {
+        const page = this.pages.get(index);
+        if (page === undefined || !this.dirtyOrder.has(page)) newDirty += this.pageBytes;
+      }
       const committed = this.dirtyBytes + this.reservedBytes;
       // A write larger than the whole limit goes in once nothing else is dirty.
       if (newDirty === 0 || committed + newDirty <= limit || committed === 0) {
@@ -360,21 +365,33 @@ export class PageCache implements BlockDevice {
     }
   }
 
+  /**
+   * Resolves at the next writeback progress, or after `timeoutMs` at the
+   * latest. Every waiting writer shares one promise and one timer (set to the
+   * earliest deadline): at the dirty limit each completed writeback wakes
+   * every throttled writer, and a timer per writer per wake-up made that
+   * cost grow with the queue depth.
+   */
   private nextProgress(timeoutMs: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, timeoutMs);
-      function done(): void {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.progressWaiters.push(done);
-    });
+    const deadlineMs = performance.now() + timeoutMs;
+    if (this.progress === undefined) {
+      let wake!: () => void;
+      const promise = new Promise<void>((resolve) => { wake = resolve; });
+      this.progress = { promise, wake, deadlineMs, timer: setTimeout(() => this.notifyProgress(), timeoutMs) };
+    } else if (deadlineMs < this.progress.deadlineMs) {
+      clearTimeout(this.progress.timer);
+      this.progress.deadlineMs = deadlineMs;
+      this.progress.timer = setTimeout(() => this.notifyProgress(), timeoutMs);
+    }
+    return this.progress.promise;
   }
 
   private notifyProgress(): void {
-    const waiters = this.progressWaiters;
-    this.progressWaiters = [];
-    for (const wake of waiters) wake();
+    const progress = this.progress;
+    if (progress === undefined) return;
+    this.progress = undefined;
+    clearTimeout(progress.timer);
+    progress.wake();
   }
 
   /** Indices of the dirty pages in [first, last], ascending. */
@@ -478,8 +495,7 @@ export class PageCache implements BlockDevice {
           // Changed during the writeback: still dirty, from the first change after the snapshot.
           page.firstUnwrittenSeq = page.rewriteSeq ?? this.seq;
           page.dirtiedAtMs = Date.now();
-          this.dirtyOrder.delete(page.index);
-          this.dirtyOrder.set(page.index, page);
+          this.dirtyOrder.moveToBack(page);
         }
       });
     } catch (error) {
@@ -523,7 +539,7 @@ export class PageCache implements BlockDevice {
   /** Writes back every page dirty now; rejects if any fails. Used by flush and by the sweeper's sync. */
   async writeBackAll(): Promise<void> {
     this.checkUsable('writeback');
-    await this.writeBack([...this.dirtyOrder.keys()], false);
+    await this.writeBack(Array.from(this.dirtyOrder, (page) => page.index), false);
   }
 
   /**
@@ -621,8 +637,8 @@ export class PageCache implements BlockDevice {
 
   private dropPage(page: Page): void {
     if (this.pages.get(page.index) === page) this.pages.delete(page.index);
-    if (this.cleanLru.get(page.index) === page) this.cleanLru.delete(page.index);
-    if (this.dirtyOrder.get(page.index) === page) this.dirtyOrder.delete(page.index);
+    this.cleanLru.remove(page);
+    this.dirtyOrder.remove(page);
     page.dropped = true;
     if (page.readers === 0) this.recycle(page);
   }
@@ -651,7 +667,7 @@ export class PageCache implements BlockDevice {
   /** Drops every clean page (memory pressure); dirty pages always stay. */
   shrink(): number {
     let dropped = 0;
-    for (const page of [...this.cleanLru.values()]) {
+    for (let page = this.cleanLru.first; page !== undefined; page = this.cleanLru.first) {
       this.dropPage(page);
       dropped += 1;
     }
@@ -661,8 +677,7 @@ export class PageCache implements BlockDevice {
 
   private evictIfNeeded(): void {
     const capacityPages = Math.floor(this.options.capacityBytes / this.pageBytes);
-    for (const page of this.cleanLru.values()) {
-      if (this.pages.size <= capacityPages) return;
+    for (let page = this.cleanLru.first; page !== undefined && this.pages.size > capacityPages; page = this.cleanLru.first) {
       this.dropPage(page);
       this.stats.evictions += 1;
     }
@@ -673,7 +688,7 @@ export class PageCache implements BlockDevice {
     const expiredBefore = Date.now() - this.options.dirtyExpireMs;
     const overBytes = this.dirtyBytes - this.options.dirtyLimitBytes * backgroundRatio;
     let oldest = 0;
-    for (const page of this.dirtyOrder.values()) {
+    for (const page of this.dirtyOrder) {
       if (page.dirtiedAtMs > expiredBefore && oldest * this.pageBytes >= overBytes) break;
       oldest += 1;
     }
@@ -686,7 +701,7 @@ export class PageCache implements BlockDevice {
   private startBackground(bytes: number): void {
     if (this.background || this.closed || this.failure) return;
     const indices: number[] = [];
-    for (const page of this.dirtyOrder.values()) {
+    for (const page of this.dirtyOrder) {
       if (indices.length * this.pageBytes >= Math.max(bytes, writebackRunBytesMax)) break;
       if (!page.writeback) indices.push(page.index);
     }

@@ -5,6 +5,7 @@ import { GroupCommit } from '../../blockdev/group-commit.js';
 import { RangeOrder } from '../../blockdev/range-order.js';
 import { BufferPool } from '../../blockdev/buffer-pool.js';
 import { InputQueue } from '../../nbd/input-queue.js';
+import { PageList } from '../../pagecache/page-list.js';
 import { validateRequest } from '../../nbd/requests.js';
 import { TransmissionFlag } from '../../nbd/constants.js';
 
@@ -102,6 +103,47 @@ test('RangeOrder: random acquires and out-of-order releases match a model of who
     return true;
   }), { numRuns: 200 });
   t.pass();
+});
+
+test('PageList: pushes, removals and moves from anywhere keep the order an array model keeps', (t) => {
+  interface Node { id: number; listPrevious: Node | undefined; listNext: Node | undefined; list: object | undefined }
+  const action = fc.record({ kind: fc.constantFrom('push', 'remove', 'move', 'visitRemove'), node: fc.integer({ min: 0, max: 9 }) });
+  fc.assert(fc.property(fc.array(action, { maxLength: 80 }), (actions) => {
+    const nodes: Node[] = Array.from({ length: 10 }, (_, id) => ({ id, listPrevious: undefined, listNext: undefined, list: undefined }));
+    const list = new PageList<Node>();
+    const other = new PageList<Node>();
+    let model: number[] = [];
+    for (const { kind, node: id } of actions) {
+      const node = nodes[id];
+      if (kind === 'push' && node.list === undefined) {
+        list.pushBack(node);
+        model.push(id);
+      } else if (kind === 'remove') {
+        if (other.remove(node)) return false;
+        if (list.remove(node) !== model.includes(id)) return false;
+        model = model.filter((entry) => entry !== id);
+      } else if (kind === 'move' && list.has(node)) {
+        list.moveToBack(node);
+        model = [...model.filter((entry) => entry !== id), id];
+      } else if (kind === 'visitRemove') {
+        // A walk that removes the page it is on still visits every page once.
+        const visited: number[] = [];
+        for (const visiting of list) {
+          visited.push(visiting.id);
+          if (visiting.id % 2 === id % 2) list.remove(visiting);
+        }
+        if (visited.join() !== model.join()) return false;
+        model = model.filter((entry) => entry % 2 !== id % 2);
+      }
+      if (list.size !== model.length || list.first?.id !== model[0]) return false;
+      if ([...list].map((entry) => entry.id).join() !== model.join()) return false;
+    }
+    return true;
+  }), { numRuns: 300 });
+  const lone = { listPrevious: undefined, listNext: undefined, list: undefined };
+  const list = new PageList();
+  list.pushBack(lone);
+  t.throws(() => list.pushBack(lone), { message: /already on a list/ });
 });
 
 test('InputQueue: views within a chunk, copies across chunks, skips', (t) => {
