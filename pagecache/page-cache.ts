@@ -86,8 +86,8 @@ export class PageCache implements BlockDevice {
   readonly capabilities: DeviceCapabilities;
   readonly pageBytes: number;
   private readonly pages = new Map<number, Page>();
-  /** Clean pages, least recently used first: the ones eviction may drop. */
-  private readonly cleanLru = new PageList<Page>();
+  /** Clean pages, in the order they were read in or cleaned: eviction drops from the front. */
+  private readonly cleanOrder = new PageList<Page>();
   /** Dirty pages, oldest first. */
   private readonly dirtyOrder = new PageList<Page>();
   private seq = 0;
@@ -269,14 +269,14 @@ export class PageCache implements BlockDevice {
     page.dirty = true;
     page.firstUnwrittenSeq = this.seq;
     page.dirtiedAtMs = now;
-    this.cleanLru.remove(page);
+    this.cleanOrder.remove(page);
     this.dirtyOrder.pushBack(page);
   }
 
   private markClean(page: Page): void {
     page.dirty = false;
     this.dirtyOrder.remove(page);
-    this.cleanLru.pushBack(page);
+    this.cleanOrder.pushBack(page);
   }
 
   /**
@@ -308,7 +308,7 @@ export class PageCache implements BlockDevice {
       try {
         await this.gate.clear(start, start + page.data.length);
         await this.below.read(start, page.data);
-        this.cleanLru.pushBack(page);
+        this.cleanOrder.pushBack(page);
       } catch (error) {
         this.dropPage(page);
         throw error;
@@ -637,7 +637,7 @@ export class PageCache implements BlockDevice {
 
   private dropPage(page: Page): void {
     if (this.pages.get(page.index) === page) this.pages.delete(page.index);
-    this.cleanLru.remove(page);
+    this.cleanOrder.remove(page);
     this.dirtyOrder.remove(page);
     page.dropped = true;
     if (page.readers === 0) this.recycle(page);
@@ -667,7 +667,7 @@ export class PageCache implements BlockDevice {
   /** Drops every clean page (memory pressure); dirty pages always stay. */
   shrink(): number {
     let dropped = 0;
-    for (let page = this.cleanLru.first; page !== undefined; page = this.cleanLru.first) {
+    for (let page = this.cleanOrder.first; page !== undefined; page = this.cleanOrder.first) {
       this.dropPage(page);
       dropped += 1;
     }
@@ -677,8 +677,10 @@ export class PageCache implements BlockDevice {
 
   private evictIfNeeded(): void {
     const capacityPages = Math.floor(this.options.capacityBytes / this.pageBytes);
-    for (let page = this.cleanLru.first; page !== undefined && this.pages.size > capacityPages; page = this.cleanLru.first) {
-      this.dropPage(page);
+    while (this.pages.size > capacityPages) {
+      const oldest = this.cleanOrder.first;
+      if (oldest === undefined) return;
+      this.dropPage(oldest);
       this.stats.evictions += 1;
     }
   }
