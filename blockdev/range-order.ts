@@ -1,13 +1,11 @@
 import assert from 'node:assert/strict';
+import { IntrusiveList, type ListNode } from './intrusive-list.js';
 
-interface Entry {
+interface Entry extends ListNode<Entry> {
   startBytes: number;
   endBytes: number;
   mutating: boolean;
   waiters: Array<() => void> | undefined;
-  /** Neighbours in the in-flight list; the entry is its own ticket's state. */
-  previous: Entry | undefined;
-  next: Entry | undefined;
   released: boolean;
 }
 
@@ -24,30 +22,22 @@ export interface Ticket {
  * is bounded by the caller's queue depth, so the linear scan stays short.
  */
 export class RangeOrder {
-  /**
-   * In-flight operations, oldest first, as a list threaded through the
-   * entries. A Set here rebuilt its hash table every few dozen adds and
-   * deletes; each table outlived young-generation collection and was
-   * promoted, so at 100k requests a second the old generation filled in
-   * under a second and major collections took a fifth of the server's CPU.
-   */
-  private first: Entry | undefined;
-  private last: Entry | undefined;
-  private count = 0;
+  /** In-flight operations, oldest first (a Set here cost a fifth of the server's CPU: see IntrusiveList). */
+  private readonly active = new IntrusiveList<Entry>();
 
   get size(): number {
-    return this.count;
+    return this.active.size;
   }
 
   acquire(startBytes: number, lengthBytes: number, mutating: boolean): Ticket {
     assert(lengthBytes >= 0);
     const entry: Entry = {
-      startBytes, endBytes: startBytes + lengthBytes, mutating, waiters: undefined,
-      previous: this.last, next: undefined, released: false,
+      startBytes, endBytes: startBytes + lengthBytes, mutating, waiters: undefined, released: false,
+      listPrevious: undefined, listNext: undefined, list: undefined,
     };
     let conflicts: Entry[] | undefined;
     if (lengthBytes > 0) {
-      for (let other = this.first; other !== undefined; other = other.next) {
+      for (let other = this.active.first; other !== undefined; other = other.listNext) {
         if (!(mutating || other.mutating)) continue;
         if (other.startBytes >= entry.endBytes || startBytes >= other.endBytes) continue;
         (conflicts ??= []).push(other);
@@ -64,23 +54,14 @@ export class RangeOrder {
         for (const other of conflicts!) (other.waiters ??= []).push(onBlockerDone);
       });
     }
-    if (this.last === undefined) this.first = entry;
-    else this.last.next = entry;
-    this.last = entry;
-    this.count += 1;
+    this.active.pushBack(entry);
     return { ready, release: () => this.release(entry) };
   }
 
   private release(entry: Entry): void {
     assert(!entry.released, 'ticket released twice');
     entry.released = true;
-    if (entry.previous === undefined) this.first = entry.next;
-    else entry.previous.next = entry.next;
-    if (entry.next === undefined) this.last = entry.previous;
-    else entry.next.previous = entry.previous;
-    entry.previous = undefined;
-    entry.next = undefined;
-    this.count -= 1;
+    this.active.remove(entry);
     for (const waiter of entry.waiters ?? []) waiter();
   }
 }

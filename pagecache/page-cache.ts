@@ -1,11 +1,11 @@
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { BufferPool } from '../blockdev/buffer-pool.js';
+import { IntrusiveList, type ListNode } from '../blockdev/intrusive-list.js';
 import { checkRange } from '../blockdev/range.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
 import { overlayData } from './extent-overlay.js';
 import { PageSlab } from './page-slab.js';
-import { type ListNode, PageList } from './page-list.js';
 import { RangeGate } from './range-gate.js';
 
 export type NoSpacePolicy = 'error' | 'queue';
@@ -87,9 +87,9 @@ export class PageCache implements BlockDevice {
   readonly pageBytes: number;
   private readonly pages = new Map<number, Page>();
   /** Clean pages, in the order they were read in or cleaned: eviction drops from the front. */
-  private readonly cleanOrder = new PageList<Page>();
+  private readonly cleanOrder = new IntrusiveList<Page>();
   /** Dirty pages, oldest first. */
-  private readonly dirtyOrder = new PageList<Page>();
+  private readonly dirtyOrder = new IntrusiveList<Page>();
   private seq = 0;
   private readonly gate = new RangeGate();
   private readonly slab: PageSlab;

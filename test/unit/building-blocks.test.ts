@@ -2,10 +2,10 @@ import fc from 'fast-check';
 import test from 'ava';
 import { InlineWriteGate } from '../../backends/inline-write-gate.js';
 import { GroupCommit } from '../../blockdev/group-commit.js';
+import { IntrusiveList } from '../../blockdev/intrusive-list.js';
 import { RangeOrder } from '../../blockdev/range-order.js';
 import { BufferPool } from '../../blockdev/buffer-pool.js';
 import { InputQueue } from '../../nbd/input-queue.js';
-import { PageList } from '../../pagecache/page-list.js';
 import { validateRequest } from '../../nbd/requests.js';
 import { TransmissionFlag } from '../../nbd/constants.js';
 
@@ -105,13 +105,13 @@ test('RangeOrder: random acquires and out-of-order releases match a model of who
   t.pass();
 });
 
-test('PageList: pushes, removals and moves from anywhere keep the order an array model keeps', (t) => {
+test('IntrusiveList: pushes, removals and moves from anywhere keep the order an array model keeps', (t) => {
   interface Node { id: number; listPrevious: Node | undefined; listNext: Node | undefined; list: object | undefined }
   const action = fc.record({ kind: fc.constantFrom('push', 'remove', 'move', 'visitRemove'), node: fc.integer({ min: 0, max: 9 }) });
   fc.assert(fc.property(fc.array(action, { maxLength: 80 }), (actions) => {
     const nodes: Node[] = Array.from({ length: 10 }, (_, id) => ({ id, listPrevious: undefined, listNext: undefined, list: undefined }));
-    const list = new PageList<Node>();
-    const other = new PageList<Node>();
+    const list = new IntrusiveList<Node>();
+    const other = new IntrusiveList<Node>();
     let model: number[] = [];
     for (const { kind, node: id } of actions) {
       const node = nodes[id];
@@ -141,7 +141,7 @@ test('PageList: pushes, removals and moves from anywhere keep the order an array
     return true;
   }), { numRuns: 300 });
   const lone = { listPrevious: undefined, listNext: undefined, list: undefined };
-  const list = new PageList();
+  const list = new IntrusiveList();
   list.pushBack(lone);
   t.throws(() => list.pushBack(lone), { message: /already on a list/ });
 });

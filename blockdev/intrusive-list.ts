@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 
-/** The links a page carries; it is on at most one list at a time. */
+/** The links an entry carries; it is on at most one list at a time. */
 export interface ListNode<T> {
   listPrevious: T | undefined;
   listNext: T | undefined;
@@ -9,15 +9,16 @@ export interface ListNode<T> {
 }
 
 /**
- * An insertion-ordered list threaded through its pages. The cache's orders
- * were Maps used as queues: removing from the front leaves deleted entries
- * that every later walk from the front skips until the table is rebuilt, so
- * evicting one page scanned tens of thousands of holes (half the server's
- * CPU on 4k random writes over a full 256 MiB cache), and each rebuild of a
- * table that size was promoted and swept by major collections. Here adding,
- * removing and moving a page cost a few pointer writes and no allocation.
+ * An insertion-ordered list threaded through its entries, for bookkeeping
+ * that gains and loses entries on every request (the range order, the page
+ * cache's clean and dirty orders). A Set there rebuilds its hash table every
+ * few dozen changes, and each table is promoted and left to major
+ * collections; a Map used as a queue also leaves deleted entries at its
+ * front that every walk from the front skips until the next rebuild
+ * (docs/architecture.md). Here adding, removing and moving an entry cost a
+ * few pointer writes and no allocation.
  */
-export class PageList<T extends ListNode<T>> {
+export class IntrusiveList<T extends ListNode<T>> {
   private head: T | undefined;
   private tail: T | undefined;
   private count = 0;
@@ -26,7 +27,7 @@ export class PageList<T extends ListNode<T>> {
     return this.count;
   }
 
-  /** The page added (or moved to the back) longest ago. */
+  /** The entry added (or moved to the back) longest ago; walk on through `listNext`. */
   get first(): T | undefined {
     return this.head;
   }
@@ -36,7 +37,7 @@ export class PageList<T extends ListNode<T>> {
   }
 
   pushBack(node: T): void {
-    assert(node.list === undefined, 'page is already on a list');
+    assert(node.list === undefined, 'entry is already on a list');
     node.list = this;
     node.listPrevious = this.tail;
     node.listNext = undefined;
@@ -46,7 +47,7 @@ export class PageList<T extends ListNode<T>> {
     this.count += 1;
   }
 
-  /** Takes the page off this list; false if it was not on it. */
+  /** Takes the entry off this list; false if it was not on it. */
   remove(node: T): boolean {
     if (node.list !== this) return false;
     if (node.listPrevious === undefined) this.head = node.listNext;
@@ -65,7 +66,7 @@ export class PageList<T extends ListNode<T>> {
     this.pushBack(node);
   }
 
-  /** Front to back. Only the page being visited may be removed meanwhile: the walk has already read its successor. */
+  /** Front to back. Only the entry being visited may be removed meanwhile: the walk has already read its successor. */
   *[Symbol.iterator](): IterableIterator<T> {
     for (let node = this.head; node !== undefined;) {
       const next = node.listNext;
