@@ -17,10 +17,21 @@ export interface MirrorFixture {
 
 export const silentLogger = pino({ level: 'silent' });
 
+/**
+ * Fixture folders not cleaned up yet. A test that fails an assertion never
+ * reaches its cleanup() call, so whatever is left goes when the test worker
+ * exits: leg images hold nothing a failure report needs.
+ */
+const liveFixtureDirs = new Set<string>();
+process.on('exit', () => {
+  for (const dir of liveFixtureDirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
 /** Temp files for an in-process mirror; `open` creates it the first time and reassembles it after. */
 export function mirrorFixture(options: { legs?: number; sizeBytes?: number; regionSizeBytes?: number; faults?: Array<FaultPlan | undefined>;
   thin?: Array<ThinSpec | undefined>; } = {}): MirrorFixture {
   const dir = makeTempDir('mirror-');
+  liveFixtureDirs.add(dir);
   const legPaths = Array.from({ length: options.legs ?? 2 }, (_, slot) => path.join(dir, options.thin?.[slot] ? `leg${slot}.thin` : `leg${slot}.img`));
   const settings: MirrorSettings = {
     logPath: path.join(dir, 'mirror.log'),
@@ -38,7 +49,10 @@ export function mirrorFixture(options: { legs?: number; sizeBytes?: number; regi
   return {
     dir, logPath: settings.logPath, legPaths, settings,
     open: (overrides = {}) => MirrorController.open({ ...settings, legs: settings.legs.map((leg) => ({ ...leg })), ...overrides }, silentLogger),
-    cleanup: () => fs.rmSync(dir, { recursive: true, force: true }),
+    cleanup: () => {
+      fs.rmSync(dir, { recursive: true, force: true });
+      liveFixtureDirs.delete(dir);
+    },
   };
 }
 
