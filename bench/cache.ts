@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { peakRssBytes, projectRoot, startServerProcess, type ServerProcess } from '../test/helpers/server-process.js';
 import { run } from '../test/helpers/tools.js';
-import { type FioJob, type FioResult, runFio } from './fio.js';
+import { type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
 import { figure, fill, mirrorArgs, mirrorLegs } from './mirror.js';
 
 const dirtyLimitMiB = 64;
@@ -48,11 +48,12 @@ export async function benchCache(options: { dir: string; sizeBytes: number; seco
     await fill(cached.uri(), sizeBytes);
     for (const job of cacheJobs) {
       const best: { cached?: FioResult; without?: FioResult } = {};
+      const sides = [['cached', cached.uri(), 'cached'], ['without', without.uri(), 'uncached']] as const;
       for (let round = 0; round < rounds; round += 1) {
-        const a = await runFio(cached.uri(), job, seconds, sizeBytes, mirrorLegs(dir, 'cached'));
-        const b = await runFio(without.uri(), job, seconds, sizeBytes, mirrorLegs(dir, 'uncached'));
-        if (!best.cached || a.iops > best.cached.iops) best.cached = a;
-        if (!best.without || b.iops > best.without.iops) best.without = b;
+        for (const [key, uri, name] of roundOrder(sides, round)) {
+          const result = await runFio(uri, job, seconds, sizeBytes, mirrorLegs(dir, name));
+          if (!best[key] || result.iops > best[key]!.iops) best[key] = result;
+        }
       }
       console.log(`${job.name.padEnd(26)} cache ${figure(job, best.cached!).padStart(12)}   no cache ${figure(job, best.without!).padStart(12)}   ` +
         `ratio ${(best.cached!.iops / best.without!.iops).toFixed(2)}x`);

@@ -17,6 +17,17 @@ export interface FioResult {
 }
 
 /**
+ * The servers in the order round `round` runs them: rotated one place per
+ * round, so no server always runs first or last. The slot a run gets can
+ * move a job's figure (1 MiB writes: see the commit that added this), and
+ * with a fixed order that would bias every ratio the same way.
+ */
+export function roundOrder<T>(servers: readonly T[], round: number): T[] {
+  const shift = round % servers.length;
+  return [...servers.slice(shift), ...servers.slice(0, shift)];
+}
+
+/**
  * Runs one time-based fio job with the nbd engine against `uri`. `files` are
  * the server's backing files: they are put in the same page-cache state
  * before every run (see file-cache.ts).

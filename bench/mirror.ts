@@ -7,7 +7,7 @@
 import path from 'node:path';
 import { adminRequest } from '../tools/admin-client.js';
 import { startServerProcess, type ServerProcess } from '../test/helpers/server-process.js';
-import { type FioJob, type FioResult, runFio } from './fio.js';
+import { type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
 import { run } from '../test/helpers/tools.js';
 
 const mirrorJobs: FioJob[] = [
@@ -52,7 +52,7 @@ export async function benchMirror(options: { dir: string; singleUri: string; sin
       for (let round = 0; round < rounds; round += 1) {
         const servers = [['mirror', mirror.uri(), mirrorLegs(dir, 'mirror')], ['single', options.singleUri, [options.singleFile]],
           ['nbdkit', options.nbdkitUri, [options.nbdkitFile]]] as const;
-        for (const [key, uri, files] of servers) {
+        for (const [key, uri, files] of roundOrder(servers, round)) {
           const result = await runFio(uri, job, seconds, sizeBytes, [...files]);
           if (!best[key] || result.iops > best[key]!.iops) best[key] = result;
         }

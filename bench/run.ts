@@ -1,14 +1,14 @@
 /**
  * npm run bench: our server against nbdkit's file plugin on identical files,
- * measured side by side, job by job, rounds interleaved, so the ratio means
- * something on a shared, noisy machine. Figures, not pass/fail.
+ * measured side by side, job by job, rounds interleaved (each round in a
+ * rotated order), so the ratio means something on a shared, noisy machine. Figures, not pass/fail.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { peakRssBytes, startServerProcess } from '../test/helpers/server-process.js';
 import { freePort, makeTempDir, run, writeRandomFile } from '../test/helpers/tools.js';
-import { type FioJob, type FioResult, runFio } from './fio.js';
+import { type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
 import { benchCache } from './cache.js';
 import { benchMirror } from './mirror.js';
 
@@ -63,12 +63,13 @@ async function main(): Promise<void> {
   try {
     const only = process.env.BENCH_ONLY;
     for (const job of only === undefined || only === 'plain' ? jobs.filter((j) => picked?.includes(j.name) ?? true) : []) {
-      let best: { ours?: FioResult; nbdkit?: FioResult } = {};
+      const best: { ours?: FioResult; nbdkit?: FioResult } = {};
+      const sides = [['ours', server.uri(), ours], ['nbdkit', nbdkit.uri, theirs]] as const;
       for (let round = 0; round < rounds; round += 1) {
-        const a = await runFio(server.uri(), job, seconds, sizeBytes, [ours]);
-        const b = await runFio(nbdkit.uri, job, seconds, sizeBytes, [theirs]);
-        if (!best.ours || a.iops > best.ours.iops) best.ours = a;
-        if (!best.nbdkit || b.iops > best.nbdkit.iops) best.nbdkit = b;
+        for (const [key, uri, file] of roundOrder(sides, round)) {
+          const result = await runFio(uri, job, seconds, sizeBytes, [file]);
+          if (!best[key] || result.iops > best[key]!.iops) best[key] = result;
+        }
       }
       const ratio = best.ours!.iops / best.nbdkit!.iops;
       const row = `${job.name.padEnd(20)} nbd-mirror ${format(job, best.ours!).padStart(12)}   ` +
