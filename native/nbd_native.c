@@ -14,6 +14,7 @@
 #include <linux/falloc.h>
 #include <node_api.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,15 +117,39 @@ typedef struct {
   napi_ref callback;
 } async_job;
 
-/* Queues a job (a struct that begins with an async_job) to run `execute` on the thread pool. */
-static napi_status queue_job(napi_env env, async_job *job, napi_value callback, const char *name,
-                             napi_async_execute_callback execute, napi_async_complete_callback complete) {
+static bool is_function(napi_env env, napi_value value) {
+  napi_valuetype type;
+  return napi_typeof(env, value, &type) == napi_ok && type == napi_function;
+}
+
+/* A zeroed job of `size` bytes (a struct that begins with an async_job); NULL after throwing. */
+static void *new_job(napi_env env, size_t size, const char *call) {
+  void *job = calloc(1, size);
+  if (job == NULL) {
+    char message[64];
+    snprintf(message, sizeof(message), "%s: out of memory", call);
+    napi_throw_error(env, NULL, message);
+  }
+  return job;
+}
+
+/*
+ * Queues a job made by new_job to run `execute` on the thread pool. If it
+ * cannot be queued, whatever was set up is undone, the job freed and an
+ * error thrown (the caller just returns).
+ */
+static void queue_job(napi_env env, async_job *job, napi_value callback, const char *name,
+                      napi_async_execute_callback execute, napi_async_complete_callback complete) {
   napi_value resource_name;
   napi_status status = napi_create_reference(env, callback, 1, &job->callback);
   if (status == napi_ok) status = napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource_name);
   if (status == napi_ok) status = napi_create_async_work(env, NULL, resource_name, execute, complete, job, &job->work);
   if (status == napi_ok) status = napi_queue_async_work(env, job->work);
-  return status;
+  if (status == napi_ok) return;
+  if (job->work != NULL) napi_delete_async_work(env, job->work);
+  if (job->callback != NULL) napi_delete_reference(env, job->callback);
+  free(job);
+  napi_throw_error(env, NULL, "nbd_native: cannot queue a thread-pool job");
 }
 
 /* Calls the job's callback with these arguments, then frees the job. */
@@ -170,51 +195,43 @@ static napi_value js_fallocate_async(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
   int64_t fd, mode, offset, length;
-  napi_valuetype type;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc != 5 || !get_i64(env, argv[0], &fd) || !get_i64(env, argv[1], &mode) ||
-      !get_i64(env, argv[2], &offset) || !get_i64(env, argv[3], &length) ||
-      napi_typeof(env, argv[4], &type) != napi_ok || type != napi_function) {
+      !get_i64(env, argv[2], &offset) || !get_i64(env, argv[3], &length) || !is_function(env, argv[4])) {
     napi_throw_type_error(env, NULL, "fallocateAsync(fd, mode, offset, length, callback)");
     return NULL;
   }
-  fallocate_job *job = calloc(1, sizeof(*job));
-  if (job == NULL) {
-    napi_throw_error(env, NULL, "fallocateAsync: out of memory");
-    return NULL;
-  }
+  fallocate_job *job = new_job(env, sizeof(*job), "fallocateAsync");
+  if (job == NULL) return NULL;
   job->fd = (int)fd;
   job->mode = (int)mode;
   job->offset = (off_t)offset;
   job->length = (off_t)length;
-  CHECK(queue_job(env, &job->async, argv[4], "nbd-mirror:fallocate", fallocate_execute, fallocate_complete));
+  queue_job(env, &job->async, argv[4], "nbd-mirror:fallocate", fallocate_execute, fallocate_complete);
   return NULL;
+}
+
+/* The one argument of a call taking a descriptor; false after throwing `usage` as a type error. */
+static bool single_fd_arg(napi_env env, napi_callback_info info, int64_t *fd, const char *usage) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == 1 && get_i64(env, argv[0], fd)) return true;
+  napi_throw_type_error(env, NULL, usage);
+  return false;
 }
 
 /* dup(fd) -> a new close-on-exec descriptor for the same open file, or -errno */
 static napi_value js_dup(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
   int64_t fd;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc != 1 || !get_i64(env, argv[0], &fd)) {
-    napi_throw_type_error(env, NULL, "dup(fd)");
-    return NULL;
-  }
+  if (!single_fd_arg(env, info, &fd, "dup(fd)")) return NULL;
   int rc = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
   return make_number(env, rc < 0 ? -errno : rc);
 }
 
 /* shutdownSocket(fd) -> 0 or -errno: both directions, which wakes a sender blocked in poll */
 static napi_value js_shutdown_socket(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
   int64_t fd;
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc != 1 || !get_i64(env, argv[0], &fd)) {
-    napi_throw_type_error(env, NULL, "shutdownSocket(fd)");
-    return NULL;
-  }
+  if (!single_fd_arg(env, info, &fd, "shutdownSocket(fd)")) return NULL;
   int rc = shutdown((int)fd, SHUT_RDWR);
   return make_number(env, rc < 0 ? -errno : 0);
 }
@@ -317,23 +334,19 @@ static napi_value js_send_file_async(napi_env env, napi_callback_info info) {
   void *header;
   size_t header_bytes;
   bool is_buffer = false;
-  napi_valuetype type;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   if (argc != 7 || !get_i64(env, argv[0], &socket_fd) ||
       napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer ||
       napi_get_buffer_info(env, argv[1], &header, &header_bytes) != napi_ok || header_bytes > REPLY_HEADER_MAX ||
       !get_i64(env, argv[2], &file_fd) || !get_i64(env, argv[3], &position) || position < 0 ||
       !get_i64(env, argv[4], &length) || length < 0 || !get_i64(env, argv[5], &stall_ms) || stall_ms < 0 ||
-      napi_typeof(env, argv[6], &type) != napi_ok || type != napi_function) {
+      !is_function(env, argv[6])) {
     napi_throw_type_error(env, NULL,
         "sendFileAsync(socketFd, header<=64 bytes, fileFd, position, length, stallMs, callback)");
     return NULL;
   }
-  send_file_job *job = calloc(1, sizeof(*job));
-  if (job == NULL) {
-    napi_throw_error(env, NULL, "sendFileAsync: out of memory");
-    return NULL;
-  }
+  send_file_job *job = new_job(env, sizeof(*job), "sendFileAsync");
+  if (job == NULL) return NULL;
   job->socket_fd = (int)socket_fd;
   job->file_fd = (int)file_fd;
   memcpy(job->header, header, header_bytes);
@@ -341,7 +354,7 @@ static napi_value js_send_file_async(napi_env env, napi_callback_info info) {
   job->position = (off_t)position;
   job->length = (uint64_t)length;
   job->stall_ms = (uint64_t)stall_ms;
-  CHECK(queue_job(env, &job->async, argv[6], "nbd-mirror:sendfile", send_file_execute, send_file_complete));
+  queue_job(env, &job->async, argv[6], "nbd-mirror:sendfile", send_file_execute, send_file_complete);
   return NULL;
 }
 
