@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import { BlockError, fromNegativeErrno, toBlockError } from '../blockdev/errors.js';
 import { GroupCommit } from '../blockdev/group-commit.js';
 import { checkRange } from '../blockdev/range.js';
-import type { BlockDevice, DeviceCapabilities, Extent, FileRangeLease, WriteFlags, ZeroFlags } from '../blockdev/types.js';
+import { type BlockDevice, type DeviceCapabilities, type Extent, type FileRangeLease, finishedNow, type WriteFlags, type ZeroFlags } from '../blockdev/types.js';
 import { closeFd, fdatasync, preadOrZeroes, pwriteAll, pwriteAllSync } from './fs-io.js';
 import { InlineWriteGate } from './inline-write-gate.js';
 import {
@@ -41,7 +41,6 @@ export interface FileLegOptions {
 }
 
 const inlineTurnBytesMax = 1024 * 1024;
-const settled = Promise.resolve();
 
 /** Zero-filling falls back to plain writes of this chunk size. */
 const zeroChunkBytes = 1 << 20;
@@ -156,11 +155,13 @@ export class FileLeg implements BlockDevice {
     try {
       this.checkWritable('write');
       checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
-      if (!flags.fua && data.length <= this.inlineWriteBytesMax && this.inlineBytesThisTurn < inlineTurnBytesMax &&
-          this.inlineWrites.open(performance.now())) {
-        this.writeInline(offsetBytes, data);
-        // Not an async function: a write done inline settles without allocating a promise.
-        return settled;
+      if (!flags.fua && data.length <= this.inlineWriteBytesMax && this.inlineBytesThisTurn < inlineTurnBytesMax) {
+        const startedMs = performance.now();
+        if (this.inlineWrites.open(startedMs)) {
+          this.writeInline(offsetBytes, data, startedMs);
+          // Not an async function: a write done inline settles without allocating a promise.
+          return finishedNow;
+        }
       }
     } catch (error) {
       return Promise.reject(error);
@@ -169,20 +170,19 @@ export class FileLeg implements BlockDevice {
       .catch((error: unknown) => { throw toBlockError(error, `write ${this.path} at ${offsetBytes}`); });
   }
 
-  private writeInline(offsetBytes: number, data: Buffer): void {
+  private writeInline(offsetBytes: number, data: Buffer, startedMs: number): void {
     if (this.inlineBytesThisTurn < 0) {
       this.inlineBytesThisTurn = 0;
       setImmediate(() => { this.inlineBytesThisTurn = -1; });
     }
     this.inlineBytesThisTurn += data.length;
-    const started = performance.now();
     try {
       pwriteAllSync(this.fd, data, offsetBytes);
     } catch (error) {
       throw toBlockError(error, `write ${this.path} at ${offsetBytes}`);
     }
-    const finished = performance.now();
-    this.inlineWrites.record(finished - started, finished);
+    const finishedMs = performance.now();
+    this.inlineWrites.record(finishedMs - startedMs, finishedMs);
   }
 
   async flush(): Promise<void> {

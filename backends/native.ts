@@ -13,6 +13,8 @@ export interface NativeCalls {
   seek(fd: number, offsetBytes: number, whence: number): number;
   /** Bytes transferred or -errno; -EAGAIN when the call would block. */
   preadNoWait(fd: number, target: Buffer, positionBytes: number): number;
+  /** pwrite(2): bytes written or -errno. Optional: an addon built from older sources lacks it. */
+  pwriteSync?(fd: number, data: Buffer, positionBytes: number): number;
   /** A new descriptor for the same open file, or -errno. */
   dup?(fd: number): number;
   /** shutdown(SHUT_RDWR): 0 or -errno. */

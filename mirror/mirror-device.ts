@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { checkRange } from '../blockdev/range.js';
-import { RangeOrder } from '../blockdev/range-order.js';
-import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
+import { RangeOrder, type Ticket } from '../blockdev/range-order.js';
+import { type BlockDevice, type DeviceCapabilities, type Extent, finishedNow, type WriteFlags, type ZeroFlags } from '../blockdev/types.js';
 import type { LegState } from '../regionlog/format.js';
 import type { RegionLog } from '../regionlog/region-log.js';
 import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
@@ -225,32 +225,75 @@ export class MirrorDevice implements BlockDevice {
       (leg) => leg.device.writeZeroes(offsetBytes, lengthBytes, flags));
   }
 
-  private async mutate(what: string, offsetBytes: number, lengthBytes: number,
+  /**
+   * Orders the change after overlapping ones in flight (so every leg applies
+   * overlapping writes in one order), counts it into its regions (whose bits
+   * must be durable first), and applies it to every writable leg. The common
+   * case waits for nothing and every leg finishes in the same turn (inline
+   * file writes): it completes without a microtask (see finishedNow).
+   */
+  private mutate(what: string, offsetBytes: number, lengthBytes: number,
     apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
-    this.checkUsable(what);
-    checkRange(this.sizeBytes, offsetBytes, lengthBytes, what);
-    if (lengthBytes === 0) return;
-    const ticket = this.order.acquire(offsetBytes, lengthBytes, true);
     try {
-      if (ticket.ready) await ticket.ready;
       this.checkUsable(what);
-      await this.mutateInOrder(what, offsetBytes, lengthBytes, apply);
+      checkRange(this.sizeBytes, offsetBytes, lengthBytes, what);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (lengthBytes === 0) return finishedNow;
+    const ticket = this.order.acquire(offsetBytes, lengthBytes, true);
+    const [first, last] = this.regionRange(offsetBytes, lengthBytes);
+    const began = ticket.ready === undefined ? this.regions.tryBeginWrite(first, last) : false;
+    if (began !== undefined || crashPointArmed()) return this.mutateAfterWaits(what, first, last, apply, ticket, began);
+    // Taken in the same turn as the write was counted in, so a rebuild that
+    // locks this region after a new leg joined waits for us to finish.
+    const generation = this.enter();
+    let applying: Promise<void>;
+    try {
+      applying = this.fanOut(generation, what, first, last, apply);
+    } catch (error) {
+      applying = Promise.reject(error);
+    }
+    if (applying === finishedNow) {
+      this.endMutation(first, last, generation, ticket);
+      return finishedNow;
+    }
+    return applying.finally(() => this.endMutation(first, last, generation, ticket));
+  }
+
+  private endMutation(first: number, last: number, generation: Generation, ticket: Ticket): void {
+    this.regions.endWrite(first, last);
+    this.exit(generation);
+    ticket.release();
+  }
+
+  /**
+   * mutate()'s path when something must be waited for: an overlapping change
+   * (ticket.ready), a region locked by resync (began false), or a region log
+   * commit (began is that commit, the change already counted in).
+   */
+  private async mutateAfterWaits(what: string, first: number, last: number, apply: (leg: MirrorLeg) => Promise<void>,
+    ticket: Ticket, began: false | Promise<void> | undefined): Promise<void> {
+    try {
+      if (ticket.ready) {
+        await ticket.ready;
+        this.checkUsable(what);
+      }
+      let logged = began === false ? this.regions.tryBeginWrite(first, last) : began;
+      while (logged === false) {
+        await this.regions.whenUnlocked(first, last);
+        this.checkUsable(what);
+        logged = this.regions.tryBeginWrite(first, last);
+      }
+      await this.applyCounted(what, first, last, apply, logged);
     } finally {
       ticket.release();
     }
   }
 
-  private async mutateInOrder(what: string, offsetBytes: number, lengthBytes: number,
-    apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
-    const [first, last] = this.regionRange(offsetBytes, lengthBytes);
-    let logged = this.regions.tryBeginWrite(first, last);
-    while (logged === false) {
-      await this.regions.whenUnlocked(first, last);
-      this.checkUsable(what);
-      logged = this.regions.tryBeginWrite(first, last);
-    }
-    // Taken in the same turn as the write was counted in, so a rebuild that
-    // locks this region after a new leg joined waits for us to finish.
+  /** Applies a change already counted into its regions, once their bits are durable (`logged`). */
+  private async applyCounted(what: string, first: number, last: number, apply: (leg: MirrorLeg) => Promise<void>,
+    logged: Promise<void> | undefined): Promise<void> {
     const generation = this.enter();
     try {
       if (logged) {
@@ -273,15 +316,17 @@ export class MirrorDevice implements BlockDevice {
    * (durably) and the change succeeds if an in-sync leg took it. A retryable
    * or request error fails the change, and if some leg applied it anyway the
    * regions are marked out of sync so resync makes the legs agree again.
+   * Returns finishedNow when every leg finished it in this turn.
    */
   private fanOut(generation: Generation, what: string, first: number, last: number,
     apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
     const legs = generation.writable;
     if (generation.readable.length === 0) return Promise.reject(new BlockError('EIO', `${what}: no in-sync leg left`));
     const applying = crashPointArmed() && legs.length > 1 ? crashBetweenLegs(legs, apply) : legs.map(apply);
-    const settle = (): Promise<void> => this.settleFanOut(generation, what, first, last, legs, applying);
     // Every leg taking the change is the common case; it needs no per-leg outcome.
-    return Promise.all(applying).then(() => (legs.some((leg) => generation.isInSync(leg)) ? undefined : settle()), settle);
+    if (allFinishedNow(applying) && anyInSync(generation, legs)) return finishedNow;
+    const settle = (): Promise<void> => this.settleFanOut(generation, what, first, last, legs, applying);
+    return Promise.all(applying).then(() => (anyInSync(generation, legs) ? undefined : settle()), settle);
   }
 
   private async settleFanOut(generation: Generation, what: string, first: number, last: number,
@@ -479,4 +524,14 @@ function crashBetweenLegs(legs: MirrorLeg[], apply: (leg: MirrorLeg) => Promise<
     first = false;
     return crashPoint('mirror.between-legs');
   }));
+}
+
+function allFinishedNow(promises: Array<Promise<void>>): boolean {
+  for (const promise of promises) if (promise !== finishedNow) return false;
+  return true;
+}
+
+function anyInSync(generation: Generation, legs: MirrorLeg[]): boolean {
+  for (const leg of legs) if (generation.isInSync(leg)) return true;
+  return false;
 }

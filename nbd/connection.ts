@@ -3,8 +3,8 @@ import type net from 'node:net';
 import type { Logger } from 'pino';
 import { isBlockError, toBlockError } from '../blockdev/errors.js';
 import { BufferPool, type PooledBuffer } from '../blockdev/buffer-pool.js';
-import { RangeOrder } from '../blockdev/range-order.js';
-import type { BlockDevice } from '../blockdev/types.js';
+import { RangeOrder, type Ticket } from '../blockdev/range-order.js';
+import { type BlockDevice, finishedNow } from '../blockdev/types.js';
 import {
   BASE_ALLOCATION_ID, ClientFlag, Command, CommandFlag, HandshakeFlag, IHAVEOPT, Limits, NBDMAGIC, Option, OptionReply,
   REQUEST_HEADER_BYTES, SIMPLE_REPLY_HEADER_BYTES, StateFlag,
@@ -125,7 +125,9 @@ export class Connection {
     const socket = this.reader.socket;
     this.socket = socket;
     this.writer = new ReplyWriter(socket, {
-      shouldCork: () => this.inFlightRequests > 1,
+      // More replies are coming: others are in flight, or requests wait in the input (a write
+      // answered inside pump() is no longer counted in flight by the time the next one is read).
+      shouldCork: () => this.inFlightRequests > 1 || this.input.length > 0,
       flowChanged: () => this.updateFlow(),
       broken: (reason) => this.hardDisconnect(reason),
     }, { bufferPool: options.bufferPool, fileStallMs: fileReplyStallMs });
@@ -363,32 +365,53 @@ export class Connection {
     const mutating = request.type === Command.WRITE || request.type === Command.TRIM || request.type === Command.WRITE_ZEROES;
     const ordered = request.type !== Command.FLUSH;
     const ticket = ordered ? this.order.acquire(offsetBytes, request.lengthBytes, mutating) : undefined;
-    const run = async (): Promise<void> => {
-      if (ticket?.ready !== undefined) await ticket.ready;
-      await this.execute(request, offsetBytes, payload);
-    };
-    run()
+    const executing = ticket?.ready === undefined ? this.execute(request, offsetBytes, payload)
+      : ticket.ready.then(() => this.execute(request, offsetBytes, payload));
+    if (executing === finishedNow) {
+      // Answered in this turn (an inline write): we are inside pump(), which goes on reading.
+      this.endRequest(heldBytes, pooled, ticket, false);
+      return;
+    }
+    executing
       .catch((error: unknown) => this.replyFailure(request, error))
       .finally(() => {
-        // The device is done with the payload once its promise settled.
-        pooled?.release();
-        ticket?.release();
-        this.inFlightRequests -= 1;
-        this.inFlightBytes -= heldBytes;
-        if (this.inFlightRequests === 0) this.notifyIdle();
-        this.updateFlow();
+        this.endRequest(heldBytes, pooled, ticket, true);
         this.pump();
       });
   }
 
-  private async execute(request: RequestHeader, offsetBytes: number, payload: Buffer | undefined): Promise<void> {
+  private endRequest(heldBytes: number, pooled: PooledBuffer | undefined, ticket: Ticket | undefined, pumpOnResume: boolean): void {
+    // The device is done with the payload once its promise settled.
+    pooled?.release();
+    ticket?.release();
+    this.inFlightRequests -= 1;
+    this.inFlightBytes -= heldBytes;
+    if (this.inFlightRequests === 0) this.notifyIdle();
+    this.updateFlow(pumpOnResume);
+  }
+
+  /**
+   * Serves a validated request and sends its reply. A write the device
+   * finished in this turn is answered in this turn too (returns finishedNow).
+   */
+  private execute(request: RequestHeader, offsetBytes: number, payload: Buffer | undefined): Promise<void> {
+    if (request.type !== Command.WRITE) return this.executeOther(request, offsetBytes);
+    let writing: Promise<void>;
+    try {
+      writing = this.device!.write(offsetBytes, payload!, { fua: (request.flags & CommandFlag.FUA) !== 0 });
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (writing !== finishedNow) return writing.then(() => this.replyOk(request));
+    this.replyOk(request);
+    return finishedNow;
+  }
+
+  private async executeOther(request: RequestHeader, offsetBytes: number): Promise<void> {
     const device = this.device!;
     const fua = (request.flags & CommandFlag.FUA) !== 0;
     switch (request.type) {
       case Command.READ: return this.serveRead(request, offsetBytes);
-      case Command.WRITE:
-        await device.write(offsetBytes, payload!, { fua });
-        return this.replyOk(request);
       case Command.FLUSH:
         await device.flush();
         return this.replyOk(request);
@@ -543,7 +566,8 @@ export class Connection {
     else this.writer.send(simpleReply(errorCode, request.cookie));
   }
 
-  private updateFlow(): void {
+  /** Pauses or resumes reading requests; on resuming, reads what is queued unless the caller is inside pump() already. */
+  private updateFlow(pumpOnResume = true): void {
     if (this.phase === 'closed') return;
     const shouldPause = this.socket.writableNeedDrain ||
       this.inFlightRequests >= this.options.inFlightRequestsMax ||
@@ -554,7 +578,7 @@ export class Connection {
     } else if (!shouldPause && this.readingPaused) {
       this.readingPaused = false;
       this.socket.resume();
-      this.pump();
+      if (pumpOnResume) this.pump();
     }
   }
 

@@ -3,6 +3,7 @@ import path from 'node:path';
 import test from 'ava';
 import type { FaultPlan } from '../../backends/fault-device.js';
 import { isBlockError } from '../../blockdev/errors.js';
+import { finishedNow } from '../../blockdev/types.js';
 import { RegionLog } from '../../regionlog/region-log.js';
 import { legsIdentical, mirrorFixture, stopMirror as stop } from '../helpers/mirror-fixture.js';
 import { waitUntil } from '../helpers/wait.js';
@@ -36,6 +37,23 @@ test('a write reaches both legs from one buffer, and its region bit is durable b
   await writing;
   await controller.device.flush();
   for (const leg of fixture.legPaths) t.true(readLegFile(leg, offset, data.length).equals(data));
+  await stop(controller);
+  fixture.cleanup();
+});
+
+test('a write that waits for nothing finishes in the turn it was issued on inline file legs; one behind a log commit does not', async (t) => {
+  const fixture = mirrorFixture();
+  const controller = await fixture.open();
+  const { device } = controller;
+  const first = device.write(3 * regionSize, Buffer.alloc(4096, 1), { fua: false });
+  t.not(first, finishedNow, 'the region bit must be made durable first');
+  await first;
+  const data = Buffer.alloc(4096, 2);
+  const second = device.write(3 * regionSize + 4096, data, { fua: false });
+  t.is(second, finishedNow, 'bit durable, nothing overlapping: no promise of its own');
+  for (const leg of fixture.legPaths) t.true(readLegFile(leg, 3 * regionSize + 4096, data.length).equals(data), 'already in both legs');
+  t.not(device.write(3 * regionSize, Buffer.alloc(4096, 3), { fua: true }), finishedNow, 'FUA waits for the disk');
+  await device.flush();
   await stop(controller);
   fixture.cleanup();
 });
