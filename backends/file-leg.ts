@@ -137,18 +137,28 @@ export class FileLeg implements BlockDevice {
     }
   }
 
-  async read(offsetBytes: number, target: Buffer): Promise<void> {
-    this.checkOpen('read');
-    checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
+  read(offsetBytes: number, target: Buffer): Promise<void> {
     let done = 0;
-    if (this.inlineReadsWork && target.length <= this.inlineReadBytesMax) {
-      const result = native!.preadNoWait(this.fd, target, offsetBytes);
-      if (result === target.length) return;
-      // tmpfs and some other filesystems refuse RWF_NOWAIT: read through the thread pool from now on.
-      if (result === -EOPNOTSUPP) this.inlineReadsWork = false;
-      else if (result < 0 && result !== -EAGAIN) throw fromNegativeErrno(result, `read ${this.path} at ${offsetBytes}`);
-      done = Math.max(result, 0);
+    try {
+      this.checkOpen('read');
+      checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
+      if (this.inlineReadsWork && target.length <= this.inlineReadBytesMax) {
+        const result = native!.preadNoWait(this.fd, target, offsetBytes);
+        // Not an async function: a page-cache hit settles without allocating a promise.
+        if (result === target.length) return finishedNow;
+        // tmpfs and some other filesystems refuse RWF_NOWAIT: read through the thread pool from now on.
+        if (result === -EOPNOTSUPP) this.inlineReadsWork = false;
+        else if (result < 0 && result !== -EAGAIN) throw fromNegativeErrno(result, `read ${this.path} at ${offsetBytes}`);
+        done = Math.max(result, 0);
+      }
+    } catch (error) {
+      return Promise.reject(error);
     }
+    return this.readRest(offsetBytes, target, done);
+  }
+
+  /** The part of a read the page cache did not have, through the thread pool. */
+  private async readRest(offsetBytes: number, target: Buffer, done: number): Promise<void> {
     try {
       // A file shorter than the device (truncated behind our back) reads as zeroes.
       await preadOrZeroes(this.fd, target, done, offsetBytes + done);

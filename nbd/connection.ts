@@ -391,10 +391,11 @@ export class Connection {
   }
 
   /**
-   * Serves a validated request and sends its reply. A write the device
-   * finished in this turn is answered in this turn too (returns finishedNow).
+   * Serves a validated request and sends its reply. A read or write the
+   * device finished in this turn is answered in this turn too (returns finishedNow).
    */
   private execute(request: RequestHeader, offsetBytes: number, payload: Buffer | undefined): Promise<void> {
+    if (request.type === Command.READ) return this.serveRead(request, offsetBytes);
     if (request.type !== Command.WRITE) return this.executeOther(request, offsetBytes);
     let writing: Promise<void>;
     try {
@@ -411,7 +412,6 @@ export class Connection {
     const device = this.device!;
     const fua = (request.flags & CommandFlag.FUA) !== 0;
     switch (request.type) {
-      case Command.READ: return this.serveRead(request, offsetBytes);
       case Command.FLUSH:
         await device.flush();
         return this.replyOk(request);
@@ -439,8 +439,8 @@ export class Connection {
     assert.fail(`validated request has unknown type ${request.type}`);
   }
 
-  private async serveRead(request: RequestHeader, offsetBytes: number): Promise<void> {
-    const device = this.device!;
+  /** Like execute(): a read the device served from memory in this turn is answered in this turn (finishedNow). */
+  private serveRead(request: RequestHeader, offsetBytes: number): Promise<void> {
     const lengthBytes = request.lengthBytes;
     if (!this.structured) {
       return this.sendReadData(SIMPLE_REPLY_HEADER_BYTES, offsetBytes, lengthBytes,
@@ -448,13 +448,21 @@ export class Connection {
     }
     if (lengthBytes === 0) {
       this.writer.send(structuredNone(request.cookie));
-      return;
+      return finishedNow;
     }
     const fragmentsAllowed = (request.flags & CommandFlag.DF) === 0;
-    if (fragmentsAllowed && lengthBytes >= this.options.sparseReadBytesMin && device.capabilities.blockStatus) {
-      const extents = await device.blockStatus(offsetBytes, lengthBytes);
-      if (extents.some((extent) => extent.zero)) return this.serveSparseRead(request, offsetBytes, extents);
+    if (fragmentsAllowed && lengthBytes >= this.options.sparseReadBytesMin && this.device!.capabilities.blockStatus) {
+      return this.serveReadWithHoles(request, offsetBytes);
     }
+    return this.sendReadData(OFFSET_DATA_PREFIX_BYTES, offsetBytes, lengthBytes,
+      (target) => writeOffsetDataPrefix(target, request.cookie, offsetBytes, lengthBytes, true));
+  }
+
+  /** A large structured read: zero extents go out as OFFSET_HOLE chunks. */
+  private async serveReadWithHoles(request: RequestHeader, offsetBytes: number): Promise<void> {
+    const lengthBytes = request.lengthBytes;
+    const extents = await this.device!.blockStatus(offsetBytes, lengthBytes);
+    if (extents.some((extent) => extent.zero)) return this.serveSparseRead(request, offsetBytes, extents);
     return this.sendReadData(OFFSET_DATA_PREFIX_BYTES, offsetBytes, lengthBytes,
       (target) => writeOffsetDataPrefix(target, request.cookie, offsetBytes, lengthBytes, true));
   }
@@ -464,22 +472,25 @@ export class Connection {
    * data: by sendfile when the range is large and the device lends it as a
    * file range, else read into a buffer behind the header.
    */
-  private async sendReadData(prefixBytes: number, offsetBytes: number, lengthBytes: number,
+  private sendReadData(prefixBytes: number, offsetBytes: number, lengthBytes: number,
     writeHeader: (target: Buffer) => void): Promise<void> {
-    if (await this.sendReadFromFile(prefixBytes, offsetBytes, lengthBytes, writeHeader)) return;
-    const reply = await this.readAfterPrefix(prefixBytes, offsetBytes, lengthBytes);
-    writeHeader(reply.buffer);
-    this.writer.send(reply.buffer, reply.release);
+    if (lengthBytes >= this.options.fileReplyBytesMin && this.device!.lendFileRange !== undefined) {
+      return this.sendReadFromFileOrBuffer(prefixBytes, offsetBytes, lengthBytes, writeHeader);
+    }
+    return this.sendReadFromBuffer(prefixBytes, offsetBytes, lengthBytes, writeHeader);
   }
 
-  /** false: not sent (too small, not lent, or declined); read it instead. */
+  private async sendReadFromFileOrBuffer(prefixBytes: number, offsetBytes: number, lengthBytes: number,
+    writeHeader: (target: Buffer) => void): Promise<void> {
+    if (await this.sendReadFromFile(prefixBytes, offsetBytes, lengthBytes, writeHeader)) return;
+    await this.sendReadFromBuffer(prefixBytes, offsetBytes, lengthBytes, writeHeader);
+  }
+
+  /** false: not sent (not lent, or declined); read it instead. */
   private async sendReadFromFile(prefixBytes: number, offsetBytes: number, lengthBytes: number,
     writeHeader: (target: Buffer) => void): Promise<boolean> {
-    if (lengthBytes < this.options.fileReplyBytesMin || this.device!.lendFileRange === undefined ||
-        !this.writer.canSendFiles) {
-      return false;
-    }
-    const lease = this.device!.lendFileRange(offsetBytes, lengthBytes);
+    if (!this.writer.canSendFiles) return false;
+    const lease = this.device!.lendFileRange!(offsetBytes, lengthBytes);
     if (lease === undefined) return false;
     const header = Buffer.allocUnsafe(prefixBytes);
     writeHeader(header);
@@ -491,18 +502,29 @@ export class Connection {
   }
 
   /** Reads into a pooled reply buffer behind room for the reply header, so the reply is one write. */
-  private async readAfterPrefix(prefixBytes: number, offsetBytes: number, lengthBytes: number): Promise<PooledBuffer> {
+  private sendReadFromBuffer(prefixBytes: number, offsetBytes: number, lengthBytes: number,
+    writeHeader: (target: Buffer) => void): Promise<void> {
     const reply = this.options.bufferPool.acquire(prefixBytes + lengthBytes);
+    let reading: Promise<void>;
     try {
-      await this.device!.read(offsetBytes, reply.buffer.subarray(prefixBytes));
+      reading = this.device!.read(offsetBytes, reply.buffer.subarray(prefixBytes));
     } catch (error) {
+      reading = Promise.reject(error);
+    }
+    if (reading === finishedNow) {
+      writeHeader(reply.buffer);
+      this.writer.send(reply.buffer, reply.release);
+      return finishedNow;
+    }
+    return reading.then(() => {
+      writeHeader(reply.buffer);
+      this.writer.send(reply.buffer, reply.release);
+    }, (error: unknown) => {
       reply.release();
       throw error;
-    }
-    return reply;
+    });
   }
 
-  /** Zero extents become OFFSET_HOLE chunks; the rest is read and sent as data, then NONE ends the reply. */
   private async serveSparseRead(
     request: RequestHeader, offsetBytes: number, extents: Array<{ offsetBytes: number; lengthBytes: number; zero: boolean }>,
   ): Promise<void> {
