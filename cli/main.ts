@@ -38,6 +38,8 @@ program.command('serve')
   .option('--max-connections <n>', 'maximum simultaneous clients', (value) => parseInteger(value, '--max-connections'))
   .option('--handshake-timeout-ms <n>', 'disconnect clients that do not finish negotiating',
     (value) => parseInteger(value, '--handshake-timeout-ms'))
+  .option('--poll-max-us <n>', 'after input, poll up to this many microseconds before sleeping (adaptive; 0: never)',
+    (value) => parseInteger(value, '--poll-max-us'))
   .option('--crash-point <point>', 'crash-injection testing: point[@hit][+ms][:kill|power-cut] ends the process at the hit-th time the point is reached at least ms after the start')
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
   .action(async (options: Record<string, unknown>) => {
@@ -59,6 +61,7 @@ program.command('serve')
       cache: typeof options.cache === 'boolean' ? options.cache : undefined,
       maxConnections: options.maxConnections as number | undefined,
       handshakeTimeoutMs: options.handshakeTimeoutMs as number | undefined,
+      pollMaxMicroseconds: options.pollMaxUs as number | undefined,
       logLevel: options.logLevel as string | undefined,
       crashPoint: options.crashPoint as string | undefined,
     };

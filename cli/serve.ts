@@ -8,6 +8,7 @@ import type { BlockDevice } from '../blockdev/types.js';
 import type { Config } from '../config/schema.js';
 import { ConfigError } from '../config/schema.js';
 import { defaultConnectionOptions } from '../nbd/connection.js';
+import { InputPoll } from '../nbd/input-poll.js';
 import type { ExportEntry, ExportTable } from '../nbd/negotiation.js';
 import { type ListenAddresses, NbdServer } from '../nbd/server.js';
 
@@ -109,6 +110,7 @@ export async function startServer(config: Config, logger: Logger,
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
       inFlightRequestsMax: config.limits.inFlightRequestsMax,
       inFlightBytesMax: config.limits.inFlightBytesMax,
+      inputPoll: new InputPoll(config.limits.pollMaxMicroseconds),
     },
     logger,
   });

@@ -21,6 +21,7 @@ export interface ConfigOverrides {
   sizeBytes?: string;
   maxConnections?: number;
   handshakeTimeoutMs?: number;
+  pollMaxMicroseconds?: number;
   logLevel?: string;
   /** point[@hit][:kill|power-cut] (crash-injection testing). */
   crashPoint?: string;
@@ -85,6 +86,7 @@ function applyOverrides(raw: Record<string, unknown>, overrides: ConfigOverrides
   }
   if (overrides.maxConnections !== undefined) section(copy, 'limits').maxConnections = overrides.maxConnections;
   if (overrides.handshakeTimeoutMs !== undefined) section(copy, 'limits').handshakeTimeoutMs = overrides.handshakeTimeoutMs;
+  if (overrides.pollMaxMicroseconds !== undefined) section(copy, 'limits').pollMaxMicroseconds = overrides.pollMaxMicroseconds;
   if (overrides.logLevel !== undefined) section(copy, 'log').level = overrides.logLevel;
   if (overrides.crashPoint !== undefined) section(copy, 'crash').point = overrides.crashPoint;
   return copy;

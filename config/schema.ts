@@ -49,6 +49,8 @@ export interface Config {
     handshakeTimeoutMs: number;
     inFlightRequestsMax: number;
     inFlightBytesMax: number;
+    /** After input, the event loop polls up to this long before sleeping (adaptive; 0: never). */
+    pollMaxMicroseconds: number;
   };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
   /** A named crash point to fire (crash-injection testing only). */
@@ -152,7 +154,8 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   rejectUnknownKeys(storage, ['sizeBytes', 'legs', 'log', 'regionSize', 'readPolicy', 'preferredLeg', 'sweepIntervalMs',
     'resyncRate', 'force'], 'storage');
   const limits = objectAt(root.limits, 'limits');
-  rejectUnknownKeys(limits, ['maxConnections', 'handshakeTimeoutMs', 'inFlightRequestsMax', 'inFlightBytesMax'], 'limits');
+  rejectUnknownKeys(limits, ['maxConnections', 'handshakeTimeoutMs', 'inFlightRequestsMax', 'inFlightBytesMax',
+    'pollMaxMicroseconds'], 'limits');
   const log = objectAt(root.log, 'log');
   rejectUnknownKeys(log, ['level'], 'log');
 
@@ -240,6 +243,7 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
       inFlightRequestsMax: integerAt(limits.inFlightRequestsMax, 'limits.inFlightRequestsMax', 256, 1, 65536),
       inFlightBytesMax: limits.inFlightBytesMax === undefined ? 256 * 1024 * 1024
         : parseSize(limits.inFlightBytesMax, 'limits.inFlightBytesMax'),
+      pollMaxMicroseconds: integerAt(limits.pollMaxMicroseconds, 'limits.pollMaxMicroseconds', 100, 0, 10_000),
     },
     log: { level: level as Config['log']['level'] },
     crash: parseCrash(root.crash),
@@ -391,6 +395,7 @@ limits:
   maxConnections: 64
   handshakeTimeoutMs: 120000
   inFlightRequestsMax: 256
+  pollMaxMicroseconds: 100  # after input, poll up to this long before sleeping (adaptive, like QEMU's poll-max-ns; 0: never)
 log:
   level: info
 `;

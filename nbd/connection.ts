@@ -11,6 +11,7 @@ import {
 } from './constants.js';
 import { nbdErrorFor } from './errno.js';
 import { InputQueue } from './input-queue.js';
+import type { InputPoll } from './input-poll.js';
 import { type ExportEntry, type ExportTable, handleOption, type Negotiation, newNegotiation } from './negotiation.js';
 import {
   blockStatusChunk, OFFSET_DATA_PREFIX_BYTES, offsetHoleChunk, optionReply, simpleReply, structuredError,
@@ -41,6 +42,8 @@ export interface ConnectionOptions {
    * less than a thread-pool trip (up to 64 KiB is read from the event loop).
    */
   fileReplyBytesMin: number;
+  /** Told of every input, so the event loop may poll a while instead of sleeping (see input-poll.ts). */
+  inputPoll: InputPoll | undefined;
   logger: Logger;
 }
 
@@ -53,6 +56,7 @@ export const defaultConnectionOptions: Omit<ConnectionOptions, 'logger'> = {
   reader: defaultSocketReaderOptions,
   directReads: true,
   fileReplyBytesMin: 128 * 1024,
+  inputPoll: undefined,
 };
 
 interface PendingWrite {
@@ -117,10 +121,14 @@ export class Connection {
     this.reader = new SocketReader(accepted, {
       directTarget: () => this.directTarget(),
       onChunk: (chunk) => {
+        options.inputPoll?.inputArrived();
         this.input.push(chunk);
         this.pump();
       },
-      onDirect: (byteCount) => this.onDirectBytes(byteCount),
+      onDirect: (byteCount) => {
+        options.inputPoll?.inputArrived();
+        this.onDirectBytes(byteCount);
+      },
     }, options.reader, options.directReads);
     const socket = this.reader.socket;
     this.socket = socket;

@@ -1,0 +1,34 @@
+import test from 'ava';
+import { InputPoll, nextPollWindowUs } from '../../nbd/input-poll.js';
+
+test('nextPollWindowUs follows QEMU: keep within the window, stop above the maximum, else double from 4 us up to it', (t) => {
+  t.is(nextPollWindowUs(0, 30, 100), 4, 'a short wait starts polling at 4 us');
+  t.is(nextPollWindowUs(4, 30, 100), 8);
+  t.is(nextPollWindowUs(64, 80, 100), 100, 'capped at the maximum');
+  t.is(nextPollWindowUs(100, 99, 100), 100, 'within the window: unchanged');
+  t.is(nextPollWindowUs(32, 20, 100), 32, 'within the window: unchanged');
+  t.is(nextPollWindowUs(64, 101, 100), 0, 'longer than the maximum: stop');
+  t.is(nextPollWindowUs(0, 5000, 100), 0);
+  // Growing from nothing reaches the maximum in a bounded number of short waits.
+  let window = 0;
+  for (let wait = 0; wait < 6; wait += 1) window = nextPollWindowUs(window, window + 1, 100);
+  t.is(window, 100);
+});
+
+test('InputPoll: input in quick succession opens a window, and every poll chain ends by itself', async (t) => {
+  const poll = new InputPoll(200);
+  for (let input = 0; input < 20; input += 1) {
+    poll.inputArrived();
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  t.true(poll.currentWindowUs > 0, 'inputs a turn apart keep a window open');
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  t.false(poll.isPolling, 'no input: polling stopped within the window');
+  poll.inputArrived();
+  t.is(poll.currentWindowUs, 0, 'a wait of 20 ms is far above the maximum: no window');
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  t.false(poll.isPolling);
+  const off = new InputPoll(0);
+  off.inputArrived();
+  t.false(off.isPolling, 'a maximum of 0 never polls');
+});
