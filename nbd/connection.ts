@@ -383,6 +383,7 @@ export class Connection {
     executing
       .catch((error: unknown) => this.replyFailure(request, error))
       .finally(() => {
+        this.options.inputPoll?.replySent();
         this.endRequest(heldBytes, pooled, ticket, true);
         this.pump();
       });

@@ -50,6 +50,22 @@ export class InputPoll {
     this.pollUntilMs = nowMs + this.windowUs / 1000;
   }
 
+  /**
+   * A request finished after its input turn (a log commit, a thread-pool
+   * write): its reply is going out now, and a client waiting for it will send
+   * its next request soon, so poll as after input. Without this, one slow
+   * request made the next wait look long and stopped polling.
+   */
+  replySent(): void {
+    if (!(this.maxUs > 0)) return;
+    const nowMs = performance.now();
+    if (!this.polling) {
+      this.polling = true;
+      setImmediate(this.poll);
+    }
+    this.pollUntilMs = Math.max(this.pollUntilMs, nowMs + this.windowUs / 1000);
+  }
+
   /** The current window (tests and status). */
   get currentWindowUs(): number {
     return this.windowUs;

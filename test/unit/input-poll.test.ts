@@ -15,7 +15,7 @@ test('nextPollWindowUs follows QEMU: keep within the window, stop above the maxi
   t.is(window, 100);
 });
 
-test('InputPoll: input in quick succession opens a window, and every poll chain ends by itself', async (t) => {
+test('InputPoll: input in quick succession opens a window, a late reply polls too, and every poll chain ends by itself', async (t) => {
   const poll = new InputPoll(200);
   for (let input = 0; input < 20; input += 1) {
     poll.inputArrived();
@@ -24,6 +24,10 @@ test('InputPoll: input in quick succession opens a window, and every poll chain 
   t.true(poll.currentWindowUs > 0, 'inputs a turn apart keep a window open');
   await new Promise((resolve) => setTimeout(resolve, 20));
   t.false(poll.isPolling, 'no input: polling stopped within the window');
+  poll.replySent();
+  t.true(poll.isPolling, 'a reply that went out late: poll for the next request');
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  t.false(poll.isPolling);
   poll.inputArrived();
   t.is(poll.currentWindowUs, 0, 'a wait of 20 ms is far above the maximum: no window');
   await new Promise((resolve) => setTimeout(resolve, 5));
