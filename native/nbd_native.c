@@ -91,24 +91,39 @@ static int io_args(napi_env env, napi_callback_info info, int64_t *fd, void **da
   return get_i64(env, argv[0], fd) && get_i64(env, argv[2], position) && *position >= 0;
 }
 
+typedef ssize_t (*positional_op)(int fd, void *data, size_t length, off_t position);
+
+/* Calls op on (fd, buffer, position) from JS, retrying on EINTR: bytes transferred or -errno. */
+static napi_value positional_io(napi_env env, napi_callback_info info, const char *usage, positional_op op) {
+  int64_t fd, position;
+  void *data;
+  size_t length;
+  if (!io_args(env, info, &fd, &data, &length, &position)) {
+    napi_throw_type_error(env, NULL, usage);
+    return NULL;
+  }
+  ssize_t rc;
+  do {
+    rc = op((int)fd, data, length, (off_t)position);
+  } while (rc < 0 && errno == EINTR);
+  return make_number(env, rc < 0 ? -errno : (double)rc);
+}
+
+static ssize_t pread_nowait(int fd, void *data, size_t length, off_t position) {
+  struct iovec iov = {.iov_base = data, .iov_len = length};
+  return preadv2(fd, &iov, 1, position, RWF_NOWAIT);
+}
+
+static ssize_t pwrite_plain(int fd, void *data, size_t length, off_t position) {
+  return pwrite(fd, data, length, position);
+}
+
 /*
  * preadNoWait(fd, buffer, position) -> bytes read, or -errno. -EAGAIN means
  * some of the range is not in the page cache; the caller retries on a thread.
  */
 static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
-  int64_t fd, position;
-  void *data;
-  size_t length;
-  if (!io_args(env, info, &fd, &data, &length, &position)) {
-    napi_throw_type_error(env, NULL, "preadNoWait(fd, buffer, position)");
-    return NULL;
-  }
-  struct iovec iov = {.iov_base = data, .iov_len = length};
-  ssize_t rc;
-  do {
-    rc = preadv2((int)fd, &iov, 1, (off_t)position, RWF_NOWAIT);
-  } while (rc < 0 && errno == EINTR);
-  return make_number(env, rc < 0 ? -errno : (double)rc);
+  return positional_io(env, info, "preadNoWait(fd, buffer, position)", pread_nowait);
 }
 
 /*
@@ -117,18 +132,7 @@ static napi_value js_pread_nowait(napi_env env, napi_callback_info info) {
  * a 4k write into the page cache costs little more than the call around it.
  */
 static napi_value js_pwrite_sync(napi_env env, napi_callback_info info) {
-  int64_t fd, position;
-  void *data;
-  size_t length;
-  if (!io_args(env, info, &fd, &data, &length, &position)) {
-    napi_throw_type_error(env, NULL, "pwriteSync(fd, buffer, position)");
-    return NULL;
-  }
-  ssize_t rc;
-  do {
-    rc = pwrite((int)fd, data, length, (off_t)position);
-  } while (rc < 0 && errno == EINTR);
-  return make_number(env, rc < 0 ? -errno : (double)rc);
+  return positional_io(env, info, "pwriteSync(fd, buffer, position)", pwrite_plain);
 }
 
 /* The start of every thread-pool job: its libuv work and the JS callback to call when done. */
