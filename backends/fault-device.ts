@@ -24,6 +24,12 @@ export interface FaultPlan {
   rules: FaultRule[];
   latencyMs?: number;
   seed?: number;
+  /**
+   * A disk whose write cache lies: flushes succeed without reaching the
+   * device below, and FUA writes go down as plain writes. Nothing above can
+   * notice; the crash tests use it to show their oracle catches lost data.
+   */
+  ignoreDurability?: boolean;
 }
 
 interface RuleState {
@@ -48,6 +54,8 @@ export class FaultDevice implements BlockDevice {
   private openGate: (() => void) | undefined;
   /** Operations failed so far, by kind (tests assert the fault really happened). */
   readonly injected: Record<FaultOp, number> = { read: 0, write: 0, flush: 0, trim: 0, zeroes: 0 };
+  /** Flushes and FUA writes acknowledged without their durability (ignoreDurability). */
+  durabilityIgnored = 0;
 
   constructor(readonly inner: BlockDevice, private plan: FaultPlan = { rules: [] }) {
     this.sizeBytes = inner.sizeBytes;
@@ -113,22 +121,33 @@ export class FaultDevice implements BlockDevice {
 
   async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     await this.before('write', offsetBytes, data.length);
-    return this.inner.write(offsetBytes, data, flags);
+    return this.inner.write(offsetBytes, data, this.passedOn(flags));
   }
 
   async flush(): Promise<void> {
     await this.before('flush', 0, 0);
+    if (this.plan.ignoreDurability) {
+      this.durabilityIgnored += 1;
+      return;
+    }
     return this.inner.flush();
   }
 
   async trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> {
     await this.before('trim', offsetBytes, lengthBytes);
-    return this.inner.trim(offsetBytes, lengthBytes, flags);
+    return this.inner.trim(offsetBytes, lengthBytes, this.passedOn(flags));
   }
 
   async writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
     await this.before('zeroes', offsetBytes, lengthBytes);
-    return this.inner.writeZeroes(offsetBytes, lengthBytes, flags);
+    return this.inner.writeZeroes(offsetBytes, lengthBytes, this.passedOn(flags));
+  }
+
+  /** The flags the device below sees: without FUA when this disk lies about durability. */
+  private passedOn<Flags extends WriteFlags>(flags: Flags): Flags {
+    if (!this.plan.ignoreDurability || !flags.fua) return flags;
+    this.durabilityIgnored += 1;
+    return { ...flags, fua: false };
   }
 
   blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {

@@ -325,9 +325,10 @@ function parseCache(raw: unknown): CacheConfig | undefined {
 
 function parseFaultPlan(raw: unknown, key: string): FaultPlan {
   const plan = objectAt(raw, key);
-  rejectUnknownKeys(plan, ['rules', 'latencyMs', 'seed'], key);
-  if (!Array.isArray(plan.rules)) throw new ConfigError(`${key}.rules`, 'must be a list of fault rules');
-  const rules = plan.rules.map((rawRule, index): FaultRule => {
+  rejectUnknownKeys(plan, ['rules', 'latencyMs', 'seed', 'ignoreDurability'], key);
+  const rawRules = plan.rules ?? [];
+  if (!Array.isArray(rawRules)) throw new ConfigError(`${key}.rules`, 'must be a list of fault rules');
+  const rules = rawRules.map((rawRule, index): FaultRule => {
     const ruleKey = `${key}.rules[${index}]`;
     const rule = objectAt(rawRule, ruleKey);
     rejectUnknownKeys(rule, ['ops', 'error', 'afterOps', 'rangeBytes', 'rate', 'sticky', 'armed'], ruleKey);
@@ -358,6 +359,7 @@ function parseFaultPlan(raw: unknown, key: string): FaultPlan {
     rules,
     latencyMs: integerAt(plan.latencyMs, `${key}.latencyMs`, 0, 0, 60_000),
     seed: integerAt(plan.seed, `${key}.seed`, 1, 0, 2 ** 32 - 1),
+    ignoreDurability: booleanAt(plan.ignoreDurability, `${key}.ignoreDurability`, false),
   };
 }
 

@@ -40,6 +40,12 @@ export function checkLeg(path: string, slot: number, state: LogState, thin = fal
   }
   const acceptable = label.events === record.events || (state.labelUpdatePending && label.events === state.eventsCurrent);
   if (record.state === 'in_sync' && !acceptable) {
+    if (label.events > record.events) {
+      // The leg went on after the log's last word about it: the log, not the leg, is the old copy.
+      return { kind: 'refused', problem: `leg ${slot} (${path}) is newer than the region log: its label says events ${label.events}, ` +
+        `the log expects ${record.events}; the log is an older copy (a restored backup, or a disk that lost writes it had ` +
+        'acknowledged) and its dirty bits may miss regions where the legs differ. Use the region log that belongs with these legs' };
+    }
     return { kind: 'refused', problem: `leg ${slot} (${path}) is stale: its label says events ${label.events}, ` +
       `the log expects ${record.events}; it is an older copy of the leg. Re-add it (nbd-mirror re-add) to resync it` };
   }

@@ -65,6 +65,7 @@ test('malformed configuration is refused with the key and the problem', async (t
     ['storage:\n  log: { path: m.log, powerCutt: {} }\n  legs:\n    - path: a.img\n    - path: b.img\n', /storage\.log\.powerCutt: unknown key/],
     ['storage:\n  log: { path: m.log, writeLog: "" }\n  legs:\n    - path: a.img\n    - path: b.img\n', /storage\.log\.writeLog: must be a non-empty string/],
     ['storage:\n  legs:\n    - path: a.img\ncrash: { point: sweeper.nowhere@2 }\n', /crash\.point: "sweeper\.nowhere@2" is not point/],
+    ['storage:\n  legs:\n    - path: a.img\n      faults: { ignoreDurability: sometimes }\n', /storage\.legs\[0\]\.faults\.ignoreDurability: must be true or false/],
   ];
   for (const [index, [text, expected]] of cases.entries()) {
     const file = write(`bad-${index}.yaml`, text);

@@ -51,6 +51,23 @@ test.serial('power cut: unflushed writes are dropped, flushed and FUA writes sur
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+test.serial('a fault device that ignores durability acknowledges flushes and FUA that a power cut then undoes', async (t) => {
+  const dir = makeTempDir('powercut-');
+  const cut = new PowerCutDevice(await leg(dir, 'liar.img'), { name: 'liar', policy: 'drop', seed: 1 });
+  const liar = new FaultDevice(cut, { rules: [], ignoreDurability: true });
+  await liar.write(0, fill(1), { fua: false });
+  await liar.flush();
+  await liar.write(8192, fill(2), { fua: true });
+  t.is(liar.durabilityIgnored, 2);
+  t.is(cut.volatileSectors, 16, 'neither the flushed write nor the FUA write reached durability below');
+  await cutPowerToAll();
+  const image = fs.readFileSync(path.join(dir, 'liar.img'));
+  t.true(image.subarray(0, 4096).equals(Buffer.alloc(4096)) && image.subarray(8192, 12288).equals(Buffer.alloc(4096)),
+    'both acknowledged writes are gone');
+  await liar.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test.serial('power cut: a flush covers only writes completed before it began; overlapping writes keep the first durable bytes', async (t) => {
   const dir = makeTempDir('powercut-');
   const device = new PowerCutDevice(await leg(dir, 'leg.img'), { name: 'order', policy: 'drop', seed: 1 });

@@ -134,6 +134,20 @@ test('a stale copy of a leg presented as in sync is refused, and taken in for a 
   fixture.cleanup();
 });
 
+test('a region log older than its legs is refused with its own message, and nothing is overwritten', async (t) => {
+  const fixture = await createdMirrorFixture();
+  const oldLog = path.join(fixture.dir, 'mirror-backup.log');
+  fs.copyFileSync(fixture.logPath, oldLog);
+  const controller = await fixture.open();
+  await controller.device.write(0, Buffer.alloc(65536, 7), { fua: true });
+  await stopMirror(controller);
+  fs.copyFileSync(oldLog, fixture.logPath);
+  const before = hashes([fixture.logPath, ...fixture.legPaths]);
+  await refusal(t, fixture, /leg 0 .* is newer than the region log: its label says events \d+, the log expects \d+; the log is an older copy/);
+  t.deepEqual(hashes([fixture.logPath, ...fixture.legPaths]), before);
+  fixture.cleanup();
+});
+
 test('an unlabelled file given as a leg is refused; a missing log with existing legs is refused', async (t) => {
   const fixture = await createdMirrorFixture();
   fs.writeFileSync(fixture.legPaths[0], Buffer.alloc(fixture.settings.sizeBytes + labelAreaBytes));

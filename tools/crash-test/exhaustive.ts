@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
+import type { FaultPlan } from '../../backends/fault-device.js';
 import { MirrorController, type MirrorSettings } from '../../mirror/controller.js';
 import { cutPowerToAll, type CutPolicy, cutPolicies } from '../../faults/power-cut-device.js';
 import type { Say } from './harness.js';
@@ -57,8 +58,17 @@ export interface ExhaustiveOutcome {
   failures: string[];
 }
 
+/** A disk of the mirror under test: a leg by slot, or the region log. */
+export type ExhaustiveDisk = 0 | 1 | 'log';
+
 export async function runExhaustive(options: { seed: number; say: Say; maxLength?: number; sweeps?: boolean[]; limit?: number;
-  dir?: string }): Promise<ExhaustiveOutcome> {
+  dir?: string;
+  /**
+   * Disks that acknowledge flushes and FUA without making anything durable
+   * (FaultPlan.ignoreDurability) until the power cut: the oracle's own test,
+   * which must then report lost promises.
+   */
+  lyingDisks?: ExhaustiveDisk[] }): Promise<ExhaustiveOutcome> {
   const base = options.dir ?? fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'nbd-mirror-exhaustive-'));
   const sequences = sequencesUpTo(options.maxLength ?? 3);
   const outcome: ExhaustiveOutcome = { runs: 0, failures: [] };
@@ -72,7 +82,7 @@ export async function runExhaustive(options: { seed: number; say: Say; maxLength
           if (options.limit !== undefined && outcome.runs >= options.limit) break;
           const policies = combos[(outcome.runs + options.seed) % combos.length];
           const dir = path.join(base, `run-${outcome.runs}`);
-          const problem = await crashRun(dir, sequence.slice(0, crashAfter), sweep, policies, outcome.runs, options.seed);
+          const problem = await crashRun(dir, sequence.slice(0, crashAfter), sweep, policies, outcome.runs, options.seed, options.lyingDisks ?? []);
           if (problem) {
             const line = `[${describe(sequence.slice(0, crashAfter))}]${sweep ? ' with sweeps' : ''}, cut ${policies.join('/')}: ${problem}`;
             outcome.failures.push(line);
@@ -92,12 +102,13 @@ export async function runExhaustive(options: { seed: number; say: Say; maxLength
   return outcome;
 }
 
-function settingsFor(dir: string, policies?: [CutPolicy, CutPolicy, CutPolicy], seed = 1): MirrorSettings {
+function settingsFor(dir: string, policies?: [CutPolicy, CutPolicy, CutPolicy], seed = 1, lyingDisks: ExhaustiveDisk[] = []): MirrorSettings {
+  const lies = (disk: ExhaustiveDisk): FaultPlan | undefined => (lyingDisks.includes(disk) ? { rules: [], ignoreDurability: true } : undefined);
   return {
     logPath: path.join(dir, 'mirror.log'),
-    logWrap: policies ? { powerCut: { policy: policies[2], seed: seed + 2 } } : undefined,
-    legs: [0, 1].map((slot) => ({ path: path.join(dir, `leg${slot}.img`),
-      powerCut: policies ? { policy: policies[slot], seed: seed + slot } : undefined })),
+    logWrap: policies ? { powerCut: { policy: policies[2], seed: seed + 2 }, faults: lies('log') } : undefined,
+    legs: ([0, 1] as const).map((slot) => ({ path: path.join(dir, `leg${slot}.img`),
+      powerCut: policies ? { policy: policies[slot], seed: seed + slot } : undefined, faults: policies ? lies(slot) : undefined })),
     sizeBytes: 2 * regionBytes,
     regionSizeBytes: regionBytes,
     readPolicy: 'round-robin',
@@ -116,9 +127,9 @@ interface SectorHistory {
 
 /** Runs the steps, cuts the power, recovers from the files; returns what is wrong, if anything. */
 async function crashRun(dir: string, steps: Op[], sweep: boolean, policies: [CutPolicy, CutPolicy, CutPolicy],
-  run: number, seed: number): Promise<string | undefined> {
+  run: number, seed: number, lyingDisks: ExhaustiveDisk[]): Promise<string | undefined> {
   fs.mkdirSync(dir, { recursive: true });
-  const mirror = await MirrorController.open(settingsFor(dir, policies, seed + run), logger);
+  const mirror = await MirrorController.open(settingsFor(dir, policies, seed + run, lyingDisks), logger);
   const zero = Buffer.alloc(sectorBytes).toString('hex');
   // Per sector: what it may hold if the power went now, and what it must hold once the next flush completes.
   const sectors: SectorHistory[] = Array.from({ length: (2 * regionBytes) / sectorBytes }, () => ({ acceptable: new Set([zero]) }));
@@ -165,7 +176,13 @@ async function crashRun(dir: string, steps: Op[], sweep: boolean, policies: [Cut
   void mirror.resync.stop();
   await mirror.device.close();
 
-  const recovered = await MirrorController.open(settingsFor(dir), logger);
+  let recovered: MirrorController;
+  try {
+    recovered = await MirrorController.open(settingsFor(dir), logger);
+  } catch (error) {
+    // Refusing is right when the files contradict each other, but after an honest power cut they never should.
+    return `recovery refused to assemble the mirror: ${(error as Error).message}`;
+  }
   try {
     // Invariant 4: reads during recovery agree with themselves (round-robin sends the two reads to different legs).
     for (let region = 0; region < 2; region += 1) {
