@@ -3,7 +3,7 @@ process.env.UV_THREADPOOL_SIZE ??= '4';
 
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { type ConfigOverrides, ensureDefaultDataDir, loadConfig } from '../config/load.js';
+import { type ConfigOverrides, loadConfig, loadDefaultConfig } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
 import { armCrashPoint } from '../faults/crash-points.js';
 import { createLogger } from './logger.js';
@@ -15,7 +15,7 @@ const program = new Command();
 program.name('nbd-mirror').description('NBD block-device server over a mirrored, crash-safe store');
 
 program.command('serve')
-  .description('serve the export; without --config, uses (and on first run creates) DATA_DIR/config.yaml')
+  .description('serve the export; without --config, uses (and on first run creates) DATA_DIR/config.yaml, unless --leg names the storage')
   .option('-c, --config <file>', 'YAML configuration file')
   .option('-d, --data-dir <dir>', 'folder for the embedded default configuration and legs', 'data')
   .option('-l, --listen <host:port>', 'TCP address to listen on')
@@ -43,8 +43,6 @@ program.command('serve')
   .option('--crash-point <point>', 'crash-injection testing: point[@hit][+ms][:kill|power-cut] ends the process at the hit-th time the point is reached at least ms after the start')
   .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
   .action(async (options: Record<string, unknown>) => {
-    const configFile = typeof options.config === 'string'
-      ? options.config : ensureDefaultDataDir(path.resolve(String(options.dataDir)));
     const overrides: ConfigOverrides = {
       tcp: options.tcp === false ? null : (options.listen as string | undefined),
       unix: options.unix === false ? null : (typeof options.unix === 'string' ? options.unix : undefined),
@@ -65,7 +63,9 @@ program.command('serve')
       logLevel: options.logLevel as string | undefined,
       crashPoint: options.crashPoint as string | undefined,
     };
-    const config = loadConfig(configFile, overrides);
+    const { config, source: configSource } = typeof options.config === 'string'
+      ? { config: loadConfig(options.config, overrides), source: path.resolve(options.config) }
+      : loadDefaultConfig(path.resolve(String(options.dataDir)), overrides);
     const logger = createLogger(config.log.level);
     if (config.crash) {
       armCrashPoint(config.crash);
@@ -74,8 +74,8 @@ program.command('serve')
     const running = await startServer(config, logger, {
       onLegPathChanged: (slot, legPath) => {
         if (overrides.legs === undefined) {
-          recordLegPath(configFile, slot, legPath);
-          logger.info({ slot, path: legPath, config: configFile }, 'leg replaced: configuration updated');
+          recordLegPath(configSource, slot, legPath);
+          logger.info({ slot, path: legPath, config: configSource }, 'leg replaced: configuration updated');
         } else {
           logger.warn({ slot, path: legPath }, 'leg replaced: update the --leg arguments before the next start');
         }
@@ -83,7 +83,7 @@ program.command('serve')
     });
     logger.info({ tcp: running.addresses.tcp, unix: running.addresses.unixPath, admin: config.listen.admin, cache: running.cache !== undefined,
       export: config.export.name, recoveryRegions: running.mirror?.recoveryRegions,
-      sizeBytes: running.device.sizeBytes, config: path.resolve(configFile) }, 'listening');
+      sizeBytes: running.device.sizeBytes, config: configSource }, 'listening');
     for (const hint of attachHints(config, running.addresses)) logger.info(`attach with: ${hint}`);
     let signals = 0;
     const onSignal = (signal: NodeJS.Signals): void => {

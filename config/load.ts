@@ -35,18 +35,41 @@ export function loadConfig(file: string, overrides: ConfigOverrides = {}): Confi
   } catch (error) {
     throw new ConfigError('(file)', `cannot read: ${(error as Error).message}`, file);
   }
+  return configFromText(text, file, path.dirname(path.resolve(file)), overrides);
+}
+
+/** Names the built-in defaults where a file name would go (messages, the "listening" line). */
+export const builtInDefaults = '(built-in defaults)';
+
+/**
+ * The configuration when no --config is given: DATA_DIR/config.yaml, created
+ * on first use. Legs named on the command line are a server of their own:
+ * an existing file still gives the other settings, but nothing is created
+ * for them, and they take none of its storage or sockets (see applyOverrides).
+ */
+export function loadDefaultConfig(dataDir: string, overrides: ConfigOverrides = {}): { config: Config; source: string } {
+  const file = path.join(dataDir, 'config.yaml');
+  if (overrides.legs !== undefined && !fs.existsSync(file)) {
+    return { config: configFromText(defaultConfigYaml, builtInDefaults, dataDir, overrides), source: builtInDefaults };
+  }
+  ensureDefaultDataDir(dataDir);
+  return { config: loadConfig(file, overrides), source: file };
+}
+
+/** Parses, applies overrides and validates; `source` names the text in messages, `baseDir` anchors its relative paths. */
+function configFromText(text: string, source: string, baseDir: string, overrides: ConfigOverrides): Config {
   const document = YAML.parseDocument(text, { prettyErrors: true });
   if (document.errors.length > 0) {
     const first = document.errors[0];
     const where = first.linePos?.[0] ? `line ${first.linePos[0].line}, column ${first.linePos[0].col}` : '(syntax)';
-    throw new ConfigError(where, `invalid YAML: ${first.message.split('\n')[0]}`, file);
+    throw new ConfigError(where, `invalid YAML: ${first.message.split('\n')[0]}`, source);
   }
   const raw: unknown = document.toJS() ?? {};
-  if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError('(top level)', 'must be a mapping', file);
+  if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError('(top level)', 'must be a mapping', source);
   try {
-    return parseConfig(applyOverrides(raw as Record<string, unknown>, overrides), path.dirname(path.resolve(file)));
+    return parseConfig(applyOverrides(raw as Record<string, unknown>, overrides), baseDir);
   } catch (error) {
-    if (error instanceof ConfigError) throw error.from(file);
+    if (error instanceof ConfigError) throw error.from(source);
     throw error;
   }
 }
@@ -71,8 +94,9 @@ function applyOverrides(raw: Record<string, unknown>, overrides: ConfigOverrides
     section(copy, 'storage').legs = overrides.legs.map((leg) => ({ path: path.resolve(leg) }));
     // Legs named on the command line do not belong to the file's log: only --log makes them a mirror.
     if (overrides.log === undefined) section(copy, 'storage').log = null;
-    // Nor to the file's admin socket, which the configured server may be using.
+    // Nor to the file's sockets, which the configured server may be using.
     if (overrides.admin === undefined) section(copy, 'listen').admin = null;
+    if (overrides.unix === undefined) section(copy, 'listen').unix = null;
   }
   if (overrides.log !== undefined) section(copy, 'storage').log = overrides.log === null ? null : path.resolve(overrides.log);
   if (overrides.admin !== undefined) section(copy, 'listen').admin = overrides.admin === null ? null : path.resolve(overrides.admin);

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { Connection, type ConnectionOptions } from './connection.js';
 import type { ExportTable } from './negotiation.js';
 import { addFileReplyStats, emptyFileReplyStats, type FileReplyStats } from './reply-writer.js';
+import { claimUnixSocketPath, removeOwnSocket } from './unix-socket-path.js';
 
 export interface ServerOptions {
   /** TCP listen address; undefined to skip TCP. Port 0 picks a free port. */
@@ -27,6 +27,8 @@ export interface ListenAddresses {
  */
 export class NbdServer {
   private readonly listeners: net.Server[] = [];
+  /** The unix socket this server created, to remove at shutdown. */
+  private boundUnixPath: string | undefined;
   private readonly connections = new Set<Connection>();
   private shuttingDown = false;
   private nextConnectionId = 1;
@@ -65,10 +67,10 @@ export class NbdServer {
       addresses.tcp = { host: bound.address, port: bound.port };
     }
     if (this.options.unixPath !== undefined) {
-      removeStaleSocket(this.options.unixPath);
+      await claimUnixSocketPath(this.options.unixPath, 'unix socket');
       const server = this.createListener();
       await listenOn(server, { path: this.options.unixPath });
-      addresses.unixPath = this.options.unixPath;
+      addresses.unixPath = this.boundUnixPath = this.options.unixPath;
     }
     return addresses;
   }
@@ -81,7 +83,8 @@ export class NbdServer {
     const listenersClosed = this.listeners.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
     await Promise.all([...this.connections].map((connection) => connection.shutdown()));
     await Promise.all(listenersClosed);
-    if (this.options.unixPath !== undefined) removeStaleSocket(this.options.unixPath);
+    // Only a socket this server bound: a path it was refused belongs to another server.
+    if (this.boundUnixPath !== undefined) removeOwnSocket(this.boundUnixPath);
   }
 
   private createListener(): net.Server {
@@ -128,11 +131,3 @@ function listenOn(server: net.Server, options: net.ListenOptions): Promise<void>
   });
 }
 
-/** Removes a leftover socket file from an earlier run; refuses to remove anything else. */
-function removeStaleSocket(path: string): void {
-  try {
-    if (fs.lstatSync(path).isSocket()) fs.unlinkSync(path);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-  }
-}

@@ -7,7 +7,7 @@ import { cliPath, startServerProcess } from './helpers/server-process.js';
 import { makeTempDir, run, runOk } from './helpers/tools.js';
 
 async function serveFails(args: string[], cwd?: string): Promise<string> {
-  const result = await run(process.execPath, [cliPath, 'serve', ...args], { timeoutMs: 20_000, env: cwd ? { PWD: cwd } : {} });
+  const result = await run(process.execPath, [cliPath, 'serve', ...args], { timeoutMs: 20_000, cwd });
   if (result.code === 0) throw new Error('serve should have failed');
   return result.stderr;
 }
@@ -36,6 +36,59 @@ test('the embedded default creates its config, a two-leg mirror and sockets on f
   const again = await startServerProcess(['--data-dir', dataDir]);
   t.is(again.logs.find((entry) => entry.msg === 'listening')?.recoveryRegions, 0, 'a clean shutdown leaves nothing to resync');
   t.is(await again.stop(), 0, 'a second start reuses what the first created');
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('legs named on the command line create no data folder and take none of the configured sockets', async (t) => {
+  const dir = makeTempDir('adhoc');
+  const adhoc = await startServerProcess(['--leg', 'adhoc.img', '--size', '64MiB'], { cwd: dir });
+  try {
+    const listening = adhoc.logs.find((entry) => entry.msg === 'listening');
+    t.is(listening?.config, '(built-in defaults)');
+    t.is(listening?.unix, undefined, 'no unix socket unless --unix names one');
+    t.is(fs.statSync(path.join(dir, 'adhoc.img')).size, 64 * 1024 ** 2);
+    t.false(fs.existsSync(path.join(dir, 'data')), 'nothing is written for the embedded default');
+  } finally {
+    t.is(await adhoc.stop(), 0);
+  }
+  // With the embedded default's folder in place, --leg still leaves its sockets to the configured server.
+  const configured = await startServerProcess(['--data-dir', path.join(dir, 'data'), '--size', '64MiB'], { cwd: dir });
+  const second = await startServerProcess(['--leg', 'adhoc.img'], { cwd: dir });
+  try {
+    t.is(second.logs.find((entry) => entry.msg === 'listening')?.unix, undefined);
+    const info = await runOk('nbdinfo', ['--size', `nbd+unix:///disk?socket=${path.join(dir, 'data', 'nbd.sock')}`]);
+    t.is(info.stdout.trim(), String(64 * 1024 ** 2));
+  } finally {
+    t.is(await second.stop(), 0);
+    t.is(await configured.stop(), 0);
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('a unix socket a live server answers on is refused, not taken over; a dead server\'s socket file is replaced', async (t) => {
+  const dir = makeTempDir('socket');
+  const socket = path.join(dir, 'nbd.sock');
+  const first = await startServerProcess(['--leg', path.join(dir, 'a.img'), '--size', '64MiB', '--unix', socket]);
+  try {
+    t.regex(await serveFails(['--listen', '127.0.0.1:0', '--leg', path.join(dir, 'b.img'), '--size', '32MiB', '--unix', socket]),
+      /unix socket .*nbd\.sock is in use by another server \(it accepts connections\)/);
+    const info = await runOk('nbdinfo', ['--size', `nbd+unix:///disk?socket=${socket}`]);
+    t.is(info.stdout.trim(), String(64 * 1024 ** 2), 'the socket still reaches the first server');
+  } finally {
+    await first.kill();
+  }
+  t.true(fs.statSync(socket).isSocket(), 'kill -9 leaves the socket file behind');
+  const second = await startServerProcess(['--leg', path.join(dir, 'b.img'), '--size', '32MiB', '--unix', socket]);
+  try {
+    const info = await runOk('nbdinfo', ['--size', `nbd+unix:///disk?socket=${socket}`]);
+    t.is(info.stdout.trim(), String(32 * 1024 ** 2), 'a leftover socket file is replaced');
+  } finally {
+    t.is(await second.stop(), 0);
+  }
+  fs.writeFileSync(socket, 'not a socket');
+  t.regex(await serveFails(['--listen', '127.0.0.1:0', '--leg', path.join(dir, 'b.img'), '--unix', socket]),
+    /unix socket .*nbd\.sock exists and is not a socket; it is not replaced/);
+  t.is(fs.readFileSync(socket, 'utf8'), 'not a socket');
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

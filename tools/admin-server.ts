@@ -1,5 +1,5 @@
-import fs from 'node:fs';
 import net from 'node:net';
+import { claimUnixSocketPath } from '../nbd/unix-socket-path.js';
 import type { Logger } from 'pino';
 import type { ThinLeg } from '../backends/thin-leg.js';
 import { crashNow } from '../faults/crash-points.js';
@@ -44,14 +44,7 @@ export class AdminServer {
   }
 
   async listen(socketPath: string): Promise<void> {
-    if (fs.existsSync(socketPath)) {
-      const inUse = await new Promise<boolean>((resolve) => {
-        const probe = net.connect(socketPath, () => { probe.destroy(); resolve(true); });
-        probe.on('error', () => resolve(false));
-      });
-      if (inUse) throw new Error(`admin socket ${socketPath} is in use by another server`);
-      fs.unlinkSync(socketPath);
-    }
+    await claimUnixSocketPath(socketPath, 'admin socket');
     const previousMask = process.umask(0o177);
     try {
       await new Promise<void>((resolve, reject) => {

@@ -7,7 +7,7 @@ import { ThinLeg } from '../backends/thin-leg.js';
 import { parseSize } from '../config/schema.js';
 import { registerCrashTest } from './crash-test/command.js';
 import { createLogger } from '../cli/logger.js';
-import { type ConfigOverrides, ensureDefaultDataDir, loadConfig } from '../config/load.js';
+import { type ConfigOverrides, loadConfig, loadDefaultConfig } from '../config/load.js';
 import { type Config, ConfigError } from '../config/schema.js';
 import { compareRegions, type CompareResult } from '../mirror/compare.js';
 import { createMirror } from '../mirror/create.js';
@@ -27,11 +27,11 @@ interface TargetOptions {
   json?: boolean;
 }
 
-/** The configuration a tool acts on: --config, or the embedded default's data folder. */
-function targetConfig(options: TargetOptions, overrides: ConfigOverrides = {}): { config: Config; file: string } {
-  const file = options.config ?? path.join(path.resolve(options.dataDir), 'config.yaml');
-  if (options.config === undefined && !fs.existsSync(file)) ensureDefaultDataDir(path.resolve(options.dataDir));
-  return { config: loadConfig(file, { legs: options.leg, log: options.log, ...overrides }), file };
+/** The configuration a tool acts on: --config, or the embedded default's data folder (see loadDefaultConfig). */
+function targetConfig(options: TargetOptions, overrides: ConfigOverrides = {}): { config: Config } {
+  const all = { legs: options.leg, log: options.log, ...overrides };
+  if (options.config !== undefined) return { config: loadConfig(options.config, all) };
+  return { config: loadDefaultConfig(path.resolve(options.dataDir), all).config };
 }
 
 function adminSocketOf(options: TargetOptions): string | undefined {
