@@ -39,7 +39,7 @@ export function loadConfig(file: string, overrides: ConfigOverrides = {}): Confi
 }
 
 /** Names the built-in defaults where a file name would go (messages, the "listening" line). */
-export const builtInDefaults = '(built-in defaults)';
+const builtInDefaults = '(built-in defaults)';
 
 /**
  * The configuration when no --config is given: DATA_DIR/config.yaml, created

@@ -463,15 +463,19 @@ export class Connection {
     if (fragmentsAllowed && lengthBytes >= this.options.sparseReadBytesMin && this.device!.capabilities.blockStatus) {
       return this.serveReadWithHoles(request, offsetBytes);
     }
-    return this.sendReadData(OFFSET_DATA_PREFIX_BYTES, offsetBytes, lengthBytes,
-      (target) => writeOffsetDataPrefix(target, request.cookie, offsetBytes, lengthBytes, true));
+    return this.sendOffsetData(request, offsetBytes);
   }
 
   /** A large structured read: zero extents go out as OFFSET_HOLE chunks. */
   private async serveReadWithHoles(request: RequestHeader, offsetBytes: number): Promise<void> {
-    const lengthBytes = request.lengthBytes;
-    const extents = await this.device!.blockStatus(offsetBytes, lengthBytes);
+    const extents = await this.device!.blockStatus(offsetBytes, request.lengthBytes);
     if (extents.some((extent) => extent.zero)) return this.serveSparseRead(request, offsetBytes, extents);
+    return this.sendOffsetData(request, offsetBytes);
+  }
+
+  /** The whole structured read as one OFFSET_DATA chunk that ends the reply. */
+  private sendOffsetData(request: RequestHeader, offsetBytes: number): Promise<void> {
+    const lengthBytes = request.lengthBytes;
     return this.sendReadData(OFFSET_DATA_PREFIX_BYTES, offsetBytes, lengthBytes,
       (target) => writeOffsetDataPrefix(target, request.cookie, offsetBytes, lengthBytes, true));
   }
@@ -521,17 +525,18 @@ export class Connection {
       reading = Promise.reject(error);
     }
     if (reading === finishedNow) {
-      writeHeader(reply.buffer);
-      this.writer.send(reply.buffer, reply.release);
+      this.sendFilledReply(reply, writeHeader);
       return finishedNow;
     }
-    return reading.then(() => {
-      writeHeader(reply.buffer);
-      this.writer.send(reply.buffer, reply.release);
-    }, (error: unknown) => {
+    return reading.then(() => this.sendFilledReply(reply, writeHeader), (error: unknown) => {
       reply.release();
       throw error;
     });
+  }
+
+  private sendFilledReply(reply: PooledBuffer, writeHeader: (target: Buffer) => void): void {
+    writeHeader(reply.buffer);
+    this.writer.send(reply.buffer, reply.release);
   }
 
   private async serveSparseRead(

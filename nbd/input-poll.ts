@@ -42,10 +42,9 @@ export class InputPoll {
     const nowMs = performance.now();
     if (!this.polling) {
       this.adapt(this.windowUs + (nowMs - this.idleSinceMs) * 1000);
-      this.polling = true;
       // Even with no window, one callback: it runs once this turn's work is done, which is when the
       // loop becomes free to sleep, so the next wait is measured from there.
-      setImmediate(this.poll);
+      this.startPolling();
     }
     this.pollUntilMs = nowMs + this.windowUs / 1000;
   }
@@ -59,10 +58,7 @@ export class InputPoll {
   replySent(): void {
     if (!(this.maxUs > 0)) return;
     const nowMs = performance.now();
-    if (!this.polling) {
-      this.polling = true;
-      setImmediate(this.poll);
-    }
+    if (!this.polling) this.startPolling();
     this.pollUntilMs = Math.max(this.pollUntilMs, nowMs + this.windowUs / 1000);
   }
 
@@ -74,6 +70,11 @@ export class InputPoll {
   /** Whether a poll chain is pending (tests: it must always end). */
   get isPolling(): boolean {
     return this.polling;
+  }
+
+  private startPolling(): void {
+    this.polling = true;
+    setImmediate(this.poll);
   }
 
   private adapt(waitedUs: number): void {

@@ -28,10 +28,10 @@ interface TargetOptions {
 }
 
 /** The configuration a tool acts on: --config, or the embedded default's data folder (see loadDefaultConfig). */
-function targetConfig(options: TargetOptions, overrides: ConfigOverrides = {}): { config: Config } {
+function targetConfig(options: TargetOptions, overrides: ConfigOverrides = {}): Config {
   const all = { legs: options.leg, log: options.log, ...overrides };
-  if (options.config !== undefined) return { config: loadConfig(options.config, all) };
-  return { config: loadDefaultConfig(path.resolve(options.dataDir), all).config };
+  if (options.config !== undefined) return loadConfig(options.config, all);
+  return loadDefaultConfig(path.resolve(options.dataDir), all).config;
 }
 
 function adminSocketOf(options: TargetOptions): string | undefined {
@@ -39,7 +39,7 @@ function adminSocketOf(options: TargetOptions): string | undefined {
   // Files named on the command line are not the configured server's.
   if (options.leg || options.log) return undefined;
   try {
-    return targetConfig(options).config.listen.admin;
+    return targetConfig(options).listen.admin;
   } catch {
     return undefined;
   }
@@ -107,7 +107,7 @@ export function registerTools(program: Command): void {
     .option('--region-size <size>', 'region size, e.g. 1MiB')
     .option('--force', 'overwrite existing files (their contents are lost)')
     .action(async (options: TargetOptions & { size?: string; regionSize?: string; force?: boolean }) => {
-      const { config } = targetConfig(options, { sizeBytes: options.size, regionSize: options.regionSize });
+      const config = targetConfig(options, { sizeBytes: options.size, regionSize: options.regionSize });
       if (config.storage.log === undefined) throw new ConfigError('storage.log', 'a mirror needs a region log (--log)', 'nbd-mirror create');
       const created = await createMirror({ logPath: config.storage.log, legs: config.storage.legs,
         sizeBytes: config.storage.sizeBytes, regionSizeBytes: config.storage.regionSizeBytes, force: options.force });
@@ -124,7 +124,7 @@ export function registerTools(program: Command): void {
         print(options, status, () => formatStatus(status as Parameters<typeof formatStatus>[0], 'running server'));
         return;
       }
-      const { config } = targetConfig(options);
+      const config = targetConfig(options);
       if (!config.storage.log) throw new ConfigError('storage.log', 'not a mirror', 'nbd-mirror status');
       const { state } = RegionLog.inspect(config.storage.log);
       const pools = await Promise.all(config.storage.legs.map(async (leg) => {
@@ -163,7 +163,7 @@ export function registerTools(program: Command): void {
         result = await adminRequest(socket, { command: 'check', repair: options.repair }, bar.update) as CompareResult;
       } else {
         if (options.repair) await requireOnline(options, 'repair');
-        result = await offlineCheck(targetConfig(options).config, bar.update);
+        result = await offlineCheck(targetConfig(options), bar.update);
       }
       bar.stop();
       print(options, result, () => describeCheck(result));
@@ -223,7 +223,7 @@ export function registerTools(program: Command): void {
         usage = await adminRequest(socket, { command: 'pool-grow', slot, ...size }) as PoolUsage;
       } else {
         // No server holds the pool: grow the file directly.
-        const leg = targetConfig(options).config.storage.legs[slot];
+        const leg = targetConfig(options).storage.legs[slot];
         if (!leg) throw new ConfigError('storage.legs', `no leg slot ${slot}`, 'nbd-mirror pool grow');
         if (!leg.thin) throw new ConfigError(`storage.legs[${slot}]`, 'is not a thin leg', 'nbd-mirror pool grow');
         const thin = await ThinLeg.open({ path: leg.path });

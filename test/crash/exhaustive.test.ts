@@ -1,5 +1,5 @@
 import test from 'ava';
-import { runExhaustive, sequencesUpTo } from '../../tools/crash-test/exhaustive.js';
+import { type ExhaustiveDisk, runExhaustive, sequencesUpTo } from '../../tools/crash-test/exhaustive.js';
 
 // The power-cut registry is process-wide, so these run one at a time.
 test.serial('every sequence of up to three operations over two regions, power cut after each step, with and without sweeps: all invariants hold', async (t) => {
@@ -13,7 +13,7 @@ test.serial('every sequence of up to three operations over two regions, power cu
 
 // The oracle's own test: the same runs over disks that acknowledge flushes and FUA without keeping them must fail.
 test.serial('the exhaustive oracle reports lost promises when legs or the log lie about durability', async (t) => {
-  const failuresWith = async (lyingDisks: Array<0 | 1 | 'log'>): Promise<string[]> =>
+  const failuresWith = async (lyingDisks: ExhaustiveDisk[]): Promise<string[]> =>
     (await runExhaustive({ seed: 20261121, say: () => undefined, maxLength: 2, lyingDisks })).failures;
   const honest = await failuresWith([]);
   t.deepEqual(honest, [], 'the same bounded runs pass over honest disks');
