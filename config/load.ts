@@ -49,10 +49,14 @@ const builtInDefaults = '(built-in defaults)';
  */
 export function loadDefaultConfig(dataDir: string, overrides: ConfigOverrides = {}): { config: Config; source: string } {
   const file = path.join(dataDir, 'config.yaml');
-  if (overrides.legs !== undefined && !fs.existsSync(file)) {
-    return { config: configFromText(defaultConfigYaml, builtInDefaults, dataDir, overrides), source: builtInDefaults };
+  if (!fs.existsSync(file)) {
+    // Checked before anything is written: a refused flag creates nothing.
+    const config = configFromText(defaultConfigYaml, builtInDefaults, dataDir, overrides);
+    if (overrides.legs !== undefined) return { config, source: builtInDefaults };
+    // The file written holds exactly that text, read from the same folder.
+    ensureDefaultDataDir(dataDir);
+    return { config, source: file };
   }
-  ensureDefaultDataDir(dataDir);
   return { config: loadConfig(file, overrides), source: file };
 }
 

@@ -106,6 +106,7 @@ test('malformed configuration is refused with the key and the problem', async (t
     ['storage:\n  legs:\n    - {}\n', /storage\.legs\[0\]\.path: is required/],
     ['listen:\n  tcp: localhost\nstorage:\n  legs:\n    - path: a.img\n', /listen\.tcp: "localhost" is not "host:port"/],
     ['limits:\n  maxConnections: 0\nstorage:\n  legs:\n    - path: a.img\n', /limits\.maxConnections: 0 is outside 1\.\.65536/],
+    ['limits:\n  pollMaxMicroseconds: 20000\nstorage:\n  legs:\n    - path: a.img\n', /limits\.pollMaxMicroseconds: 20000 is outside 0\.\.10000/],
     ['storage: [oops\n', /line \d+, column \d+: invalid YAML/],
     ['log:\n  level: loud\nstorage:\n  legs:\n    - path: a.img\n', /log\.level: must be one of/],
     ['storage:\n  legs:\n    - path: a.img\n      thin: {}\n', /storage\.legs\[0\]\.thin\.poolSize: is required/],
@@ -128,7 +129,9 @@ test('malformed configuration is refused with the key and the problem', async (t
   }
   t.regex(await serveFails(['--config', path.join(dir, 'missing.yaml')]), /cannot read/);
   t.regex(await serveFails(['--data-dir', path.join(dir, 'd'), '--max-connections', 'many']), /--max-connections: "many" is not an integer/);
+  t.regex(await serveFails(['--data-dir', path.join(dir, 'd'), '--poll-max-us', '-5']), /limits\.pollMaxMicroseconds: -5 is outside 0\.\.10000/);
   t.false(fs.existsSync(path.join(dir, 'a.img')), 'nothing is created when the configuration is refused');
+  t.false(fs.existsSync(path.join(dir, 'd')), 'nor the embedded default\'s folder when a flag is refused');
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
