@@ -4,6 +4,7 @@ import { BlockError, fromNegativeErrno, toBlockError } from '../blockdev/errors.
 import { GroupCommit } from '../blockdev/group-commit.js';
 import { checkRange } from '../blockdev/range.js';
 import { type BlockDevice, type DeviceCapabilities, type Extent, type FileRangeLease, finishedNow, type WriteFlags, type ZeroFlags } from '../blockdev/types.js';
+import { FileLock } from './file-lock.js';
 import { closeFd, fdatasync, preadOrZeroes, pwriteAll, pwriteAllSync } from './fs-io.js';
 import { InlineWriteGate } from './inline-write-gate.js';
 import {
@@ -73,6 +74,8 @@ export class FileLeg implements BlockDevice {
   /** File ranges lent for sendfile: close waits for them, so the descriptor is never reused under one. */
   private leasesOut = 0;
   private leasesReturned: Array<() => void> = [];
+  /** Keeps other processes off the file while it is open (see FileLock). */
+  private lock: FileLock | undefined;
 
   private constructor(
     readonly path: string,
@@ -117,7 +120,9 @@ export class FileLeg implements BlockDevice {
     } catch (error) {
       throw toBlockError(error, `cannot open leg ${options.path}`);
     }
+    let lock: FileLock | undefined;
     try {
+      lock = FileLock.acquire(options.path, readOnly ? 'shared' : 'exclusive', 'leg');
       const stat = fs.fstatSync(fd);
       if (!stat.isFile() && !stat.isBlockDevice()) {
         throw new BlockError('EINVAL', `${options.path} is neither a regular file nor a block device`);
@@ -129,10 +134,13 @@ export class FileLeg implements BlockDevice {
         throw new BlockError('EINVAL', `${options.path} is ${fileSizeBytes} bytes, smaller than the ${sizeBytes} it must hold`);
       }
       const syncFd = readOnly ? fd : fs.openSync(options.path, fs.constants.O_RDWR | fs.constants.O_DSYNC);
-      return new FileLeg(options.path, fd, syncFd, sizeBytes, readOnly,
+      const leg = new FileLeg(options.path, fd, syncFd, sizeBytes, readOnly,
         options.inlineReadBytesMax ?? 65536, options.inlineWriteBytesMax ?? inlineWriteBytesMaxDefault, stat.isBlockDevice());
+      leg.lock = lock;
+      return leg;
     } catch (error) {
       fs.closeSync(fd);
+      lock?.release();
       throw toBlockError(error, `cannot open leg ${options.path}`);
     }
   }
@@ -285,6 +293,7 @@ export class FileLeg implements BlockDevice {
     if (this.leasesOut > 0) await new Promise<void>((resolve) => this.leasesReturned.push(resolve));
     if (this.syncFd !== this.fd) await closeFd(this.syncFd);
     await closeFd(this.fd);
+    this.lock?.release();
   }
 
   private async zeroRange(offsetBytes: number, lengthBytes: number, mode: number, fast: boolean): Promise<void> {

@@ -28,6 +28,14 @@ export interface NativeCalls {
    */
   sendFileAsync?(socketFd: number, header: Buffer, fileFd: number, positionBytes: number, lengthBytes: number,
     stallMs: number, callback: (result: number, sentBytes: number) => void): void;
+  /**
+   * Whole-file OFD lock (F_OFD_SETLK), shared or exclusive: 0, or -errno
+   * (-EAGAIN when another open file holds a conflicting lock). Optional: an
+   * addon built from older sources lacks it and lockHolder.
+   */
+  lockFile?(fd: number, exclusive: boolean): number;
+  /** 0 when no other open file locks it, 1 when one holds it shared, 2 exclusive; or -errno. */
+  lockHolder?(fd: number): number;
 }
 
 export const FALLOC_FL_KEEP_SIZE = 0x01;

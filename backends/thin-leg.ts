@@ -4,6 +4,7 @@ import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { GroupCommit } from '../blockdev/group-commit.js';
 import { checkRange } from '../blockdev/range.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
+import { FileLock } from './file-lock.js';
 import { closeFd, fdatasync, preadAll, pwriteAll, pwriteAllSync } from './fs-io.js';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, native } from './native.js';
 import {
@@ -87,6 +88,8 @@ export class ThinLeg implements BlockDevice {
   private superblockWrites: Promise<void> = Promise.resolve();
   private belowLowWater = false;
   private closed = false;
+  /** Keeps other processes off the pool file while it is open (see FileLock). */
+  private lock: FileLock | undefined;
   private zeroChunk: Buffer | undefined;
 
   private constructor(readonly path: string, private readonly fd: number, superblock: ThinSuperblock,
@@ -146,11 +149,16 @@ export class ThinLeg implements BlockDevice {
     } catch (error) {
       throw toBlockError(error, `cannot open thin pool ${options.path}`);
     }
+    let lock: FileLock | undefined;
     try {
+      lock = FileLock.acquire(options.path, options.readOnly ? 'shared' : 'exclusive', 'thin pool');
       const { superblock, map, pageSequence } = readPool(fd, options.path);
-      return new ThinLeg(options.path, fd, superblock, map, pageSequence, options);
+      const pool = new ThinLeg(options.path, fd, superblock, map, pageSequence, options);
+      pool.lock = lock;
+      return pool;
     } catch (error) {
       fs.closeSync(fd);
+      lock?.release();
       throw error;
     }
   }
@@ -299,6 +307,7 @@ export class ThinLeg implements BlockDevice {
     this.closed = true;
     await this.superblockWrites;
     await closeFd(this.fd);
+    this.lock?.release();
   }
 
   private physicalOffset(physical: number): number {

@@ -5,7 +5,7 @@
  */
 export type BlockErrorCode =
   | 'EPERM' | 'EIO' | 'ENOMEM' | 'EINVAL' | 'ENOSPC' | 'EOVERFLOW'
-  | 'ENOTSUP' | 'ESHUTDOWN' | 'EROFS' | 'EAGAIN';
+  | 'ENOTSUP' | 'ESHUTDOWN' | 'EROFS' | 'EAGAIN' | 'EBUSY';
 
 export class BlockError extends Error {
   readonly code: BlockErrorCode;
@@ -28,7 +28,7 @@ const errnoByName: Record<string, BlockErrorCode> = {
   EPERM: 'EPERM', EACCES: 'EPERM', EROFS: 'EROFS', EIO: 'EIO', ENOMEM: 'ENOMEM',
   EINVAL: 'EINVAL', ENOSPC: 'ENOSPC', EDQUOT: 'ENOSPC', EFBIG: 'ENOSPC',
   EOVERFLOW: 'EOVERFLOW', ENOTSUP: 'ENOTSUP', EOPNOTSUPP: 'ENOTSUP', ESHUTDOWN: 'ESHUTDOWN',
-  EAGAIN: 'EAGAIN',
+  EAGAIN: 'EAGAIN', EBUSY: 'EBUSY',
 };
 
 /** Converts a Node system error (or anything thrown) into a BlockError. */
@@ -41,7 +41,7 @@ export function toBlockError(error: unknown, context: string): BlockError {
 }
 
 const errnoNumbers: Record<number, BlockErrorCode> = {
-  1: 'EPERM', 5: 'EIO', 11: 'EAGAIN', 12: 'ENOMEM', 13: 'EPERM', 22: 'EINVAL', 27: 'ENOSPC',
+  1: 'EPERM', 5: 'EIO', 11: 'EAGAIN', 12: 'ENOMEM', 13: 'EPERM', 16: 'EBUSY', 22: 'EINVAL', 27: 'ENOSPC',
   28: 'ENOSPC', 30: 'EROFS', 75: 'EOVERFLOW', 95: 'ENOTSUP', 108: 'ESHUTDOWN', 122: 'ENOSPC',
 };
 

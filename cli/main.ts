@@ -3,6 +3,7 @@ process.env.UV_THREADPOOL_SIZE ??= '4';
 
 import path from 'node:path';
 import { Command, Option } from 'commander';
+import { filesLeftUnlocked } from '../backends/file-lock.js';
 import { type ConfigOverrides, loadConfig, loadDefaultConfig } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
 import { armCrashPoint } from '../faults/crash-points.js';
@@ -81,6 +82,9 @@ program.command('serve')
         }
       },
     });
+    for (const [file, reason] of filesLeftUnlocked) {
+      logger.warn({ path: file, reason }, 'file not locked: nothing stops a second server or a tool from writing it meanwhile');
+    }
     logger.info({ tcp: running.addresses.tcp, unix: running.addresses.unixPath, admin: config.listen.admin, cache: running.cache !== undefined,
       export: config.export.name, recoveryRegions: running.mirror?.recoveryRegions,
       sizeBytes: running.device.sizeBytes, config: configSource }, 'listening');

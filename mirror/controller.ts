@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { FaultDevice } from '../backends/fault-device.js';
 import { FileLeg } from '../backends/file-leg.js';
+import { lockIfExists } from '../backends/file-lock.js';
 import { type LegSpec, type OpenedLeg, openLeg } from '../backends/leg-spec.js';
 import { type DeviceWrap, wrapDevice, wrapsAnything } from '../faults/device-wrap.js';
 import type { PoolGrowth, PoolUsage, ThinLeg } from '../backends/thin-leg.js';
@@ -140,25 +141,31 @@ export class MirrorController {
           opened.push(undefined);
           continue;
         }
-        const verdict = checkLeg(path, slot, state, spec.thin !== undefined);
-        if (verdict.kind === 'missing') {
-          logger.error({ slot, path, problem: verdict.problem }, 'leg missing: marked faulty, starting degraded');
-          markFaulty(record);
-          legs.push(undefined);
-          opened.push(undefined);
-          continue;
+        // Held from the label check on: another process must not change the leg under it.
+        const lock = lockIfExists(path, 'leg');
+        try {
+          const verdict = checkLeg(path, slot, state, spec.thin !== undefined);
+          if (verdict.kind === 'missing') {
+            logger.error({ slot, path, problem: verdict.problem }, 'leg missing: marked faulty, starting degraded');
+            markFaulty(record);
+            legs.push(undefined);
+            opened.push(undefined);
+            continue;
+          }
+          if (verdict.kind === 'refused') {
+            if (!settings.force) throw new MirrorSetupError(`${verdict.problem}. Start with --force to take it in and rebuild it fully from the other legs`);
+            logger.warn({ slot, path, problem: verdict.problem }, 'forced: taking the leg in and rebuilding it fully');
+            stampLeg(spec, state, slot, record.events);
+            record.state = 'rebuilding';
+            record.rebuildMode = 'full';
+            record.rebuildCheckpointBytes = 0;
+          }
+          const leg = await openLeg(spec, state.deviceSizeBytes, logger, { name: `leg${slot}` });
+          legs.push({ slot, path, device: leg.device, pendingReads: 0 });
+          opened.push(leg);
+        } finally {
+          lock?.release();
         }
-        if (verdict.kind === 'refused') {
-          if (!settings.force) throw new MirrorSetupError(`${verdict.problem}. Start with --force to take it in and rebuild it fully from the other legs`);
-          logger.warn({ slot, path, problem: verdict.problem }, 'forced: taking the leg in and rebuilding it fully');
-          stampLeg(spec, state, slot, record.events);
-          record.state = 'rebuilding';
-          record.rebuildMode = 'full';
-          record.rebuildCheckpointBytes = 0;
-        }
-        const leg = await openLeg(spec, state.deviceSizeBytes, logger, { name: `leg${slot}` });
-        legs.push({ slot, path, device: leg.device, pendingReads: 0 });
-        opened.push(leg);
         if (record.state === 'rebuilding' && record.rebuildMode === 'full') fullRebuilds.push(slot);
       }
       if (!legs.some((leg, slot) => leg && state.legs[slot].state === 'in_sync')) {
@@ -268,16 +275,23 @@ export class MirrorController {
     if (record.state !== 'faulty') throw new MirrorSetupError(`leg ${slot} is ${record.state}; only a faulty leg can be re-added`);
     const spec: LegSpec = { ...this.settings.legs[slot], path: options.path ?? this.settings.legs[slot].path };
     const { path } = spec;
-    const verdict = checkLeg(path, slot, { ...log.state, legs: log.state.legs.map((entry, index) =>
-      (index === slot ? { ...entry, state: 'rebuilding' } : entry)) }, spec.thin !== undefined);
+    this.refuseOwnFile(slot, path, true);
+    const lock = lockIfExists(path, 'leg');
     let mode: 'bitmap' | 'full' = 'bitmap';
-    if (verdict.kind === 'missing') throw new MirrorSetupError(verdict.problem);
-    if (verdict.kind === 'refused') {
-      if (!options.force) throw new MirrorSetupError(`${verdict.problem}. Use --force to rebuild it fully instead`);
-      stampLeg(spec, log.state, slot, 0n);
-      mode = 'full';
+    let opened: OpenedLeg;
+    try {
+      const verdict = checkLeg(path, slot, { ...log.state, legs: log.state.legs.map((entry, index) =>
+        (index === slot ? { ...entry, state: 'rebuilding' } : entry)) }, spec.thin !== undefined);
+      if (verdict.kind === 'missing') throw new MirrorSetupError(verdict.problem);
+      if (verdict.kind === 'refused') {
+        if (!options.force) throw new MirrorSetupError(`${verdict.problem}. Use --force to rebuild it fully instead`);
+        stampLeg(spec, log.state, slot, 0n);
+        mode = 'full';
+      }
+      opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}` });
+    } finally {
+      lock?.release();
     }
-    const opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}` });
     record.state = 'rebuilding';
     record.rebuildMode = mode;
     record.rebuildCheckpointBytes = 0;
@@ -305,12 +319,19 @@ export class MirrorController {
     if (fs.existsSync(path) && !options.force) {
       throw new MirrorSetupError(`${path} exists; refusing to overwrite it (use --force)`);
     }
+    this.refuseOwnFile(slot, path, false);
     const legUuid = randomBytes(16);
     // The new leg is of the slot's kind: a thin slot gets a new pool of the configured size.
     const spec: LegSpec = { path, thin: this.settings.legs[slot].thin };
-    createLegFile(spec, log.state.deviceSizeBytes, { mirrorUuid: log.state.mirrorUuid, legUuid, slot,
-      dataSizeBytes: log.state.deviceSizeBytes, events: 0n }, { overwrite: options.force });
-    const opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}` });
+    const lock = lockIfExists(path, 'leg');
+    let opened: OpenedLeg;
+    try {
+      createLegFile(spec, log.state.deviceSizeBytes, { mirrorUuid: log.state.mirrorUuid, legUuid, slot,
+        dataSizeBytes: log.state.deviceSizeBytes, events: 0n }, { overwrite: options.force });
+      opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}` });
+    } finally {
+      lock?.release();
+    }
     record.uuid = legUuid;
     record.state = 'rebuilding';
     record.rebuildMode = 'full';
@@ -335,6 +356,27 @@ export class MirrorController {
     const legs = [...this.device.generation.legs];
     legs[slot] = { slot, path, device: opened.device, pendingReads: 0 };
     this.device.replaceGeneration(legs);
+  }
+
+  /**
+   * One process shares a lock among its own opens of a file, so the lock
+   * cannot stop `replace 1 <leg 0's file>`, which would overwrite leg 0, or
+   * a re-add naming the log. Refused here, by device and inode, so a second
+   * path to the file counts. `sameSlotAllowed`: re-add takes the slot's own
+   * file back by design.
+   */
+  private refuseOwnFile(slot: number, path: string, sameSlotAllowed: boolean): void {
+    const identity = fileIdentity(path);
+    if (identity === undefined) return;
+    if (identity === fileIdentity(this.device.log.path)) throw new MirrorSetupError(`${path} is this mirror's region log`);
+    this.settings.legs.forEach((leg, other) => {
+      if (identity !== fileIdentity(leg.path)) return;
+      if (other !== slot) throw new MirrorSetupError(`${path} is leg ${other} of this mirror`);
+      // A leg still in use must not have its file recreated under the requests that read and write it.
+      if (!sameSlotAllowed && this.device.legState(slot) !== 'faulty') {
+        throw new MirrorSetupError(`${path} is the file leg ${slot} is using now; replace takes a new file`);
+      }
+    });
   }
 
   private recordAt(slot: number): LegRecord {
@@ -432,6 +474,12 @@ export class MirrorController {
   }
 }
 
+
+/** Device and inode, or undefined when the file does not exist. */
+function fileIdentity(path: string): string | undefined {
+  const stat = fs.statSync(path, { bigint: true, throwIfNoEntry: false });
+  return stat && `${stat.dev}:${stat.ino}`;
+}
 
 /** Labels the leg as this mirror's leg in `slot`, at `events`. */
 function stampLeg(leg: LegSpec, state: LogState, slot: number, events: bigint): void {

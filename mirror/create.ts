@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { RegionLog } from '../regionlog/region-log.js';
+import { type FileLock, lockIfExists } from '../backends/file-lock.js';
 import type { LegSpec } from '../backends/leg-spec.js';
 import { createLegFile } from './leg-label.js';
 
@@ -33,14 +34,24 @@ export async function createMirror(params: CreateMirrorParams): Promise<{ mirror
       throw new MirrorSetupError(`refusing to overwrite ${existing.join(', ')} (use --force to reinitialise; their contents are lost)`);
     }
   }
-  const mirrorUuid = randomBytes(16);
-  const legUuids = legPaths.map(() => randomBytes(16));
-  legs.forEach((leg, slot) => {
-    createLegFile(leg, sizeBytes, { mirrorUuid, legUuid: legUuids[slot], slot, dataSizeBytes: sizeBytes, events: 1n },
+  // --force must not reinitialise files a running server (or another tool) is using.
+  const locks: FileLock[] = [];
+  try {
+    for (const [file, what] of [[logPath, 'region log'], ...legPaths.map((leg) => [leg, 'leg'])]) {
+      const lock = lockIfExists(file, what);
+      if (lock) locks.push(lock);
+    }
+    const mirrorUuid = randomBytes(16);
+    const legUuids = legPaths.map(() => randomBytes(16));
+    legs.forEach((leg, slot) => {
+      createLegFile(leg, sizeBytes, { mirrorUuid, legUuid: legUuids[slot], slot, dataSizeBytes: sizeBytes, events: 1n },
+        { overwrite: params.force });
+    });
+    const log = await RegionLog.create(logPath, { deviceSizeBytes: sizeBytes, regionSizeBytes, legUuids, mirrorUuid },
       { overwrite: params.force });
-  });
-  const log = await RegionLog.create(logPath, { deviceSizeBytes: sizeBytes, regionSizeBytes, legUuids, mirrorUuid },
-    { overwrite: params.force });
-  await log.close();
-  return { mirrorUuid, legUuids };
+    await log.close();
+    return { mirrorUuid, legUuids };
+  } finally {
+    for (const lock of locks) lock.release();
+  }
 }

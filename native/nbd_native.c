@@ -3,7 +3,8 @@
  * ranges), lseek SEEK_DATA/SEEK_HOLE (block status), preadv2 with
  * RWF_NOWAIT, which lets the event loop serve page-cache hits without a
  * thread-pool hop and fall back to the pool only when the call would block,
- * and sendfile for large read replies (see sendFileAsync).
+ * sendfile for large read replies (see sendFileAsync), and whole-file OFD
+ * locks that keep a second process off storage a server writes.
  *
  * Every function returns a negative errno instead of throwing, so the
  * TypeScript side maps errors to BlockError values in one place.
@@ -261,6 +262,40 @@ static napi_value js_shutdown_socket(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * Whole-file open-file-description locks (F_OFD_SETLK): owned by the open
+ * file, not the process, so closing another descriptor of the same file
+ * does not drop them (as it would a POSIX lock), and the kernel drops them
+ * when the process dies, kill -9 included: nothing goes stale.
+ */
+static bool fd_and_flag_args(napi_env env, napi_callback_info info, int64_t *fd, bool *flag, const char *usage) {
+  size_t argc = 2;
+  napi_value argv[2];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == 2 && get_i64(env, argv[0], fd) &&
+      napi_get_value_bool(env, argv[1], flag) == napi_ok) return true;
+  napi_throw_type_error(env, NULL, usage);
+  return false;
+}
+
+/* lockFile(fd, exclusive) -> 0, or -errno (-EAGAIN: another open file holds a conflicting lock) */
+static napi_value js_lock_file(napi_env env, napi_callback_info info) {
+  int64_t fd;
+  bool exclusive;
+  if (!fd_and_flag_args(env, info, &fd, &exclusive, "lockFile(fd, exclusive)")) return NULL;
+  struct flock lock = {.l_type = exclusive ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0, .l_pid = 0};
+  int rc = fcntl((int)fd, F_OFD_SETLK, &lock);
+  return make_number(env, rc < 0 ? (errno == EACCES ? -EAGAIN : -errno) : 0);
+}
+
+/* lockHolder(fd) -> 0 when no other open file locks it, 1 when one holds it shared, 2 exclusive; or -errno */
+static napi_value js_lock_holder(napi_env env, napi_callback_info info) {
+  int64_t fd;
+  if (!single_fd_arg(env, info, &fd, "lockHolder(fd)")) return NULL;
+  struct flock lock = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0, .l_pid = 0};
+  if (fcntl((int)fd, F_OFD_GETLK, &lock) < 0) return make_number(env, -errno);
+  return make_number(env, lock.l_type == F_UNLCK ? 0 : lock.l_type == F_RDLCK ? 1 : 2);
+}
+
+/*
  * sendFileAsync(socketFd, header, fileFd, position, length, stallMs,
  * callback(result, sentBytes)) sends one read reply on the thread pool: the
  * reply header, then `length` bytes of the file from `position` by
@@ -392,6 +427,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"dup", NULL, js_dup, NULL, NULL, NULL, napi_default, NULL},
       {"shutdownSocket", NULL, js_shutdown_socket, NULL, NULL, NULL, napi_default, NULL},
       {"sendFileAsync", NULL, js_send_file_async, NULL, NULL, NULL, napi_default, NULL},
+      {"lockFile", NULL, js_lock_file, NULL, NULL, NULL, napi_default, NULL},
+      {"lockHolder", NULL, js_lock_holder, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(properties) / sizeof(properties[0]), properties);
   return exports;

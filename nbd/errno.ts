@@ -11,6 +11,6 @@ export function nbdErrorFor(code: BlockErrorCode): number {
     case 'EOVERFLOW': return NbdErrno.EOVERFLOW;
     case 'ENOTSUP': return NbdErrno.ENOTSUP;
     case 'ESHUTDOWN': return NbdErrno.ESHUTDOWN;
-    case 'EIO': case 'EAGAIN': return NbdErrno.EIO;
+    case 'EIO': case 'EAGAIN': case 'EBUSY': return NbdErrno.EIO;
   }
 }

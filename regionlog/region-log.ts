@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { GroupCommit } from '../blockdev/group-commit.js';
+import { FileLock } from '../backends/file-lock.js';
 import { closeFd, fdatasync, pwriteAll } from '../backends/fs-io.js';
 import { type BlockDevice, noFlags } from '../blockdev/types.js';
 import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
@@ -46,6 +47,8 @@ export class RegionLog {
   private onDisk: Uint8Array;
   private readonly copyBytes: number;
   private closed = false;
+  /** Keeps other processes off the log file while it is open (see FileLock). */
+  private lock: FileLock | undefined;
   /** Set: updates go through this device (a fault or power-cut wrapper over the log file) instead of the fd. */
   private device: BlockDevice | undefined;
 
@@ -103,10 +106,15 @@ export class RegionLog {
     } catch (error) {
       throw new RegionLogError(path, `cannot open: ${(error as Error).message}`);
     }
+    let lock: FileLock | undefined;
     try {
-      return new RegionLog(path, fd, RegionLog.readNewest(path, fd));
+      lock = FileLock.acquire(path, options.readOnly ? 'shared' : 'exclusive', 'region log');
+      const log = new RegionLog(path, fd, RegionLog.readNewest(path, fd));
+      log.lock = lock;
+      return log;
     } catch (error) {
       fs.closeSync(fd);
+      lock?.release();
       throw error;
     }
   }
@@ -226,6 +234,7 @@ export class RegionLog {
     this.closed = true;
     await this.device?.close();
     await closeFd(this.fd);
+    this.lock?.release();
   }
 }
 

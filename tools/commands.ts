@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
+import { FileLock } from '../backends/file-lock.js';
 import { openLeg } from '../backends/leg-spec.js';
 import { ThinLeg } from '../backends/thin-leg.js';
 import { parseSize } from '../config/schema.js';
@@ -141,6 +142,7 @@ export function registerTools(program: Command): void {
       const offline = {
         mirrorUuid: formatUuid(state.mirrorUuid), sizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes,
         regionCount: state.regionCount, cleanShutdown: state.cleanShutdown, bitsSet: regionsSet(state.dirty, state.regionCount).length,
+        inUse: FileLock.holder(config.storage.log) === 'exclusive',
         legs: state.legs.map((record, slot) => {
           const legPath = config.storage.legs[slot]?.path;
           const thin = config.storage.legs[slot]?.thin !== undefined;

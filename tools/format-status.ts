@@ -21,7 +21,7 @@ function formatCache(cache: PageCacheStatus): string {
 /** Human-readable status, for a running server's answer or the offline view of the files. */
 export function formatStatus(status: {
   kind?: string; mirrorUuid?: string; sizeBytes: number; regionSizeBytes?: number; regionCount?: number; health?: string; failure?: string;
-  cleanShutdown?: boolean; bitsSet?: number;
+  cleanShutdown?: boolean; bitsSet?: number; inUse?: boolean;
   legs: Array<{ slot: number; path?: string; uuid?: string; state: string; rebuildMode?: string; failedAt?: string; labelProblem?: string;
     pool?: PoolUsage }>;
   regions?: Record<string, number>;
@@ -31,6 +31,10 @@ export function formatStatus(status: {
   const lines = status.mirrorUuid === undefined ? [`plain export (${source})`, `  ${status.sizeBytes} bytes`]
     : [`mirror ${status.mirrorUuid} (${source})`, `  ${status.sizeBytes} bytes, ${status.regionCount} regions of ${status.regionSizeBytes} bytes`];
   if (status.health) lines.push(`  health: ${status.health}${status.failure ? ` (${status.failure})` : ''}`);
+  if (status.inUse) {
+    lines.push('  in use: another process holds the files (a server whose admin socket did not answer?); ' +
+      'these figures are read from the files and may be behind');
+  }
   if (status.cleanShutdown !== undefined) lines.push(`  clean shutdown: ${status.cleanShutdown}, dirty bits set: ${status.bitsSet}`);
   for (const leg of status.legs) {
     lines.push(`  leg ${leg.slot}: ${leg.state}${leg.rebuildMode && leg.rebuildMode !== 'none' ? ` (${leg.rebuildMode})` : ''} ${leg.path ?? ''} ${leg.uuid ?? ''}` +

@@ -41,6 +41,8 @@ test('without the native addon (portable fallbacks) every command still behaves'
   const server = await startServerProcess(['--leg', path.join(dir, 'leg.img'), '--size', '256MiB', '--no-unix'],
     { env: { NBD_MIRROR_NO_NATIVE: '1' } });
   try {
+    t.true(server.logs.some((entry) => entry.msg === 'file not locked: nothing stops a second server or a tool from writing it meanwhile' &&
+      entry.path === path.join(dir, 'leg.img')), 'running unlocked is said, not silent');
     for (const mode of ['off', 'on']) {
       const result = await run('/usr/bin/python3', [script, server.uri(), mode, 'portable'], { timeoutMs: 120_000 });
       t.is(result.code, 0, `${mode}: ${result.stdout}\n${result.stderr}`);

@@ -1,0 +1,62 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { cliPath, startServerProcess } from '../helpers/server-process.js';
+import { makeTempDir, run, runOk } from '../helpers/tools.js';
+
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return run(process.execPath, [cliPath, ...args], { timeoutMs: 60_000 });
+}
+
+function digest(file: string): string {
+  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+}
+
+test('a running mirror\'s files are refused to a second server and to offline tools; kill -9 frees them at once', async (t) => {
+  const dir = makeTempDir('locks-');
+  const [legA, legB, log, admin] = ['a.img', 'b.img', 'mirror.log', 'admin.sock'].map((name) => path.join(dir, name));
+  const files = ['--leg', legA, legB, '--log', log];
+  const server = await startServerProcess([...files, '--size', '32MiB', '--admin', admin, '--no-unix', '--sweep-interval-ms', '600000']);
+  try {
+    await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x3c 1M 2M', server.uri()]);
+    // Settled: with no writes and no sweep, the server leaves the files alone, so any change below is a refused command's.
+    const before = [legA, legB, log].map(digest);
+
+    const second = await cli(['serve', ...files, '--listen', '127.0.0.1:0', '--no-unix', '--admin', path.join(dir, 'second.sock')]);
+    t.is(second.code, 2);
+    t.regex(second.stderr, /EBUSY: region log .*mirror\.log is in use: another process holds it for writing \(a running nbd-mirror server/);
+    const plain = await cli(['serve', '--leg', legA, '--listen', '127.0.0.1:0']);
+    t.is(plain.code, 2, 'one leg served as a plain export would write under the mirror');
+    t.regex(plain.stderr, /EBUSY: leg .*a\.img is in use/);
+    const created = await cli(['create', ...files, '--size', '32MiB', '--force']);
+    t.is(created.code, 2);
+    t.regex(created.stderr, /is in use/);
+    const check = await cli(['check', ...files]);
+    t.is(check.code, 2, 'an offline check would compare legs being written');
+    t.regex(check.stderr, /leg .*a\.img is in use: .*act through the running server's admin socket/);
+    const status = await cli(['status', ...files]);
+    t.is(status.code, 0, status.stderr);
+    t.regex(status.stdout, /in use: another process holds the files/);
+
+    // Within the server one process holds every lock, so these are refused by identity instead.
+    for (const [target, problem] of [[legA, /a\.img is leg 0 of this mirror/], [log, /mirror\.log is this mirror's region log/],
+      [legB, /b\.img is the file leg 1 is using now; replace takes a new file/]] as const) {
+      const replaced = await cli(['replace', '1', target, '--force', '--admin', admin]);
+      t.is(replaced.code, 2, `replace with ${target}`);
+      t.regex(replaced.stderr, problem);
+    }
+    t.deepEqual([legA, legB, log].map(digest), before, 'no refused command changed a byte');
+    const read = await runOk('qemu-io', ['-f', 'raw', '-c', 'read -P 0x3c 1M 2M', server.uri()]);
+    t.notRegex(read.stdout, /Pattern verification failed/);
+  } finally {
+    await server.kill();
+  }
+  // The kernel dropped the dead server's locks: the next start needs no operator.
+  const again = await startServerProcess([...files, '--admin', admin, '--no-unix']);
+  t.is(typeof again.logs.find((entry) => entry.msg === 'listening')?.recoveryRegions, 'number');
+  t.is(await again.stop(), 0);
+  const check = await cli(['check', ...files]);
+  t.regex(check.stdout, /mismatch_cnt 0/);
+  fs.rmSync(dir, { recursive: true, force: true });
+});

@@ -1,0 +1,127 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import test from 'ava';
+import { FileLock, type LockMode } from '../../backends/file-lock.js';
+import { native } from '../../backends/native.js';
+import { RegionLog } from '../../regionlog/region-log.js';
+import { ThinLeg } from '../../backends/thin-leg.js';
+import { makeTempDir } from '../helpers/tools.js';
+
+const lockModule = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../backends/file-lock.js');
+
+/** Another process holding a lock on `file` until it is killed: the case the lock exists for. */
+async function holdInChild(file: string, mode: LockMode): Promise<ChildProcess> {
+  const script = `const { FileLock } = await import(${JSON.stringify(lockModule)});
+    FileLock.acquire(process.argv[1], process.argv[2], 'leg');
+    console.log('locked');
+    setTimeout(() => process.exit(3), 60_000);`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script, file, mode], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => { stderr += chunk.toString(); });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the child did not take its lock within 10 s')), 10_000);
+    child.stdout!.on('data', (chunk: Buffer) => {
+      if (chunk.toString().includes('locked')) { clearTimeout(timer); resolve(); }
+    });
+    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`the child exited ${code}: ${stderr}`)); });
+  });
+  return child;
+}
+
+async function kill(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
+}
+
+function errorOf(action: () => unknown): Error & { code?: string } {
+  try {
+    action();
+  } catch (error) {
+    return error as Error & { code?: string };
+  }
+  throw new Error('expected the lock to be refused');
+}
+
+test('a file another process writes is refused with EBUSY; shared locks coexist; kill -9 leaves no stale lock', async (t) => {
+  t.truthy(native?.lockFile, 'the addon is built, so locks are what is under test');
+  const dir = makeTempDir('lock');
+  const file = path.join(dir, 'leg.img');
+  fs.writeFileSync(file, Buffer.alloc(4096));
+  const writer = await holdInChild(file, 'exclusive');
+  try {
+    for (const mode of ['exclusive', 'shared'] as const) {
+      const refused = errorOf(() => FileLock.acquire(file, mode, 'leg'));
+      t.is(refused.code, 'EBUSY');
+      t.regex(refused.message, /leg .*leg\.img is in use: another process holds it for writing \(a running nbd-mirror server/);
+    }
+    t.is(FileLock.holder(file), 'exclusive');
+  } finally {
+    await kill(writer);
+  }
+  t.is(FileLock.holder(file), 'none', 'the kernel dropped the lock with the process');
+
+  const reader = await holdInChild(file, 'shared');
+  try {
+    const shared = FileLock.acquire(file, 'shared', 'leg');
+    t.true(shared.locked, 'two readers share the file');
+    shared.release();
+    t.regex(errorOf(() => FileLock.acquire(file, 'exclusive', 'leg')).message, /another process is reading it \(an offline nbd-mirror check/);
+  } finally {
+    await kill(reader);
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('opens of one file in one process share its lock; it is dropped only when the last one releases', async (t) => {
+  const dir = makeTempDir('lock-shared');
+  const file = path.join(dir, 'leg.img');
+  fs.writeFileSync(file, Buffer.alloc(4096));
+  const first = FileLock.acquire(file, 'exclusive', 'leg');
+  // Another path to the same inode is the same file.
+  fs.linkSync(file, path.join(dir, 'alias.img'));
+  const second = FileLock.acquire(path.join(dir, 'alias.img'), 'exclusive', 'leg');
+  first.release();
+  first.release();
+  await t.throwsAsync(holdInChild(file, 'shared'), { message: /EBUSY: leg .* is in use/ }, 'still held by the second open');
+  second.release();
+  const child = await holdInChild(file, 'exclusive');
+  await kill(child);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('the region log and a thin pool lock themselves while open, and let go on close', async (t) => {
+  const dir = makeTempDir('lock-devices');
+  const logPath = path.join(dir, 'mirror.log');
+  const log = await RegionLog.create(logPath, { deviceSizeBytes: 1 << 24, regionSizeBytes: 1 << 20, legUuids: [Buffer.alloc(16, 1), Buffer.alloc(16, 2)] });
+  await log.close();
+  const poolPath = path.join(dir, 'pool.img');
+  ThinLeg.create(poolPath, { virtualSizeBytes: 1 << 24, poolBytes: 1 << 22, chunkSizeBytes: 65536 });
+
+  const openLog = RegionLog.open(logPath);
+  const pool = await ThinLeg.open({ path: poolPath });
+  await t.throwsAsync(holdInChild(logPath, 'shared'), { message: /EBUSY: leg .*mirror\.log is in use/ });
+  await t.throwsAsync(holdInChild(poolPath, 'shared'), { message: /EBUSY: leg .*pool\.img is in use/ });
+  await openLog.close();
+  await pool.close();
+  for (const file of [logPath, poolPath]) await kill(await holdInChild(file, 'exclusive'));
+
+  // And the other way round: a running writer elsewhere keeps them from opening.
+  const writer = await holdInChild(logPath, 'exclusive');
+  try {
+    t.regex(errorOf(() => RegionLog.open(logPath)).message, /EBUSY: region log .*mirror\.log is in use/);
+    t.regex(errorOf(() => RegionLog.open(logPath, { readOnly: true })).message, /region log .* is in use/);
+  } finally {
+    await kill(writer);
+  }
+  const poolWriter = await holdInChild(poolPath, 'exclusive');
+  try {
+    await t.throwsAsync(ThinLeg.open({ path: poolPath, readOnly: true }), { message: /EBUSY: thin pool .*pool\.img is in use/ });
+  } finally {
+    await kill(poolWriter);
+  }
+  fs.rmSync(dir, { recursive: true, force: true });
+});
