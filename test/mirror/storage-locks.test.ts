@@ -23,9 +23,16 @@ test('a running mirror\'s files are refused to a second server and to offline to
     // Settled: with no writes and no sweep, the server leaves the files alone, so any change below is a refused command's.
     const before = [legA, legB, log].map(digest);
 
+    // The same command twice (npm start in a second terminal). Before the locks the second server assembled
+    // the mirror "after an unclean shutdown", resynced regions the first one was writing, stamped new events
+    // into the labels and the log, and only then failed to bind; the next start refused the legs as newer
+    // than the log.
+    const twice = await cli(['serve', ...files, '--listen', `127.0.0.1:${server.port}`, '--no-unix', '--admin', admin]);
+    t.is(twice.code, 2);
+    t.regex(twice.stderr, /EBUSY: region log .*mirror\.log is in use: another process holds it for writing \(a running nbd-mirror server/);
     const second = await cli(['serve', ...files, '--listen', '127.0.0.1:0', '--no-unix', '--admin', path.join(dir, 'second.sock')]);
     t.is(second.code, 2);
-    t.regex(second.stderr, /EBUSY: region log .*mirror\.log is in use: another process holds it for writing \(a running nbd-mirror server/);
+    t.regex(second.stderr, /EBUSY: region log .*mirror\.log is in use/);
     const plain = await cli(['serve', '--leg', legA, '--listen', '127.0.0.1:0']);
     t.is(plain.code, 2, 'one leg served as a plain export would write under the mirror');
     t.regex(plain.stderr, /EBUSY: leg .*a\.img is in use/);
