@@ -51,6 +51,8 @@ const inlineWriteBytesMaxDefault = 1024 * 1024;
 
 /** Zero-filling falls back to plain writes of this chunk size. */
 const zeroChunkBytes = 1 << 20;
+/** fallocate on a block device needs whole logical blocks: 4 KiB covers 512-byte and 4 KiB sectors. */
+const blockDeviceZeroAlignBytes = 4096;
 /** Bounds the work of one blockStatus call; the reply may then cover a prefix. */
 const extentsPerCallMax = 4096;
 
@@ -116,8 +118,15 @@ export class FileLeg implements BlockDevice {
     }
     let fd: number;
     try {
-      fd = fs.openSync(options.path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+      // O_EXCL on a block device claims it as md and dm do: refused while it is mounted or claimed, and
+      // nothing can mount it while we serve it. Other programs take no file lock, so this is the guard.
+      const claim = !readOnly && fs.statSync(options.path).isBlockDevice() ? fs.constants.O_EXCL : 0;
+      fd = fs.openSync(options.path, (readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR) | claim);
     } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EBUSY') {
+        throw new BlockError('EBUSY', `leg ${options.path} is in use: the kernel reports the block device busy ` +
+          '(mounted, part of an md or dm device, or claimed by another program)', { cause: error });
+      }
       throw toBlockError(error, `cannot open leg ${options.path}`);
     }
     let lock: FileLock | undefined;
@@ -243,7 +252,8 @@ export class FileLeg implements BlockDevice {
     checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'block-status');
     assert(lengthBytes > 0, 'block-status of an empty range');
     const endBytes = offsetBytes + lengthBytes;
-    if (native === undefined) return [{ offsetBytes, lengthBytes, hole: false, zero: false }];
+    // A block device has no SEEK_DATA (lseek says EINVAL): like the portable build, all of it is data.
+    if (native === undefined || this.isBlockDevice) return [{ offsetBytes, lengthBytes, hole: false, zero: false }];
     const extents: Extent[] = [];
     let position = offsetBytes;
     while (position < endBytes && extents.length < extentsPerCallMax) {
@@ -298,17 +308,33 @@ export class FileLeg implements BlockDevice {
 
   private async zeroRange(offsetBytes: number, lengthBytes: number, mode: number, fast: boolean): Promise<void> {
     if (lengthBytes === 0) return;
+    const endBytes = offsetBytes + lengthBytes;
     if (this.fallocateWorks && native !== undefined) {
+      // A block device takes fallocate on whole logical blocks only (EINVAL otherwise, which would turn
+      // every later trim into a data write): the unaligned ends are written as zeroes.
+      const align = this.isBlockDevice ? blockDeviceZeroAlignBytes : 1;
+      const start = Math.ceil(offsetBytes / align) * align;
+      const end = Math.floor(endBytes / align) * align;
+      if (end <= start) return this.writeZeroBytes(offsetBytes, lengthBytes);
       const result = await new Promise<number>((resolve) =>
-        native!.fallocateAsync(this.fd, mode, offsetBytes, lengthBytes, resolve));
-      if (result === 0) return;
+        native!.fallocateAsync(this.fd, mode, start, end - start, resolve));
+      if (result === 0) {
+        await this.writeZeroBytes(offsetBytes, start - offsetBytes);
+        await this.writeZeroBytes(end, endBytes - end);
+        return undefined;
+      }
       if (result !== -95 && result !== -22) {
-        throw fromNegativeErrno(result, `zero ${this.path} at ${offsetBytes} length ${lengthBytes}`);
+        throw fromNegativeErrno(result, `zero ${this.path} at ${start} length ${end - start}`);
       }
       // EOPNOTSUPP/EINVAL: this filesystem or device cannot punch or zero ranges.
       this.fallocateWorks = false;
     }
     if (fast) throw new BlockError('ENOTSUP', `fast zeroing is not supported by ${this.path}`);
+    return this.writeZeroBytes(offsetBytes, lengthBytes);
+  }
+
+  private async writeZeroBytes(offsetBytes: number, lengthBytes: number): Promise<void> {
+    if (lengthBytes === 0) return;
     const zeroes = Buffer.alloc(Math.min(zeroChunkBytes, lengthBytes));
     for (let done = 0; done < lengthBytes; done += zeroes.length) {
       const chunk = Math.min(zeroes.length, lengthBytes - done);

@@ -99,7 +99,7 @@ export class MirrorController {
         logPath, legs: settings.legs, sizeBytes: settings.sizeBytes, regionSizeBytes: settings.regionSizeBytes,
       });
       logger.info({ mirror: formatUuid(created.mirrorUuid), legs: settings.legs.length, sizeBytes: settings.sizeBytes,
-        regionSizeBytes: settings.regionSizeBytes }, 'created a new mirror');
+        regionSizeBytes: settings.regionSizeBytes, initialSync: created.initialSync }, 'created a new mirror');
     }
     const log = RegionLog.open(logPath);
     try {

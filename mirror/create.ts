@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { RegionLog } from '../regionlog/region-log.js';
 import { type FileLock, lockIfExists } from '../backends/file-lock.js';
 import type { LegSpec } from '../backends/leg-spec.js';
-import { createLegFile } from './leg-label.js';
+import { blockDeviceTooSmall, createLegFile, isBlockDeviceLeg } from './leg-label.js';
 
 export interface CreateMirrorParams {
   logPath: string;
@@ -21,8 +21,12 @@ export class MirrorSetupError extends Error {
   }
 }
 
-/** Initialises the legs (sparse files with labels) and a clean, empty region log. */
-export async function createMirror(params: CreateMirrorParams): Promise<{ mirrorUuid: Buffer; legUuids: Buffer[] }> {
+/**
+ * Initialises the legs (sparse files with labels) and a clean, empty region
+ * log; with a block-device leg, a log with every bit set, so the first start
+ * syncs the legs from the source leg.
+ */
+export async function createMirror(params: CreateMirrorParams): Promise<{ mirrorUuid: Buffer; legUuids: Buffer[]; initialSync: boolean }> {
   const { logPath, legs, sizeBytes, regionSizeBytes } = params;
   const legPaths = legs.map((leg) => leg.path);
   if (legPaths.length < 2) throw new MirrorSetupError(`a mirror needs at least 2 legs, ${legPaths.length} given`);
@@ -43,14 +47,21 @@ export async function createMirror(params: CreateMirrorParams): Promise<{ mirror
     }
     const mirrorUuid = randomBytes(16);
     const legUuids = legPaths.map(() => randomBytes(16));
+    const devices = legs.filter(isBlockDeviceLeg);
+    // Checked before anything is written, so a refusal leaves every leg as it was.
+    for (const device of devices) {
+      const problem = blockDeviceTooSmall(device.path, sizeBytes);
+      if (problem) throw new MirrorSetupError(problem);
+    }
+    const legsMayDiffer = devices.length > 0;
     legs.forEach((leg, slot) => {
       createLegFile(leg, sizeBytes, { mirrorUuid, legUuid: legUuids[slot], slot, dataSizeBytes: sizeBytes, events: 1n },
         { overwrite: params.force });
     });
-    const log = await RegionLog.create(logPath, { deviceSizeBytes: sizeBytes, regionSizeBytes, legUuids, mirrorUuid },
+    const log = await RegionLog.create(logPath, { deviceSizeBytes: sizeBytes, regionSizeBytes, legUuids, mirrorUuid, legsMayDiffer },
       { overwrite: params.force });
     await log.close();
-    return { mirrorUuid, legUuids };
+    return { mirrorUuid, legUuids, initialSync: legsMayDiffer };
   } finally {
     for (const lock of locks) lock.release();
   }

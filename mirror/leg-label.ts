@@ -117,7 +117,8 @@ export function writeLabel(path: string, label: Omit<LegLabel, 'sequence'>, thin
 
 /**
  * Creates a leg holding dataSizeBytes of data plus its label: a sparse file,
- * or an empty thin pool of the configured size.
+ * an empty thin pool of the configured size, or (overwrite only) a block
+ * device, whose old contents stay: see isBlockDeviceLeg.
  */
 export function createLegFile(leg: LegSpec, dataSizeBytes: number, label: Omit<LegLabel, 'sequence'>,
   options: { overwrite?: boolean } = {}): LegLabel {
@@ -125,6 +126,11 @@ export function createLegFile(leg: LegSpec, dataSizeBytes: number, label: Omit<L
     ThinLeg.create(leg.path, { virtualSizeBytes: dataSizeBytes, poolBytes: leg.thin.poolBytes,
       chunkSizeBytes: leg.thin.chunkSizeBytes, overwrite: options.overwrite });
     return writeLabel(leg.path, label, true);
+  }
+  if (options.overwrite && isBlockDeviceLeg(leg)) {
+    const problem = blockDeviceTooSmall(leg.path, dataSizeBytes);
+    if (problem) throw new Error(problem);
+    return writeLabel(leg.path, label);
   }
   const fd = fs.openSync(leg.path, options.overwrite ? 'w' : 'wx');
   try {
@@ -134,4 +140,25 @@ export function createLegFile(leg: LegSpec, dataSizeBytes: number, label: Omit<L
     fs.closeSync(fd);
   }
   return writeLabel(leg.path, label);
+}
+
+/**
+ * A block device keeps whatever it held before: two such legs differ from the
+ * start, so a mirror created on one begins with a full sync (as md's does).
+ */
+export function isBlockDeviceLeg(leg: LegSpec): boolean {
+  return leg.thin === undefined && (fs.statSync(leg.path, { throwIfNoEntry: false })?.isBlockDevice() ?? false);
+}
+
+/** Why a block device cannot hold dataSizeBytes with the label at its end (it cannot be grown as a file is). */
+export function blockDeviceTooSmall(path: string, dataSizeBytes: number): string | undefined {
+  const fd = fs.openSync(path, 'r');
+  try {
+    const deviceBytes = fileOrDeviceSize(fd, path);
+    if (deviceBytes >= dataSizeBytes + labelAreaBytes) return undefined;
+    return `block device ${path} holds ${deviceBytes} bytes, fewer than the ${dataSizeBytes} of data ` +
+      `plus the ${labelAreaBytes}-byte label at its end`;
+  } finally {
+    fs.closeSync(fd);
+  }
 }

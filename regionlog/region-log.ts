@@ -16,6 +16,8 @@ export interface CreateLogParams {
   regionSizeBytes: number;
   legUuids: Buffer[];
   mirrorUuid?: Buffer;
+  /** The legs may differ from the start (block devices with old contents): every bit set, as after a crash. */
+  legsMayDiffer?: boolean;
 }
 
 /** Logs larger than this are not region logs we wrote (1 PiB at 1 MiB regions is 256 MiB). */
@@ -74,7 +76,7 @@ export class RegionLog {
       deviceSizeBytes,
       regionCount,
       sequence: 0n,
-      cleanShutdown: true,
+      cleanShutdown: !params.legsMayDiffer,
       labelUpdatePending: false,
       eventsCurrent: 1n,
       eventsPrevious: 1n,
@@ -83,6 +85,9 @@ export class RegionLog {
       })),
       dirty: new Uint8Array(bitmapBytesFor(regionCount)),
     };
+    if (params.legsMayDiffer) {
+      for (let region = 0; region < regionCount; region += 1) state.dirty[region >> 3] |= 1 << (region & 7);
+    }
     let fd: number;
     try {
       fd = fs.openSync(path, options.overwrite ? 'w+' : 'wx+');

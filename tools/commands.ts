@@ -112,9 +112,10 @@ export function registerTools(program: Command): void {
       if (config.storage.log === undefined) throw new ConfigError('storage.log', 'a mirror needs a region log (--log)', 'nbd-mirror create');
       const created = await createMirror({ logPath: config.storage.log, legs: config.storage.legs,
         sizeBytes: config.storage.sizeBytes, regionSizeBytes: config.storage.regionSizeBytes, force: options.force });
-      print(options, { mirrorUuid: formatUuid(created.mirrorUuid), legs: created.legUuids.map(formatUuid) },
+      print(options, { mirrorUuid: formatUuid(created.mirrorUuid), legs: created.legUuids.map(formatUuid), initialSync: created.initialSync },
         () => `created mirror ${formatUuid(created.mirrorUuid)}: ${config.storage.legs.length} legs of ${config.storage.sizeBytes} bytes, ` +
-          `log ${config.storage.log}, regions of ${config.storage.regionSizeBytes} bytes`);
+          `log ${config.storage.log}, regions of ${config.storage.regionSizeBytes} bytes` +
+          (created.initialSync ? '; a block device keeps its old contents, so the first start syncs every region from the source leg' : ''));
     });
 
   targetOptions(program.command('status').description('legs, their states, dirty and out-of-sync regions, resync progress'))

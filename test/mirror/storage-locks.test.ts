@@ -1,4 +1,5 @@
 import crypto from 'node:crypto';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
@@ -67,3 +68,56 @@ test('a running mirror\'s files are refused to a second server and to offline to
   t.regex(check.stdout, /mismatch_cnt 0/);
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test('a block-device leg is claimed like md claims one: refused while another program holds it, and not mkfs-able while served', async (t) => {
+  const dir = makeTempDir('locks-bdev-');
+  const backing = path.join(dir, 'backing.img');
+  fs.writeFileSync(backing, '');
+  fs.truncateSync(backing, 64 * 1024 ** 2);
+  const loop = (await runOk('losetup', ['--find', '--show', backing])).stdout.trim();
+  try {
+    // Another exclusive opener, as a mounted filesystem or an md array is.
+    const claimer = `import fs from 'node:fs'; fs.openSync(process.argv[1], fs.constants.O_RDONLY | fs.constants.O_EXCL);
+      console.log('claimed'); setTimeout(() => {}, 60_000);`;
+    const holder = startClaimer(claimer, loop);
+    try {
+      await holder.ready;
+      const refused = await cli(['serve', '--leg', loop, '--listen', '127.0.0.1:0', '--no-unix']);
+      t.is(refused.code, 2);
+      t.regex(refused.stderr, /EBUSY: leg \/dev\/loop\d+ is in use: the kernel reports the block device busy \(mounted, part of an md or dm device/);
+    } finally {
+      await holder.stop();
+    }
+    const server = await startServerProcess(['--leg', loop, '--no-unix']);
+    try {
+      // FUA and flush go through the leg's other descriptors, which the claim must not refuse.
+      await runOk('qemu-io', ['-f', 'raw', '-c', 'write -f -P 0x6d 0 1M', '-c', 'flush', '-c', 'read -P 0x6d 0 1M', server.uri()]);
+      const mkfs = await run('mkfs.ext4', ['-q', '-F', loop], { timeoutMs: 60_000 });
+      t.not(mkfs.code, 0, 'mkfs opens the device exclusively and is refused');
+      t.regex(mkfs.stderr + mkfs.stdout, /in use|busy/i);
+    } finally {
+      t.is(await server.stop(), 0);
+    }
+    t.is(fs.readFileSync(backing).subarray(0, 1024 ** 2).compare(Buffer.alloc(1024 ** 2, 0x6d)), 0, 'the data reached the device untouched');
+  } finally {
+    await run('losetup', ['-d', loop]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+function startClaimer(script: string, device: string): { ready: Promise<void>; stop(): Promise<void> } {
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script, device], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const ready = new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the claimer did not open the device within 10 s')), 10_000);
+    child.stdout!.on('data', (chunk: Buffer) => { if (chunk.toString().includes('claimed')) { clearTimeout(timer); resolve(); } });
+    void exited.then(() => { clearTimeout(timer); reject(new Error('the claimer exited')); });
+  });
+  return {
+    ready,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}

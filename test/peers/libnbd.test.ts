@@ -2,7 +2,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { projectRoot, startServerProcess } from '../helpers/server-process.js';
-import { makeTempDir, run } from '../helpers/tools.js';
+import { makeTempDir, run, runOk } from '../helpers/tools.js';
 
 const script = path.join(projectRoot, 'test', 'python', 'commands.py');
 
@@ -32,6 +32,31 @@ test('without the cache (large reads of the leg go out by sendfile) every comman
     }
   } finally {
     t.is(await server.stop(), 0);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a block-device leg (a loop device) behaves for every command: reads of any size, block status, zeroing', async (t) => {
+  const dir = makeTempDir('libnbd-blockdev');
+  const backing = path.join(dir, 'backing.img');
+  fs.writeFileSync(backing, '');
+  fs.truncateSync(backing, 256 * 1024 ** 2);
+  const loop = (await runOk('losetup', ['--find', '--show', backing])).stdout.trim();
+  try {
+    // --no-cache: every read reaches the device's own read and block-status paths.
+    for (const cache of ['--cache', '--no-cache']) {
+      const server = await startServerProcess(['--leg', loop, '--no-unix', cache]);
+      try {
+        for (const mode of ['off', 'on']) {
+          const result = await run('/usr/bin/python3', [script, server.uri(), mode, 'blockdev'], { timeoutMs: 120_000 });
+          t.is(result.code, 0, `${cache} ${mode}: ${result.stdout}\n${result.stderr}`);
+        }
+      } finally {
+        t.is(await server.stop(), 0);
+      }
+    }
+  } finally {
+    await run('losetup', ['-d', loop]);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -1,0 +1,89 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { cliPath, startServerProcess } from '../helpers/server-process.js';
+import { makeTempDir, run, runOk } from '../helpers/tools.js';
+import { statusWhen } from '../helpers/wait.js';
+
+const MiB = 1024 ** 2;
+
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return run(process.execPath, [cliPath, ...args], { timeoutMs: 60_000 });
+}
+
+interface Status {
+  regions: { outOfSync: number };
+  resync: { running: boolean; regionsDone: number; regionsTotal: number };
+}
+
+/** Writes random bytes straight to a device, as an earlier user of the disk left them. */
+function scribble(device: string, offsetBytes: number, lengthBytes: number): void {
+  const fd = fs.openSync(device, 'r+');
+  try {
+    fs.writeSync(fd, crypto.randomBytes(lengthBytes), 0, lengthBytes, offsetBytes);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+test('a mirror over two block devices (loop devices): create syncs their old contents, and kill -9 recovery resyncs them', async (t) => {
+  const dir = makeTempDir('bdev-mirror-');
+  const loops: string[] = [];
+  try {
+    for (const [name, bytes] of [['a', 40 * MiB], ['b', 40 * MiB], ['small', 32 * MiB]] as const) {
+      const backing = path.join(dir, `${name}.img`);
+      fs.writeFileSync(backing, '');
+      fs.truncateSync(backing, bytes);
+      loops.push((await runOk('losetup', ['--find', '--show', backing])).stdout.trim());
+    }
+    const [legA, legB, small] = loops;
+    scribble(legA, 3 * MiB, 2 * MiB);
+    scribble(legB, 20 * MiB, MiB);
+    const log = path.join(dir, 'mirror.log');
+    const files = ['--leg', legA, legB, '--log', log];
+
+    const unforced = await cli(['create', ...files, '--size', '32MiB']);
+    t.is(unforced.code, 2);
+    t.regex(unforced.stderr, /refusing to overwrite \/dev\/loop\d+, \/dev\/loop\d+ \(use --force/);
+    const labelArea = (): Buffer => fs.readFileSync(path.join(dir, 'a.img')).subarray(40 * MiB - 8192);
+    const labelBefore = labelArea();
+    const tooSmall = await cli(['create', '--leg', legA, small, '--log', log, '--size', '32MiB', '--force']);
+    t.is(tooSmall.code, 2);
+    t.regex(tooSmall.stderr, /block device \/dev\/loop\d+ holds 33554432 bytes, fewer than the 33554432 of data plus the 8192-byte label at its end/);
+    t.deepEqual(labelArea(), labelBefore, 'the refusal came before the first leg was labelled');
+    t.false(fs.existsSync(log));
+
+    const created = await cli(['create', ...files, '--size', '32MiB', '--force']);
+    t.is(created.code, 0, created.stderr);
+    t.regex(created.stdout, /a block device keeps its old contents, so the first start syncs every region from the source leg/);
+    const before = await cli(['check', ...files]);
+    t.regex(before.stdout, /mismatch_cnt 3 \(regions 3, 4, 20\)/, 'the old contents differ: this is why the first start syncs');
+
+    const admin = path.join(dir, 'admin.sock');
+    const server = await startServerProcess([...files, '--admin', admin, '--no-unix']);
+    try {
+      const synced = await statusWhen<Status>(admin, (status) => !status.resync.running && status.regions.outOfSync === 0, 30_000, 50);
+      t.is(synced.regions.outOfSync, 0);
+      t.is(synced.resync.regionsTotal, 32, 'every region of the new mirror was synced');
+      await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x4e 19M 3M', server.uri()]);
+    } finally {
+      await server.kill();
+    }
+    const again = await startServerProcess([...files, '--admin', admin, '--no-unix']);
+    try {
+      const recovered = await statusWhen<Status>(admin, (status) => !status.resync.running && status.regions.outOfSync === 0, 30_000, 50);
+      t.is(recovered.regions.outOfSync, 0, 'recovery resync over block devices finished');
+      const read = await runOk('qemu-io', ['-f', 'raw', '-c', 'read -P 0x4e 19M 3M', again.uri()]);
+      t.notRegex(read.stdout, /Pattern verification failed/);
+    } finally {
+      t.is(await again.stop(), 0);
+    }
+    const after = await cli(['check', ...files]);
+    t.regex(after.stdout, /mismatch_cnt 0/);
+  } finally {
+    for (const loop of loops) await run('losetup', ['-d', loop]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
