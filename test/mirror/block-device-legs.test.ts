@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { cliPath, startServerProcess } from '../helpers/server-process.js';
+import { detachLoopDevices, makeLoopDevice } from '../helpers/loop-device.js';
 import { makeTempDir, run, runOk } from '../helpers/tools.js';
 import { statusWhen } from '../helpers/wait.js';
 
@@ -33,10 +34,7 @@ test('a mirror over two block devices (loop devices): create syncs their old con
   const loops: string[] = [];
   try {
     for (const [name, bytes] of [['a', 40 * MiB], ['b', 40 * MiB], ['small', 32 * MiB]] as const) {
-      const backing = path.join(dir, `${name}.img`);
-      fs.writeFileSync(backing, '');
-      fs.truncateSync(backing, bytes);
-      loops.push((await runOk('losetup', ['--find', '--show', backing])).stdout.trim());
+      loops.push(await makeLoopDevice(dir, name, bytes));
     }
     const [legA, legB, small] = loops;
     scribble(legA, 3 * MiB, 2 * MiB);
@@ -83,7 +81,7 @@ test('a mirror over two block devices (loop devices): create syncs their old con
     const after = await cli(['check', ...files]);
     t.regex(after.stdout, /mismatch_cnt 0/);
   } finally {
-    for (const loop of loops) await run('losetup', ['-d', loop]);
+    await detachLoopDevices(loops);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { cliPath, startServerProcess } from '../helpers/server-process.js';
+import { detachLoopDevices, makeLoopDevice } from '../helpers/loop-device.js';
 import { makeTempDir, run, runOk } from '../helpers/tools.js';
 
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -72,9 +73,7 @@ test('a running mirror\'s files are refused to a second server and to offline to
 test('a block-device leg is claimed like md claims one: refused while another program holds it, and not mkfs-able while served', async (t) => {
   const dir = makeTempDir('locks-bdev-');
   const backing = path.join(dir, 'backing.img');
-  fs.writeFileSync(backing, '');
-  fs.truncateSync(backing, 64 * 1024 ** 2);
-  const loop = (await runOk('losetup', ['--find', '--show', backing])).stdout.trim();
+  const loop = await makeLoopDevice(dir, 'backing', 64 * 1024 ** 2);
   try {
     // Another exclusive opener, as a mounted filesystem or an md array is.
     const claimer = `import fs from 'node:fs'; fs.openSync(process.argv[1], fs.constants.O_RDONLY | fs.constants.O_EXCL);
@@ -100,7 +99,7 @@ test('a block-device leg is claimed like md claims one: refused while another pr
     }
     t.is(fs.readFileSync(backing).subarray(0, 1024 ** 2).compare(Buffer.alloc(1024 ** 2, 0x6d)), 0, 'the data reached the device untouched');
   } finally {
-    await run('losetup', ['-d', loop]);
+    await detachLoopDevices([loop]);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

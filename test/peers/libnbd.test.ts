@@ -2,7 +2,8 @@ import test from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { projectRoot, startServerProcess } from '../helpers/server-process.js';
-import { makeTempDir, run, runOk } from '../helpers/tools.js';
+import { detachLoopDevices, makeLoopDevice } from '../helpers/loop-device.js';
+import { makeTempDir, run } from '../helpers/tools.js';
 
 const script = path.join(projectRoot, 'test', 'python', 'commands.py');
 
@@ -38,10 +39,7 @@ test('without the cache (large reads of the leg go out by sendfile) every comman
 
 test('a block-device leg (a loop device) behaves for every command: reads of any size, block status, zeroing', async (t) => {
   const dir = makeTempDir('libnbd-blockdev');
-  const backing = path.join(dir, 'backing.img');
-  fs.writeFileSync(backing, '');
-  fs.truncateSync(backing, 256 * 1024 ** 2);
-  const loop = (await runOk('losetup', ['--find', '--show', backing])).stdout.trim();
+  const loop = await makeLoopDevice(dir, 'backing', 256 * 1024 ** 2);
   try {
     // --no-cache: every read reaches the device's own read and block-status paths.
     for (const cache of ['--cache', '--no-cache']) {
@@ -56,7 +54,7 @@ test('a block-device leg (a loop device) behaves for every command: reads of any
       }
     }
   } finally {
-    await run('losetup', ['-d', loop]);
+    await detachLoopDevices([loop]);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
