@@ -99,6 +99,21 @@ export function encodeCopy(state: LogState): Buffer {
   return buffer;
 }
 
+/**
+ * The size of the copy a header describes, from its fixed fields alone (the
+ * checksum covers the whole copy, so it cannot be checked yet); undefined
+ * when the header is not one. Locates copy 1 on a block device.
+ */
+export function copyBytesOfHeader(header: Buffer): number | undefined {
+  if (header.length < headerBytes || !header.subarray(0, 8).equals(logMagic)) return undefined;
+  if (header.readUInt32LE(8) !== logVersion || header.readUInt32LE(12) !== headerBytes) return undefined;
+  const regionCount = Number(header.readBigUInt64LE(64));
+  if (!Number.isSafeInteger(regionCount) || regionCount <= 0 || Number(header.readBigUInt64LE(88)) !== bitmapBytesFor(regionCount)) {
+    return undefined;
+  }
+  return copyBytesFor(regionCount);
+}
+
 /** Decodes one copy, or explains precisely why it is not a valid copy. */
 export function decodeCopy(buffer: Buffer): LogState {
   if (buffer.length < headerBytes) throw new LogFormatError(`copy is ${buffer.length} bytes, shorter than its header`);

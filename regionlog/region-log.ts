@@ -3,11 +3,12 @@ import { randomBytes } from 'node:crypto';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { GroupCommit } from '../blockdev/group-commit.js';
 import { FileLock } from '../backends/file-lock.js';
+import { fileOrDeviceSize } from '../backends/file-leg.js';
 import { closeFd, fdatasync, pwriteAll } from '../backends/fs-io.js';
 import { type BlockDevice, noFlags } from '../blockdev/types.js';
 import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
 import {
-  bitmapBytesFor, copyBytesFor, decodeCopy, encodeCopy, headerBytes, type LegRecord, legSlotsMax, LogFormatError,
+  bitmapBytesFor, copyBytesFor, copyBytesOfHeader, decodeCopy, encodeCopy, headerBytes, type LegRecord, legSlotsMax, LogFormatError,
   type LogState, regionsSet,
 } from './format.js';
 
@@ -96,6 +97,11 @@ export class RegionLog {
     }
     // Both copies hold the initial state, so either may be the one a later update replaces.
     const copyBytes = copyBytesFor(regionCount);
+    if (fs.fstatSync(fd).isBlockDevice() && fileOrDeviceSize(fd, path) < 2 * copyBytes) {
+      const deviceBytes = fileOrDeviceSize(fd, path);
+      fs.closeSync(fd);
+      throw new RegionLogError(path, `the device holds ${deviceBytes} bytes; a log of ${regionCount} regions needs ${2 * copyBytes}`);
+    }
     fs.writeSync(fd, encodeCopy(state), 0, copyBytes, 0);
     fs.writeSync(fd, encodeCopy({ ...state, sequence: 1n }), 0, copyBytes, copyBytes);
     fs.fsyncSync(fd);
@@ -137,6 +143,7 @@ export class RegionLog {
   }
 
   private static readCopies(path: string, fd: number): Array<{ state: LogState } | { error: string }> {
+    if (fs.fstatSync(fd).isBlockDevice()) return RegionLog.readDeviceCopies(path, fd);
     const size = fs.fstatSync(fd).size;
     if (size < 2 * headerBytes) throw new RegionLogError(path, `truncated: ${size} bytes, smaller than two headers`);
     if (size > logBytesMax) throw new RegionLogError(path, `${size} bytes is too large to be a region log`);
@@ -196,6 +203,42 @@ export class RegionLog {
 
   get commitsRun(): number {
     return this.commits.roundsRun;
+  }
+
+  /**
+   * A block device has no file size to halve: the copies sit as in a file
+   * (copy 1 right after copy 0), the rest of the device unused. Copy 0's
+   * header says where copy 1 starts; when that header is gone (torn, or
+   * overwritten), every 4 KiB offset is tried, and only a copy whose own
+   * header puts it exactly there and whose checksum holds is taken.
+   */
+  private static readDeviceCopies(path: string, fd: number): Array<{ state: LogState } | { error: string }> {
+    const deviceBytes = fileOrDeviceSize(fd, path);
+    const readAt = (position: number, length: number): Buffer => {
+      const buffer = Buffer.alloc(length);
+      fs.readSync(fd, buffer, 0, length, position);
+      return buffer;
+    };
+    const decodeAt = (position: number, copyBytes: number | undefined, index: number): { state: LogState } | { error: string } => {
+      if (copyBytes === undefined) return { error: `copy ${index}: no region log header found` };
+      if (position + copyBytes > deviceBytes) return { error: `copy ${index}: the device ends inside it (${deviceBytes} bytes)` };
+      try {
+        return { state: decodeCopy(readAt(position, copyBytes)) };
+      } catch (error) {
+        if (error instanceof LogFormatError) return { error: `copy ${index}: ${error.message}` };
+        throw error;
+      }
+    };
+    if (deviceBytes < 2 * headerBytes) throw new RegionLogError(path, `the device holds ${deviceBytes} bytes, fewer than two headers`);
+    let copyBytes = copyBytesOfHeader(readAt(0, headerBytes));
+    const first = decodeAt(0, copyBytes, 0);
+    if (copyBytes === undefined) {
+      const lastCandidate = Math.min(Math.floor(deviceBytes / 2), logBytesMax / 2);
+      for (let position = 2 * headerBytes; position <= lastCandidate && copyBytes === undefined; position += headerBytes) {
+        if (copyBytesOfHeader(readAt(position, headerBytes)) === position) copyBytes = position;
+      }
+    }
+    return [first, decodeAt(copyBytes ?? 0, copyBytes, 1)];
   }
 
   /** Makes the current in-memory state durable; resolves once a write that started after this call is synced. */

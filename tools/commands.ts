@@ -258,7 +258,7 @@ export function registerTools(program: Command): void {
       };
       console.log(options.json ? JSON.stringify(dump, null, 2) : [
         `region log ${logPath}`,
-        ...dump.copies.map((copy) => `  copy ${copy.copy}: ${copy.error ?? `sequence ${copy.sequence}`}`),
+        ...dump.copies.map((copy) => `  copy ${copy.copy}: ${copy.error?.replace(/^copy \d+: /, '') ?? `sequence ${copy.sequence}`}`),
         `  mirror ${dump.mirrorUuid}, newest sequence ${dump.sequence}, events ${dump.events}`,
         `  ${dump.sizeBytes} bytes in ${dump.regionCount} regions of ${dump.regionSizeBytes} bytes; clean shutdown: ${dump.cleanShutdown}`,
         ...dump.legs.map((leg) => `  leg ${leg.slot}: ${leg.uuid} ${leg.state}${leg.rebuildMode !== 'none' ? ` (${leg.rebuildMode}, at ${leg.rebuildCheckpointBytes})` : ''} events ${leg.events}${leg.failedAt ? ` failed ${leg.failedAt}` : ''}`),

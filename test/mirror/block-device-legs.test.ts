@@ -85,3 +85,46 @@ test('a mirror over two block devices (loop devices): create syncs their old con
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a region log on a block device: created only if it fits, found again after a crash, and after copy 0\'s header is destroyed', async (t) => {
+  const dir = makeTempDir('bdev-log-');
+  const loops: string[] = [];
+  try {
+    loops.push(await makeLoopDevice(dir, 'log', MiB), await makeLoopDevice(dir, 'tiny', 8192));
+    const [logDevice, tiny] = loops;
+    const legs = ['--leg', path.join(dir, 'a.img'), path.join(dir, 'b.img')];
+    const tooSmall = await cli(['create', ...legs, '--log', tiny, '--size', '32MiB', '--force']);
+    t.is(tooSmall.code, 2);
+    t.regex(tooSmall.stderr, /region log \/dev\/loop\d+: the device holds 8192 bytes; a log of 32 regions needs 16384/);
+    const created = await cli(['create', ...legs, '--log', logDevice, '--size', '32MiB', '--force']);
+    t.is(created.code, 0, created.stderr);
+    t.notRegex(created.stdout, /syncs every region/, 'file legs start identical: only a block-device leg needs the initial sync');
+
+    const files = [...legs, '--log', logDevice];
+    // No sweep can clear the bits before the kill.
+    const server = await startServerProcess([...files, '--no-unix', '--sweep-interval-ms', '600000']);
+    try {
+      await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x2f 5M 2M', server.uri()]);
+    } finally {
+      await server.kill();
+    }
+    const dump = await cli(['dump-log', logDevice]);
+    t.regex(dump.stdout, /dirty regions \(2\): 5 6/, 'the bits set before the crash are read back from the device');
+
+    // Copy 0's header gone: copy 1 must still be found, by a header that puts it exactly where it is.
+    const fd = fs.openSync(logDevice, 'r+');
+    fs.writeSync(fd, Buffer.alloc(4096), 0, 4096, 0);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    const damaged = await cli(['dump-log', logDevice]);
+    t.regex(damaged.stdout, /copy 0: no region log header found\n {2}copy 1: sequence \d+/);
+    const again = await startServerProcess([...files, '--no-unix']);
+    t.is(typeof again.logs.find((entry) => entry.msg === 'listening')?.recoveryRegions, 'number');
+    t.is(await again.stop(), 0);
+    const check = await cli(['check', ...files]);
+    t.regex(check.stdout, /mismatch_cnt 0/);
+  } finally {
+    await detachLoopDevices(loops);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
