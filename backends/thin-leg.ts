@@ -111,6 +111,14 @@ export class ThinLeg implements BlockDevice {
     if (options.readOnly) this.capabilities = { ...this.capabilities, readOnly: true };
   }
 
+  /** Refused before the first write: a device cannot be sized as the pool's file is, by truncation. */
+  static refuseBlockDevice(path: string): void {
+    if (fs.statSync(path, { throwIfNoEntry: false })?.isBlockDevice()) {
+      throw new BlockError('EINVAL', `thin pool ${path} is a block device; a thin pool is a regular file whose size ` +
+        'follows its capacity (pool grow). Use the device as a plain leg instead');
+    }
+  }
+
   /** Creates an empty pool file: superblock, one valid copy of every map page, sparse data area. */
   static create(path: string, options: ThinCreateOptions): ThinSuperblock {
     const chunkSizeBytes = options.chunkSizeBytes ?? defaultChunkBytes;
@@ -126,6 +134,7 @@ export class ThinLeg implements BlockDevice {
     const superblock: ThinSuperblock = {
       sequence: 1n, poolUuid: randomBytes(16), virtualSizeBytes: options.virtualSizeBytes, chunkSizeBytes, capacityChunks,
     };
+    ThinLeg.refuseBlockDevice(path);
     const fd = fs.openSync(path, options.overwrite ? 'w' : 'wx');
     try {
       pwriteAllSync(fd, encodeSuperblock(superblock), blockBytes);

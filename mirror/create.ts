@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { RegionLog } from '../regionlog/region-log.js';
 import { type FileLock, lockIfExists } from '../backends/file-lock.js';
 import type { LegSpec } from '../backends/leg-spec.js';
+import { ThinLeg } from '../backends/thin-leg.js';
 import { blockDeviceTooSmall, createLegFile, isBlockDeviceLeg } from './leg-label.js';
 
 export interface CreateMirrorParams {
@@ -49,6 +50,7 @@ export async function createMirror(params: CreateMirrorParams): Promise<{ mirror
     const legUuids = legPaths.map(() => randomBytes(16));
     const devices = legs.filter(isBlockDeviceLeg);
     // Checked before anything is written, so a refusal leaves every leg as it was.
+    for (const leg of legs) if (leg.thin) ThinLeg.refuseBlockDevice(leg.path);
     for (const device of devices) {
       const problem = blockDeviceTooSmall(device.path, sizeBytes);
       if (problem) throw new MirrorSetupError(problem);

@@ -53,6 +53,17 @@ test('a mirror over two block devices (loop devices): create syncs their old con
     t.deepEqual(labelArea(), labelBefore, 'the refusal came before the first leg was labelled');
     t.false(fs.existsSync(log));
 
+    // A thin pool is a file sized by its capacity: on a device it is refused before anything is written.
+    const config = path.join(dir, 'thin.yaml');
+    fs.writeFileSync(config, `storage:\n  sizeBytes: 32MiB\n  log: ${log}\n  legs:\n    - path: ${legA}\n` +
+      `    - path: ${legB}\n      thin: { poolSize: 16MiB }\n`);
+    const devicesBefore = ['a.img', 'b.img'].map((name) => fs.readFileSync(path.join(dir, name)));
+    const thin = await cli(['create', '--config', config, '--force']);
+    t.is(thin.code, 2);
+    t.regex(thin.stderr, /thin pool \/dev\/loop\d+ is a block device; a thin pool is a regular file/);
+    t.true(['a.img', 'b.img'].every((name, index) => fs.readFileSync(path.join(dir, name)).equals(devicesBefore[index])),
+      'neither device was touched, not even the plain leg listed first');
+
     const created = await cli(['create', ...files, '--size', '32MiB', '--force']);
     t.is(created.code, 0, created.stderr);
     t.regex(created.stdout, /a block device keeps its old contents, so the first start syncs every region from the source leg/);
