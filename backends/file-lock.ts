@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { BlockError } from '../blockdev/errors.js';
+import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { EAGAIN, native } from './native.js';
 
 /** Exclusive: this process writes the file. Shared: it only reads it, and nobody may write meanwhile. */
@@ -54,7 +54,7 @@ export class FileLock {
     try {
       fd = fs.openSync(path, mode === 'exclusive' ? fs.constants.O_RDWR : fs.constants.O_RDONLY);
     } catch (error) {
-      throw new BlockError('EIO', `cannot open ${what} ${path} to lock it: ${(error as Error).message}`, { cause: error });
+      throw toBlockError(error, `cannot open ${what} ${path} to lock it`);
     }
     const stat = fs.fstatSync(fd, { bigint: true });
     const key = `${stat.dev}:${stat.ino}`;
