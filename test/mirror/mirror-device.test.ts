@@ -225,3 +225,21 @@ test('concurrent overlapping writes reach every leg in the same order, so the le
   const leg = fs.readFileSync(fixture.legPaths[1]).subarray(0, 12288);
   t.true(leg.subarray(4096).equals(Buffer.alloc(8192, 2)), 'the later write wins on the leg that was slow to take the first');
 });
+
+test('first writes to many clean regions at once share log commits (group commit), and every bit is on disk when they are acknowledged', async (t) => {
+  const fixture = mirrorFixture();
+  const controller = await fixture.open();
+  const { device } = controller;
+  const regions = 64;
+  const before = device.log.commitsRun;
+  const writes = Array.from({ length: regions }, (_, region) => device.write(region * regionSize, Buffer.alloc(4096, region + 1), { fua: false }));
+  await Promise.all(writes);
+  const commits = device.log.commitsRun - before;
+  t.true(commits >= 1 && commits <= 3, `${regions} first writes to clean regions took ${commits} log commits`);
+  const { state } = RegionLog.inspect(fixture.logPath);
+  const onDisk = Array.from({ length: regions }, (_, region) => (state.dirty[region >> 3] >> (region & 7)) & 1);
+  t.true(onDisk.every((bit) => bit === 1), 'every written region\'s bit is on disk once its write is acknowledged');
+  t.log(`${regions} first writes, ${commits} log commits`);
+  await stop(controller);
+  fixture.cleanup();
+});
