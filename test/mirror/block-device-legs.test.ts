@@ -2,16 +2,13 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { cliPath, startServerProcess } from '../helpers/server-process.js';
+import { cli } from '../helpers/cli.js';
+import { startServerProcess } from '../helpers/server-process.js';
 import { detachLoopDevices, makeLoopDevice } from '../helpers/loop-device.js';
-import { makeTempDir, run, runOk } from '../helpers/tools.js';
+import { makeTempDir, runOk } from '../helpers/tools.js';
 import { statusWhen } from '../helpers/wait.js';
 
 const MiB = 1024 ** 2;
-
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return run(process.execPath, [cliPath, ...args], { timeoutMs: 60_000 });
-}
 
 interface Status {
   regions: { outOfSync: number };

@@ -2,15 +2,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { adminRequest } from '../../tools/admin-client.js';
+import { cli, hammerScript } from '../helpers/cli.js';
 import { cliPath, startServerProcess } from '../helpers/server-process.js';
 import { makeTempDir, run } from '../helpers/tools.js';
 import { statusWhen } from '../helpers/wait.js';
-
-const hammerScript = path.join(import.meta.dirname, '..', '..', '..', 'test', 'python', 'hammer.py');
-
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return run(process.execPath, [cliPath, ...args], { timeoutMs: 60_000 });
-}
 
 interface Status {
   health: string;

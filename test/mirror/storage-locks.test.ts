@@ -3,13 +3,10 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import { cliPath, startServerProcess } from '../helpers/server-process.js';
+import { cli } from '../helpers/cli.js';
+import { startServerProcess } from '../helpers/server-process.js';
 import { detachLoopDevices, makeLoopDevice } from '../helpers/loop-device.js';
 import { makeTempDir, run, runOk } from '../helpers/tools.js';
-
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return run(process.execPath, [cliPath, ...args], { timeoutMs: 60_000 });
-}
 
 function digest(file: string): string {
   return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
