@@ -100,22 +100,11 @@ export function encodeCopy(state: LogState): Buffer {
 }
 
 /**
- * The size of the copy a header describes, from its fixed fields alone (the
- * checksum covers the whole copy, so it cannot be checked yet); undefined
- * when the header is not one. Locates copy 1 on a block device.
+ * The region count a copy's fixed header fields give (the checksum covers the
+ * whole copy, so it cannot be checked from the header alone), or a
+ * LogFormatError saying why they are not a header.
  */
-export function copyBytesOfHeader(header: Buffer): number | undefined {
-  if (header.length < headerBytes || !header.subarray(0, 8).equals(logMagic)) return undefined;
-  if (header.readUInt32LE(8) !== logVersion || header.readUInt32LE(12) !== headerBytes) return undefined;
-  const regionCount = Number(header.readBigUInt64LE(64));
-  if (!Number.isSafeInteger(regionCount) || regionCount <= 0 || Number(header.readBigUInt64LE(88)) !== bitmapBytesFor(regionCount)) {
-    return undefined;
-  }
-  return copyBytesFor(regionCount);
-}
-
-/** Decodes one copy, or explains precisely why it is not a valid copy. */
-export function decodeCopy(buffer: Buffer): LogState {
+function headerRegionCount(buffer: Buffer): number {
   if (buffer.length < headerBytes) throw new LogFormatError(`copy is ${buffer.length} bytes, shorter than its header`);
   if (!buffer.subarray(0, 8).equals(logMagic)) throw new LogFormatError('bad magic (not an nbd-mirror region log)');
   const version = buffer.readUInt32LE(8);
@@ -126,6 +115,22 @@ export function decodeCopy(buffer: Buffer): LogState {
   if (!Number.isSafeInteger(regionCount) || regionCount <= 0 || bitmapBytes !== bitmapBytesFor(regionCount)) {
     throw new LogFormatError(`inconsistent region count ${regionCount} / bitmap size ${bitmapBytes}`);
   }
+  return regionCount;
+}
+
+/** The size of the copy a header describes, or undefined when it is not one. Locates copy 1 on a block device. */
+export function copyBytesOfHeader(header: Buffer): number | undefined {
+  try {
+    return copyBytesFor(headerRegionCount(header));
+  } catch (error) {
+    if (error instanceof LogFormatError) return undefined;
+    throw error;
+  }
+}
+
+/** Decodes one copy, or explains precisely why it is not a valid copy. */
+export function decodeCopy(buffer: Buffer): LogState {
+  const regionCount = headerRegionCount(buffer);
   const copyBytes = copyBytesFor(regionCount);
   if (buffer.length < copyBytes) throw new LogFormatError(`copy truncated: ${buffer.length} of ${copyBytes} bytes`);
   const copy = Buffer.from(buffer.subarray(0, copyBytes));
@@ -167,7 +172,7 @@ export function decodeCopy(buffer: Buffer): LogState {
     eventsCurrent: copy.readBigUInt64LE(72),
     eventsPrevious: copy.readBigUInt64LE(80),
     legs,
-    dirty: new Uint8Array(copy.subarray(headerBytes, headerBytes + bitmapBytes)),
+    dirty: new Uint8Array(copy.subarray(headerBytes, headerBytes + bitmapBytesFor(regionCount))),
   };
 }
 

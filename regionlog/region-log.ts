@@ -97,8 +97,8 @@ export class RegionLog {
     }
     // Both copies hold the initial state, so either may be the one a later update replaces.
     const copyBytes = copyBytesFor(regionCount);
-    if (fs.fstatSync(fd).isBlockDevice() && fileOrDeviceSize(fd, path) < 2 * copyBytes) {
-      const deviceBytes = fileOrDeviceSize(fd, path);
+    const deviceBytes = fs.fstatSync(fd).isBlockDevice() ? fileOrDeviceSize(fd, path) : undefined;
+    if (deviceBytes !== undefined && deviceBytes < 2 * copyBytes) {
       fs.closeSync(fd);
       throw new RegionLogError(path, `the device holds ${deviceBytes} bytes; a log of ${regionCount} regions needs ${2 * copyBytes}`);
     }
@@ -143,8 +143,9 @@ export class RegionLog {
   }
 
   private static readCopies(path: string, fd: number): Array<{ state: LogState } | { error: string }> {
-    if (fs.fstatSync(fd).isBlockDevice()) return RegionLog.readDeviceCopies(path, fd);
-    const size = fs.fstatSync(fd).size;
+    const stat = fs.fstatSync(fd);
+    if (stat.isBlockDevice()) return RegionLog.readDeviceCopies(path, fd);
+    const { size } = stat;
     if (size < 2 * headerBytes) throw new RegionLogError(path, `truncated: ${size} bytes, smaller than two headers`);
     if (size > logBytesMax) throw new RegionLogError(path, `${size} bytes is too large to be a region log`);
     const whole = Buffer.alloc(size);
