@@ -56,8 +56,7 @@ export class FileLock {
     } catch (error) {
       throw toBlockError(error, `cannot open ${what} ${path} to lock it`);
     }
-    const stat = fs.fstatSync(fd, { bigint: true });
-    const key = `${stat.dev}:${stat.ino}`;
+    const key = identityOf(fs.fstatSync(fd, { bigint: true }));
     const existing = held.get(key);
     if (existing) {
       fs.closeSync(fd);
@@ -124,4 +123,17 @@ function inUseMessage(path: string, what: string, holder: number | undefined): s
 /** An exclusive lock on `path` if it exists; a file about to be created has no other user yet. */
 export function lockIfExists(path: string, what: string): FileLock | undefined {
   return fs.existsSync(path) ? FileLock.acquire(path, 'exclusive', what) : undefined;
+}
+
+/**
+ * Device and inode: what makes two paths (a hard link, a symlink, a second
+ * name of a device node) the same file. undefined when `path` does not exist.
+ */
+export function fileIdentity(path: string): string | undefined {
+  const stat = fs.statSync(path, { bigint: true, throwIfNoEntry: false });
+  return stat && identityOf(stat);
+}
+
+function identityOf(stat: fs.BigIntStats): string {
+  return `${stat.dev}:${stat.ino}`;
 }

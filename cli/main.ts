@@ -4,7 +4,7 @@ process.env.UV_THREADPOOL_SIZE ??= '4';
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { filesLeftUnlocked } from '../backends/file-lock.js';
-import { type ConfigOverrides, loadConfig, loadDefaultConfig } from '../config/load.js';
+import { type ConfigOverrides, loadConfigOrDefault } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
 import { armCrashPoint } from '../faults/crash-points.js';
 import { createLogger } from './logger.js';
@@ -64,9 +64,8 @@ program.command('serve')
       logLevel: options.logLevel as string | undefined,
       crashPoint: options.crashPoint as string | undefined,
     };
-    const { config, source: configSource } = typeof options.config === 'string'
-      ? { config: loadConfig(options.config, overrides), source: path.resolve(options.config) }
-      : loadDefaultConfig(path.resolve(String(options.dataDir)), overrides);
+    const { config, source: configSource } = loadConfigOrDefault(typeof options.config === 'string' ? options.config : undefined,
+      path.resolve(String(options.dataDir)), overrides);
     const logger = createLogger(config.log.level);
     if (config.crash) {
       armCrashPoint(config.crash);

@@ -60,6 +60,13 @@ export function loadDefaultConfig(dataDir: string, overrides: ConfigOverrides = 
   return { config: loadConfig(file, overrides), source: file };
 }
 
+/** `--config FILE`, or without one the embedded default (loadDefaultConfig); `source` names where it came from. */
+export function loadConfigOrDefault(configFile: string | undefined, dataDir: string, overrides: ConfigOverrides = {}):
+  { config: Config; source: string } {
+  if (configFile !== undefined) return { config: loadConfig(configFile, overrides), source: path.resolve(configFile) };
+  return loadDefaultConfig(dataDir, overrides);
+}
+
 /** Parses, applies overrides and validates; `source` names the text in messages, `baseDir` anchors its relative paths. */
 function configFromText(text: string, source: string, baseDir: string, overrides: ConfigOverrides): Config {
   const document = YAML.parseDocument(text, { prettyErrors: true });

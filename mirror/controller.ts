@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { FaultDevice } from '../backends/fault-device.js';
 import { FileLeg } from '../backends/file-leg.js';
-import { lockIfExists } from '../backends/file-lock.js';
+import { fileIdentity, lockIfExists } from '../backends/file-lock.js';
 import { type LegSpec, type OpenedLeg, openLeg } from '../backends/leg-spec.js';
 import { type DeviceWrap, wrapDevice, wrapsAnything } from '../faults/device-wrap.js';
 import type { PoolGrowth, PoolUsage, ThinLeg } from '../backends/thin-leg.js';
@@ -474,12 +474,6 @@ export class MirrorController {
   }
 }
 
-
-/** Device and inode, or undefined when the file does not exist. */
-function fileIdentity(path: string): string | undefined {
-  const stat = fs.statSync(path, { bigint: true, throwIfNoEntry: false });
-  return stat && `${stat.dev}:${stat.ino}`;
-}
 
 /** Labels the leg as this mirror's leg in `slot`, at `events`. */
 function stampLeg(leg: LegSpec, state: LogState, slot: number, events: bigint): void {

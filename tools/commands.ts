@@ -8,7 +8,7 @@ import { ThinLeg } from '../backends/thin-leg.js';
 import { parseSize } from '../config/schema.js';
 import { registerCrashTest } from './crash-test/command.js';
 import { createLogger } from '../cli/logger.js';
-import { type ConfigOverrides, loadConfig, loadDefaultConfig } from '../config/load.js';
+import { type ConfigOverrides, loadConfigOrDefault } from '../config/load.js';
 import { type Config, ConfigError } from '../config/schema.js';
 import { compareRegions, type CompareResult } from '../mirror/compare.js';
 import { createMirror } from '../mirror/create.js';
@@ -30,9 +30,7 @@ interface TargetOptions {
 
 /** The configuration a tool acts on: --config, or the embedded default's data folder (see loadDefaultConfig). */
 function targetConfig(options: TargetOptions, overrides: ConfigOverrides = {}): Config {
-  const all = { legs: options.leg, log: options.log, ...overrides };
-  if (options.config !== undefined) return loadConfig(options.config, all);
-  return loadDefaultConfig(path.resolve(options.dataDir), all).config;
+  return loadConfigOrDefault(options.config, path.resolve(options.dataDir), { legs: options.leg, log: options.log, ...overrides }).config;
 }
 
 function adminSocketOf(options: TargetOptions): string | undefined {
