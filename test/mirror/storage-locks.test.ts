@@ -1,9 +1,9 @@
 import crypto from 'node:crypto';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { cli } from '../helpers/cli.js';
+import { startHolder } from '../helpers/holder-process.js';
 import { startServerProcess } from '../helpers/server-process.js';
 import { detachLoopDevices, makeLoopDevice } from '../helpers/loop-device.js';
 import { makeTempDir, run, runOk } from '../helpers/tools.js';
@@ -73,11 +73,10 @@ test('a block-device leg is claimed like md claims one: refused while another pr
   const loop = await makeLoopDevice(dir, 'backing', 64 * 1024 ** 2);
   try {
     // Another exclusive opener, as a mounted filesystem or an md array is.
-    const claimer = `import fs from 'node:fs'; fs.openSync(process.argv[1], fs.constants.O_RDONLY | fs.constants.O_EXCL);
-      console.log('claimed'); setTimeout(() => {}, 60_000);`;
-    const holder = startClaimer(claimer, loop);
+    const holder = await startHolder(`import fs from 'node:fs';
+      fs.openSync(process.argv[1], fs.constants.O_RDONLY | fs.constants.O_EXCL);
+      console.log('ready');`, [loop]);
     try {
-      await holder.ready;
       const refused = await cli(['serve', '--leg', loop, '--listen', '127.0.0.1:0', '--no-unix']);
       t.is(refused.code, 2);
       t.regex(refused.stderr, /EBUSY: leg \/dev\/loop\d+ is in use: the kernel reports the block device busy \(mounted, part of an md or dm device/);
@@ -100,20 +99,3 @@ test('a block-device leg is claimed like md claims one: refused while another pr
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
-
-function startClaimer(script: string, device: string): { ready: Promise<void>; stop(): Promise<void> } {
-  const child = spawn(process.execPath, ['--input-type=module', '-e', script, device], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  const ready = new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the claimer did not open the device within 10 s')), 10_000);
-    child.stdout!.on('data', (chunk: Buffer) => { if (chunk.toString().includes('claimed')) { clearTimeout(timer); resolve(); } });
-    void exited.then(() => { clearTimeout(timer); reject(new Error('the claimer exited')); });
-  });
-  return {
-    ready,
-    stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      await exited;
-    },
-  };
-}

@@ -1,4 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -7,34 +6,16 @@ import { FileLock, type LockMode } from '../../backends/file-lock.js';
 import { native } from '../../backends/native.js';
 import { RegionLog } from '../../regionlog/region-log.js';
 import { ThinLeg } from '../../backends/thin-leg.js';
+import { type Holder, startHolder } from '../helpers/holder-process.js';
 import { makeTempDir } from '../helpers/tools.js';
 
 const lockModule = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../backends/file-lock.js');
 
-/** Another process holding a lock on `file` until it is killed: the case the lock exists for. */
-async function holdInChild(file: string, mode: LockMode): Promise<ChildProcess> {
-  const script = `const { FileLock } = await import(${JSON.stringify(lockModule)});
+/** Another process holding a lock on `file` until it is stopped: the case the lock exists for. */
+function holdInChild(file: string, mode: LockMode): Promise<Holder> {
+  return startHolder(`const { FileLock } = await import(${JSON.stringify(lockModule)});
     FileLock.acquire(process.argv[1], process.argv[2], 'leg');
-    console.log('locked');
-    setTimeout(() => process.exit(3), 60_000);`;
-  const child = spawn(process.execPath, ['--input-type=module', '-e', script, file, mode], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (chunk: Buffer) => { stderr += chunk.toString(); });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the child did not take its lock within 10 s')), 10_000);
-    child.stdout!.on('data', (chunk: Buffer) => {
-      if (chunk.toString().includes('locked')) { clearTimeout(timer); resolve(); }
-    });
-    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`the child exited ${code}: ${stderr}`)); });
-  });
-  return child;
-}
-
-async function kill(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGKILL');
-  await exited;
+    console.log('ready');`, [file, mode]);
 }
 
 function errorOf(action: () => unknown): Error & { code?: string } {
@@ -60,7 +41,7 @@ test('a file another process writes is refused with EBUSY; shared locks coexist;
     }
     t.is(FileLock.holder(file), 'exclusive');
   } finally {
-    await kill(writer);
+    await writer.stop();
   }
   t.is(FileLock.holder(file), 'none', 'the kernel dropped the lock with the process');
 
@@ -71,7 +52,7 @@ test('a file another process writes is refused with EBUSY; shared locks coexist;
     shared.release();
     t.regex(errorOf(() => FileLock.acquire(file, 'exclusive', 'leg')).message, /another process is reading it \(an offline nbd-mirror check/);
   } finally {
-    await kill(reader);
+    await reader.stop();
   }
   fs.rmSync(dir, { recursive: true, force: true });
 });
@@ -88,8 +69,7 @@ test('opens of one file in one process share its lock; it is dropped only when t
   first.release();
   await t.throwsAsync(holdInChild(file, 'shared'), { message: /EBUSY: leg .* is in use/ }, 'still held by the second open');
   second.release();
-  const child = await holdInChild(file, 'exclusive');
-  await kill(child);
+  await (await holdInChild(file, 'exclusive')).stop();
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -107,7 +87,7 @@ test('the region log and a thin pool lock themselves while open, and let go on c
   await t.throwsAsync(holdInChild(poolPath, 'shared'), { message: /EBUSY: leg .*pool\.img is in use/ });
   await openLog.close();
   await pool.close();
-  for (const file of [logPath, poolPath]) await kill(await holdInChild(file, 'exclusive'));
+  for (const file of [logPath, poolPath]) await (await holdInChild(file, 'exclusive')).stop();
 
   // And the other way round: a running writer elsewhere keeps them from opening.
   const writer = await holdInChild(logPath, 'exclusive');
@@ -115,13 +95,13 @@ test('the region log and a thin pool lock themselves while open, and let go on c
     t.regex(errorOf(() => RegionLog.open(logPath)).message, /EBUSY: region log .*mirror\.log is in use/);
     t.regex(errorOf(() => RegionLog.open(logPath, { readOnly: true })).message, /region log .* is in use/);
   } finally {
-    await kill(writer);
+    await writer.stop();
   }
   const poolWriter = await holdInChild(poolPath, 'exclusive');
   try {
     await t.throwsAsync(ThinLeg.open({ path: poolPath, readOnly: true }), { message: /EBUSY: thin pool .*pool\.img is in use/ });
   } finally {
-    await kill(poolWriter);
+    await poolWriter.stop();
   }
   fs.rmSync(dir, { recursive: true, force: true });
 });
