@@ -49,7 +49,8 @@ function hasCommand(name) {
 }
 
 function hasPythonLibnbd() {
-  return spawnSync('/usr/bin/python3', ['-c', 'import nbd'], { stdio: 'ignore' }).status === 0;
+  // Isolated (-I) and from /: the project's own nbd/ folder would otherwise pass for the module.
+  return spawnSync('/usr/bin/python3', ['-I', '-c', 'import nbd; nbd.NBD'], { stdio: 'ignore', cwd: '/' }).status === 0;
 }
 
 if (wantTestTools) {
