@@ -1,3 +1,4 @@
+import type { EventSink } from '../blockdev/events.js';
 import fs from 'node:fs';
 import type { Logger } from 'pino';
 import type { BlockDevice } from '../blockdev/types.js';
@@ -36,7 +37,7 @@ export interface OpenedLeg {
  * crash toolkit's devices its configuration names stacked over it.
  */
 export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logger: Logger,
-  options: { readOnly?: boolean; createSizeBytes?: number; name?: string } = {}): Promise<OpenedLeg> {
+  options: { readOnly?: boolean; createSizeBytes?: number; name?: string; events?: EventSink } = {}): Promise<OpenedLeg> {
   let device: BlockDevice;
   let thin: ThinLeg | undefined;
   if (leg.thin) {
@@ -51,6 +52,7 @@ export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logge
       onLowWater: (event) => {
         if (event.below) logger.warn(event, 'thin pool below its low-water mark: grow it (nbd-mirror pool grow) before it fills');
         else logger.info(event, 'thin pool back above its low-water mark');
+        options.events?.({ event: 'low-water', ...event });
       },
     });
     if (sizeBytes !== undefined && thin.sizeBytes !== sizeBytes) {

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { type OpenedLeg, openLeg } from '../backends/leg-spec.js';
@@ -7,10 +8,14 @@ import { type AdminTarget, AdminServer } from '../tools/admin-server.js';
 import type { BlockDevice } from '../blockdev/types.js';
 import type { Config } from '../config/schema.js';
 import { ConfigError } from '../config/schema.js';
+import { ensureDefaultDataDir } from '../config/load.js';
 import { defaultConnectionOptions } from '../nbd/connection.js';
 import { InputPoll } from '../nbd/input-poll.js';
 import type { ExportEntry, ExportTable } from '../nbd/negotiation.js';
+import { RequestStats } from '../nbd/request-stats.js';
 import { type ListenAddresses, NbdServer } from '../nbd/server.js';
+import { EventBus } from '../observe/event-bus.js';
+import { buildRegistry, MetricsServer } from '../observe/metrics.js';
 
 export interface RunningServer {
   server: NbdServer;
@@ -18,9 +23,19 @@ export interface RunningServer {
   device: BlockDevice;
   mirror: MirrorController | undefined;
   cache: PageCache | undefined;
-  addresses: ListenAddresses;
+  addresses: ListenAddresses & { metrics?: { host: string; port: number } };
+  events: EventBus;
   /** Graceful stop: no new clients, in-flight requests finish, flush, close. */
   stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  /** Where the configuration came from (messages name it). */
+  configSource?: string;
+  /** The embedded default's folder, written only once everything else checked out (see LoadedConfig). */
+  pendingDataDir?: string;
+  /** `replace` moved a leg: record it; the answer is added to the operator's reply. */
+  onLegPathChanged?: (slot: number, path: string) => string | undefined;
 }
 
 export function mirrorSettings(config: Config): MirrorSettings {
@@ -41,7 +56,7 @@ export function mirrorSettings(config: Config): MirrorSettings {
 }
 
 /** One plain leg (no storage.log): the export is the file (or thin pool) itself. */
-export async function openPlainLeg(config: Config, logger: Logger): Promise<OpenedLeg> {
+export async function openPlainLeg(config: Config, logger: Logger, events?: EventBus): Promise<OpenedLeg> {
   if (config.storage.legs.length !== 1) {
     throw new ConfigError('storage.legs', `${config.storage.legs.length} legs configured without storage.log`);
   }
@@ -50,6 +65,7 @@ export async function openPlainLeg(config: Config, logger: Logger): Promise<Open
   const opened = await openLeg(leg, undefined, logger, {
     readOnly: config.export.readOnly,
     createSizeBytes: config.export.readOnly ? undefined : config.storage.sizeBytes,
+    events: events?.sink,
   });
   logger.info({ path: leg.path, sizeBytes: opened.device.sizeBytes, thin: leg.thin !== undefined }, 'leg opened');
   return opened;
@@ -68,40 +84,36 @@ export function singleExport(config: Config, device: BlockDevice): ExportTable {
   };
 }
 
-export async function startServer(config: Config, logger: Logger,
-  options: { onLegPathChanged?: (slot: number, path: string) => void } = {}): Promise<RunningServer> {
+/** A listener that cannot be bound, reported against the key (and file) that named it, without a stack. */
+function listenError(error: unknown, key: string, address: string, source: string | undefined): Error {
+  const code = (error as NodeJS.ErrnoException).code;
+  const problem = code === 'EADDRINUSE' ? `${address} is in use: another program listens there (choose another address)`
+    : code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? `cannot resolve the host of ${address} (${code})`
+      : code === 'EADDRNOTAVAIL' ? `${address} is not an address of this machine (EADDRNOTAVAIL)`
+        : code === 'EACCES' ? `${address}: permission denied (ports below 1024 need privileges)`
+          : `${address}: ${(error as Error).message}`;
+  return new ConfigError(key, problem, source);
+}
+
+function formatAddress(address: { host: string; port: number }): string {
+  return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
+}
+
+/**
+ * Starts the server in an order that writes nothing until everything that
+ * can fail cheaply has been checked: the configuration is already valid;
+ * then every listener is bound (a port in use or a host that does not
+ * resolve is found here); only then is the embedded default's folder
+ * written and the storage created or opened; clients that connected
+ * meanwhile wait and are served once the export is ready.
+ */
+export async function startServer(config: Config, logger: Logger, options: StartOptions = {}): Promise<RunningServer> {
   if (config.export.readOnly && config.storage.log !== undefined) {
     throw new ConfigError('export.readOnly', 'a mirror is served read-write (resync and the sweeper write); serve one leg read-only instead');
   }
-  const mirror = config.storage.log === undefined ? undefined : await MirrorController.open(mirrorSettings(config), logger);
-  const plain = mirror ? undefined : await openPlainLeg(config, logger);
-  const below: BlockDevice = mirror ? mirror.device : plain!.device;
-  const cache = config.cache && !config.export.readOnly
-    ? new PageCache(below, { ...config.cache, logger: logger.child({ component: 'cache' }) }) : undefined;
-  if (mirror && cache) mirror.attachCache(cache);
-  const device = cache ?? below;
-  if (mirror) mirror.onLegPathChanged = options.onLegPathChanged;
-  const closeStorage = async (): Promise<void> => {
-    try {
-      if (mirror) await mirror.shutdown();
-      else await device.flush().catch((error: unknown) => logger.error({ err: error }, 'final flush failed: data may not be durable'));
-    } finally {
-      await device.close();
-    }
-  };
-  let admin: AdminServer | undefined;
-  if (config.listen.admin !== undefined) {
-    const target: AdminTarget = { mirror, cache,
-      plain: plain ? { path: config.storage.legs[0].path, sizeBytes: below.sizeBytes, pool: plain.thin } : undefined };
-    admin = new AdminServer(target, logger);
-    try {
-      await admin.listen(config.listen.admin);
-    } catch (error) {
-      await closeStorage();
-      throw error;
-    }
-  }
-  const server = new NbdServer(singleExport(config, device), {
+  const events = new EventBus();
+  const requestStats = config.listen.metrics ? new RequestStats() : undefined;
+  const server = new NbdServer(undefined, {
     tcp: config.listen.tcp,
     unixPath: config.listen.unix,
     maxConnections: config.limits.maxConnections,
@@ -111,24 +123,89 @@ export async function startServer(config: Config, logger: Logger,
       inFlightRequestsMax: config.limits.inFlightRequestsMax,
       inFlightBytesMax: config.limits.inFlightBytesMax,
       inputPoll: new InputPoll(config.limits.pollMaxMicroseconds),
+      requestStats,
     },
     logger,
   });
-  let addresses: ListenAddresses;
-  try {
-    addresses = await server.listen();
-  } catch (error) {
+  server.onClient = (change, client) => events.emit({ event: change === 'attached' ? 'client-attached' : 'client-detached', ...client });
+  const admin = config.listen.admin === undefined ? undefined : new AdminServer(logger, events);
+  let registry: ReturnType<typeof buildRegistry> | undefined;
+  const metrics = config.listen.metrics === undefined ? undefined : new MetricsServer(() => registry);
+  const addresses: RunningServer['addresses'] = { tcp: undefined, unixPath: undefined };
+  let createdDataDir: string | undefined;
+  const closeListeners = async (): Promise<void> => {
+    await server.shutdown();
     await admin?.close();
-    await closeStorage();
+    await metrics?.close();
+  };
+  const source = options.configSource;
+  try {
+    try {
+      addresses.tcp = await server.listenTcp();
+    } catch (error) {
+      throw listenError(error, 'listen.tcp', formatAddress(config.listen.tcp!), source);
+    }
+    if (metrics) {
+      try {
+        addresses.metrics = await metrics.listen(config.listen.metrics!);
+      } catch (error) {
+        throw listenError(error, 'listen.metrics', formatAddress(config.listen.metrics!), source);
+      }
+    }
+    const pending = options.pendingDataDir;
+    if (pending !== undefined && !fs.existsSync(pending)) {
+      fs.mkdirSync(pending, { recursive: true });
+      createdDataDir = pending;
+    }
+    addresses.unixPath = await server.listenUnix();
+    if (admin) await admin.listen(config.listen.admin!);
+  } catch (error) {
+    await closeListeners();
+    if (createdDataDir !== undefined) fs.rmSync(createdDataDir, { recursive: true, force: true });
     throw error;
   }
+  if (options.pendingDataDir !== undefined) ensureDefaultDataDir(options.pendingDataDir);
+
+  let mirror: MirrorController | undefined;
+  let plain: OpenedLeg | undefined;
+  try {
+    if (config.storage.log !== undefined) mirror = await MirrorController.open({ ...mirrorSettings(config), events: events.sink }, logger);
+    else plain = await openPlainLeg(config, logger, events);
+  } catch (error) {
+    await closeListeners();
+    throw error;
+  }
+  const below: BlockDevice = mirror ? mirror.device : plain!.device;
+  const cache = config.cache && !config.export.readOnly
+    ? new PageCache(below, { ...config.cache, logger: logger.child({ component: 'cache' }), events: events.sink }) : undefined;
+  if (mirror && cache) mirror.attachCache(cache);
+  const device = cache ?? below;
+  if (mirror) mirror.onLegPathChanged = options.onLegPathChanged;
+  const target: AdminTarget = { mirror, cache,
+    plain: plain ? { path: config.storage.legs[0].path, sizeBytes: below.sizeBytes, pool: plain.thin } : undefined };
+  admin?.attach(target);
+  if (requestStats) {
+    registry = buildRegistry({ target, requests: requestStats, events, connections: () => server.connectionCount,
+      requestsInFlight: () => server.requestsInFlight });
+  }
+  server.serve(singleExport(config, device));
+
+  const closeStorage = async (): Promise<void> => {
+    try {
+      if (mirror) await mirror.shutdown();
+      else await device.flush().catch((error: unknown) => logger.error({ err: error }, 'final flush failed: data may not be durable'));
+    } finally {
+      await device.close();
+    }
+  };
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => (stopping ??= (async () => {
     await server.shutdown();
     await admin?.close();
+    await metrics?.close();
     await closeStorage();
   })());
-  return { server, device, mirror, cache, addresses, stop };
+  return { server, device, mirror, cache, addresses, events, stop };
 }
 
 /** How to attach, printed once listening. */
@@ -137,8 +214,10 @@ export function attachHints(config: Config, addresses: ListenAddresses): string[
   const hints: string[] = [];
   if (addresses.tcp !== undefined) {
     const { host, port } = addresses.tcp;
-    hints.push(`nbdinfo nbd://${host}:${port}/${name}`);
-    hints.push(`qemu-img info nbd://${host}:${port}/${name}`);
+    // An IPv6 address needs brackets in a URI (RFC 3986); nbd-client takes it bare.
+    const uriHost = host.includes(':') ? `[${host}]` : host;
+    hints.push(`nbdinfo nbd://${uriHost}:${port}/${name}`);
+    hints.push(`qemu-img info nbd://${uriHost}:${port}/${name}`);
     hints.push(`nbd-client ${host} ${port} /dev/nbd0 -N '${config.export.name}'`);
   }
   if (addresses.unixPath !== undefined) {

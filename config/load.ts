@@ -13,6 +13,7 @@ export interface ConfigOverrides {
   legs?: string[];
   log?: string | null;
   admin?: string | null;
+  metrics?: string | null;
   regionSize?: string;
   sweepIntervalMs?: number;
   force?: boolean;
@@ -41,48 +42,101 @@ export function loadConfig(file: string, overrides: ConfigOverrides = {}): Confi
 /** Names the built-in defaults where a file name would go (messages, the "listening" line). */
 const builtInDefaults = '(built-in defaults)';
 
+/** Where a configuration came from, and whether the embedded default's folder still has to be written. */
+export interface LoadedConfig {
+  config: Config;
+  /** The file read, or "(built-in defaults)". */
+  source: string;
+  /**
+   * Set when the embedded default has no config.yaml yet: the caller writes it
+   * (ensureDefaultDataDir) once everything else has been validated. A tool that
+   * only reads never does, and reports that no mirror is configured.
+   */
+  pendingDataDir?: string;
+}
+
 /**
- * The configuration when no --config is given: DATA_DIR/config.yaml, created
- * on first use. Legs named on the command line are a server of their own:
- * an existing file still gives the other settings, but nothing is created
- * for them, and they take none of its storage or sockets (see applyOverrides).
+ * The configuration when no --config is given: DATA_DIR/config.yaml, or the
+ * embedded default's text when that file does not exist yet. Nothing is
+ * written here (see LoadedConfig.pendingDataDir). Legs named on the command
+ * line are a server of their own: an existing file still gives the other
+ * settings, but nothing is created for them, and they take none of its
+ * storage or sockets (see applyOverrides).
  */
-export function loadDefaultConfig(dataDir: string, overrides: ConfigOverrides = {}): { config: Config; source: string } {
+export function loadDefaultConfig(dataDir: string, overrides: ConfigOverrides = {}): LoadedConfig {
   const file = path.join(dataDir, 'config.yaml');
   if (!fs.existsSync(file)) {
-    // Checked before anything is written: a refused flag creates nothing.
     const config = configFromText(defaultConfigYaml, builtInDefaults, dataDir, overrides);
     if (overrides.legs !== undefined) return { config, source: builtInDefaults };
-    // The file written holds exactly that text, read from the same folder.
-    ensureDefaultDataDir(dataDir);
-    return { config, source: file };
+    // The file written later holds exactly that text, read from the same folder.
+    return { config, source: file, pendingDataDir: dataDir };
   }
   return { config: loadConfig(file, overrides), source: file };
 }
 
 /** `--config FILE`, or without one the embedded default (loadDefaultConfig); `source` names where it came from. */
-export function loadConfigOrDefault(configFile: string | undefined, dataDir: string, overrides: ConfigOverrides = {}):
-  { config: Config; source: string } {
+export function loadConfigOrDefault(configFile: string | undefined, dataDir: string, overrides: ConfigOverrides = {}): LoadedConfig {
   if (configFile !== undefined) return { config: loadConfig(configFile, overrides), source: path.resolve(configFile) };
   return loadDefaultConfig(dataDir, overrides);
+}
+
+/**
+ * The YAML library reports an over-indented line as an error on the line
+ * above it ("nested mappings are not allowed in compact mappings"); the line
+ * to fix is the one that is indented too far, where the multi-line key ends.
+ */
+function describeYamlError(errors: readonly YAML.YAMLError[]): { where: string; problem: string } {
+  const multiline = errors.find((error) => error.code === 'MULTILINE_IMPLICIT_KEY');
+  const start = multiline?.linePos?.[0];
+  const end = multiline?.linePos?.[1];
+  if (start && end && end.line > start.line) {
+    return { where: `line ${end.line}`, problem: `indented deeper than line ${start.line}, which already has a value ` +
+      `(indent it like the keys beside it, or move the value of line ${start.line} onto lines of its own)` };
+  }
+  const first = errors[0];
+  const position = first.linePos?.[0];
+  // The library appends " at line L, column C:" and a code excerpt; the position is given once, in front.
+  const problem = first.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '');
+  return { where: position ? `line ${position.line}, column ${position.col}` : '(syntax)', problem };
 }
 
 /** Parses, applies overrides and validates; `source` names the text in messages, `baseDir` anchors its relative paths. */
 function configFromText(text: string, source: string, baseDir: string, overrides: ConfigOverrides): Config {
   const document = YAML.parseDocument(text, { prettyErrors: true });
   if (document.errors.length > 0) {
-    const first = document.errors[0];
-    const where = first.linePos?.[0] ? `line ${first.linePos[0].line}, column ${first.linePos[0].col}` : '(syntax)';
-    throw new ConfigError(where, `invalid YAML: ${first.message.split('\n')[0]}`, source);
+    const { where, problem } = describeYamlError(document.errors);
+    throw new ConfigError(where, `invalid YAML: ${problem}`, source);
   }
   const raw: unknown = document.toJS() ?? {};
   if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError('(top level)', 'must be a mapping', source);
   try {
     return parseConfig(applyOverrides(raw as Record<string, unknown>, overrides), baseDir);
   } catch (error) {
-    if (error instanceof ConfigError) throw error.from(source);
-    throw error;
+    if (!(error instanceof ConfigError)) throw error;
+    const flag = flagBehind(error.key, overrides);
+    if (flag !== undefined) throw new ConfigError(flag, error.problem, 'command line');
+    throw error.from(source);
   }
+}
+
+/** The configuration keys each flag sets, so an error in a value given on the command line names the flag. */
+const flagsByKey: Array<[string, keyof ConfigOverrides, string]> = [
+  ['listen.tcp', 'tcp', '--listen'], ['listen.unix', 'unix', '--unix'], ['listen.admin', 'admin', '--admin'], ['listen.metrics', 'metrics', '--metrics'],
+  ['export.name', 'exportName', '--export-name'], ['export.description', 'description', '--description'],
+  ['export.readOnly', 'readOnly', '--read-only'], ['storage.legs', 'legs', '--leg'], ['storage.log', 'log', '--log'],
+  ['storage.regionSize', 'regionSize', '--region-size'], ['storage.sweepIntervalMs', 'sweepIntervalMs', '--sweep-interval-ms'],
+  ['storage.sizeBytes', 'sizeBytes', '--size'], ['limits.maxConnections', 'maxConnections', '--max-connections'],
+  ['limits.handshakeTimeoutMs', 'handshakeTimeoutMs', '--handshake-timeout-ms'],
+  ['limits.pollMaxMicroseconds', 'pollMaxMicroseconds', '--poll-max-us'], ['log.level', 'logLevel', '--log-level'],
+  ['crash.point', 'crashPoint', '--crash-point'],
+];
+
+function flagBehind(key: string, overrides: ConfigOverrides): string | undefined {
+  for (const [configKey, override, flag] of flagsByKey) {
+    const matches = key === configKey || key.startsWith(`${configKey}.`) || key.startsWith(`${configKey}[`);
+    if (matches && overrides[override] !== undefined && overrides[override] !== null) return flag;
+  }
+  return undefined;
 }
 
 function section(raw: Record<string, unknown>, name: string): Record<string, unknown> {
@@ -111,6 +165,7 @@ function applyOverrides(raw: Record<string, unknown>, overrides: ConfigOverrides
   }
   if (overrides.log !== undefined) section(copy, 'storage').log = overrides.log === null ? null : path.resolve(overrides.log);
   if (overrides.admin !== undefined) section(copy, 'listen').admin = overrides.admin === null ? null : path.resolve(overrides.admin);
+  if (overrides.metrics !== undefined) section(copy, 'listen').metrics = overrides.metrics;
   if (overrides.regionSize !== undefined) section(copy, 'storage').regionSize = overrides.regionSize;
   if (overrides.sweepIntervalMs !== undefined) section(copy, 'storage').sweepIntervalMs = overrides.sweepIntervalMs;
   if (overrides.force !== undefined) section(copy, 'storage').force = overrides.force;

@@ -20,6 +20,8 @@ export interface Config {
     unix: string | undefined;
     /** Local admin socket for status and operator commands (mirror only), or undefined. */
     admin: string | undefined;
+    /** Prometheus endpoint "host:port" (GET /metrics), or undefined (the default: off). */
+    metrics: { host: string; port: number } | undefined;
   };
   export: {
     name: string;
@@ -95,12 +97,21 @@ export function parseSize(value: unknown, key: string): number {
 }
 
 export function parseHostPort(value: unknown, key: string): { host: string; port: number } {
-  if (typeof value !== 'string') throw new ConfigError(key, 'must be "host:port", e.g. "127.0.0.1:10809"');
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(value.trim());
-  if (!match) throw new ConfigError(key, `"${value}" is not "host:port"`);
+  if (typeof value !== 'string' && typeof value !== 'number') throw new ConfigError(key, 'must be "host:port", e.g. "127.0.0.1:10809"');
+  const text = typeof value === 'number' ? String(value) : value;
+  // A port alone (qemu-nbd -p, nbdkit -p) or ":port" listens on the loopback address, never on every interface by surprise.
+  const portOnly = /^:?(\d+)$/.exec(text.trim());
+  const match = portOnly ? [text, '127.0.0.1', undefined, portOnly[1]] : /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text.trim());
+  if (!match) throw new ConfigError(key, `"${value}" is not "host:port" (or a port alone, for 127.0.0.1)`);
   const port = Number(match[3]);
   if (port > 65535) throw new ConfigError(key, `port ${port} is above 65535`);
-  return { host: match[1] ?? match[2], port };
+  return { host: (match[1] ?? match[2])!, port };
+}
+
+/** Sizes of legs and mirrors are whole 4 KiB blocks (the block size every layer works in). */
+function blockMultiple(bytes: number, key: string): number {
+  if (bytes % 4096 !== 0) throw new ConfigError(key, `${bytes} must be a multiple of 4096 (e.g. ${Math.ceil(bytes / 4096) * 4096})`);
+  return bytes;
 }
 
 function objectAt(value: unknown, key: string): Record<string, unknown> {
@@ -147,7 +158,7 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   const root = objectAt(raw, '(top level)');
   rejectUnknownKeys(root, ['listen', 'export', 'storage', 'cache', 'limits', 'log', 'crash'], '');
   const listen = objectAt(root.listen, 'listen');
-  rejectUnknownKeys(listen, ['tcp', 'unix', 'admin'], 'listen');
+  rejectUnknownKeys(listen, ['tcp', 'unix', 'admin', 'metrics'], 'listen');
   const exported = objectAt(root.export, 'export');
   rejectUnknownKeys(exported, ['name', 'description', 'readOnly'], 'export');
   const storage = objectAt(root.storage, 'storage');
@@ -186,6 +197,17 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   } else if (storage.log !== undefined && storage.log !== null) {
     logPath = path.resolve(baseDir, stringAt(storage.log, 'storage.log', undefined, false));
   }
+  const seenLegs = new Map<string, number>();
+  legs.forEach((leg, index) => {
+    const first = seenLegs.get(leg.path);
+    if (first !== undefined) {
+      throw new ConfigError(`storage.legs[${index}].path`, `${leg.path} is already storage.legs[${first}].path; each leg needs a file of its own`);
+    }
+    seenLegs.set(leg.path, index);
+  });
+  if (logPath !== undefined && seenLegs.has(logPath)) {
+    throw new ConfigError('storage.log', `${logPath} is storage.legs[${seenLegs.get(logPath)}].path; the region log needs a file of its own`);
+  }
   if (logPath === undefined && legs.length !== 1) {
     throw new ConfigError('storage.legs', `${legs.length} legs but no storage.log: a mirror needs a region log (one leg without a log is a plain export)`);
   }
@@ -216,15 +238,17 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   const tcp = listen.tcp === null || listen.tcp === false ? undefined
     : parseHostPort(listen.tcp ?? '127.0.0.1:10809', 'listen.tcp');
   if (tcp === undefined && unix === undefined) throw new ConfigError('listen', 'needs tcp, unix or both');
+  const metrics = listen.metrics === undefined || listen.metrics === null || listen.metrics === false ? undefined
+    : parseHostPort(listen.metrics, 'listen.metrics');
   return {
-    listen: { tcp, unix, admin },
+    listen: { tcp, unix, admin, metrics },
     export: {
       name: exportName,
       description: stringAt(exported.description, 'export.description', 'nbd-mirror export'),
       readOnly: booleanAt(exported.readOnly, 'export.readOnly', false),
     },
     storage: {
-      sizeBytes: storage.sizeBytes === undefined ? 1024 ** 3 : parseSize(storage.sizeBytes, 'storage.sizeBytes'),
+      sizeBytes: storage.sizeBytes === undefined ? 1024 ** 3 : blockMultiple(parseSize(storage.sizeBytes, 'storage.sizeBytes'), 'storage.sizeBytes'),
       legs,
       log: logPath,
       logWrap,
@@ -369,6 +393,7 @@ listen:
   tcp: 127.0.0.1:10809      # null to disable TCP
   unix: nbd.sock            # unix socket, relative to this file; null to disable
   admin: admin.sock         # local admin socket for nbd-mirror status/re-add/replace/check
+  metrics: null             # Prometheus endpoint, e.g. 127.0.0.1:9710 (GET /metrics); null: off
 export:
   name: disk
   description: nbd-mirror default export

@@ -14,9 +14,11 @@ import { compareRegions, type CompareResult } from './compare.js';
 import { createMirror, MirrorSetupError } from './create.js';
 import type { MirrorLeg } from './generation.js';
 import { checkLeg } from './leg-check.js';
-import { createLegFile, writeLabel } from './leg-label.js';
+import { createLegFile, labelAreaBytes, type LegLabel, relocateLabel, writeLabel } from './leg-label.js';
 import { MirrorDevice, type ReadPolicy } from './mirror-device.js';
 import { ResyncEngine, type ResyncProgress } from './resync.js';
+import { BlockError } from '../blockdev/errors.js';
+import { type EventSink, noEvents } from '../blockdev/events.js';
 
 export interface MirrorSettings {
   logPath: string;
@@ -36,6 +38,19 @@ export interface MirrorSettings {
   force: boolean;
   /** See MirrorOptions.quietSweepsBeforeClean. */
   quietSweepsBeforeClean?: number;
+  /** Where leg, resync, check and sweep events are reported. */
+  events?: EventSink;
+}
+
+/** The last check's outcome, kept for status as md keeps mismatch_cnt. */
+export interface LastCheck {
+  finishedAt: string;
+  /** False when fewer than two legs were in sync: nothing was compared, so no mismatch count exists. */
+  compared: boolean;
+  mismatches: number;
+  regionsCompared: number;
+  legsCompared: number[];
+  repair: boolean;
 }
 
 export interface MirrorStatus {
@@ -48,7 +63,8 @@ export interface MirrorStatus {
   legs: Array<{ slot: number; path: string; uuid: string; state: string; rebuildMode: string; failedAt?: string;
     pool?: PoolUsage }>;
   regions: ReturnType<MirrorDevice['regions']['counts']>;
-  resync: ResyncProgress;
+  resync: ResyncProgress & { bytesPerSecondLimit: number };
+  lastCheck?: LastCheck;
   sweeps: number;
   regionsCleared: number;
   logCommits: number;
@@ -75,7 +91,9 @@ export class MirrorController {
   /** The write-back cache above the mirror, if configured: what clients talk to. */
   private cache: PageCache | undefined;
   /** The config names leg paths; replace tells the owner so it can record the new one. */
-  onLegPathChanged: ((slot: number, path: string) => void) | undefined;
+  onLegPathChanged: ((slot: number, path: string) => string | undefined) | undefined;
+  private lastCheck: LastCheck | undefined;
+  private readonly events: EventSink;
 
   private constructor(
     readonly device: MirrorDevice,
@@ -84,7 +102,9 @@ export class MirrorController {
     private readonly logger: Logger,
     /** Regions found out of sync at start (what recovery had to resync). */
     readonly recoveryRegions: number,
-  ) {}
+  ) {
+    this.events = settings.events ?? noEvents;
+  }
 
   static async open(settings: MirrorSettings, logger: Logger): Promise<MirrorController> {
     const { logPath } = settings;
@@ -152,6 +172,7 @@ export class MirrorController {
             opened.push(undefined);
             continue;
           }
+          if (verdict.kind === 'ok' && verdict.grown) takeGrownLeg(path, slot, verdict.grown, logger);
           if (verdict.kind === 'refused') {
             if (!settings.force) throw new MirrorSetupError(`${verdict.problem}. Start with --force to take it in and rebuild it fully from the other legs`);
             logger.warn({ slot, path, problem: verdict.problem }, 'forced: taking the leg in and rebuilding it fully');
@@ -160,7 +181,7 @@ export class MirrorController {
             record.rebuildMode = 'full';
             record.rebuildCheckpointBytes = 0;
           }
-          const leg = await openLeg(spec, state.deviceSizeBytes, logger, { name: `leg${slot}` });
+          const leg = await openLeg(spec, state.deviceSizeBytes, logger, { name: `leg${slot}`, events: settings.events });
           legs.push({ slot, path, device: leg.device, pendingReads: 0 });
           opened.push(leg);
         } finally {
@@ -177,7 +198,7 @@ export class MirrorController {
       throw error;
     }
     const device = new MirrorDevice({ log, legs, readPolicy: settings.readPolicy, preferredSlot: settings.preferredLeg, logger,
-      quietSweepsBeforeClean: settings.quietSweepsBeforeClean });
+      quietSweepsBeforeClean: settings.quietSweepsBeforeClean, events: settings.events });
     // After a crash every set bit may hide a difference between legs; a re-add
     // in progress needs every set bit copied to the returning leg.
     const bitmapRebuild = state.legs.some((record) => record.state === 'rebuilding' && record.rebuildMode === 'bitmap');
@@ -185,7 +206,7 @@ export class MirrorController {
     const recoveryRegions = device.regions.outOfSyncRegions;
     logger.info({ mirror: formatUuid(state.mirrorUuid), cleanShutdown: wasClean, regionsToResync: recoveryRegions,
       bitsSet: log.dirtyRegions().length }, wasClean ? 'mirror assembled after a clean shutdown' : 'mirror assembled after an unclean shutdown');
-    const resync = new ResyncEngine(device, { bytesPerSecond: settings.resyncBytesPerSecond, logger });
+    const resync = new ResyncEngine(device, { bytesPerSecond: settings.resyncBytesPerSecond, logger, events: settings.events });
     const controller = new MirrorController(device, resync, settings, logger, recoveryRegions);
     controller.faults.push(...opened.map((leg) => leg?.fault));
     controller.pools.push(...opened.map((leg) => leg?.thin));
@@ -201,6 +222,15 @@ export class MirrorController {
   attachCache(cache: PageCache): void {
     this.cache = cache;
     this.device.beforeSync = () => cache.writeBackAll();
+  }
+
+  /** Changes the sweep interval of this run (0 stops the sweeper). */
+  setSweepInterval(intervalMs: number): void {
+    if (intervalMs === this.settings.sweepIntervalMs) return;
+    this.settings.sweepIntervalMs = intervalMs;
+    clearInterval(this.sweepTimer);
+    this.sweepTimer = undefined;
+    if (!this.stopping) this.startSweeper();
   }
 
   private startSweeper(): void {
@@ -236,8 +266,11 @@ export class MirrorController {
     record.state = 'in_sync';
     record.rebuildMode = 'none';
     record.rebuildCheckpointBytes = 0;
+    // The failure is history once the leg is back: status must not show it against an in-sync leg.
+    record.failedAtMs = 0;
     await log.commit();
     this.device.replaceGeneration(this.device.generation.legs);
+    this.events({ event: 'leg-in-sync', slot, path: leg.path });
   }
 
   private startFullRebuild(slot: number): void {
@@ -276,6 +309,8 @@ export class MirrorController {
     const spec: LegSpec = { ...this.settings.legs[slot], path: options.path ?? this.settings.legs[slot].path };
     const { path } = spec;
     this.refuseOwnFile(slot, path, true);
+    // The failed leg's own device may still be closing; its claim on a block device must go first.
+    await this.device.detachedLegsClosed();
     const lock = lockIfExists(path, 'leg');
     let mode: 'bitmap' | 'full' = 'bitmap';
     let opened: OpenedLeg;
@@ -283,12 +318,13 @@ export class MirrorController {
       const verdict = checkLeg(path, slot, { ...log.state, legs: log.state.legs.map((entry, index) =>
         (index === slot ? { ...entry, state: 'rebuilding' } : entry)) }, spec.thin !== undefined);
       if (verdict.kind === 'missing') throw new MirrorSetupError(verdict.problem);
+      if (verdict.kind === 'ok' && verdict.grown) takeGrownLeg(path, slot, verdict.grown, this.logger);
       if (verdict.kind === 'refused') {
         if (!options.force) throw new MirrorSetupError(`${verdict.problem}. Use --force to rebuild it fully instead`);
         stampLeg(spec, log.state, slot, 0n);
         mode = 'full';
       }
-      opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}` });
+      opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}`, events: this.events });
     } finally {
       lock?.release();
     }
@@ -297,15 +333,17 @@ export class MirrorController {
     record.rebuildCheckpointBytes = 0;
     await this.attach(slot, path, opened);
     if (mode === 'full') {
+      this.events({ event: 'leg-rebuilding', slot, path, mode });
       this.startFullRebuild(slot);
       return `leg ${slot} (${path}) is being rebuilt fully`;
     }
     const regions = log.dirtyRegions();
     for (const region of regions) this.device.regions.markOutOfSync(region);
     this.logger.info({ slot, path, regions: regions.length }, 're-add: resyncing regions written while the leg was away');
+    this.events({ event: 'leg-rebuilding', slot, path, mode, regions: regions.length });
     if (regions.length === 0) await this.promoteBitmapRebuilds();
-    else this.resync.kick();
-    return `leg ${slot} (${path}) re-added; ${regions.length} regions to resync`;
+    else this.resync.kick('re-add');
+    return `leg ${slot} (${path}) re-added; ${plural(regions.length, 'region')} to resync`;
   }
 
   /** Puts a new, empty leg in a slot and rebuilds it fully, online. */
@@ -321,14 +359,16 @@ export class MirrorController {
     }
     this.refuseOwnFile(slot, path, false);
     const legUuid = randomBytes(16);
-    // The new leg is of the slot's kind: a thin slot gets a new pool of the configured size.
-    const spec: LegSpec = { path, thin: this.settings.legs[slot].thin };
+    // The new leg is of the slot's kind (a thin slot gets a new pool of the configured size), and keeps
+    // the crash-toolkit devices configured for the slot.
+    const spec: LegSpec = { ...this.settings.legs[slot], path };
+    await this.device.detachedLegsClosed();
     const lock = lockIfExists(path, 'leg');
     let opened: OpenedLeg;
     try {
       createLegFile(spec, log.state.deviceSizeBytes, { mirrorUuid: log.state.mirrorUuid, legUuid, slot,
         dataSizeBytes: log.state.deviceSizeBytes, events: 0n }, { overwrite: options.force });
-      opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}` });
+      opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}`, events: this.events });
     } finally {
       lock?.release();
     }
@@ -339,9 +379,10 @@ export class MirrorController {
     record.events = 0n;
     this.settings.legs[slot] = spec;
     await this.attach(slot, path, opened);
-    this.onLegPathChanged?.(slot, path);
+    const note = this.onLegPathChanged?.(slot, path);
+    this.events({ event: 'leg-rebuilding', slot, path, mode: 'full' });
     this.startFullRebuild(slot);
-    return `leg ${slot} replaced by ${path}; full rebuild started`;
+    return `leg ${slot} replaced by ${path}; full rebuild started${note ? `; ${note}` : ''}`;
   }
 
   private async attach(slot: number, path: string, opened: OpenedLeg): Promise<void> {
@@ -373,7 +414,7 @@ export class MirrorController {
       if (identity !== fileIdentity(leg.path)) return;
       if (other !== slot) throw new MirrorSetupError(`${path} is leg ${other} of this mirror`);
       // A leg still in use must not have its file recreated under the requests that read and write it.
-      if (!sameSlotAllowed && this.device.legState(slot) !== 'faulty') {
+      if (!sameSlotAllowed && this.device.legState(slot) !== 'faulty' && this.device.legState(slot) !== 'empty') {
         throw new MirrorSetupError(`${path} is the file leg ${slot} is using now; replace takes a new file`);
       }
     });
@@ -397,12 +438,104 @@ export class MirrorController {
     return usage;
   }
 
-  /** Resyncs every region from the source leg, like md's "resync". */
-  fullResync(): string {
+  /**
+   * Resyncs every region from the source leg, like md's "resync". Resolves
+   * once the bits are durable and the pass is asked for, so a waitForSync()
+   * that follows finds it.
+   */
+  async fullResync(): Promise<string> {
     for (let region = 0; region < this.device.regions.regionCount; region += 1) this.device.regions.markOutOfSync(region);
-    void this.device.log.commit().then(() => this.resync.kick(), (error: unknown) =>
-      this.logger.error({ err: error }, 'could not record the full resync'));
-    return `all ${this.device.regions.regionCount} regions marked for resync`;
+    await this.device.log.commit();
+    this.resync.kick('resync');
+    return `all ${plural(this.device.regions.regionCount, 'region')} marked for resync`;
+  }
+
+  /** Nothing to copy: no region out of sync, no leg being rebuilt, no pass running. */
+  get inSync(): boolean {
+    return this.device.regions.outOfSyncRegions === 0 && this.rebuildRunning === undefined && !this.resync.busy &&
+      !this.device.log.state.legs.some((record) => record.state === 'rebuilding');
+  }
+
+  /**
+   * Waits until every resync, re-add and rebuild asked for so far has finished,
+   * reporting progress as it goes. Stops early, with the reason, when a pass
+   * ends in an error (it is retried in the background), when nothing is left
+   * that could finish the work, when the mirror fails or the server stops.
+   */
+  async waitForSync(onProgress?: (progress: ResyncProgress) => void): Promise<{ finished: boolean; problem?: string }> {
+    const pollMs = 50;
+    const stallMs = 5000;
+    let lastReportMs = 0;
+    let idleSinceMs: number | undefined;
+    while (!this.inSync) {
+      if (this.stopping) return { finished: false, problem: 'the server is shutting down; the resync goes on at the next start' };
+      if (this.device.failed) return { finished: false, problem: `the mirror has failed: ${this.device.failed.message}` };
+      const working = this.resync.busy || this.rebuildRunning !== undefined;
+      if (!working && this.resync.progress.lastError) {
+        return { finished: false, problem: `the resync was interrupted (${this.resync.progress.lastError}); it is retried in the background` };
+      }
+      if (!working && this.device.regions.outOfSyncRegions > 0) this.resync.kick();
+      if (working) idleSinceMs = undefined;
+      else if ((idleSinceMs ??= Date.now()) + stallMs < Date.now()) {
+        return { finished: false, problem: 'a leg is marked rebuilding but nothing is copying to it; re-add or replace it' };
+      }
+      const now = Date.now();
+      if (onProgress && now - lastReportMs >= 250) {
+        lastReportMs = now;
+        onProgress({ ...this.resync.progress });
+      }
+      await new Promise((resolve) => setTimeout(resolve, pollMs));
+    }
+    onProgress?.({ ...this.resync.progress });
+    return { finished: true };
+  }
+
+  /** Changes the resync bandwidth limit of this run (storage.resyncRate stays the next start's). */
+  setResyncRate(bytesPerSecond: number): string {
+    this.resync.setRate(bytesPerSecond);
+    this.logger.info({ bytesPerSecond }, 'resync rate changed');
+    return bytesPerSecond > 0 ? `resync rate limited to ${bytesPerSecond} bytes per second` : 'resync rate unlimited';
+  }
+
+  /**
+   * Marks a leg faulty, as mdadm --fail does: it gets no more I/O and its
+   * regions written from now on stay dirty for a later re-add. The last in-sync
+   * leg is refused (md, too, keeps a RAID1's last working device).
+   */
+  async fail(slot: number): Promise<string> {
+    const record = this.recordAt(slot);
+    if (record.state === 'faulty' || record.state === 'empty') throw new MirrorSetupError(`leg ${slot} is already ${record.state}`);
+    const leg = this.device.generation.legs[slot];
+    if (record.state === 'in_sync' && this.device.generation.readable.length < 2) {
+      throw new MirrorSetupError(`leg ${slot} is the last in-sync leg; failing it would stop the mirror`);
+    }
+    if (!leg) throw new MirrorSetupError(`leg ${slot} has no device attached`);
+    if (this.rebuildRunning && record.state === 'rebuilding') {
+      this.logger.warn({ slot }, 'failing a leg being rebuilt: the rebuild stops');
+    }
+    await this.device.failLeg(leg, new BlockError('EIO', 'failed by the operator (nbd-mirror fail)'));
+    return `leg ${slot} (${leg.path}) marked faulty; re-add it, or remove and replace it`;
+  }
+
+  /**
+   * Empties a faulty slot, as mdadm --remove does: the leg is forgotten (a later
+   * re-add is refused), and `replace` puts a new leg in the slot.
+   */
+  async remove(slot: number): Promise<string> {
+    const record = this.recordAt(slot);
+    if (record.state !== 'faulty') {
+      throw new MirrorSetupError(`leg ${slot} is ${record.state}; only a faulty leg can be removed (nbd-mirror fail ${slot} first)`);
+    }
+    const path = this.settings.legs[slot].path;
+    record.state = 'empty';
+    record.uuid = Buffer.alloc(16);
+    record.rebuildMode = 'none';
+    record.events = 0n;
+    await this.device.log.commit();
+    this.faults[slot] = undefined;
+    this.pools[slot] = undefined;
+    this.events({ event: 'leg-removed', slot, path });
+    return `leg ${slot} (${path}) removed; nbd-mirror replace ${slot} NEW-LEG puts a new leg in the slot`;
   }
 
   /** Compares the in-sync legs region by region (md "check"); with repair, mismatched regions are resynced. */
@@ -421,10 +554,16 @@ export class MirrorController {
     } finally {
       this.device.exit(generation);
     }
-    if (options.repair && result.mismatchedRegions.length > 0) {
+    const repair = options.repair === true;
+    const compared = result.legsCompared.length >= 2;
+    this.lastCheck = { finishedAt: new Date().toISOString(), compared, mismatches: result.mismatchedRegions.length,
+      regionsCompared: result.regionsCompared, legsCompared: result.legsCompared, repair };
+    this.events({ event: 'check-finished', mismatches: result.mismatchedRegions.length, regionsCompared: result.regionsCompared,
+      legsCompared: result.legsCompared, repair, compared });
+    if (repair && result.mismatchedRegions.length > 0) {
       for (const region of result.mismatchedRegions) this.device.regions.markOutOfSync(region);
       await this.device.log.commit();
-      this.resync.kick();
+      this.resync.kick('repair');
     }
     return result;
   }
@@ -451,7 +590,8 @@ export class MirrorController {
         pool: this.pools[slot]?.usage(),
       })),
       regions: counts,
-      resync: { ...this.resync.progress },
+      resync: { ...this.resync.progress, bytesPerSecondLimit: this.resync.bytesPerSecond },
+      lastCheck: this.lastCheck,
       sweeps: this.device.stats.sweeps,
       regionsCleared: this.device.stats.regionsCleared,
       logCommits: log.commitsRun,
@@ -474,6 +614,13 @@ export class MirrorController {
   }
 }
 
+
+/** A leg that grew keeps its data; its label moves from the old end to the new one. */
+function takeGrownLeg(path: string, slot: number, grown: { label: LegLabel; labelAtBytes: number; legBytes: number }, logger: Logger): void {
+  logger.warn({ slot, path, oldEndBytes: grown.labelAtBytes + labelAreaBytes, newSizeBytes: grown.legBytes },
+    'the leg grew: its label was at its old end; moving it to the new end (the data is unchanged)');
+  relocateLabel(path, grown.label, grown.labelAtBytes);
+}
 
 /** Labels the leg as this mirror's leg in `slot`, at `events`. */
 function stampLeg(leg: LegSpec, state: LogState, slot: number, events: bigint): void {
@@ -508,4 +655,9 @@ async function bumpEvents(log: RegionLog, legs: Array<MirrorLeg | undefined>, sp
   }
   state.labelUpdatePending = false;
   await log.commit();
+}
+
+/** "1 region", "2 regions". */
+export function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
 }

@@ -1,9 +1,10 @@
 import fs from 'node:fs';
 import { formatUuid, type LegRecord, type LogState } from '../regionlog/format.js';
-import { labelAreaBytes, type LabelRead, readLabel } from './leg-label.js';
+import { labelAreaBytes, type LabelRead, type LegLabel, readLabel } from './leg-label.js';
 
 export type LegVerdict =
-  | { kind: 'ok' }
+  /** `grown`: the leg is larger than when it was labelled, and its label was found at the old end (relocateLabel moves it). */
+  | { kind: 'ok'; grown?: { label: LegLabel; labelAtBytes: number; legBytes: number } }
   | { kind: 'missing'; problem: string }
   /** Not this mirror's leg, or stale: refused unless forced (then rebuilt in full). */
   | { kind: 'refused'; problem: string };
@@ -16,13 +17,21 @@ export function checkLeg(path: string, slot: number, state: LogState, thin = fal
   if (!fs.existsSync(path)) return { kind: 'missing', problem: `leg ${slot} (${path}) does not exist` };
   let read: LabelRead;
   try {
-    read = readLabel(path, thin);
+    read = readLabel(path, thin, state.deviceSizeBytes);
   } catch (error) {
     return { kind: 'missing', problem: `leg ${slot} (${path}) cannot be read: ${(error as Error).message}` };
   }
   const record: LegRecord = state.legs[slot];
   const label = read.label;
   if (!label) {
+    const expectedBytes = state.deviceSizeBytes + labelAreaBytes;
+    if (!thin && read.fileSizeBytes > expectedBytes) {
+      // Not a rebuild case: a leg that only grew keeps its data at the start, and its label was not found.
+      return { kind: 'refused', problem: `leg ${slot} (${path}) changed size: it is ${read.fileSizeBytes} bytes, and a leg of this ` +
+        `mirror is ${expectedBytes} (${state.deviceSizeBytes} of data and the label at its end); no label was found at its end ` +
+        `(${read.problem}) nor where its end used to be. If it grew, shrink it back to where it was (truncate -s, lvreduce), ` +
+        'or restore its label; its data is not lost. A leg that is truly not this mirror\'s can be taken in with --force, which rebuilds it fully' };
+    }
     return { kind: 'refused', problem: `leg ${slot} (${path}) has no valid nbd-mirror label (${read.problem}); ` +
       'it was not created by nbd-mirror create, or its label is corrupted' };
   }
@@ -48,6 +57,9 @@ export function checkLeg(path: string, slot: number, state: LogState, thin = fal
     }
     return { kind: 'refused', problem: `leg ${slot} (${path}) is stale: its label says events ${label.events}, ` +
       `the log expects ${record.events}; it is an older copy of the leg. Re-add it (nbd-mirror re-add) to resync it` };
+  }
+  if (read.movedFromBytes !== undefined) {
+    return { kind: 'ok', grown: { label, labelAtBytes: read.movedFromBytes, legBytes: read.fileSizeBytes } };
   }
   return { kind: 'ok' };
 }

@@ -60,7 +60,16 @@ export interface LabelRead {
   label?: LegLabel;
   /** Why no label was found. */
   problem?: string;
+  /**
+   * Set when the leg grew (truncate -s +N, lvextend) and its label was found
+   * where the end used to be, at this offset, instead of at the end.
+   */
+  movedFromBytes?: number;
 }
+
+/** How far past the data area a grown leg's old label is looked for (in reads of labelSearchChunkBytes). */
+const labelSearchLimitBytes = 1024 ** 3;
+const labelSearchChunkBytes = 1024 * 1024;
 
 interface Placement {
   legBytes: number;
@@ -79,18 +88,80 @@ function placement(fd: number, path: string, thin: boolean): Placement {
   return { legBytes: superblock.virtualSizeBytes + labelAreaBytes, labelOffset: thinLabelOffset };
 }
 
-export function readLabel(path: string, thin = false): LabelRead {
+function newestLabel(area: Buffer): LegLabel | string {
+  const decoded = [decodeLabel(area.subarray(0, labelCopyBytes)), decodeLabel(area.subarray(labelCopyBytes))];
+  const valid = decoded.filter((entry): entry is LegLabel => typeof entry !== 'string');
+  if (valid.length === 0) return decoded.join('; ');
+  return valid.reduce((newest, entry) => (entry.sequence > newest.sequence ? entry : newest));
+}
+
+/**
+ * Reads a leg's label from its end. With `dataSizeBytes` (the mirror's size),
+ * a plain leg that is larger than its data and label is also searched where
+ * its end used to be: a grown leg keeps its data, and its label sits at the
+ * old end (the file's first end is dataSizeBytes + label; a block device's
+ * old end is found by a bounded scan for the label's magic).
+ */
+export function readLabel(path: string, thin = false, dataSizeBytes?: number): LabelRead {
   const fd = fs.openSync(path, 'r');
   try {
     const where = placement(fd, path, thin);
     if (where.problem) return { fileSizeBytes: where.legBytes, problem: where.problem };
     const area = Buffer.alloc(labelAreaBytes);
     fs.readSync(fd, area, 0, labelAreaBytes, where.labelOffset);
-    const decoded = [decodeLabel(area.subarray(0, labelCopyBytes)), decodeLabel(area.subarray(labelCopyBytes))];
-    const valid = decoded.filter((entry): entry is LegLabel => typeof entry !== 'string');
-    if (valid.length === 0) return { fileSizeBytes: where.legBytes, problem: decoded.join('; ') };
-    const label = valid.reduce((newest, entry) => (entry.sequence > newest.sequence ? entry : newest));
-    return { fileSizeBytes: where.legBytes, label };
+    const atEnd = newestLabel(area);
+    if (typeof atEnd !== 'string') return { fileSizeBytes: where.legBytes, label: atEnd };
+    if (!thin && dataSizeBytes !== undefined && where.labelOffset > dataSizeBytes) {
+      const moved = findMovedLabel(fd, dataSizeBytes, where.labelOffset);
+      if (moved) return { fileSizeBytes: where.legBytes, label: moved.label, movedFromBytes: moved.offset };
+    }
+    return { fileSizeBytes: where.legBytes, problem: atEnd };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function findMovedLabel(fd: number, dataSizeBytes: number, endLabelOffset: number): { label: LegLabel; offset: number } | undefined {
+  const area = Buffer.alloc(labelAreaBytes);
+  const tryAt = (offset: number): { label: LegLabel; offset: number } | undefined => {
+    if (offset + labelAreaBytes > endLabelOffset + labelAreaBytes) return undefined;
+    fs.readSync(fd, area, 0, labelAreaBytes, offset);
+    const label = newestLabel(area);
+    return typeof label === 'string' ? undefined : { label, offset };
+  };
+  const fileLayout = tryAt(dataSizeBytes);
+  if (fileLayout) return fileLayout;
+  const chunk = Buffer.alloc(labelSearchChunkBytes);
+  const limit = Math.min(endLabelOffset, dataSizeBytes + labelSearchLimitBytes);
+  for (let at = dataSizeBytes; at < limit; at += labelSearchChunkBytes) {
+    const read = fs.readSync(fd, chunk, 0, Math.min(labelSearchChunkBytes, limit - at), at);
+    for (let inner = 0; inner + labelMagic.length <= read; inner += labelCopyBytes) {
+      if (!chunk.subarray(inner, inner + labelMagic.length).equals(labelMagic)) continue;
+      // Either copy may be the first valid one found: try the area starting here and the one before.
+      const found = tryAt(at + inner) ?? (at + inner - labelCopyBytes >= dataSizeBytes ? tryAt(at + inner - labelCopyBytes) : undefined);
+      if (found) return found;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Moves a grown leg's label from its old end to its new one (both copies, the
+ * sequence continuing), then clears the old area, which lies past the data:
+ * a later shrink back must not find an outdated label there.
+ */
+export function relocateLabel(path: string, label: LegLabel, fromBytes: number): void {
+  const fd = fs.openSync(path, 'r+');
+  try {
+    const where = placement(fd, path, false);
+    if (where.problem) throw new Error(`cannot label ${path}: ${where.problem}`);
+    const first = encodeLabel({ ...label, sequence: label.sequence + 1n });
+    const second = encodeLabel({ ...label, sequence: label.sequence + 2n });
+    fs.writeSync(fd, Number((label.sequence + 1n) % 2n) === 0 ? first : second, 0, labelCopyBytes, where.labelOffset);
+    fs.writeSync(fd, Number((label.sequence + 1n) % 2n) === 0 ? second : first, 0, labelCopyBytes, where.labelOffset + labelCopyBytes);
+    fs.fdatasyncSync(fd);
+    fs.writeSync(fd, Buffer.alloc(labelAreaBytes), 0, labelAreaBytes, fromBytes);
+    fs.fdatasyncSync(fd);
   } finally {
     fs.closeSync(fd);
   }

@@ -6,6 +6,7 @@ import { type BlockDevice, type DeviceCapabilities, type Extent, finishedNow, ty
 import type { LegState } from '../regionlog/format.js';
 import type { RegionLog } from '../regionlog/region-log.js';
 import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
+import { type EventSink, noEvents } from '../blockdev/events.js';
 import { Generation, type MirrorLeg } from './generation.js';
 import { RegionTracker } from './region-tracker.js';
 
@@ -22,6 +23,8 @@ export interface MirrorOptions {
   quietSweepsBeforeClean?: number;
   /** Runs before the sweeper's leg flush: a cache above writes back here. */
   beforeSync?: () => Promise<void>;
+  /** Where leg failures, sweeps and a failed mirror are reported. */
+  events?: EventSink;
 }
 
 export interface SweepResult {
@@ -70,6 +73,11 @@ export class MirrorDevice implements BlockDevice {
   private readonly quietSweepsBeforeClean: number;
   /** Cumulative figures for status and the benchmark. */
   readonly stats = { sweeps: 0, regionsCleared: 0, legFailures: 0, sourceReads: 0, balancedReads: 0 };
+  readonly events: EventSink;
+  /** Bytes each slot's leg was given and returned, and its errors by "slot op": the metrics' per-leg series. */
+  readonly legIo: { readBytes: number[]; writtenBytes: number[]; errors: Map<string, number> };
+  /** Devices of detached legs still closing: a re-add of the same block device waits for its claim to go. */
+  private readonly closing = new Set<Promise<void>>();
 
   constructor(options: MirrorOptions) {
     this.log = options.log;
@@ -80,6 +88,9 @@ export class MirrorDevice implements BlockDevice {
     this.readPolicy = options.readPolicy;
     this.preferredSlot = options.preferredSlot;
     this.beforeSync = options.beforeSync;
+    this.events = options.events ?? noEvents;
+    const slots = options.log.state.legs.length;
+    this.legIo = { readBytes: new Array<number>(slots).fill(0), writtenBytes: new Array<number>(slots).fill(0), errors: new Map() };
     this.quietSweepsBeforeClean = options.quietSweepsBeforeClean ?? 1;
     this.current = this.makeGeneration(options.legs);
     const open = options.legs.filter((leg): leg is MirrorLeg => leg !== undefined);
@@ -141,9 +152,21 @@ export class MirrorDevice implements BlockDevice {
     for (const holder of [this.current, ...this.live]) for (const leg of holder.legs) if (leg) stillUsed.add(leg.device);
     for (const leg of generation.legs) {
       if (leg && !stillUsed.has(leg.device)) {
-        leg.device.close().catch((error: unknown) => this.logger.warn({ err: error, slot: leg.slot }, 'closing a detached leg failed'));
+        const closing = leg.device.close().catch((error: unknown) => this.logger.warn({ err: error, slot: leg.slot }, 'closing a detached leg failed'));
+        this.closing.add(closing);
+        void closing.finally(() => this.closing.delete(closing));
       }
     }
+  }
+
+  private countLegError(slot: number, op: string): void {
+    const key = `${slot} ${op}`;
+    this.legIo.errors.set(key, (this.legIo.errors.get(key) ?? 0) + 1);
+  }
+
+  /** Resolves once every detached leg's device is closed (its file lock and block-device claim released). */
+  async detachedLegsClosed(): Promise<void> {
+    while (this.closing.size > 0) await Promise.all([...this.closing]);
   }
 
   enter(): Generation {
@@ -178,9 +201,11 @@ export class MirrorDevice implements BlockDevice {
       leg.pendingReads += 1;
       try {
         await leg.device.read(offsetBytes, target);
+        this.legIo.readBytes[leg.slot] += target.length;
         return;
       } catch (error) {
         const failure = toBlockError(error, `read leg ${leg.slot}`);
+        this.countLegError(leg.slot, 'read');
         if (failure.code === 'EINVAL' || failure.code === 'ESHUTDOWN') throw failure;
         // Another leg holds the same bytes: fail this one and retry there.
         await this.failLeg(leg, failure);
@@ -213,7 +238,10 @@ export class MirrorDevice implements BlockDevice {
   }
 
   write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
-    return this.mutate('write', offsetBytes, data.length, (leg) => leg.device.write(offsetBytes, data, flags));
+    return this.mutate('write', offsetBytes, data.length, (leg) => {
+      this.legIo.writtenBytes[leg.slot] += data.length;
+      return leg.device.write(offsetBytes, data, flags);
+    });
   }
 
   trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> {
@@ -344,6 +372,7 @@ export class MirrorDevice implements BlockDevice {
         continue;
       }
       const error = toBlockError(result.reason, `${what} on leg ${leg.slot}`);
+      this.countLegError(leg.slot, what);
       if (error.retryable || error.code === 'EINVAL' || error.code === 'ENOTSUP' || error.code === 'ESHUTDOWN') {
         passOn ??= error;
       } else {
@@ -386,6 +415,7 @@ export class MirrorDevice implements BlockDevice {
         const result = results[index];
         if (result.status === 'fulfilled') continue;
         const error = toBlockError(result.reason, `flush leg ${legs[index].slot}`);
+        this.countLegError(legs[index].slot, 'flush');
         if (error.retryable || error.code === 'ESHUTDOWN') passOn ??= error;
         else await this.failLeg(legs[index], error);
       }
@@ -427,9 +457,12 @@ export class MirrorDevice implements BlockDevice {
       record.rebuildMode = 'none';
       record.failedAtMs = Date.now();
       this.stats.legFailures += 1;
-      this.replaceGeneration(this.current.legs);
+      // The failed leg's device leaves the generation: once the requests that hold it drain it is closed,
+      // so its lock and block-device claim go and an online re-add can open it again (mdadm --re-add).
+      this.replaceGeneration(this.current.legs.map((entry) => (entry?.slot === leg.slot ? undefined : entry)));
       this.logger.error({ slot: leg.slot, path: leg.path, err: error.message, wasRebuilding },
         'leg failed: marked faulty, mirror continues degraded');
+      this.events({ event: 'leg-faulty', slot: leg.slot, path: leg.path, reason: error.message });
       try {
         await this.log.commit();
       } catch (logError) {
@@ -446,6 +479,7 @@ export class MirrorDevice implements BlockDevice {
     if (this.failure) return;
     this.failure = error;
     this.logger.fatal({ err: error.message }, 'mirror failed: every request now fails with EIO until an operator acts');
+    this.events({ event: 'mirror-failed', message: error.message });
   }
 
   /**
@@ -479,6 +513,7 @@ export class MirrorDevice implements BlockDevice {
     this.stats.regionsCleared += cleared;
     if (cleared > 0) {
       await this.log.commit().catch((error: unknown) => this.enterFailed(toBlockError(error, 'region log update')));
+      this.events({ event: 'sweep', candidates: candidates.length, cleared });
     }
     return { candidates: candidates.length, cleared, synced };
   }

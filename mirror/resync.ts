@@ -3,11 +3,19 @@ import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
 import type { MirrorLeg } from './generation.js';
 import type { MirrorDevice } from './mirror-device.js';
+import { type EventSink, noEvents } from '../blockdev/events.js';
 
-export type ResyncKind = 'recovery' | 'rebuild' | 'repair';
+/**
+ * What a pass is for, as status and events show it: recovery after an unclean
+ * stop, re-add (regions written while a leg was away), resync (the operator
+ * asked for every region), repair (regions a check found different), rebuild
+ * (a whole new leg).
+ */
+export type ResyncKind = 'recovery' | 're-add' | 'resync' | 'repair' | 'rebuild';
 
 export interface ResyncProgress {
-  kind: ResyncKind | 'idle';
+  /** The running pass's kind, or the last one's once it finished ('none' before the first). */
+  kind: ResyncKind | 'none';
   running: boolean;
   regionsDone: number;
   regionsTotal: number;
@@ -20,6 +28,8 @@ export interface ResyncProgress {
 
 const copyChunkBytes = 1 << 20;
 const retryDelayMs = 1000;
+/** How often a running pass reports progress as an event. */
+const progressEventIntervalMs = 1000;
 
 /**
  * Copies regions from the source leg to the other writable legs while the
@@ -30,7 +40,7 @@ const retryDelayMs = 1000;
  */
 export class ResyncEngine {
   progress: ResyncProgress = {
-    kind: 'idle', running: false, regionsDone: 0, regionsTotal: 0, bytesCopied: 0, bytesZeroed: 0, startedAtMs: 0, finishedAtMs: 0,
+    kind: 'none', running: false, regionsDone: 0, regionsTotal: 0, bytesCopied: 0, bytesZeroed: 0, startedAtMs: 0, finishedAtMs: 0,
   };
   private readonly buffer: Buffer;
   private running: Promise<void> | undefined;
@@ -38,10 +48,24 @@ export class ResyncEngine {
   private wakeTimer: NodeJS.Timeout | undefined;
   /** Called when a pass over out-of-sync regions finishes with none left. */
   onCaughtUp: (() => Promise<void>) | undefined;
+  /** The kind the next pass reports (set by whoever asked for it). */
+  private pendingKind: ResyncKind | undefined;
+  private lastProgressEventMs = 0;
+  private readonly events: EventSink;
 
-  constructor(private readonly mirror: MirrorDevice, private readonly options: { bytesPerSecond: number; logger: Logger }) {
+  constructor(private readonly mirror: MirrorDevice, private readonly options: { bytesPerSecond: number; logger: Logger; events?: EventSink }) {
     this.buffer = Buffer.alloc(Math.min(copyChunkBytes, mirror.regions.regionSizeBytes));
+    this.events = options.events ?? noEvents;
     mirror.onOutOfSync = () => this.kick();
+  }
+
+  /** Changes the bandwidth limit at run time (0: unlimited); the running pass follows from its next region. */
+  setRate(bytesPerSecond: number): void {
+    this.options.bytesPerSecond = bytesPerSecond;
+  }
+
+  get bytesPerSecond(): number {
+    return this.options.bytesPerSecond;
   }
 
   get busy(): boolean {
@@ -49,7 +73,8 @@ export class ResyncEngine {
   }
 
   /** Starts a pass over the out-of-sync regions unless one is running. */
-  kick(): void {
+  kick(kind?: ResyncKind): void {
+    if (kind) this.pendingKind = kind;
     if (this.running || this.stopped || this.mirror.regions.outOfSyncRegions === 0) return;
     this.running = this.runPass().finally(() => { this.running = undefined; });
   }
@@ -65,21 +90,36 @@ export class ResyncEngine {
     await this.idle();
   }
 
-  private begin(kind: ResyncKind, total: number): void {
+  private begin(kind: ResyncKind, total: number, done = 0): void {
     this.progress = {
-      kind, running: true, regionsDone: 0, regionsTotal: total, bytesCopied: 0, bytesZeroed: 0, startedAtMs: Date.now(), finishedAtMs: 0,
+      kind, running: true, regionsDone: done, regionsTotal: total, bytesCopied: 0, bytesZeroed: 0, startedAtMs: Date.now(), finishedAtMs: 0,
     };
+    this.lastProgressEventMs = this.progress.startedAtMs;
+    this.events({ event: 'resync-started', kind, regionsTotal: total });
+  }
+
+  private advanced(): void {
+    const now = Date.now();
+    if (now - this.lastProgressEventMs < progressEventIntervalMs) return;
+    this.lastProgressEventMs = now;
+    const { kind, regionsDone, regionsTotal, bytesCopied } = this.progress;
+    this.events({ event: 'resync-progress', kind, regionsDone, regionsTotal, bytesCopied });
   }
 
   private finish(error?: string): void {
     this.progress.running = false;
     this.progress.finishedAtMs = Date.now();
     if (error) this.progress.lastError = error;
+    else delete this.progress.lastError;
+    const { kind, regionsDone, regionsTotal, bytesCopied, startedAtMs, finishedAtMs } = this.progress;
+    this.events({ event: 'resync-finished', kind, regionsDone, regionsTotal, bytesCopied, ms: finishedAtMs - startedAtMs, error });
   }
 
   private async runPass(): Promise<void> {
     const regions = this.mirror.regions.outOfSyncList();
-    this.begin('recovery', regions.length);
+    const kind = this.pendingKind ?? 'recovery';
+    this.pendingKind = undefined;
+    this.begin(kind, regions.length);
     this.options.logger.info({ regions: regions.length }, 'resync started');
     try {
       for (const region of regions) {
@@ -90,6 +130,7 @@ export class ResyncEngine {
         }
         await this.copyRegion(region, () => true, () => this.mirror.regions.markInSync(region));
         this.progress.regionsDone += 1;
+        this.advanced();
         if (this.progress.regionsDone % 64 === 0) {
           this.options.logger.debug({ done: this.progress.regionsDone, total: regions.length }, 'resync progress');
         }
@@ -99,6 +140,8 @@ export class ResyncEngine {
         bytesZeroed: this.progress.bytesZeroed, ms: this.progress.finishedAtMs - this.progress.startedAtMs }, 'resync finished');
     } catch (error) {
       const message = (error as Error).message;
+      // The retry continues the same pass, so it keeps its kind.
+      this.pendingKind ??= kind;
       this.finish(message);
       this.options.logger.warn({ err: message }, 'resync interrupted; retrying shortly');
     }
@@ -120,14 +163,14 @@ export class ResyncEngine {
    */
   async rebuild(target: MirrorLeg, fromRegion: number, checkpoint: (nextRegion: number) => Promise<void>): Promise<void> {
     const { regionCount } = this.mirror.regions;
-    this.begin('rebuild', regionCount);
-    this.progress.regionsDone = fromRegion;
+    this.begin('rebuild', regionCount, fromRegion);
     const checkpointEvery = Math.max(1, Math.floor((64 << 20) / this.mirror.regions.regionSizeBytes));
     try {
       for (let region = fromRegion; region < regionCount; region += 1) {
         if (this.stopped) throw new BlockError('ESHUTDOWN', 'rebuild stopped by shutdown');
         await this.copyRegion(region, (leg) => leg === target, () => {});
         this.progress.regionsDone = region + 1;
+        this.advanced();
         if ((region + 1) % checkpointEvery === 0 || region + 1 === regionCount) {
           await target.device.flush();
           await checkpoint(region + 1);
@@ -174,8 +217,10 @@ export class ResyncEngine {
         for (let at = covered; at < end; at += this.buffer.length) {
           const chunk = this.buffer.subarray(0, Math.min(this.buffer.length, end - at));
           await this.onLeg(source, () => source.device.read(at, chunk));
+          this.mirror.legIo.readBytes[source.slot] += chunk.length;
           if (crashPointArmed()) await crashPoint('resync.between-read-and-write');
           await Promise.all(targets.map((leg) => this.onLeg(leg, () => leg.device.write(at, chunk, { fua: false }))));
+          for (const leg of targets) this.mirror.legIo.writtenBytes[leg.slot] += chunk.length;
           this.progress.bytesCopied += chunk.length;
         }
       }

@@ -17,6 +17,7 @@ import {
   blockStatusChunk, OFFSET_DATA_PREFIX_BYTES, offsetHoleChunk, optionReply, simpleReply, structuredError,
   structuredNone, writeOffsetDataPrefix, writeSimpleHeader,
 } from './replies.js';
+import type { RequestStats } from './request-stats.js';
 import { type FileReplyStats, ReplyWriter } from './reply-writer.js';
 import { parseRequestHeader, type RequestHeader, validateRequest } from './requests.js';
 import { defaultSocketReaderOptions, SocketReader, type SocketReaderOptions } from './socket-reader.js';
@@ -44,6 +45,8 @@ export interface ConnectionOptions {
   fileReplyBytesMin: number;
   /** Told of every input, so the event loop may poll a while instead of sleeping (see input-poll.ts). */
   inputPoll: InputPoll | undefined;
+  /** Per-command counts and latencies for the metrics endpoint; undefined when metrics are off. */
+  requestStats?: RequestStats;
   logger: Logger;
 }
 
@@ -102,6 +105,12 @@ export class Connection {
   private structured = false;
   private blockStatusNegotiated = false;
   private inFlightRequests = 0;
+
+  /** Requests being served now (metrics). */
+  get requestsInFlight(): number {
+    return this.inFlightRequests;
+  }
+
   private inFlightBytes = 0;
   private readonly order = new RangeOrder();
   private readingPaused = false;
@@ -373,16 +382,24 @@ export class Connection {
     const mutating = request.type === Command.WRITE || request.type === Command.TRIM || request.type === Command.WRITE_ZEROES;
     const ordered = request.type !== Command.FLUSH;
     const ticket = ordered ? this.order.acquire(offsetBytes, request.lengthBytes, mutating) : undefined;
+    const stats = this.options.requestStats;
+    const startedMs = stats === undefined ? 0 : performance.now();
     const executing = ticket?.ready === undefined ? this.execute(request, offsetBytes, payload)
       : ticket.ready.then(() => this.execute(request, offsetBytes, payload));
     if (executing === finishedNow) {
       // Answered in this turn (an inline write): we are inside pump(), which goes on reading.
+      stats?.record(request.type, heldBytes, startedMs, undefined);
       this.endRequest(heldBytes, pooled, ticket, false);
       return;
     }
+    let failure: string | undefined;
     executing
-      .catch((error: unknown) => this.replyFailure(request, error))
+      .catch((error: unknown) => {
+        failure = isBlockError(error) ? error.code : 'EIO';
+        this.replyFailure(request, error);
+      })
       .finally(() => {
+        stats?.record(request.type, heldBytes, startedMs, failure);
         this.options.inputPoll?.replySent();
         this.endRequest(heldBytes, pooled, ticket, true);
         this.pump();

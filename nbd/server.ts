@@ -35,12 +35,37 @@ export class NbdServer {
   private directBytesOfClosed = 0;
   private readonly fileRepliesOfClosed = emptyFileReplyStats();
 
-  constructor(private readonly exports: ExportTable, private readonly options: ServerOptions) {
+  /** Clients that connected after the listeners were bound and before the export was ready. */
+  private readonly waiting: net.Socket[] = [];
+  private exports: ExportTable | undefined;
+  /** Called once per client that finished connecting, and once when it is gone (events, metrics). */
+  onClient: ((change: 'attached' | 'detached', client: { id: number; remote: string }) => void) | undefined;
+
+  /**
+   * Without `exports` the listeners can be bound (so a port in use or an
+   * unresolvable host is found before any storage is created or written) and
+   * clients wait, paused, until serve() names the export.
+   */
+  constructor(exports: ExportTable | undefined, private readonly options: ServerOptions) {
     assert(options.maxConnections > 0);
+    this.exports = exports;
+  }
+
+  /** Starts serving the export; clients that connected meanwhile are taken in order. */
+  serve(exports: ExportTable): void {
+    assert(this.exports === undefined);
+    this.exports = exports;
+    for (const socket of this.waiting.splice(0)) this.accept(socket);
   }
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  get requestsInFlight(): number {
+    let total = 0;
+    for (const connection of this.connections) total += connection.requestsInFlight;
+    return total;
   }
 
   /** WRITE payload bytes the kernel copied straight into their buffers, over all connections so far. */
@@ -59,20 +84,25 @@ export class NbdServer {
   }
 
   async listen(): Promise<ListenAddresses> {
-    const addresses: ListenAddresses = { tcp: undefined, unixPath: undefined };
-    if (this.options.tcp !== undefined) {
-      const server = this.createListener();
-      await listenOn(server, { host: this.options.tcp.host, port: this.options.tcp.port });
-      const bound = server.address() as net.AddressInfo;
-      addresses.tcp = { host: bound.address, port: bound.port };
-    }
-    if (this.options.unixPath !== undefined) {
-      await claimUnixSocketPath(this.options.unixPath, 'unix socket');
-      const server = this.createListener();
-      await listenOn(server, { path: this.options.unixPath });
-      addresses.unixPath = this.boundUnixPath = this.options.unixPath;
-    }
-    return addresses;
+    return { tcp: await this.listenTcp(), unixPath: await this.listenUnix() };
+  }
+
+  async listenTcp(): Promise<ListenAddresses['tcp']> {
+    if (this.options.tcp === undefined) return undefined;
+    const server = this.createListener();
+    await listenOn(server, { host: this.options.tcp.host, port: this.options.tcp.port });
+    this.logListenerErrors(server);
+    const bound = server.address() as net.AddressInfo;
+    return { host: bound.address, port: bound.port };
+  }
+
+  async listenUnix(): Promise<string | undefined> {
+    if (this.options.unixPath === undefined) return undefined;
+    await claimUnixSocketPath(this.options.unixPath, 'unix socket');
+    const server = this.createListener();
+    await listenOn(server, { path: this.options.unixPath });
+    this.logListenerErrors(server);
+    return (this.boundUnixPath = this.options.unixPath);
   }
 
   /** Stops accepting, lets in-flight requests finish, closes every connection. */
@@ -81,16 +111,24 @@ export class NbdServer {
     // close() stops accepting at once but only calls back once every connection is gone,
     // so it is awaited after the connections are shut down.
     const listenersClosed = this.listeners.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
+    for (const socket of this.waiting.splice(0)) socket.destroy();
     await Promise.all([...this.connections].map((connection) => connection.shutdown()));
     await Promise.all(listenersClosed);
     // Only a socket this server bound: a path it was refused belongs to another server.
     if (this.boundUnixPath !== undefined) removeOwnSocket(this.boundUnixPath);
   }
 
+  /** Once bound, a listener's errors (EMFILE on accept, say) are logged; they do not end the server. */
+  private logListenerErrors(server: net.Server): void {
+    server.on('error', (error) => this.options.logger.error({ err: error.message }, 'listener error'));
+  }
+
   private createListener(): net.Server {
     // Paused: the connection takes the socket over before any byte is read (see socket-reader.ts).
-    const server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
-    server.on('error', (error) => this.options.logger.error({ err: error }, 'listener error'));
+    const server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => {
+      if (this.exports === undefined && !this.shuttingDown) this.waiting.push(socket);
+      else this.accept(socket);
+    });
     this.listeners.push(server);
     return server;
   }
@@ -107,15 +145,18 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    const connection = new Connection(socket, this.exports, { ...this.options.connection, logger },
+    const connection = new Connection(socket, this.exports!, { ...this.options.connection, logger },
       () => this.shuttingDown);
     this.connections.add(connection);
+    const client = { id, remote: socket.remoteAddress === undefined ? 'unix' : `${socket.remoteAddress}:${socket.remotePort}` };
     logger.debug('connected');
+    this.onClient?.('attached', client);
     void connection.closed.then(() => {
       this.directBytesOfClosed += connection.directBytesReceived;
       addFileReplyStats(this.fileRepliesOfClosed, connection.fileReplyStats);
       this.connections.delete(connection);
       logger.debug('disconnected');
+      this.onClient?.('detached', client);
     });
   }
 }

@@ -1,3 +1,4 @@
+import type { EventSink } from '../blockdev/events.js';
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { BufferPool } from '../blockdev/buffer-pool.js';
@@ -27,6 +28,8 @@ export interface PageCacheOptions {
   noSpacePolicy: NoSpacePolicy;
   noSpaceTimeoutMs: number;
   logger: Logger;
+  /** Where ENOSPC during writeback and a fatal failure are reported. */
+  events?: EventSink;
   pageBytes?: number;
 }
 
@@ -519,6 +522,7 @@ export class PageCache implements BlockDevice {
       if (!this.noSpace) {
         this.options.logger.warn({ err: error.message, dirtyBytes: this.dirtyBytes },
           'writeback failed with a retryable error: dirty pages kept, retried by the next flush and in the background');
+        this.options.events?.({ event: 'enospc', layer: 'cache', message: error.message });
       }
       this.noSpace = error;
       return error;
@@ -533,6 +537,7 @@ export class PageCache implements BlockDevice {
     this.failure = error;
     this.options.logger.fatal({ err: error.message, dirtyBytes: this.dirtyBytes },
       'cache writeback failed fatally: the device answers EIO until an operator acts (restart after fixing the legs)');
+    this.options.events?.({ event: 'cache-failed', message: error.message });
     this.notifyProgress();
   }
 

@@ -6,6 +6,8 @@ import { crashNow } from '../faults/crash-points.js';
 import { hasPowerCutDevices } from '../faults/power-cut-device.js';
 import type { MirrorController } from '../mirror/controller.js';
 import type { PageCache } from '../pagecache/page-cache.js';
+import type { EventBus, StampedEvent } from '../observe/event-bus.js';
+import { currentStateEvents, serverStatus } from './status-view.js';
 
 /** What the admin socket acts on: a mirror, or one plain leg; either may have a cache above it. */
 export interface AdminTarget {
@@ -25,6 +27,18 @@ export interface AdminRequest {
   /** pool-grow: new capacity, or how much to add. */
   toBytes?: number;
   byBytes?: number;
+  /** resync-rate: bytes per second, 0 for unlimited. */
+  bytesPerSecond?: number;
+  /** events: send the current state first (drbdsetup events2 --now). */
+  now?: boolean;
+}
+
+/** Progress lines sent while a long command runs. */
+export interface AdminProgress {
+  done: number;
+  total: number;
+  bytes?: number;
+  kind?: string;
 }
 
 /** A request line longer than this is not one of ours. */
@@ -38,9 +52,18 @@ const requestBytesMax = 64 * 1024;
 export class AdminServer {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
+  private target: AdminTarget | undefined;
 
-  constructor(private readonly target: AdminTarget, private readonly logger: Logger) {
+  /**
+   * Bound before the storage is opened (a socket in use is found before
+   * anything is written); commands are answered once attach() names the target.
+   */
+  constructor(private readonly logger: Logger, private readonly events?: EventBus) {
     this.server = net.createServer((socket) => this.serve(socket));
+  }
+
+  attach(target: AdminTarget): void {
+    this.target = target;
   }
 
   async listen(socketPath: string): Promise<void> {
@@ -78,8 +101,36 @@ export class AdminServer {
       if (newline < 0) return;
       const line = buffered.slice(0, newline);
       socket.pause();
-      void this.answer(socket, line).finally(() => socket.end());
+      void this.answer(socket, line).finally(() => {
+        if (!this.streaming.has(socket)) socket.end();
+      });
     });
+  }
+
+  private readonly streaming = new Set<net.Socket>();
+
+  /** One JSON line per event until the client goes away (nbd-mirror events). */
+  private streamEvents(socket: net.Socket, now: boolean): void {
+    if (!this.events) {
+      this.send(socket, { ok: false, error: 'this server reports no events' });
+      return;
+    }
+    this.streaming.add(socket);
+    // The subscriber is registered first, so no event falls between the snapshot and the stream.
+    const queued: StampedEvent[] = [];
+    let live = false;
+    const unsubscribe = this.events.subscribe((event) => {
+      if (live) this.send(socket, event as unknown as Record<string, unknown>);
+      else queued.push(event);
+    });
+    socket.on('close', () => {
+      unsubscribe();
+      this.streaming.delete(socket);
+    });
+    socket.resume();
+    if (now && this.target) for (const line of currentStateEvents(this.target)) this.send(socket, line);
+    live = true;
+    for (const event of queued) this.send(socket, event as unknown as Record<string, unknown>);
   }
 
   private send(socket: net.Socket, message: Record<string, unknown>): void {
@@ -95,8 +146,12 @@ export class AdminServer {
       this.send(socket, { ok: false, error: 'malformed request: expected one JSON object with a "command"' });
       return;
     }
+    if (request.command === 'events') {
+      this.streamEvents(socket, request.now === true);
+      return;
+    }
     try {
-      const result = await this.execute(request, (done, total) => this.send(socket, { progress: { done, total } }));
+      const result = await this.execute(request, (progress) => this.send(socket, { progress }));
       this.send(socket, { ok: true, result });
     } catch (error) {
       this.logger.warn({ command: request.command, err: (error as Error).message }, 'admin command failed');
@@ -104,8 +159,14 @@ export class AdminServer {
     }
   }
 
-  private async execute(request: AdminRequest, progress: (done: number, total: number) => void): Promise<unknown> {
+  private async execute(request: AdminRequest, progress: (progress: AdminProgress) => void): Promise<unknown> {
     const { target } = this;
+    if (!target) throw new Error('the server is still starting; try again in a moment');
+    const waitForSync = async (): Promise<unknown> => {
+      const outcome = await controller().waitForSync((resync) => progress({ done: resync.regionsDone, total: resync.regionsTotal,
+        bytes: resync.bytesCopied, kind: resync.kind }));
+      return { ...controller().status(), waited: outcome };
+    };
     const slot = (): number => {
       if (typeof request.slot !== 'number' || !Number.isInteger(request.slot)) throw new Error(`${request.command} needs a leg slot number`);
       return request.slot;
@@ -118,6 +179,8 @@ export class AdminServer {
     switch (request.command) {
       case 'status':
         return target.mirror ? target.mirror.status() : this.plainStatus();
+      case 'report':
+        return serverStatus(target);
       case 're-add':
         return controller().reAdd(slot(), { path: request.path, force: request.force });
       case 'replace':
@@ -125,14 +188,23 @@ export class AdminServer {
         return controller().replace(slot(), request.path, { force: request.force });
       case 'resync':
         return controller().fullResync();
+      case 'fail':
+        return controller().fail(slot());
+      case 'remove':
+        return controller().remove(slot());
+      case 'resync-rate': {
+        const rate = request.bytesPerSecond;
+        if (typeof rate !== 'number' || !Number.isSafeInteger(rate) || rate < 0) throw new Error('resync-rate needs bytesPerSecond >= 0');
+        return controller().setResyncRate(rate);
+      }
       case 'check':
       case 'repair':
-        return controller().check({ repair: request.command === 'repair' || request.repair === true, onProgress: progress });
+        return controller().check({ repair: request.command === 'repair' || request.repair === true,
+          onProgress: (done, total) => progress({ done, total }) });
       case 'sweep':
         return controller().device.sweep({ ignoreQuietPasses: true });
       case 'wait-resync':
-        await controller().resync.idle();
-        return controller().status();
+        return waitForSync();
       case 'pool-grow': {
         const size = { toBytes: positive(request.toBytes), byBytes: positive(request.byBytes) };
         if ((size.toBytes === undefined) === (size.byBytes === undefined)) throw new Error('pool-grow needs exactly one of toBytes or byBytes');
@@ -160,13 +232,13 @@ export class AdminServer {
         return { cutting: true };
       }
       default:
-        throw new Error(`unknown command "${request.command}" (status, re-add, replace, resync, check, repair, sweep, wait-resync, ` +
-          'pool-grow, cache-drop, fault, power-cut)');
+        throw new Error(`unknown command "${request.command}" (status, report, events, re-add, replace, fail, remove, resync, resync-rate, ` +
+          'check, repair, sweep, wait-resync, pool-grow, cache-drop, fault, power-cut)');
     }
   }
 
   private plainStatus(): Record<string, unknown> {
-    const { plain, cache } = this.target;
+    const { plain, cache } = this.target!;
     const failure = cache?.failed?.message;
     return {
       kind: 'plain',

@@ -1,101 +1,55 @@
-import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, Option } from 'commander';
-import cliProgress from 'cli-progress';
-import { FileLock } from '../backends/file-lock.js';
 import { openLeg } from '../backends/leg-spec.js';
-import { ThinLeg } from '../backends/thin-leg.js';
-import { parseSize } from '../config/schema.js';
-import { registerCrashTest } from './crash-test/command.js';
+import { ThinLeg, type PoolUsage } from '../backends/thin-leg.js';
 import { createLogger } from '../cli/logger.js';
-import { type ConfigOverrides, loadConfigOrDefault } from '../config/load.js';
-import { type Config, ConfigError } from '../config/schema.js';
+import { type Config, ConfigError, parseSize } from '../config/schema.js';
 import { compareRegions, type CompareResult } from '../mirror/compare.js';
 import { createMirror } from '../mirror/create.js';
-import { readLabel } from '../mirror/leg-label.js';
 import { formatUuid, regionsSet } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
 import { adminRequest } from './admin-client.js';
+import { registerCrashTest } from './crash-test/command.js';
+import { registerEvents } from './events-command.js';
 import { formatPool, formatStatus } from './format-status.js';
-import type { PoolUsage } from '../backends/thin-leg.js';
-
-interface TargetOptions {
-  config?: string;
-  leg?: string[];
-  log?: string;
-  dataDir: string;
-  admin?: string;
-  json?: boolean;
-}
-
-/** The configuration a tool acts on: --config, or the embedded default's data folder (see loadDefaultConfig). */
-function targetConfig(options: TargetOptions, overrides: ConfigOverrides = {}): Config {
-  return loadConfigOrDefault(options.config, path.resolve(options.dataDir), { legs: options.leg, log: options.log, ...overrides }).config;
-}
-
-function adminSocketOf(options: TargetOptions): string | undefined {
-  if (options.admin) return path.resolve(options.admin);
-  // Files named on the command line are not the configured server's.
-  if (options.leg || options.log) return undefined;
-  try {
-    return targetConfig(options).listen.admin;
-  } catch {
-    return undefined;
-  }
-}
-
-async function online(options: TargetOptions): Promise<string | undefined> {
-  const socket = adminSocketOf(options);
-  if (!socket || !fs.existsSync(socket)) return undefined;
-  try {
-    await adminRequest(socket, { command: 'status' }, undefined, 5000);
-    return socket;
-  } catch {
-    return undefined;
-  }
-}
-
-async function requireOnline(options: TargetOptions, what: string): Promise<string> {
-  const socket = await online(options);
-  if (!socket) {
-    throw new ConfigError('admin', `${what} runs against a running server, and none answers on ${adminSocketOf(options) ?? '(no admin socket configured)'}; ` +
-      'start it with nbd-mirror serve', 'nbd-mirror');
-  }
-  return socket;
-}
-
-function print(options: TargetOptions, value: unknown, text: () => string): void {
-  console.log(options.json ? JSON.stringify(value, (_key, entry: unknown) => (typeof entry === 'bigint' ? entry.toString() : entry), 2) : text());
-}
-
-function targetOptions(command: Command): Command {
-  return command
-    .option('-c, --config <file>', 'configuration file of the mirror')
-    .option('-d, --data-dir <dir>', 'data folder of the embedded default', 'data')
-    .option('--admin <socket>', 'admin socket of a running server')
-    .option('--leg <path...>', 'leg files (instead of the configuration\'s)')
-    .option('--log <path>', 'region log file (instead of the configuration\'s)')
-    .option('--json', 'print JSON');
-}
-
-function progressBar(label: string): { update: (done: number, total: number) => void; stop: () => void } {
-  if (!process.stderr.isTTY) return { update: () => {}, stop: () => {} };
-  const bar = new cliProgress.SingleBar({ format: `${label} [{bar}] {percentage}% {value}/{total} regions | eta {eta}s`, stream: process.stderr },
-    cliProgress.Presets.shades_classic);
-  let started = false;
-  return {
-    update: (done, total) => {
-      if (!started) { bar.start(total, 0); started = true; }
-      bar.update(done);
-    },
-    stop: () => { if (started) bar.stop(); },
-  };
-}
+import { progressBar } from './progress.js';
+import { exitCodeFor, filesStatus, type StatusReport } from './status-view.js';
+import { online, print, requireOnline, targetConfig, targetOptions, type TargetOptions } from './target.js';
+import { exitNoSuchMirror, ToolError } from './tool-error.js';
 
 function describeCheck(result: CompareResult): string {
+  if (result.legsCompared.length < 2) {
+    return `nothing compared: only leg ${result.legsCompared.join(', ') || '(none)'} is in sync, and a check needs two; ` +
+      'no mismatch count (re-add or replace the other legs first)';
+  }
   const mismatches = result.mismatchedRegions.length;
   return `compared legs ${result.legsCompared.join(', ')}: ${result.regionsCompared} regions, ${result.bytesCompared} bytes per leg; ` +
     `mismatch_cnt ${mismatches}${mismatches > 0 ? ` (regions ${result.mismatchedRegions.slice(0, 20).join(', ')}${mismatches > 20 ? ', ...' : ''})` : ''}`;
+}
+
+/** An admin command that starts work, then with --wait follows it to the end and prints the final state. */
+async function runAndWait(options: TargetOptions & { wait?: boolean }, what: string, request: Parameters<typeof adminRequest>[1],
+  label: string): Promise<void> {
+  const socket = await requireOnline(options, what);
+  const message = await adminRequest(socket, request);
+  if (!options.wait) {
+    print(options, { message }, () => String(message));
+    return;
+  }
+  if (!options.json) console.log(String(message));
+  const bar = progressBar(label);
+  const waited = await adminRequest(socket, { command: 'wait-resync' }, bar.update) as { waited: { finished: boolean; problem?: string } };
+  bar.stop();
+  const report = await adminRequest(socket, { command: 'report' }) as StatusReport;
+  print(options, { message, waited: waited.waited, status: report }, () =>
+    `${waited.waited.finished ? `${label} finished` : `stopped waiting: ${waited.waited.problem}`}\n${formatStatus(report)}`);
+  process.exitCode = waited.waited.finished ? exitCodeFor(report.health) : 1;
+}
+
+function slotArgument(value: string): number {
+  const slot = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(slot)) throw new ToolError(`"${value}" is not a leg slot number (0, 1, ...)`);
+  return slot;
 }
 
 export function registerTools(program: Command): void {
@@ -106,8 +60,9 @@ export function registerTools(program: Command): void {
     .option('--region-size <size>', 'region size, e.g. 1MiB')
     .option('--force', 'overwrite existing files (their contents are lost)')
     .action(async (options: TargetOptions & { size?: string; regionSize?: string; force?: boolean }) => {
-      const config = targetConfig(options, { sizeBytes: options.size, regionSize: options.regionSize });
-      if (config.storage.log === undefined) throw new ConfigError('storage.log', 'a mirror needs a region log (--log)', 'nbd-mirror create');
+      // create is the one tool that writes the embedded default's folder, as serve's first start does.
+      const config = targetConfig(options, { sizeBytes: options.size, regionSize: options.regionSize }, { createDataDir: true });
+      if (config.storage.log === undefined) throw new ToolError('a mirror needs a region log (--log, or storage.log in the configuration)');
       const created = await createMirror({ logPath: config.storage.log, legs: config.storage.legs,
         sizeBytes: config.storage.sizeBytes, regionSizeBytes: config.storage.regionSizeBytes, force: options.force });
       print(options, { mirrorUuid: formatUuid(created.mirrorUuid), legs: created.legUuids.map(formatUuid), initialSync: created.initialSync },
@@ -116,42 +71,17 @@ export function registerTools(program: Command): void {
           (created.initialSync ? '; a block device keeps its old contents, so the first start syncs every region from the source leg' : ''));
     });
 
-  targetOptions(program.command('status').description('legs, their states, dirty and out-of-sync regions, resync progress'))
+  targetOptions(program.command('status').description('legs, their states, dirty and out-of-sync regions, resync progress; ' +
+    'exit 0 optimal, 1 degraded or resyncing, 2 failed, 4 no such mirror or server unreachable'))
     .action(async (options: TargetOptions) => {
-      const socket = await online(options);
-      if (socket) {
-        const status = await adminRequest(socket, { command: 'status' });
-        print(options, status, () => formatStatus(status as Parameters<typeof formatStatus>[0], 'running server'));
-        return;
+      let report: StatusReport;
+      try {
+        report = await statusReport(options);
+      } catch (error) {
+        throw error instanceof ToolError ? error : new ToolError((error as Error).message, exitNoSuchMirror);
       }
-      const config = targetConfig(options);
-      if (!config.storage.log) throw new ConfigError('storage.log', 'not a mirror', 'nbd-mirror status');
-      const { state } = RegionLog.inspect(config.storage.log);
-      const pools = await Promise.all(config.storage.legs.map(async (leg) => {
-        if (!leg.thin || !fs.existsSync(leg.path)) return undefined;
-        try {
-          const pool = await ThinLeg.open({ path: leg.path, readOnly: true, lowWaterBytes: leg.thin.lowWaterBytes });
-          const usage = pool.usage();
-          await pool.close();
-          return usage;
-        } catch {
-          return undefined;
-        }
-      }));
-      const offline = {
-        mirrorUuid: formatUuid(state.mirrorUuid), sizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes,
-        regionCount: state.regionCount, cleanShutdown: state.cleanShutdown, bitsSet: regionsSet(state.dirty, state.regionCount).length,
-        inUse: FileLock.holder(config.storage.log) === 'exclusive',
-        legs: state.legs.map((record, slot) => {
-          const legPath = config.storage.legs[slot]?.path;
-          const thin = config.storage.legs[slot]?.thin !== undefined;
-          const label = legPath && fs.existsSync(legPath) ? readLabel(legPath, thin) : undefined;
-          return { slot, path: legPath, uuid: formatUuid(record.uuid), state: record.state, rebuildMode: record.rebuildMode,
-            labelEvents: label?.label?.events.toString(), logEvents: record.events.toString(), labelProblem: label?.problem,
-            pool: pools[slot] };
-        }),
-      };
-      print(options, offline, () => formatStatus(offline, 'offline, from the files'));
+      print(options, report, () => formatStatus(report));
+      process.exitCode = exitCodeFor(report.health);
     });
 
   targetOptions(program.command('check').description('compare the legs region by region (mismatch count, like md check)'))
@@ -164,60 +94,89 @@ export function registerTools(program: Command): void {
         result = await adminRequest(socket, { command: 'check', repair: options.repair }, bar.update) as CompareResult;
       } else {
         if (options.repair) await requireOnline(options, 'repair');
-        result = await offlineCheck(targetConfig(options), bar.update);
+        result = await offlineCheck(targetConfig(options), (done, total) => bar.update({ done, total }));
       }
       bar.stop();
-      print(options, result, () => describeCheck(result));
-      if (result.mismatchedRegions.length > 0 && !options.repair) process.exitCode = 1;
+      print(options, { ...result, compared: result.legsCompared.length >= 2 }, () => describeCheck(result));
+      if (result.legsCompared.length < 2) process.exitCode = 2;
+      else if (result.mismatchedRegions.length > 0 && !options.repair) process.exitCode = 1;
     });
 
   targetOptions(program.command('repair').description('check, and resync every mismatched region from the source leg'))
-    .action(async (options: TargetOptions) => {
+    .option('--wait', 'wait until the mismatched regions are resynced')
+    .action(async (options: TargetOptions & { wait?: boolean }) => {
       const socket = await requireOnline(options, 'repair');
       const bar = progressBar('repair');
       const result = await adminRequest(socket, { command: 'repair' }, bar.update) as CompareResult;
       bar.stop();
-      print(options, result, () => `${describeCheck(result)}; mismatched regions queued for resync`);
+      const source = result.legsCompared[0];
+      const text = result.legsCompared.length < 2 ? describeCheck(result)
+        : `${describeCheck(result)}${result.mismatchedRegions.length > 0 ? `; mismatched regions queued for resync from leg ${source} (the source leg's bytes win)` : ''}`;
+      if (options.wait && result.mismatchedRegions.length > 0) {
+        if (!options.json) console.log(text);
+        const waitBar = progressBar('resync');
+        await adminRequest(socket, { command: 'wait-resync' }, waitBar.update);
+        waitBar.stop();
+      }
+      print(options, result, () => (options.wait && result.mismatchedRegions.length > 0 ? 'repair finished' : text));
     });
 
   targetOptions(program.command('resync').description('resync every region from the source leg'))
-    .option('--wait', 'wait until the resync has finished')
-    .action(async (options: TargetOptions & { wait?: boolean }) => {
-      const socket = await requireOnline(options, 'resync');
-      const message = await adminRequest(socket, { command: 'resync' });
-      if (options.wait) await adminRequest(socket, { command: 'wait-resync' });
-      print(options, { message }, () => String(message));
+    .option('--wait', 'wait until the resync has finished, then print the final state (a progress bar on a terminal)')
+    .action((options: TargetOptions & { wait?: boolean }) => runAndWait(options, 'resync', { command: 'resync' }, 'resync'));
+
+  targetOptions(program.command('resync-rate').description('change the resync bandwidth limit of the running server (storage.resyncRate is the next start\'s)'))
+    .argument('<rate>', 'bytes per second, e.g. 64MiB; 0 for unlimited')
+    .action(async (rate: string, options: TargetOptions) => {
+      const bytesPerSecond = rate === '0' ? 0 : parseSizeArgument(rate, '<rate>');
+      const socket = await requireOnline(options, 'resync-rate');
+      const message = await adminRequest(socket, { command: 'resync-rate', bytesPerSecond });
+      print(options, { message, bytesPerSecond }, () => String(message));
     });
 
   targetOptions(program.command('re-add').description('bring a faulty leg back; only regions written meanwhile are resynced'))
-    .argument('<slot>', 'leg slot number', (value) => Number(value))
+    .argument('<slot>', 'leg slot number', slotArgument)
     .option('--path <path>', 'the leg file, if it moved')
     .option('--force', 'take the leg even if its label does not match, and rebuild it fully')
-    .action(async (slot: number, options: TargetOptions & { path?: string; force?: boolean }) => {
-      const socket = await requireOnline(options, 're-add');
-      const message = await adminRequest(socket, { command: 're-add', slot, path: options.path && path.resolve(options.path), force: options.force });
+    .option('--wait', 'wait until the leg is in sync')
+    .action((slot: number, options: TargetOptions & { path?: string; force?: boolean; wait?: boolean }) =>
+      runAndWait(options, 're-add', { command: 're-add', slot, path: options.path && path.resolve(options.path), force: options.force }, 're-add'));
+
+  targetOptions(program.command('replace').description('put a new, empty leg in a slot and rebuild it online'))
+    .argument('<slot>', 'leg slot number', slotArgument)
+    .argument('<path>', 'new leg file (created) or block device')
+    .option('--force', 'overwrite the new leg file if it exists')
+    .option('--wait', 'wait until the new leg is in sync')
+    .action((slot: number, legPath: string, options: TargetOptions & { force?: boolean; wait?: boolean }) =>
+      runAndWait(options, 'replace', { command: 'replace', slot, path: path.resolve(legPath), force: options.force }, 'rebuild'));
+
+  targetOptions(program.command('fail').description('mark a leg faulty (mdadm --fail): it gets no more I/O; re-add brings it back'))
+    .argument('<slot>', 'leg slot number', slotArgument)
+    .action(async (slot: number, options: TargetOptions) => {
+      const socket = await requireOnline(options, 'fail');
+      const message = await adminRequest(socket, { command: 'fail', slot });
       print(options, { message }, () => String(message));
     });
 
-  targetOptions(program.command('replace').description('put a new, empty leg in a slot and rebuild it online'))
-    .argument('<slot>', 'leg slot number', (value) => Number(value))
-    .argument('<path>', 'new leg file (created)')
-    .option('--force', 'overwrite the new leg file if it exists')
-    .action(async (slot: number, legPath: string, options: TargetOptions & { force?: boolean }) => {
-      const socket = await requireOnline(options, 'replace');
-      const message = await adminRequest(socket, { command: 'replace', slot, path: path.resolve(legPath), force: options.force });
+  targetOptions(program.command('remove').description('empty a faulty leg\'s slot (mdadm --remove); replace fills it'))
+    .argument('<slot>', 'leg slot number', slotArgument)
+    .action(async (slot: number, options: TargetOptions) => {
+      const socket = await requireOnline(options, 'remove');
+      const message = await adminRequest(socket, { command: 'remove', slot });
       print(options, { message }, () => String(message));
     });
+
+  registerEvents(program);
 
   const pool = program.command('pool').description('thin-provisioned legs');
   targetOptions(pool.command('grow').description('raise a thin leg\'s pool capacity (online through the admin socket, or offline)'))
-    .argument('[slot]', 'leg slot number (0 for a plain export)', (value) => Number(value), 0)
+    .argument('[slot]', 'leg slot number (0 for a plain export)', slotArgument, 0)
     .option('--to <size>', 'new pool capacity, e.g. 2GiB')
     .option('--by <size>', 'capacity to add, e.g. 512MiB')
     .action(async (slot: number, options: TargetOptions & { to?: string; by?: string }) => {
-      if ((options.to === undefined) === (options.by === undefined)) throw new ConfigError('pool grow', 'give exactly one of --to or --by', 'nbd-mirror');
-      const size = { toBytes: options.to === undefined ? undefined : parseSize(options.to, '--to'),
-        byBytes: options.by === undefined ? undefined : parseSize(options.by, '--by') };
+      if ((options.to === undefined) === (options.by === undefined)) throw new ToolError('pool grow: give exactly one of --to or --by');
+      const size = { toBytes: options.to === undefined ? undefined : parseSizeArgument(options.to, '--to'),
+        byBytes: options.by === undefined ? undefined : parseSizeArgument(options.by, '--by') };
       const socket = await online(options);
       let usage: PoolUsage;
       if (socket) {
@@ -225,9 +184,9 @@ export function registerTools(program: Command): void {
       } else {
         // No server holds the pool: grow the file directly.
         const leg = targetConfig(options).storage.legs[slot];
-        if (!leg) throw new ConfigError('storage.legs', `no leg slot ${slot}`, 'nbd-mirror pool grow');
-        if (!leg.thin) throw new ConfigError(`storage.legs[${slot}]`, 'is not a thin leg', 'nbd-mirror pool grow');
-        const thin = await ThinLeg.open({ path: leg.path });
+        if (!leg) throw new ToolError(`pool grow: no leg slot ${slot}`);
+        if (!leg.thin) throw new ToolError(`pool grow: storage.legs[${slot}] (${leg.path}) is not a thin leg`);
+        const thin = await ThinLeg.open({ path: leg.path, lowWaterBytes: leg.thin.lowWaterBytes });
         try {
           usage = await thin.grow(size);
         } finally {
@@ -265,9 +224,26 @@ export function registerTools(program: Command): void {
     });
 }
 
+/** A size given as a tool's argument or flag: the message names the flag, not a configuration key. */
+function parseSizeArgument(value: string, flag: string): number {
+  try {
+    return parseSize(value, flag);
+  } catch (error) {
+    throw new ToolError(error instanceof ConfigError ? `${flag}: ${error.problem}` : (error as Error).message);
+  }
+}
+
+async function statusReport(options: TargetOptions): Promise<StatusReport> {
+  const socket = await online(options);
+  if (socket) return await adminRequest(socket, { command: 'report' }) as StatusReport;
+  const config = targetConfig(options);
+  if (!config.storage.log) throw new ToolError(`${options.config ?? 'the configuration'} has no storage.log: a plain export has status only while it is served`, exitNoSuchMirror);
+  return filesStatus(config, config.storage.log);
+}
+
 /** Compares the leg files directly; the server must not be running (nothing locks the regions). */
 async function offlineCheck(config: Config, onProgress: (done: number, total: number) => void): Promise<CompareResult> {
-  if (!config.storage.log) throw new ConfigError('storage.log', 'not a mirror', 'nbd-mirror check');
+  if (!config.storage.log) throw new ToolError('check: the configuration has no storage.log, so there is no mirror to compare');
   const { state } = RegionLog.inspect(config.storage.log);
   const slots = state.legs.flatMap((record, slot) => (record.state === 'in_sync' ? [slot] : []));
   const logger = createLogger('silent');
@@ -280,5 +256,3 @@ async function offlineCheck(config: Config, onProgress: (done: number, total: nu
     await Promise.all(legs.map((leg) => leg.device.close()));
   }
 }
-
-

@@ -1,5 +1,6 @@
 import type { PoolUsage } from '../backends/thin-leg.js';
 import type { PageCacheStatus } from '../pagecache/page-cache.js';
+import type { StatusReport } from './status-view.js';
 
 const MiB = 1024 * 1024;
 
@@ -18,38 +19,54 @@ function formatCache(cache: PageCacheStatus): string {
     `${cache.failed ? `; FAILED (${cache.failed})` : ''}`;
 }
 
-/** Human-readable status, for a running server's answer or the offline view of the files. */
-export function formatStatus(status: {
-  kind?: string; mirrorUuid?: string; sizeBytes: number; regionSizeBytes?: number; regionCount?: number; health?: string; failure?: string;
-  cleanShutdown?: boolean; bitsSet?: number; inUse?: boolean;
-  legs: Array<{ slot: number; path?: string; uuid?: string; state: string; rebuildMode?: string; failedAt?: string; labelProblem?: string;
-    pool?: PoolUsage }>;
-  regions?: Record<string, number>;
-  resync?: { kind: string; running: boolean; regionsDone: number; regionsTotal: number; bytesCopied: number; lastError?: string };
-  cache?: PageCacheStatus;
-}, source: string): string {
-  const lines = status.mirrorUuid === undefined ? [`plain export (${source})`, `  ${status.sizeBytes} bytes`]
-    : [`mirror ${status.mirrorUuid} (${source})`, `  ${status.sizeBytes} bytes, ${status.regionCount} regions of ${status.regionSizeBytes} bytes`];
-  if (status.health) lines.push(`  health: ${status.health}${status.failure ? ` (${status.failure})` : ''}`);
-  if (status.inUse) {
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
+}
+
+/** Human-readable status: the same text for a running server's report and for the files'. */
+export function formatStatus(status: StatusReport): string {
+  const source = status.source === 'server' ? 'running server' : 'offline, from the files';
+  const lines = status.mirrorUuid === null ? [`plain export (${source})`, `  ${status.sizeBytes} bytes`]
+    : [`mirror ${status.mirrorUuid} (${source})`,
+      `  ${status.sizeBytes} bytes, ${plural(status.regionCount ?? 0, 'region')} of ${status.regionSizeBytes} bytes`];
+  lines.push(`  health: ${status.health}${status.failure ? ` (${status.failure})` : ''}`);
+  if (status.source === 'files' && status.inUse) {
     lines.push('  in use: another process holds the files (a server whose admin socket did not answer?); ' +
       'these figures are read from the files and may be behind');
   }
-  if (status.cleanShutdown !== undefined) lines.push(`  clean shutdown: ${status.cleanShutdown}, dirty bits set: ${status.bitsSet}`);
+  if (status.cleanShutdown !== null) lines.push(`  clean shutdown: ${status.cleanShutdown}, dirty bits set: ${status.bitsSet}`);
   for (const leg of status.legs) {
-    lines.push(`  leg ${leg.slot}: ${leg.state}${leg.rebuildMode && leg.rebuildMode !== 'none' ? ` (${leg.rebuildMode})` : ''} ${leg.path ?? ''} ${leg.uuid ?? ''}` +
-      `${leg.failedAt ? ` failed at ${leg.failedAt}` : ''}${leg.labelProblem ? ` label: ${leg.labelProblem}` : ''}`);
+    const rebuilding = leg.rebuildMode !== 'none' ? ` (${leg.rebuildMode})` : '';
+    // A failure time means something only while the leg is still out: once back in sync it is history.
+    const failed = leg.failedAt && leg.state !== 'in_sync' ? ` failed at ${leg.failedAt}` : '';
+    lines.push(`  leg ${leg.slot}: ${leg.state}${rebuilding} ${leg.path ?? ''} ${leg.uuid ?? ''}${failed}` +
+      `${leg.labelProblem ? ` label: ${leg.labelProblem}` : ''}`.trimEnd());
     if (leg.pool) lines.push(`         ${formatPool(leg.pool)}`);
   }
   if (status.regions) {
     const r = status.regions;
     lines.push(`  regions: ${r.clean} clean, ${r.dirty} dirty, ${r.maybeDirty} maybe-dirty, ${r.cleanCandidate} clean-candidate; ` +
-      `${r.outOfSync} out of sync; ${r.bitsSet} bits set`);
+      `${r.outOfSync} out of sync; ${plural(r.bitsSet, 'bit')} set`);
   }
   if (status.resync) {
     const s = status.resync;
-    lines.push(`  resync: ${s.running ? 'running' : 'idle'} (${s.kind}) ${s.regionsDone}/${s.regionsTotal} regions, ${s.bytesCopied} bytes copied` +
-      `${s.lastError ? `, last error: ${s.lastError}` : ''}`);
+    const limit = s.bytesPerSecondLimit > 0 ? `, limit ${mib(s.bytesPerSecondLimit)}/s` : ', no rate limit';
+    if (s.running) {
+      const percent = s.regionsTotal > 0 ? Math.floor((s.regionsDone / s.regionsTotal) * 100) : 100;
+      lines.push(`  resync: ${s.kind} running, ${percent}% (${s.regionsDone}/${plural(s.regionsTotal, 'region')}), ${s.bytesCopied} bytes copied${limit}`);
+    } else if (s.kind === 'none') {
+      lines.push(`  resync: idle${limit}`);
+    } else {
+      const when = s.finishedAtMs ? new Date(s.finishedAtMs).toISOString() : '';
+      lines.push(`  resync: idle; last: ${s.kind} ${s.lastError ? `interrupted (${s.lastError})` : 'finished'} ${when}, ` +
+        `${s.regionsDone}/${plural(s.regionsTotal, 'region')}, ${s.bytesCopied} bytes copied${limit}`);
+    }
+  }
+  if (status.lastCheck) {
+    const c = status.lastCheck;
+    lines.push(c.compared
+      ? `  last check: mismatch_cnt ${c.mismatches} over ${plural(c.regionsCompared, 'region')} (legs ${c.legsCompared.join(', ')}) at ${c.finishedAt}${c.repair ? ', repaired' : ''}`
+      : `  last check: nothing compared (one in-sync leg) at ${c.finishedAt}`);
   }
   if (status.cache) lines.push(`  ${formatCache(status.cache)}`);
   return lines.join('\n');

@@ -1,0 +1,194 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { type Command, Option } from 'commander';
+import type { Logger } from 'pino';
+import { filesLeftUnlocked } from '../backends/file-lock.js';
+import { type ConfigOverrides, loadConfigOrDefault } from '../config/load.js';
+import { ConfigError } from '../config/schema.js';
+import { recordLegPath } from '../config/update.js';
+import { armCrashPoint } from '../faults/crash-points.js';
+import { createLogger } from './logger.js';
+import { attachHints, type RunningServer, startServer } from './serve.js';
+
+function parseInteger(value: string, flag: string): number {
+  const number = Number(value);
+  if (!Number.isSafeInteger(number)) throw new ConfigError(flag, `"${value}" is not an integer`, 'command line');
+  return number;
+}
+
+export function registerServe(program: Command): void {
+  program.command('serve')
+    .description('serve the export; without --config, uses (and on first run creates) DATA_DIR/config.yaml, unless --leg names the storage')
+    .option('-c, --config <file>', 'YAML configuration file')
+    .option('-d, --data-dir <dir>', 'folder for the embedded default configuration and legs', 'data')
+    .option('-l, --listen <host:port>', 'TCP address to listen on (a port alone listens on 127.0.0.1)')
+    .option('-p, --port <port>', 'TCP port on 127.0.0.1 (the same as --listen 127.0.0.1:PORT)')
+    .option('--no-tcp', 'do not listen on TCP')
+    .option('-u, --unix <path>', 'unix socket to listen on')
+    .option('--no-unix', 'do not listen on a unix socket')
+    .option('-n, --export-name <name>', 'export name')
+    .option('--description <text>', 'export description')
+    .option('-r, --read-only', 'serve the export read-only')
+    .option('--leg <path...>', 'leg file or block device (overrides storage.legs; with --log, the mirror legs)')
+    .option('--log <path>', 'region log: the legs form a mirror (created on first start if nothing exists yet)')
+    .option('--admin <path>', 'admin socket for nbd-mirror status/re-add/replace/check')
+    .option('--no-admin', 'no admin socket')
+    .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics')
+    .option('--region-size <size>', 'region size for a mirror created on first start, e.g. 1MiB')
+    .option('--sweep-interval-ms <n>', 'how often the sweeper clears quiet regions', (value) => parseInteger(value, '--sweep-interval-ms'))
+    .option('--force', 'take in legs that are stale, foreign or unlabelled, and rebuild them fully')
+    .option('--size <size>', 'size of leg files created on first start, e.g. 1GiB')
+    .option('--cache', 'put the write-back page cache above the legs (settings from the configuration)')
+    .option('--no-cache', 'serve without the write-back page cache')
+    .option('--max-connections <n>', 'maximum simultaneous clients', (value) => parseInteger(value, '--max-connections'))
+    .option('--handshake-timeout-ms <n>', 'disconnect clients that do not finish negotiating',
+      (value) => parseInteger(value, '--handshake-timeout-ms'))
+    .option('--poll-max-us <n>', 'after input, poll up to this many microseconds before sleeping (adaptive; 0: never)',
+      (value) => parseInteger(value, '--poll-max-us'))
+    .option('--pid-file <file>', 'write the server\'s PID here once it listens (removed at a clean stop)')
+    .option('--exit-with-parent', 'stop cleanly when the parent process exits (npm start uses it; like nbdkit\'s flag)')
+    .option('--crash-point <point>', 'crash-injection testing: point[@hit][+ms][:kill|power-cut] ends the process at the hit-th time the point is reached at least ms after the start')
+    .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
+    .action(serve);
+}
+
+function overridesFrom(options: Record<string, unknown>): ConfigOverrides {
+  if (options.port !== undefined && options.listen !== undefined) throw new ConfigError('--port', 'give --listen or --port, not both', 'command line');
+  const port = options.port === undefined ? undefined : `127.0.0.1:${String(options.port)}`;
+  return {
+    tcp: options.tcp === false ? null : (options.listen as string | undefined) ?? port,
+    unix: options.unix === false ? null : (typeof options.unix === 'string' ? options.unix : undefined),
+    exportName: options.exportName as string | undefined,
+    description: options.description as string | undefined,
+    readOnly: options.readOnly === true ? true : undefined,
+    legs: options.leg as string[] | undefined,
+    log: options.log as string | undefined,
+    admin: options.admin === false ? null : (typeof options.admin === 'string' ? options.admin : undefined),
+    metrics: options.metrics as string | undefined,
+    regionSize: options.regionSize as string | undefined,
+    sweepIntervalMs: options.sweepIntervalMs as number | undefined,
+    force: options.force === true ? true : undefined,
+    sizeBytes: options.size as string | undefined,
+    cache: typeof options.cache === 'boolean' ? options.cache : undefined,
+    maxConnections: options.maxConnections as number | undefined,
+    handshakeTimeoutMs: options.handshakeTimeoutMs as number | undefined,
+    pollMaxMicroseconds: options.pollMaxUs as number | undefined,
+    logLevel: options.logLevel as string | undefined,
+    crashPoint: options.crashPoint as string | undefined,
+  };
+}
+
+async function serve(options: Record<string, unknown>): Promise<void> {
+  // An invalid --port is reported as the flag, not as listen.tcp.
+  if (options.port !== undefined && !/^\d+$/.test(String(options.port))) {
+    throw new ConfigError('--port', `"${String(options.port)}" is not a port number`, 'command line');
+  }
+  const overrides = overridesFrom(options);
+  const configFile = typeof options.config === 'string' ? options.config : undefined;
+  const dataDir = path.resolve(String(options.dataDir));
+  const loaded = loadConfigOrDefault(configFile, dataDir, overrides);
+  const { config } = loaded;
+  const logger = createLogger(config.log.level);
+  if (config.crash) {
+    armCrashPoint(config.crash);
+    logger.warn({ crash: config.crash }, 'crash point armed: this server will end itself there');
+  }
+  const commandLineLegs = overrides.legs !== undefined;
+  const running = await startServer(config, logger, {
+    configSource: loaded.source,
+    pendingDataDir: loaded.pendingDataDir,
+    onLegPathChanged: (slot, legPath) => {
+      if (!commandLineLegs) {
+        const kept = recordLegPath(loaded.source, slot, legPath);
+        logger.info({ slot, path: legPath, config: loaded.source, backup: kept.backup }, 'leg replaced: configuration updated');
+        return `${loaded.source} now names ${kept.written} for leg ${slot} (the previous file is kept as ${kept.backup})`;
+      }
+      const legs = [...(overrides.legs ?? [])];
+      legs[slot] = path.relative(process.cwd(), legPath) || legPath;
+      logger.warn({ slot, path: legPath }, 'leg replaced: update the --leg arguments before the next start');
+      return `this server was started with --leg: start it next time with --leg ${legs.join(' ')}`;
+    },
+  });
+  for (const [file, reason] of filesLeftUnlocked) {
+    logger.warn({ path: file, reason }, 'file not locked: nothing stops a second server or a tool from writing it meanwhile');
+  }
+  const pidFile = typeof options.pidFile === 'string' ? path.resolve(options.pidFile) : undefined;
+  if (pidFile) writePidFile(pidFile);
+  logger.info({ tcp: running.addresses.tcp, unix: running.addresses.unixPath, admin: config.listen.admin,
+    metrics: running.addresses.metrics, cache: running.cache !== undefined, export: config.export.name,
+    recoveryRegions: running.mirror?.recoveryRegions, sizeBytes: running.device.sizeBytes, config: loaded.source, pid: process.pid }, 'listening');
+  for (const hint of attachHints(config, running.addresses)) logger.info(`attach with: ${hint}`);
+  handleSignals(running, logger, pidFile, () => reloadSettings(running, logger, configFile, dataDir, overrides));
+  if (options.exitWithParent === true) exitWithParent(logger);
+}
+
+function writePidFile(pidFile: string): void {
+  const temporary = `${pidFile}.tmp-${process.pid}`;
+  fs.writeFileSync(temporary, `${process.pid}\n`);
+  fs.renameSync(temporary, pidFile);
+}
+
+/**
+ * SIGINT, SIGTERM and SIGQUIT stop cleanly (a second one exits at once).
+ * SIGHUP, which a closing terminal or `systemctl reload` sends, never stops
+ * the server: it re-reads the settings that can change while running.
+ */
+function handleSignals(running: RunningServer, logger: Logger, pidFile: string | undefined, reload: () => void): void {
+  let signals = 0;
+  const onStop = (signal: NodeJS.Signals): void => {
+    signals += 1;
+    if (signals > 1) {
+      logger.warn({ signal }, 'second signal: exiting without waiting');
+      process.exit(1);
+    }
+    logger.info({ signal }, 'shutting down: finishing in-flight requests, flushing');
+    running.stop().then(() => {
+      if (pidFile) fs.rmSync(pidFile, { force: true });
+      logger.info('stopped cleanly');
+      process.exit(0);
+    }, (error: unknown) => {
+      logger.error({ err: error }, 'shutdown failed: data may not be durable');
+      process.exit(1);
+    });
+  };
+  process.on('SIGINT', onStop);
+  process.on('SIGTERM', onStop);
+  process.on('SIGQUIT', onStop);
+  process.on('SIGHUP', () => {
+    logger.info({ signal: 'SIGHUP' }, 'reloading settings (SIGHUP never stops the server)');
+    reload();
+  });
+}
+
+/** What SIGHUP re-reads: the log level, the resync rate and the sweep interval. */
+function reloadSettings(running: RunningServer, logger: Logger, configFile: string | undefined, dataDir: string,
+  overrides: ConfigOverrides): void {
+  let config;
+  try {
+    config = loadConfigOrDefault(configFile, dataDir, overrides).config;
+  } catch (error) {
+    logger.error({ err: (error as Error).message }, 'reload refused: the configuration has an error; the running settings stay');
+    return;
+  }
+  logger.level = config.log.level;
+  running.mirror?.setResyncRate(config.storage.resyncBytesPerSecond);
+  running.mirror?.setSweepInterval(config.storage.sweepIntervalMs);
+  logger.info({ logLevel: config.log.level, resyncRate: config.storage.resyncBytesPerSecond,
+    sweepIntervalMs: config.storage.sweepIntervalMs }, 'settings reloaded; listeners, storage and cache need a restart to change');
+}
+
+/**
+ * `npm start` runs the server under npm and a shell; a SIGTERM sent to npm's
+ * PID does not reach us, and we would go on serving with PPID 1. Polled once
+ * a second: when the parent is gone, stop as for SIGTERM.
+ */
+function exitWithParent(logger: Logger): void {
+  const parent = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid === parent) return;
+    clearInterval(timer);
+    logger.info({ parent }, 'the parent process exited (--exit-with-parent)');
+    process.kill(process.pid, 'SIGTERM');
+  }, 1000);
+  timer.unref();
+}

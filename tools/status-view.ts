@@ -1,0 +1,144 @@
+import fs from 'node:fs';
+import { FileLock } from '../backends/file-lock.js';
+import { ThinLeg, type PoolUsage } from '../backends/thin-leg.js';
+import type { Config } from '../config/schema.js';
+import type { LastCheck, MirrorStatus } from '../mirror/controller.js';
+import { readLabel } from '../mirror/leg-label.js';
+import type { ResyncProgress } from '../mirror/resync.js';
+import type { PageCacheStatus } from '../pagecache/page-cache.js';
+import { formatUuid, regionsSet } from '../regionlog/format.js';
+import { RegionLog } from '../regionlog/region-log.js';
+import type { AdminTarget } from './admin-server.js';
+
+export type Health = 'optimal' | 'degraded' | 'resyncing' | 'failed';
+
+export interface LegReport {
+  slot: number;
+  path: string | null;
+  uuid: string | null;
+  state: string;
+  rebuildMode: string;
+  failedAt: string | null;
+  /** Offline only: why the leg's label does not match the log (null when it does, or online). */
+  labelProblem: string | null;
+  pool: PoolUsage | null;
+}
+
+/**
+ * What `status --json` prints, the same fields whether a running server
+ * answered ("server") or the files were read ("files"); what one source
+ * cannot know is null.
+ */
+export interface StatusReport {
+  source: 'server' | 'files';
+  kind: 'mirror' | 'plain';
+  mirrorUuid: string | null;
+  sizeBytes: number;
+  regionSizeBytes: number | null;
+  regionCount: number | null;
+  health: Health;
+  failure: string | null;
+  /** Files only: whether the last server stopped cleanly. */
+  cleanShutdown: boolean | null;
+  /** The files are held by a process (a running server), so figures read from them may be behind. */
+  inUse: boolean;
+  bitsSet: number | null;
+  legs: LegReport[];
+  regions: MirrorStatus['regions'] | null;
+  resync: (ResyncProgress & { bytesPerSecondLimit: number }) | null;
+  lastCheck: LastCheck | null;
+  cache: PageCacheStatus | null;
+  counters: { sweeps: number; regionsCleared: number; logCommits: number; generation: number } | null;
+}
+
+/** mdadm --detail --test: 0 optimal, 1 degraded or resyncing, 2 failed (4, no mirror, is the caller's). */
+export function exitCodeFor(health: Health): number {
+  return health === 'optimal' ? 0 : health === 'failed' ? 2 : 1;
+}
+
+/** A running server's view of itself. */
+export function serverStatus(target: AdminTarget): StatusReport {
+  if (target.mirror) {
+    const status = target.mirror.status();
+    return {
+      source: 'server', kind: 'mirror', mirrorUuid: status.mirrorUuid, sizeBytes: status.sizeBytes,
+      regionSizeBytes: status.regionSizeBytes, regionCount: status.regionCount, health: status.health,
+      failure: status.failure ?? null, cleanShutdown: null, inUse: true, bitsSet: status.regions.bitsSet,
+      legs: status.legs.map((leg) => ({ slot: leg.slot, path: leg.path, uuid: leg.uuid, state: leg.state,
+        rebuildMode: leg.rebuildMode, failedAt: leg.failedAt ?? null, labelProblem: null, pool: leg.pool ?? null })),
+      regions: status.regions, resync: status.resync, lastCheck: status.lastCheck ?? null, cache: status.cache ?? null,
+      counters: { sweeps: status.sweeps, regionsCleared: status.regionsCleared, logCommits: status.logCommits, generation: status.generation },
+    };
+  }
+  const { plain, cache } = target;
+  const failure = cache?.failed?.message;
+  return {
+    source: 'server', kind: 'plain', mirrorUuid: null, sizeBytes: plain?.sizeBytes ?? 0, regionSizeBytes: null, regionCount: null,
+    health: failure ? 'failed' : 'optimal', failure: failure ?? null, cleanShutdown: null, inUse: true, bitsSet: null,
+    legs: [{ slot: 0, path: plain?.path ?? null, uuid: null, state: 'in_sync', rebuildMode: 'none', failedAt: null, labelProblem: null,
+      pool: plain?.pool?.usage() ?? null }],
+    regions: null, resync: null, lastCheck: null, cache: cache?.status() ?? null, counters: null,
+  };
+}
+
+/** The view from the files of a mirror no server answers for. */
+export async function filesStatus(config: Config, logPath: string): Promise<StatusReport> {
+  const { state } = RegionLog.inspect(logPath);
+  const pools = await Promise.all(config.storage.legs.map(async (leg) => {
+    if (!leg.thin || !fs.existsSync(leg.path)) return null;
+    try {
+      const pool = await ThinLeg.open({ path: leg.path, readOnly: true, lowWaterBytes: leg.thin.lowWaterBytes });
+      const usage = pool.usage();
+      await pool.close();
+      return usage;
+    } catch {
+      return null;
+    }
+  }));
+  const legs: LegReport[] = state.legs.map((record, slot) => {
+    const legPath = config.storage.legs[slot]?.path;
+    const thin = config.storage.legs[slot]?.thin !== undefined;
+    let labelProblem: string | null = null;
+    if (record.state === 'in_sync' || record.state === 'rebuilding') {
+      if (!legPath || !fs.existsSync(legPath)) labelProblem = 'missing';
+      else {
+        const read = readLabel(legPath, thin, state.deviceSizeBytes);
+        if (!read.label) labelProblem = read.problem ?? 'no label';
+        else if (!read.label.legUuid.equals(record.uuid)) labelProblem = `holds leg ${formatUuid(read.label.legUuid)}, not this slot's`;
+        else if (read.movedFromBytes !== undefined) labelProblem = `the leg changed size (label found at its old end, byte ${read.movedFromBytes})`;
+      }
+    }
+    return { slot, path: legPath ?? null, uuid: formatUuid(record.uuid), state: record.state, rebuildMode: record.rebuildMode,
+      failedAt: record.failedAtMs ? new Date(record.failedAtMs).toISOString() : null, labelProblem, pool: pools[slot] ?? null };
+  });
+  const bitsSet = regionsSet(state.dirty, state.regionCount).length;
+  const usable = legs.filter((leg) => leg.state === 'in_sync' && (leg.labelProblem === null || leg.labelProblem.startsWith('the leg changed size')));
+  const health: Health = usable.length === 0 ? 'failed'
+    : legs.some((leg) => leg.state !== 'in_sync' || leg.labelProblem !== null) ? 'degraded'
+      : !state.cleanShutdown && bitsSet > 0 ? 'resyncing' : 'optimal';
+  return {
+    source: 'files', kind: 'mirror', mirrorUuid: formatUuid(state.mirrorUuid), sizeBytes: state.deviceSizeBytes,
+    regionSizeBytes: state.regionSizeBytes, regionCount: state.regionCount, health,
+    failure: usable.length === 0 ? 'no in-sync leg is usable' : null, cleanShutdown: state.cleanShutdown,
+    inUse: FileLock.holder(logPath) === 'exclusive', bitsSet, legs,
+    regions: null, resync: null, lastCheck: null, cache: null, counters: null,
+  };
+}
+
+/** The `exists` lines `events --now` starts with, like drbdsetup events2 --now; the last one marks the end of the snapshot. */
+export function currentStateEvents(target: AdminTarget): Array<Record<string, unknown>> {
+  const report = serverStatus(target);
+  const time = new Date().toISOString();
+  const lines: Array<Record<string, unknown>> = [
+    { event: 'exists', object: 'mirror', time, health: report.health, failure: report.failure, mirrorUuid: report.mirrorUuid },
+    ...report.legs.map((leg) => ({ event: 'exists', object: 'leg', time, slot: leg.slot, path: leg.path, state: leg.state,
+      rebuildMode: leg.rebuildMode })),
+  ];
+  if (report.resync) {
+    const { kind, running, regionsDone, regionsTotal, bytesCopied } = report.resync;
+    lines.push({ event: 'exists', object: 'resync', time, kind, running, regionsDone, regionsTotal, bytesCopied });
+  }
+  if (report.lastCheck) lines.push({ event: 'exists', object: 'check', time, ...report.lastCheck });
+  lines.push({ event: 'exists', object: '-', time });
+  return lines;
+}
