@@ -128,19 +128,26 @@ function writePidFile(pidFile: string): void {
   fs.renameSync(temporary, pidFile);
 }
 
+/** Signals repeated within this long count as one (see onStop). */
+const repeatedSignalGraceMs = 1000;
+
 /**
- * SIGINT, SIGTERM and SIGQUIT stop cleanly (a second one exits at once).
+ * SIGINT, SIGTERM and SIGQUIT stop cleanly (a second one, a second or more
+ * later, exits at once).
  * SIGHUP, which a closing terminal or `systemctl reload` sends, never stops
  * the server: it re-reads the settings that can change while running.
  */
 function handleSignals(running: RunningServer, logger: Logger, pidFile: string | undefined, reload: () => void): void {
-  let signals = 0;
+  let firstSignalMs: number | undefined;
   const onStop = (signal: NodeJS.Signals): void => {
-    signals += 1;
-    if (signals > 1) {
+    if (firstSignalMs !== undefined) {
+      // Ctrl-C under `npm start` arrives twice at once: from the terminal, and forwarded by npm.
+      // Only a second signal an operator sends on purpose, a moment later, skips the clean stop.
+      if (Date.now() - firstSignalMs < repeatedSignalGraceMs) return;
       logger.warn({ signal }, 'second signal: exiting without waiting');
       process.exit(1);
     }
+    firstSignalMs = Date.now();
     logger.info({ signal }, 'shutting down: finishing in-flight requests, flushing');
     running.stop().then(() => {
       if (pidFile) fs.rmSync(pidFile, { force: true });

@@ -174,7 +174,9 @@ export class MirrorController {
           }
           if (verdict.kind === 'ok' && verdict.grown) takeGrownLeg(path, slot, verdict.grown, logger);
           if (verdict.kind === 'refused') {
-            if (!settings.force) throw new MirrorSetupError(`${verdict.problem}. Start with --force to take it in and rebuild it fully from the other legs`);
+            if (!settings.force) {
+              throw new MirrorSetupError(`${verdict.problem}. ${verdict.hint ?? 'Start with --force to take it in and rebuild it fully from the other legs'}`);
+            }
             logger.warn({ slot, path, problem: verdict.problem }, 'forced: taking the leg in and rebuilding it fully');
             stampLeg(spec, state, slot, record.events);
             record.state = 'rebuilding';

@@ -6,8 +6,8 @@ export type LegVerdict =
   /** `grown`: the leg is larger than when it was labelled, and its label was found at the old end (relocateLabel moves it). */
   | { kind: 'ok'; grown?: { label: LegLabel; labelAtBytes: number; legBytes: number } }
   | { kind: 'missing'; problem: string }
-  /** Not this mirror's leg, or stale: refused unless forced (then rebuilt in full). */
-  | { kind: 'refused'; problem: string };
+  /** Not this mirror's leg, or stale: refused unless forced (then rebuilt in full); `hint` replaces the generic advice. */
+  | { kind: 'refused'; problem: string; hint?: string };
 
 /**
  * Decides whether the file at `path` is the leg the log expects in `slot`,
@@ -30,7 +30,7 @@ export function checkLeg(path: string, slot: number, state: LogState, thin = fal
       return { kind: 'refused', problem: `leg ${slot} (${path}) changed size: it is ${read.fileSizeBytes} bytes, and a leg of this ` +
         `mirror is ${expectedBytes} (${state.deviceSizeBytes} of data and the label at its end); no label was found at its end ` +
         `(${read.problem}) nor where its end used to be. If it grew, shrink it back to where it was (truncate -s, lvreduce), ` +
-        'or restore its label; its data is not lost. A leg that is truly not this mirror\'s can be taken in with --force, which rebuilds it fully' };
+        'or restore its label; its data is not lost', hint: 'A leg that is truly not this mirror\'s can be taken in with --force, which rebuilds it fully' };
     }
     return { kind: 'refused', problem: `leg ${slot} (${path}) has no valid nbd-mirror label (${read.problem}); ` +
       'it was not created by nbd-mirror create, or its label is corrupted' };
@@ -41,7 +41,10 @@ export function checkLeg(path: string, slot: number, state: LogState, thin = fal
   }
   if (!label.legUuid.equals(record.uuid)) {
     return { kind: 'refused', problem: `leg ${slot} (${path}) is leg ${formatUuid(label.legUuid)} (slot ${label.slot}), ` +
-      `but slot ${slot} of the log holds leg ${formatUuid(record.uuid)}` };
+      `but slot ${slot} of the log holds leg ${formatUuid(record.uuid)}`,
+    hint: `if slot ${slot} was replaced (nbd-mirror replace), the log expects the new leg's file: name it in place of ${path} ` +
+      '(--leg, or storage.legs in the configuration). Only if this very file must become the slot\'s leg again, start with --force, ' +
+      'which rebuilds it fully from the other legs' };
   }
   if (label.dataSizeBytes !== state.deviceSizeBytes || read.fileSizeBytes < state.deviceSizeBytes + labelAreaBytes) {
     return { kind: 'refused', problem: `leg ${slot} (${path}) holds ${label.dataSizeBytes} bytes in a ` +
