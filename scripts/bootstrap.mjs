@@ -48,14 +48,19 @@ function hasCommand(name) {
   return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
 }
 
-function hasPythonLibnbd() {
+/** Python modules the tests import, and the Debian package of each. */
+const pythonModules = [['nbd', 'nbd.NBD', 'python3-libnbd'],
+  ['prometheus_client.parser', 'prometheus_client.parser.text_string_to_metric_families', 'python3-prometheus-client']];
+
+function hasPythonModule(module, attribute) {
   // Isolated (-I) and from /: the project's own nbd/ folder would otherwise pass for the module.
-  return spawnSync('/usr/bin/python3', ['-I', '-c', 'import nbd; nbd.NBD'], { stdio: 'ignore', cwd: '/' }).status === 0;
+  return spawnSync('/usr/bin/python3', ['-I', '-c', `import ${module}; ${attribute}`], { stdio: 'ignore', cwd: '/' }).status === 0;
 }
+
 
 if (wantTestTools) {
   const missing = new Set(testTools.filter(([tool]) => !hasCommand(tool)).map(([, pkg]) => pkg));
-  if (!hasPythonLibnbd()) missing.add('python3-libnbd');
+  for (const [module, attribute, pkg] of pythonModules) if (!hasPythonModule(module, attribute)) missing.add(pkg);
   if (missing.size > 0) {
     const packages = [...missing].sort();
     if (process.getuid?.() === 0) {
