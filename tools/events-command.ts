@@ -54,8 +54,10 @@ export function registerEvents(program: Command): void {
       const enough = new Promise<void>((resolve) => { done = resolve; });
       const stream = adminStream(socket, { command: 'events', now: options.now }, (event) => {
         console.log(JSON.stringify(event));
+        // The --now snapshot describes the state; the hook runs for changes only.
+        if (event.event === 'exists') return;
         hook?.run(event);
-        if (event.event !== 'exists') seen += 1;
+        seen += 1;
         if (options.count !== undefined && seen >= options.count) done?.();
       });
       await Promise.race([stream, enough]);
