@@ -11,6 +11,7 @@ import { freePort, makeTempDir, run, writeRandomFile } from '../test/helpers/too
 import { type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
 import { benchCache } from './cache.js';
 import { benchMirror } from './mirror.js';
+import { benchMetrics } from './metrics.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
@@ -82,6 +83,7 @@ async function main(): Promise<void> {
       await benchMirror({ dir, singleUri: server.uri(), singleFile: ours, nbdkitUri: nbdkit.uri, nbdkitFile: theirs, sizeBytes, seconds, rounds });
     }
     if (only === undefined || only === 'cache') await benchCache({ dir, sizeBytes, seconds, rounds });
+    if (only === undefined || only === 'metrics') await benchMetrics({ dir, sizeBytes, seconds, rounds });
   } finally {
     await server.stop();
     nbdkit.child.kill('SIGTERM');

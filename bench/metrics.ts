@@ -1,0 +1,54 @@
+import path from 'node:path';
+import { startServerProcess } from '../test/helpers/server-process.js';
+import { run, writeRandomFile } from '../test/helpers/tools.js';
+import { type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+
+const job: FioJob = { name: '4k-randread-qd32', rw: 'randread', blockSize: '4k', iodepth: 32 };
+
+/**
+ * The cost of the metrics endpoint: the default configuration (mirror, log,
+ * cache) with listen.metrics on and off, on identical files, 4k random reads
+ * at QD32 (the request path's per-request work shows most there), rounds
+ * interleaved. The endpoint is scraped once a second during the "on" runs,
+ * as a Prometheus server would (every 15 s is usual; this is harsher).
+ */
+export async function benchMetrics(options: { dir: string; sizeBytes: number; seconds: number; rounds: number }): Promise<void> {
+  const source = path.join(options.dir, 'metrics-source.img');
+  writeRandomFile(source, options.sizeBytes, 11);
+  const sides = await Promise.all((['off', 'on'] as const).map(async (name) => {
+    const legs = [0, 1].map((slot) => path.join(options.dir, `metrics-${name}-leg${slot}.img`));
+    const log = path.join(options.dir, `metrics-${name}.log`);
+    const server = await startServerProcess(['--leg', ...legs, '--log', log, '--size', String(options.sizeBytes), '--no-unix', '--no-admin',
+      '--cache', ...(name === 'on' ? ['--metrics', '127.0.0.1:0'] : [])]);
+    // Filled through the server from one file, so both mirrors hold the same bytes in the same layout.
+    await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', source, server.uri()], { timeoutMs: 600_000 });
+    const metricsPort = (server.logs.find((entry) => entry.msg === 'listening')?.metrics as { port: number } | undefined)?.port;
+    return { name, server, legs, metricsPort };
+  }));
+  try {
+    const best: Record<string, FioResult | undefined> = {};
+    const ratios: number[] = [];
+    for (let round = 0; round < options.rounds; round += 1) {
+      const iops: Record<string, number> = {};
+      for (const side of roundOrder(sides, round)) {
+        let scrapes = 0;
+        const scraper = side.metricsPort === undefined ? undefined : setInterval(() => {
+          void fetch(`http://127.0.0.1:${side.metricsPort}/metrics`).then((response) => response.text()).then(() => { scrapes += 1; }, () => undefined);
+        }, 1000);
+        const result = await runFio(side.server.uri(), job, options.seconds, options.sizeBytes, side.legs);
+        clearInterval(scraper);
+        if (side.metricsPort !== undefined && scrapes === 0) throw new Error('the metrics endpoint was never scraped');
+        iops[side.name] = result.iops;
+        if (!best[side.name] || result.iops > best[side.name]!.iops) best[side.name] = result;
+      }
+      ratios.push(iops.on / iops.off);
+    }
+    // Each round runs both back to back, so its ratio sees the same machine; the median resists a noisy round.
+    const median = [...ratios].sort((a, b) => a - b)[Math.floor(ratios.length / 2)];
+    console.log(`metrics ${job.name.padEnd(18)} on ${Math.round(best.on!.iops)} IOPS   off ${Math.round(best.off!.iops)} IOPS   ` +
+      `best-of ratio ${(best.on!.iops / best.off!.iops).toFixed(3)}x, median of ${ratios.length} paired rounds ${median.toFixed(3)}x ` +
+      `(${ratios.map((ratio) => ratio.toFixed(2)).join(' ')}); target: at least 0.97x`);
+  } finally {
+    await Promise.all(sides.map((side) => side.server.stop()));
+  }
+}
