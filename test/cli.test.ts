@@ -129,7 +129,7 @@ test('malformed configuration is refused with the key and the problem', async (t
   }
   t.regex(await serveFails(['--config', path.join(dir, 'missing.yaml')]), /cannot read/);
   t.regex(await serveFails(['--data-dir', path.join(dir, 'd'), '--max-connections', 'many']), /--max-connections: "many" is not an integer/);
-  t.regex(await serveFails(['--data-dir', path.join(dir, 'd'), '--poll-max-us', '-5']), /limits\.pollMaxMicroseconds: -5 is outside 0\.\.10000/);
+  t.regex(await serveFails(['--data-dir', path.join(dir, 'd'), '--poll-max-us', '-5']), /command line: --poll-max-us: -5 is outside 0\.\.10000/);
   t.false(fs.existsSync(path.join(dir, 'a.img')), 'nothing is created when the configuration is refused');
   t.false(fs.existsSync(path.join(dir, 'd')), 'nor the embedded default\'s folder when a flag is refused');
   fs.rmSync(dir, { recursive: true, force: true });

@@ -113,14 +113,16 @@ export async function filesStatus(config: Config, logPath: string): Promise<Stat
   });
   const bitsSet = regionsSet(state.dirty, state.regionCount).length;
   const usable = legs.filter((leg) => leg.state === 'in_sync' && (leg.labelProblem === null || leg.labelProblem.startsWith('the leg changed size')));
+  // A running server's log is unclean by design; only a stopped mirror's unclean log means a resync is due.
+  const inUse = FileLock.holder(logPath) === 'exclusive';
   const health: Health = usable.length === 0 ? 'failed'
     : legs.some((leg) => leg.state !== 'in_sync' || leg.labelProblem !== null) ? 'degraded'
-      : !state.cleanShutdown && bitsSet > 0 ? 'resyncing' : 'optimal';
+      : !inUse && !state.cleanShutdown && bitsSet > 0 ? 'resyncing' : 'optimal';
   return {
     source: 'files', kind: 'mirror', mirrorUuid: formatUuid(state.mirrorUuid), sizeBytes: state.deviceSizeBytes,
     regionSizeBytes: state.regionSizeBytes, regionCount: state.regionCount, health,
     failure: usable.length === 0 ? 'no in-sync leg is usable' : null, cleanShutdown: state.cleanShutdown,
-    inUse: FileLock.holder(logPath) === 'exclusive', bitsSet, legs,
+    inUse, bitsSet, legs,
     regions: null, resync: null, lastCheck: null, cache: null, counters: null,
   };
 }
