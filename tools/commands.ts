@@ -150,21 +150,19 @@ export function registerTools(program: Command): void {
     .action((slot: number, legPath: string, options: TargetOptions & { force?: boolean; wait?: boolean }) =>
       runAndWait(options, 'replace', { command: 'replace', slot, path: path.resolve(legPath), force: options.force }, 'rebuild'));
 
-  targetOptions(program.command('fail').description('mark a leg faulty (mdadm --fail): it gets no more I/O; re-add brings it back'))
-    .argument('<slot>', 'leg slot number', slotArgument)
-    .action(async (slot: number, options: TargetOptions) => {
-      const socket = await requireOnline(options, 'fail');
-      const message = await adminRequest(socket, { command: 'fail', slot });
-      print(options, { message }, () => String(message));
-    });
-
-  targetOptions(program.command('remove').description('empty a faulty leg\'s slot (mdadm --remove); replace fills it'))
-    .argument('<slot>', 'leg slot number', slotArgument)
-    .action(async (slot: number, options: TargetOptions) => {
-      const socket = await requireOnline(options, 'remove');
-      const message = await adminRequest(socket, { command: 'remove', slot });
-      print(options, { message }, () => String(message));
-    });
+  const slotCommands: Array<[string, string]> = [
+    ['fail', 'mark a leg faulty (mdadm --fail): it gets no more I/O; re-add brings it back'],
+    ['remove', 'empty a faulty leg\'s slot (mdadm --remove); replace fills it'],
+  ];
+  for (const [name, description] of slotCommands) {
+    targetOptions(program.command(name).description(description))
+      .argument('<slot>', 'leg slot number', slotArgument)
+      .action(async (slot: number, options: TargetOptions) => {
+        const socket = await requireOnline(options, name);
+        const message = await adminRequest(socket, { command: name, slot });
+        print(options, { message }, () => String(message));
+      });
+  }
 
   registerEvents(program);
 
