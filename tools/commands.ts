@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { type Command, Option } from 'commander';
+import type { Command } from 'commander';
 import { openLeg } from '../backends/leg-spec.js';
 import { ThinLeg, type PoolUsage } from '../backends/thin-leg.js';
 import { createLogger } from '../cli/logger.js';
@@ -191,14 +191,18 @@ export function registerTools(program: Command): void {
           await thin.close();
         }
       }
-      print(options, usage, () => `leg ${slot}: ${formatPool(usage)}`);
+      print(options, usage, () => `leg ${slot}: ${formatPool(usage)}` +
+        // The configured poolSize only sizes a pool when it is created; say so rather than leave it looking stale.
+        (configuredPool(options, slot) !== undefined && configuredPool(options, slot) !== usage.capacityBytes
+          ? `\n(storage.legs[${slot}].thin.poolSize, ${configuredPool(options, slot)} bytes, sizes a pool only when it is created; the pool itself now holds ${usage.capacityBytes})` : ''));
     });
 
-  program.command('dump-log')
-    .description('print both copies of a region log and its dirty regions')
-    .argument('<log>', 'region log file')
-    .addOption(new Option('--json', 'print JSON'))
-    .action((logPath: string, options: { json?: boolean }) => {
+  targetOptions(program.command('dump-log')
+    .description('print both copies of a region log and its dirty regions (the configured log, or the file named)'))
+    .argument('[log]', 'region log file (default: the configuration\'s storage.log)')
+    .action((logArgument: string | undefined, options: TargetOptions) => {
+      const logPath = logArgument ?? options.log ?? targetConfig(options).storage.log;
+      if (logPath === undefined) throw new ToolError('dump-log: the configuration has no storage.log; name the log file');
       const { state, copies } = RegionLog.inspect(logPath);
       const dirty = regionsSet(state.dirty, state.regionCount);
       const dump = {
@@ -220,6 +224,14 @@ export function registerTools(program: Command): void {
         `  dirty regions (${dirty.length}): ${dirty.slice(0, 64).join(' ')}${dirty.length > 64 ? ' ...' : ''}`,
       ].join('\n'));
     });
+}
+
+function configuredPool(options: TargetOptions, slot: number): number | undefined {
+  try {
+    return targetConfig(options).storage.legs[slot]?.thin?.poolBytes;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A size given as a tool's argument or flag: the message names the flag, not a configuration key. */
