@@ -7,7 +7,7 @@ export const faultOps: FaultOp[] = ['read', 'write', 'flush', 'trim', 'zeroes'];
 
 export interface FaultRule {
   ops: FaultOp[];
-  error: Extract<BlockErrorCode, 'EIO' | 'ENOSPC'>;
+  error: Extract<BlockErrorCode, 'EIO' | 'ENOSPC' | 'EINVAL'>;
   /** Fail only after this many matching operations succeeded (0: at once). */
   afterOps?: number;
   /** Only operations overlapping [start, end) bytes; flush always matches. */

@@ -361,7 +361,7 @@ function parseFaultPlan(raw: unknown, key: string): FaultPlan {
       throw new ConfigError(`${ruleKey}.ops`, `must be a list drawn from ${faultOps.join(', ')}`);
     }
     const error = rule.error ?? 'EIO';
-    if (error !== 'EIO' && error !== 'ENOSPC') throw new ConfigError(`${ruleKey}.error`, 'must be EIO or ENOSPC');
+    if (error !== 'EIO' && error !== 'ENOSPC' && error !== 'EINVAL') throw new ConfigError(`${ruleKey}.error`, 'must be EIO, ENOSPC or EINVAL');
     const range = rule.rangeBytes;
     if (range !== undefined && (!Array.isArray(range) || range.length !== 2 || !range.every((value) => Number.isSafeInteger(value)))) {
       throw new ConfigError(`${ruleKey}.rangeBytes`, 'must be [start, end] in bytes');

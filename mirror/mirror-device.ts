@@ -1,3 +1,4 @@
+import { errorAction } from '../blockdev/error-policy.js';
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { checkRange } from '../blockdev/range.js';
@@ -195,9 +196,11 @@ export class MirrorDevice implements BlockDevice {
     this.checkUsable('read');
     checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
     const [first, last] = this.regionRange(offsetBytes, target.length);
+    // Legs a retryable error was met on: the retry goes elsewhere, and they stay in sync.
+    const retryAvoiding = new Set<number>();
     for (let attempt = 0; attempt <= this.log.state.legs.length; attempt += 1) {
       const generation = this.enter();
-      const leg = this.chooseReadLeg(generation, first, last);
+      const leg = this.chooseReadLeg(generation, first, last, retryAvoiding);
       leg.pendingReads += 1;
       try {
         await leg.device.read(offsetBytes, target);
@@ -206,9 +209,16 @@ export class MirrorDevice implements BlockDevice {
       } catch (error) {
         const failure = toBlockError(error, `read leg ${leg.slot}`);
         this.countLegError(leg.slot, 'read');
-        if (failure.code === 'EINVAL' || failure.code === 'ESHUTDOWN') throw failure;
-        // Another leg holds the same bytes: fail this one and retry there.
-        await this.failLeg(leg, failure);
+        const action = errorAction('leg-read', failure);
+        if (action === 'fail-request') throw failure;
+        // Another leg holds the same bytes: retry there, failing this one only if its medium failed.
+        if (action === 'fail-leg') await this.failLeg(leg, failure);
+        else {
+          // A region that may differ is read from the source leg only (lesson 5): no other leg may answer for it.
+          retryAvoiding.add(leg.slot);
+          const elsewhere = generation.readable.some((other) => !retryAvoiding.has(other.slot));
+          if (!elsewhere || this.regions.needsSourceRead(first, last)) throw failure;
+        }
         this.checkUsable('read');
       } finally {
         leg.pendingReads -= 1;
@@ -218,17 +228,19 @@ export class MirrorDevice implements BlockDevice {
     throw new BlockError('EIO', `read at ${offsetBytes}: every leg failed`);
   }
 
-  private chooseReadLeg(generation: Generation, first: number, last: number): MirrorLeg {
-    const { readable, source } = generation;
+  private chooseReadLeg(generation: Generation, first: number, last: number, avoiding: ReadonlySet<number>): MirrorLeg {
+    const { source } = generation;
     if (source === undefined) throw new BlockError('EIO', 'no in-sync leg left to read from');
-    if (readable.length === 1 || this.regions.needsSourceRead(first, last)) {
+    if (generation.readable.length === 1 || this.regions.needsSourceRead(first, last)) {
       this.stats.sourceReads += 1;
       return source;
     }
+    const readable = avoiding.size === 0 ? generation.readable : generation.readable.filter((leg) => !avoiding.has(leg.slot));
+    if (readable.length === 0) throw new BlockError('EIO', 'no in-sync leg left to read from');
     this.stats.balancedReads += 1;
     switch (this.readPolicy) {
       case 'preferred':
-        return readable.find((leg) => leg.slot === this.preferredSlot) ?? source;
+        return readable.find((leg) => leg.slot === this.preferredSlot) ?? readable[0];
       case 'least-pending':
         return readable.reduce((best, leg) => (leg.pendingReads < best.pendingReads ? leg : best));
       default:
@@ -373,11 +385,8 @@ export class MirrorDevice implements BlockDevice {
       }
       const error = toBlockError(result.reason, `${what} on leg ${leg.slot}`);
       this.countLegError(leg.slot, what);
-      if (error.retryable || error.code === 'EINVAL' || error.code === 'ENOTSUP' || error.code === 'ESHUTDOWN') {
-        passOn ??= error;
-      } else {
-        await this.failLeg(leg, error);
-      }
+      if (errorAction('leg-change', error) === 'fail-leg') await this.failLeg(leg, error);
+      else passOn ??= error;
     }
     if (passOn) {
       if (applied > 0) await this.markOutOfSync(first, last);
@@ -416,8 +425,8 @@ export class MirrorDevice implements BlockDevice {
         if (result.status === 'fulfilled') continue;
         const error = toBlockError(result.reason, `flush leg ${legs[index].slot}`);
         this.countLegError(legs[index].slot, 'flush');
-        if (error.retryable || error.code === 'ESHUTDOWN') passOn ??= error;
-        else await this.failLeg(legs[index], error);
+        if (errorAction('leg-flush', error) === 'fail-leg') await this.failLeg(legs[index], error);
+        else passOn ??= error;
       }
       if (passOn) throw passOn;
       this.checkUsable('flush');

@@ -1,3 +1,4 @@
+import { errorAction } from '../blockdev/error-policy.js';
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
@@ -235,7 +236,7 @@ export class ResyncEngine {
       return await operation();
     } catch (error) {
       const failure = toBlockError(error, `resync on leg ${leg.slot}`);
-      if (!failure.retryable && failure.code !== 'ESHUTDOWN') await this.mirror.failLeg(leg, failure);
+      if (errorAction('resync-leg', failure) === 'fail-leg') await this.mirror.failLeg(leg, failure);
       throw failure;
     }
   }

@@ -1,3 +1,4 @@
+import { errorAction } from '../blockdev/error-policy.js';
 import type { EventSink } from '../blockdev/events.js';
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
@@ -100,6 +101,8 @@ export class PageCache implements BlockDevice {
   private readonly snapshots = new BufferPool(8 << 20, 4096);
   private progress: { promise: Promise<void>; wake: () => void; deadlineMs: number; timer: NodeJS.Timeout } | undefined;
   private noSpace: BlockError | undefined;
+  /** The last request error writeback met (logged once, not at every retry). */
+  private lastRefusal: string | undefined;
   /** Dirty bytes promised to writers that passed the throttle but have not applied yet. */
   private reservedBytes = 0;
   private failure: BlockError | undefined;
@@ -518,7 +521,17 @@ export class PageCache implements BlockDevice {
 
   /** Classifies a writeback failure: retryable keeps everything dirty; anything else fails the device. */
   private writebackFailed(error: BlockError): BlockError {
-    if (error.retryable) {
+    const action = errorAction('cache-writeback', error);
+    if (action === 'fail-request') return error;
+    if (action === 'keep-dirty' && !error.retryable) {
+      // A request error from below (EINVAL, ENOTSUP): the device is fine, the pages stay dirty, the flush says why.
+      if (this.lastRefusal !== error.message) {
+        this.lastRefusal = error.message;
+        this.options.logger.error({ err: error.message, dirtyBytes: this.dirtyBytes }, 'writeback refused by the device below: dirty pages kept');
+      }
+      return error;
+    }
+    if (action === 'keep-dirty') {
       if (!this.noSpace) {
         this.options.logger.warn({ err: error.message, dirtyBytes: this.dirtyBytes },
           'writeback failed with a retryable error: dirty pages kept, retried by the next flush and in the background');
@@ -527,7 +540,6 @@ export class PageCache implements BlockDevice {
       this.noSpace = error;
       return error;
     }
-    if (error.code === 'ESHUTDOWN') return error;
     this.enterFailed(error);
     return new BlockError('EIO', `writeback failed: ${error.message}`, { retryable: false });
   }
@@ -564,7 +576,7 @@ export class PageCache implements BlockDevice {
       await this.below.flush();
     } catch (error) {
       const failure = toBlockError(error, 'flush below the cache');
-      if (failure.retryable || failure.code === 'ESHUTDOWN') throw failure;
+      if (errorAction('cache-flush-below', failure) !== 'fail-cache') throw failure;
       this.enterFailed(failure);
       throw new BlockError('EIO', `flush failed: ${failure.message}`, { retryable: false });
     }
@@ -616,9 +628,7 @@ export class PageCache implements BlockDevice {
         await apply();
       } catch (error) {
         const failure = toBlockError(error, what);
-        if (!failure.retryable && failure.code !== 'EINVAL' && failure.code !== 'ENOTSUP' && failure.code !== 'ESHUTDOWN') {
-          this.enterFailed(failure);
-        }
+        if (errorAction('cache-pass-through', failure) === 'fail-cache') this.enterFailed(failure);
         throw failure;
       }
     } finally {
