@@ -1,3 +1,4 @@
+import { applyLegEvent } from './leg-states.js';
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
@@ -179,9 +180,7 @@ export class MirrorController {
             }
             logger.warn({ slot, path, problem: verdict.problem }, 'forced: taking the leg in and rebuilding it fully');
             stampLeg(spec, state, slot, record.events);
-            record.state = 'rebuilding';
-            record.rebuildMode = 'full';
-            record.rebuildCheckpointBytes = 0;
+            applyLegEvent(record, 'forced');
           }
           const leg = await openLeg(spec, state.deviceSizeBytes, logger, { name: `leg${slot}`, events: settings.events });
           legs.push({ slot, path, device: leg.device, pendingReads: 0 });
@@ -264,12 +263,8 @@ export class MirrorController {
     const { log } = this.device;
     const record = log.state.legs[slot];
     stampLeg(this.settings.legs[slot], log.state, slot, log.state.eventsCurrent);
-    record.events = log.state.eventsCurrent;
-    record.state = 'in_sync';
-    record.rebuildMode = 'none';
-    record.rebuildCheckpointBytes = 0;
-    // The failure is history once the leg is back: status must not show it against an in-sync leg.
-    record.failedAtMs = 0;
+    // The failure is history once the leg is back (failedAtMs cleared): status must not show it against an in-sync leg.
+    applyLegEvent(record, 'caught_up', { events: log.state.eventsCurrent });
     await log.commit();
     this.device.replaceGeneration(this.device.generation.legs);
     this.events({ event: 'leg-in-sync', slot, path: leg.path });
@@ -330,9 +325,7 @@ export class MirrorController {
     } finally {
       lock?.release();
     }
-    record.state = 'rebuilding';
-    record.rebuildMode = mode;
-    record.rebuildCheckpointBytes = 0;
+    applyLegEvent(record, mode === 'full' ? 'forced' : 're_added');
     await this.attach(slot, path, opened);
     if (mode === 'full') {
       this.events({ event: 'leg-rebuilding', slot, path, mode });
@@ -374,10 +367,9 @@ export class MirrorController {
     } finally {
       lock?.release();
     }
+    applyLegEvent(record, 'replaced');
+    // A new leg: its identity, and no label events of this mirror yet.
     record.uuid = legUuid;
-    record.state = 'rebuilding';
-    record.rebuildMode = 'full';
-    record.rebuildCheckpointBytes = 0;
     record.events = 0n;
     this.settings.legs[slot] = spec;
     await this.attach(slot, path, opened);
@@ -515,7 +507,7 @@ export class MirrorController {
     if (this.rebuildRunning && record.state === 'rebuilding') {
       this.logger.warn({ slot }, 'failing a leg being rebuilt: the rebuild stops');
     }
-    await this.device.failLeg(leg, new BlockError('EIO', 'failed by the operator (nbd-mirror fail)'));
+    await this.device.failLeg(leg, new BlockError('EIO', 'failed by the operator (nbd-mirror fail)'), 'operator_failed');
     return `leg ${slot} (${leg.path}) marked faulty; re-add it, or remove and replace it`;
   }
 
@@ -529,10 +521,7 @@ export class MirrorController {
       throw new MirrorSetupError(`leg ${slot} is ${record.state}; only a faulty leg can be removed (nbd-mirror fail ${slot} first)`);
     }
     const path = this.settings.legs[slot].path;
-    record.state = 'empty';
-    record.uuid = Buffer.alloc(16);
-    record.rebuildMode = 'none';
-    record.events = 0n;
+    applyLegEvent(record, 'removed');
     await this.device.log.commit();
     this.faults[slot] = undefined;
     this.pools[slot] = undefined;
@@ -631,9 +620,7 @@ function stampLeg(leg: LegSpec, state: LogState, slot: number, events: bigint): 
 }
 
 function markFaulty(record: LegRecord): void {
-  record.state = 'faulty';
-  record.rebuildMode = 'none';
-  record.failedAtMs = Date.now();
+  applyLegEvent(record, 'failed');
 }
 
 /**

@@ -1,3 +1,4 @@
+import { applyLegEvent } from './leg-states.js';
 import { errorAction } from '../blockdev/error-policy.js';
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
@@ -455,16 +456,14 @@ export class MirrorDevice implements BlockDevice {
    * that saw the leg fail waits for the same log commit, so no request
    * completes believing a leg holds data the log still calls in sync.
    */
-  failLeg(leg: MirrorLeg, error: BlockError): Promise<void> {
+  failLeg(leg: MirrorLeg, error: BlockError, event: 'failed' | 'operator_failed' = 'failed'): Promise<void> {
     const existing = this.legFailures.get(leg.slot);
     if (existing) return existing;
     if (this.current.legs[leg.slot] !== leg || this.legState(leg.slot) === 'faulty') return Promise.resolve();
     const failing = (async () => {
       const record = this.log.state.legs[leg.slot];
       const wasRebuilding = record.state === 'rebuilding';
-      record.state = 'faulty';
-      record.rebuildMode = 'none';
-      record.failedAtMs = Date.now();
+      applyLegEvent(record, event);
       this.stats.legFailures += 1;
       // The failed leg's device leaves the generation: once the requests that hold it drain it is closed,
       // so its lock and block-device claim go and an online re-add can open it again (mdadm --re-add).
