@@ -4,13 +4,14 @@ import { BlockError, fromNegativeErrno, toBlockError } from '../blockdev/errors.
 import { GroupCommit } from '../blockdev/group-commit.js';
 import { checkRange } from '../blockdev/range.js';
 import { type BlockDevice, type DeviceCapabilities, type Extent, type FileRangeLease, finishedNow, type WriteFlags, type ZeroFlags } from '../blockdev/types.js';
-import { FileLock } from './file-lock.js';
-import { closeFd, fdatasync, preadOrZeroes, pwriteAll, pwriteAllSync } from './fs-io.js';
+import { FileLock } from '../sys/file-lock.js';
+import { closeFd, fdatasync, preadOrZeroes, pwriteAll, pwriteAllSync } from '../sys/fs-io.js';
 import { InlineWriteGate } from './inline-write-gate.js';
+import { blockDeviceSize } from '../sys/device-size.js';
 import {
   EAGAIN, ENXIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
   native, SEEK_DATA, SEEK_END, SEEK_HOLE,
-} from './native.js';
+} from '../sys/native.js';
 
 export interface FileLegOptions {
   path: string;
@@ -366,17 +367,3 @@ function pushExtent(extents: Extent[], startBytes: number, endBytes: number, hol
   extents.push({ offsetBytes: startBytes, lengthBytes: endBytes - startBytes, hole, zero: hole });
 }
 
-/** Size of an open regular file or block device. */
-export function fileOrDeviceSize(fd: number, path: string): number {
-  const stat = fs.fstatSync(fd);
-  return stat.isBlockDevice() ? blockDeviceSize(fd, path) : stat.size;
-}
-
-function blockDeviceSize(fd: number, path: string): number {
-  if (native === undefined) {
-    throw new BlockError('ENOTSUP', `${path}: sizing a block device needs the native addon (npm run install)`);
-  }
-  const size = native.seek(fd, 0, SEEK_END);
-  if (size < 0) throw fromNegativeErrno(size, `size of ${path}`);
-  return size;
-}

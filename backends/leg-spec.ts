@@ -5,7 +5,7 @@ import type { BlockDevice } from '../blockdev/types.js';
 import { type DeviceWrap, wrapDevice } from '../faults/device-wrap.js';
 import type { PowerCutDevice } from '../faults/power-cut-device.js';
 import type { WriteLogDevice } from '../faults/write-log-device.js';
-import type { FaultDevice } from './fault-device.js';
+import type { FaultDevice } from '../faults/fault-device.js';
 import { FileLeg } from './file-leg.js';
 import { ThinLeg } from './thin-leg.js';
 

@@ -4,9 +4,9 @@ import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { GroupCommit } from '../blockdev/group-commit.js';
 import { checkRange } from '../blockdev/range.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
-import { FileLock } from './file-lock.js';
-import { closeFd, fdatasync, preadAll, pwriteAll, pwriteAllSync } from './fs-io.js';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, native } from './native.js';
+import { FileLock } from '../sys/file-lock.js';
+import { closeFd, fdatasync, preadAll, pwriteAll, pwriteAllSync } from '../sys/fs-io.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, native } from '../sys/native.js';
 import {
   blockBytes, decodeMapPage, encodeMapPage, encodeSuperblock, entriesPerMapPage, geometryOf, mapAreaOffset,
   mapPageOffset, readSuperblock, type ThinGeometry, type ThinSuperblock,

@@ -2,12 +2,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, Option } from 'commander';
 import type { Logger } from 'pino';
-import { filesLeftUnlocked } from '../backends/file-lock.js';
+import { filesLeftUnlocked } from '../sys/file-lock.js';
 import { type ConfigOverrides, loadConfigOrDefault } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
 import { recordLegPath } from '../config/update.js';
 import { armCrashPoint } from '../faults/crash-points.js';
-import { createLogger } from './logger.js';
+import { createLogger } from '../observe/logger.js';
 import { attachHints, type RunningServer, startServer } from './serve.js';
 
 function parseInteger(value: string, flag: string): number {
@@ -179,7 +179,7 @@ function reloadSettings(running: RunningServer, logger: Logger, configFile: stri
   }
   logger.level = config.log.level;
   running.mirror?.setResyncRate(config.storage.resyncBytesPerSecond);
-  running.mirror?.setSweepInterval(config.storage.sweepIntervalMs);
+  running.sweeper.setInterval(config.storage.sweepIntervalMs);
   logger.info({ logLevel: config.log.level, resyncRate: config.storage.resyncBytesPerSecond,
     sweepIntervalMs: config.storage.sweepIntervalMs }, 'settings reloaded; listeners, storage and cache need a restart to change');
 }

@@ -16,6 +16,7 @@ import { RequestStats } from '../nbd/request-stats.js';
 import { type ListenAddresses, NbdServer } from '../nbd/server.js';
 import { EventBus } from '../observe/event-bus.js';
 import { buildRegistry, MetricsServer } from '../observe/metrics.js';
+import { shutdownTopDown, Sweeper } from '../stack/top-down.js';
 
 export interface RunningServer {
   server: NbdServer;
@@ -23,6 +24,8 @@ export interface RunningServer {
   device: BlockDevice;
   mirror: MirrorController | undefined;
   cache: PageCache | undefined;
+  /** The periodic top-down sweep (storage.sweepIntervalMs). */
+  sweeper: Sweeper;
   addresses: ListenAddresses & { metrics?: { host: string; port: number } };
   events: EventBus;
   /** Graceful stop: no new clients, in-flight requests finish, flush, close. */
@@ -48,7 +51,6 @@ export function mirrorSettings(config: Config): MirrorSettings {
     regionSizeBytes: storage.regionSizeBytes,
     readPolicy: storage.readPolicy,
     preferredLeg: storage.preferredLeg,
-    sweepIntervalMs: storage.sweepIntervalMs,
     resyncBytesPerSecond: storage.resyncBytesPerSecond,
     createIfMissing: true,
     force: storage.force,
@@ -178,7 +180,8 @@ export async function startServer(config: Config, logger: Logger, options: Start
   const below: BlockDevice = mirror ? mirror.device : plain!.device;
   const cache = config.cache && !config.export.readOnly
     ? new PageCache(below, { ...config.cache, logger: logger.child({ component: 'cache' }), events: events.sink }) : undefined;
-  if (mirror && cache) mirror.attachCache(cache);
+  // The stack owns the background work that spans layers: the sweep runs top-down (cache, then mirror).
+  const sweeper = new Sweeper({ mirror, cache }, config.storage.sweepIntervalMs, logger);
   const device = cache ?? below;
   if (mirror) mirror.onLegPathChanged = options.onLegPathChanged;
   const target: AdminTarget = { mirror, cache,
@@ -192,7 +195,8 @@ export async function startServer(config: Config, logger: Logger, options: Start
 
   const closeStorage = async (): Promise<void> => {
     try {
-      if (mirror) await mirror.shutdown();
+      await sweeper.stop();
+      if (mirror) await shutdownTopDown({ mirror, cache }, logger);
       else await device.flush().catch((error: unknown) => logger.error({ err: error }, 'final flush failed: data may not be durable'));
     } finally {
       await device.close();
@@ -205,7 +209,7 @@ export async function startServer(config: Config, logger: Logger, options: Start
     await metrics?.close();
     await closeStorage();
   })());
-  return { server, device, mirror, cache, addresses, events, stop };
+  return { server, device, mirror, cache, sweeper, addresses, events, stop };
 }
 
 /** How to attach, printed once listening. */

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { type FaultOp, faultOps, type FaultPlan, type FaultRule } from '../backends/fault-device.js';
+import { type FaultOp, faultOps, type FaultPlan, type FaultRule } from '../faults/fault-device.js';
 import type { LegSpec, ThinSpec } from '../backends/leg-spec.js';
 import { type CrashPlan, parseCrashPlan } from '../faults/crash-points.js';
 import type { DeviceWrap } from '../faults/device-wrap.js';

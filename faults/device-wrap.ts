@@ -1,4 +1,4 @@
-import { FaultDevice, type FaultPlan } from '../backends/fault-device.js';
+import { FaultDevice, type FaultPlan } from './fault-device.js';
 import type { BlockDevice } from '../blockdev/types.js';
 import { type CutPolicy, PowerCutDevice } from './power-cut-device.js';
 import { WriteLogDevice } from './write-log-device.js';

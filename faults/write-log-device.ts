@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { pwriteAllSync } from '../backends/fs-io.js';
+import { pwriteAllSync } from '../sys/fs-io.js';
 import type { BlockDevice, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
 import {
   decodeHeader, decodeRecord, encodeHeader, encodeRecord, newHeader, recordBytes, recordHeaderBytes, type RecordKind,

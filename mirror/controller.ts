@@ -2,13 +2,12 @@ import { applyLegEvent } from './leg-states.js';
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { FaultDevice } from '../backends/fault-device.js';
+import type { FaultDevice } from '../faults/fault-device.js';
 import { FileLeg } from '../backends/file-leg.js';
-import { fileIdentity, lockIfExists } from '../backends/file-lock.js';
+import { fileIdentity, lockIfExists } from '../sys/file-lock.js';
 import { type LegSpec, type OpenedLeg, openLeg } from '../backends/leg-spec.js';
 import { type DeviceWrap, wrapDevice, wrapsAnything } from '../faults/device-wrap.js';
 import type { PoolGrowth, PoolUsage, ThinLeg } from '../backends/thin-leg.js';
-import type { PageCache, PageCacheStatus } from '../pagecache/page-cache.js';
 import { formatUuid, type LegRecord, type LogState } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
 import { compareRegions, type CompareResult } from './compare.js';
@@ -29,7 +28,6 @@ export interface MirrorSettings {
   regionSizeBytes: number;
   readPolicy: ReadPolicy;
   preferredLeg?: number;
-  sweepIntervalMs: number;
   resyncBytesPerSecond: number;
   /** Crash-toolkit devices under the region log. */
   logWrap?: DeviceWrap;
@@ -70,7 +68,6 @@ export interface MirrorStatus {
   regionsCleared: number;
   logCommits: number;
   generation: number;
-  cache?: PageCacheStatus;
 }
 
 /**
@@ -80,7 +77,6 @@ export interface MirrorStatus {
  * `device`.
  */
 export class MirrorController {
-  private sweepTimer: NodeJS.Timeout | undefined;
   private rebuildRunning: Promise<void> | undefined;
   private stopping = false;
   /** Fault wrappers by slot, so tests and the crash toolkit can trigger and heal them. */
@@ -89,8 +85,6 @@ export class MirrorController {
   logFault: FaultDevice | undefined;
   /** Thin pools by slot (for pool grow and status); undefined for plain legs. */
   readonly pools: Array<ThinLeg | undefined> = [];
-  /** The write-back cache above the mirror, if configured: what clients talk to. */
-  private cache: PageCache | undefined;
   /** The config names leg paths; replace tells the owner so it can record the new one. */
   onLegPathChanged: ((slot: number, path: string) => string | undefined) | undefined;
   private lastCheck: LastCheck | undefined;
@@ -215,31 +209,7 @@ export class MirrorController {
     resync.kick();
     if (recoveryRegions === 0) await controller.promoteBitmapRebuilds();
     for (const slot of fullRebuilds) controller.startFullRebuild(slot);
-    controller.startSweeper();
     return controller;
-  }
-
-  /** Puts a cache above the mirror: the sweeper's sync and shutdown write it back first. */
-  attachCache(cache: PageCache): void {
-    this.cache = cache;
-    this.device.beforeSync = () => cache.writeBackAll();
-  }
-
-  /** Changes the sweep interval of this run (0 stops the sweeper). */
-  setSweepInterval(intervalMs: number): void {
-    if (intervalMs === this.settings.sweepIntervalMs) return;
-    this.settings.sweepIntervalMs = intervalMs;
-    clearInterval(this.sweepTimer);
-    this.sweepTimer = undefined;
-    if (!this.stopping) this.startSweeper();
-  }
-
-  private startSweeper(): void {
-    if (!(this.settings.sweepIntervalMs > 0)) return;
-    this.sweepTimer = setInterval(() => {
-      this.device.sweep().catch((error: unknown) => this.logger.error({ err: error }, 'sweep failed'));
-    }, this.settings.sweepIntervalMs);
-    this.sweepTimer.unref();
   }
 
   /** Legs re-added from the bitmap become in sync once no region is out of sync. */
@@ -562,7 +532,7 @@ export class MirrorController {
   status(): MirrorStatus {
     const { log } = this.device;
     const counts = this.device.regions.counts();
-    const failure = this.device.failed?.message ?? this.cache?.failed?.message;
+    const failure = this.device.failed?.message;
     const degraded = !this.device.fullyInSync;
     return {
       mirrorUuid: formatUuid(log.state.mirrorUuid),
@@ -587,17 +557,19 @@ export class MirrorController {
       regionsCleared: this.device.stats.regionsCleared,
       logCommits: log.commitsRun,
       generation: this.device.generation.number,
-      cache: this.cache?.status(),
     };
   }
 
-  /** Stops background work, flushes, clears what may be cleared and marks the log clean. */
-  async shutdown(): Promise<void> {
+  /**
+   * Stops background work, flushes, clears what may be cleared and marks the
+   * log clean. `upperFlushed: false` (a cache above could not write back)
+   * keeps the log unclean.
+   */
+  async shutdown(options: { upperFlushed?: boolean } = {}): Promise<void> {
     this.stopping = true;
-    clearInterval(this.sweepTimer);
     await this.resync.stop();
     await this.rebuildRunning;
-    await this.device.shutdown();
+    await this.device.shutdown(options.upperFlushed ?? true);
   }
 
   async close(): Promise<void> {

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { RegionLog } from '../regionlog/region-log.js';
-import { type FileLock, lockIfExists } from '../backends/file-lock.js';
+import { type FileLock, lockIfExists } from '../sys/file-lock.js';
 import type { LegSpec } from '../backends/leg-spec.js';
 import { ThinLeg } from '../backends/thin-leg.js';
 import { blockDeviceTooSmall, createLegFile, isBlockDeviceLeg } from './leg-label.js';

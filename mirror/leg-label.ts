@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { fileOrDeviceSize } from '../backends/file-leg.js';
+import { fileOrDeviceSize } from '../sys/device-size.js';
 import type { LegSpec } from '../backends/leg-spec.js';
 import { readSuperblock, thinLabelOffset } from '../backends/thin-format.js';
 import { seal, sealProblem } from '../blockdev/sealed-block.js';

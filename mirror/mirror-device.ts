@@ -23,8 +23,6 @@ export interface MirrorOptions {
   logger: Logger;
   /** Sweeps a region must be found quiet in before one may clear it (default 1; 0 clears on the first sweep). */
   quietSweepsBeforeClean?: number;
-  /** Runs before the sweeper's leg flush: a cache above writes back here. */
-  beforeSync?: () => Promise<void>;
   /** Where leg failures, sweeps and a failed mirror are reported. */
   events?: EventSink;
 }
@@ -70,8 +68,6 @@ export class MirrorDevice implements BlockDevice {
    */
   private readonly order = new RangeOrder();
   private closed = false;
-  /** Runs before the sweeper's and shutdown's leg flush: a cache above writes back here. */
-  beforeSync: (() => Promise<void>) | undefined;
   private readonly quietSweepsBeforeClean: number;
   /** Cumulative figures for status and the benchmark. */
   readonly stats = { sweeps: 0, regionsCleared: 0, legFailures: 0, sourceReads: 0, balancedReads: 0 };
@@ -89,7 +85,6 @@ export class MirrorDevice implements BlockDevice {
     this.logger = options.logger;
     this.readPolicy = options.readPolicy;
     this.preferredSlot = options.preferredSlot;
-    this.beforeSync = options.beforeSync;
     this.events = options.events ?? noEvents;
     const slots = options.log.state.legs.length;
     this.legIo = { readBytes: new Array<number>(slots).fill(0), writtenBytes: new Array<number>(slots).fill(0), errors: new Map() };
@@ -509,7 +504,6 @@ export class MirrorDevice implements BlockDevice {
     if (crashPointArmed()) await crashPoint('sweeper.after-candidates');
     let synced = false;
     try {
-      await this.beforeSync?.();
       await this.flush();
       synced = this.fullyInSync;
       if (crashPointArmed()) await crashPoint('sweeper.after-sync');
@@ -531,15 +525,14 @@ export class MirrorDevice implements BlockDevice {
    * the log clean when the in-sync legs provably agree, so the next start
    * resyncs nothing. Bits kept for a missing leg stay set.
    */
-  async shutdown(): Promise<void> {
+  async shutdown(upperFlushed = true): Promise<void> {
     if (this.closed) return;
     if (!this.failure) {
       await this.sweeping;
       let flushed = false;
       try {
-        await this.beforeSync?.();
         await this.flush();
-        flushed = true;
+        flushed = upperFlushed;
       } catch (error) {
         this.logger.error({ err: (error as Error).message }, 'shutdown flush failed: the log stays unclean');
       }

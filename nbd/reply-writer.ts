@@ -3,8 +3,8 @@ import fs from 'node:fs';
 import type net from 'node:net';
 import { BlockError, fromNegativeErrno, toBlockError } from '../blockdev/errors.js';
 import type { BufferPool } from '../blockdev/buffer-pool.js';
-import { preadOrZeroes } from '../backends/fs-io.js';
-import { EAGAIN, native } from '../backends/native.js';
+import { preadOrZeroes } from '../sys/fs-io.js';
+import { EAGAIN, native } from '../sys/native.js';
 
 /** A read reply whose data is a file range: the header, then `lengthBytes` from `positionBytes` of `fd`. */
 export interface FileReply {

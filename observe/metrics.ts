@@ -3,7 +3,7 @@ import client from 'prom-client';
 import { commandNames } from '../nbd/constants.js';
 import { latencyBucketsSeconds, type RequestStats } from '../nbd/request-stats.js';
 import type { AdminTarget } from '../tools/admin-server.js';
-import { serverStatus } from '../tools/status-view.js';
+import { serverStatus } from './status-view.js';
 import type { EventBus } from './event-bus.js';
 
 /** What the exporter reads at scrape time; nothing is computed between scrapes. */

@@ -2,9 +2,9 @@ import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { GroupCommit } from '../blockdev/group-commit.js';
-import { FileLock } from '../backends/file-lock.js';
-import { fileOrDeviceSize } from '../backends/file-leg.js';
-import { closeFd, fdatasync, pwriteAll } from '../backends/fs-io.js';
+import { FileLock } from '../sys/file-lock.js';
+import { fileOrDeviceSize } from '../sys/device-size.js';
+import { closeFd, fdatasync, pwriteAll } from '../sys/fs-io.js';
 import { type BlockDevice, noFlags } from '../blockdev/types.js';
 import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
 import {

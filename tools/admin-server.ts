@@ -7,15 +7,10 @@ import { hasPowerCutDevices } from '../faults/power-cut-device.js';
 import type { MirrorController } from '../mirror/controller.js';
 import type { PageCache } from '../pagecache/page-cache.js';
 import type { EventBus, StampedEvent } from '../observe/event-bus.js';
-import { currentStateEvents, serverStatus } from './status-view.js';
+import { type AdminTarget, currentStateEvents, serverStatus } from '../observe/status-view.js';
+import { sweepTopDown } from '../stack/top-down.js';
 
-/** What the admin socket acts on: a mirror, or one plain leg; either may have a cache above it. */
-export interface AdminTarget {
-  mirror?: MirrorController;
-  cache?: PageCache;
-  /** A plain export's leg (slot 0), for status and pool grow. */
-  plain?: { path: string; sizeBytes: number; pool?: ThinLeg };
-}
+export type { AdminTarget };
 
 export interface AdminRequest {
   command: string;
@@ -165,7 +160,7 @@ export class AdminServer {
     const waitForSync = async (): Promise<unknown> => {
       const outcome = await controller().waitForSync((resync) => progress({ done: resync.regionsDone, total: resync.regionsTotal,
         bytes: resync.bytesCopied, kind: resync.kind }));
-      return { ...controller().status(), waited: outcome };
+      return { ...this.mirrorStatus(controller()), waited: outcome };
     };
     const slot = (): number => {
       if (typeof request.slot !== 'number' || !Number.isInteger(request.slot)) throw new Error(`${request.command} needs a leg slot number`);
@@ -178,7 +173,7 @@ export class AdminServer {
     this.logger.info({ command: request.command, slot: request.slot, path: request.path }, 'admin command');
     switch (request.command) {
       case 'status':
-        return target.mirror ? target.mirror.status() : this.plainStatus();
+        return target.mirror ? this.mirrorStatus(target.mirror) : this.plainStatus();
       case 'report':
         return serverStatus(target);
       case 're-add':
@@ -202,7 +197,7 @@ export class AdminServer {
         return controller().check({ repair: request.command === 'repair' || request.repair === true,
           onProgress: (done, total) => progress({ done, total }) });
       case 'sweep':
-        return controller().device.sweep({ ignoreQuietPasses: true });
+        return sweepTopDown({ mirror: controller(), cache: target.cache }, { ignoreQuietPasses: true, logger: this.logger });
       case 'wait-resync':
         return waitForSync();
       case 'pool-grow': {
@@ -235,6 +230,12 @@ export class AdminServer {
         throw new Error(`unknown command "${request.command}" (status, report, events, re-add, replace, fail, remove, resync, resync-rate, ` +
           'check, repair, sweep, wait-resync, pool-grow, cache-drop, fault, power-cut)');
     }
+  }
+
+  /** The mirror's own status, with the cache above it (its state and failure belong to the export's health). */
+  private mirrorStatus(mirror: MirrorController): Record<string, unknown> {
+    const report = serverStatus(this.target!);
+    return { ...mirror.status(), health: report.health, failure: report.failure ?? undefined, cache: this.target!.cache?.status() };
   }
 
   private plainStatus(): Record<string, unknown> {

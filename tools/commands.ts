@@ -2,7 +2,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { openLeg } from '../backends/leg-spec.js';
 import { ThinLeg, type PoolUsage } from '../backends/thin-leg.js';
-import { createLogger } from '../cli/logger.js';
+import { createLogger } from '../observe/logger.js';
 import { type Config, ConfigError, parseSize } from '../config/schema.js';
 import { compareRegions, type CompareResult } from '../mirror/compare.js';
 import { createMirror } from '../mirror/create.js';
@@ -13,7 +13,7 @@ import { registerCrashTest } from './crash-test/command.js';
 import { registerEvents } from './events-command.js';
 import { formatPool, formatStatus } from './format-status.js';
 import { progressBar } from './progress.js';
-import { exitCodeFor, filesStatus, type StatusReport } from './status-view.js';
+import { exitCodeFor, filesStatus, type StatusReport } from '../observe/status-view.js';
 import { online, print, requireOnline, targetConfig, targetOptions, type TargetOptions } from './target.js';
 import { exitNoSuchMirror, ToolError } from './tool-error.js';
 

@@ -1,6 +1,6 @@
 import type { PoolUsage } from '../backends/thin-leg.js';
 import type { PageCacheStatus } from '../pagecache/page-cache.js';
-import type { StatusReport } from './status-view.js';
+import type { StatusReport } from '../observe/status-view.js';
 
 const MiB = 1024 * 1024;
 

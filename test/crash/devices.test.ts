@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { FileLeg } from '../../backends/file-leg.js';
-import { FaultDevice } from '../../backends/fault-device.js';
+import { FaultDevice } from '../../faults/fault-device.js';
 import { cutPowerToAll, PowerCutDevice } from '../../faults/power-cut-device.js';
 import { isDurabilityMark } from '../../faults/write-log-format.js';
 import { applyRecord, WriteLogDevice, WriteLogReader } from '../../faults/write-log-device.js';

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import pino from 'pino';
-import type { FaultPlan } from '../../backends/fault-device.js';
+import type { FaultPlan } from '../../faults/fault-device.js';
 import { type LegSpec, openLeg, type ThinSpec } from '../../backends/leg-spec.js';
 import { MirrorController, type MirrorSettings } from '../../mirror/controller.js';
 import { makeTempDir } from './tools.js';
@@ -39,7 +39,6 @@ export function mirrorFixture(options: { legs?: number; sizeBytes?: number; regi
     sizeBytes: options.sizeBytes ?? 16 * 1024 * 1024,
     regionSizeBytes: options.regionSizeBytes ?? 64 * 1024,
     readPolicy: 'round-robin',
-    sweepIntervalMs: 0,
     resyncBytesPerSecond: 0,
     createIfMissing: true,
     force: false,

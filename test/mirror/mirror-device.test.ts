@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
-import type { FaultPlan } from '../../backends/fault-device.js';
+import type { FaultPlan } from '../../faults/fault-device.js';
 import { isBlockError } from '../../blockdev/errors.js';
 import { finishedNow } from '../../blockdev/types.js';
 import { RegionLog } from '../../regionlog/region-log.js';

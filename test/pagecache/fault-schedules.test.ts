@@ -1,6 +1,6 @@
 import test from 'ava';
 import fc from 'fast-check';
-import type { FaultDevice, FaultOp } from '../../backends/fault-device.js';
+import type { FaultDevice, FaultOp } from '../../faults/fault-device.js';
 import { PageCache } from '../../pagecache/page-cache.js';
 import { mirrorFixture, silentLogger } from '../helpers/mirror-fixture.js';
 
@@ -62,7 +62,6 @@ async function runSchedule(steps: Step[]): Promise<void> {
     capacityBytes: 32 * block, dirtyLimitBytes: 16 * block, dirtyExpireMs: 60_000, writebackIntervalMs: 0,
     noSpacePolicy: 'error', noSpaceTimeoutMs: 0, logger: silentLogger,
   });
-  mirror.attachCache(cache);
   const faults = mirror.faults as FaultDevice[];
   // Possible tags per block: one after a successful write, several after a failed one.
   const possible = Array.from({ length: blocks }, () => new Set([0]));

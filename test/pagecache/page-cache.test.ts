@@ -1,8 +1,10 @@
 import test from 'ava';
-import type { FaultDevice } from '../../backends/fault-device.js';
+import type { FaultDevice } from '../../faults/fault-device.js';
 import type { ThinSpec } from '../../backends/leg-spec.js';
 import type { MirrorController } from '../../mirror/controller.js';
+import { serverStatus } from '../../observe/status-view.js';
 import { PageCache, type PageCacheOptions } from '../../pagecache/page-cache.js';
+import { shutdownTopDown, sweepTopDown } from '../../stack/top-down.js';
 import { legContents, mirrorFixture, type MirrorFixture, silentLogger } from '../helpers/mirror-fixture.js';
 
 const KiB = 1024;
@@ -29,7 +31,6 @@ async function stack(t: { teardown(fn: () => void | Promise<void>): void }, opti
   const fixture = mirrorFixture({ sizeBytes, faults: [{ rules: [] }, { rules: [] }], thin: options.thin });
   const mirror = await fixture.open();
   const cache = new PageCache(mirror.device, cacheOptions(options.cache));
-  mirror.attachCache(cache);
   t.teardown(async () => {
     await cache.close().catch(() => undefined);
     fixture.cleanup();
@@ -48,7 +49,7 @@ async function readBack(device: { read(offset: number, target: Buffer): Promise<
 }
 
 async function shutDown(s: Stack): Promise<void> {
-  await s.mirror.shutdown();
+  await shutdownTopDown({ mirror: s.mirror, cache: s.cache }, silentLogger);
   await s.cache.close();
 }
 
@@ -192,7 +193,7 @@ test('a fatal failure (no in-sync leg left) fails the device: EIO on every reque
   await t.throwsAsync(s.cache.flush(), { message: /EIO/ });
   for (const fault of s.faults) fault.heal();
   await t.throwsAsync(s.cache.flush(), { message: /EIO/ }, 'healing the legs does not make the lost writeback succeed');
-  const status = s.mirror.status();
+  const status = serverStatus({ mirror: s.mirror, cache: s.cache });
   t.is(status.health, 'failed');
   t.truthy(status.cache?.failed);
   await s.mirror.shutdown();
@@ -224,14 +225,15 @@ test('the sweeper writes the cache back before its sync; a failing writeback cle
   t.true(s.mirror.device.log.isDirty(0));
   await s.cache.write(MiB, fill(2, 4096), { fua: false });
   for (const fault of s.faults) fault.addRule({ ops: ['write'], error: 'ENOSPC' });
-  const failed = await s.mirror.device.sweep({ ignoreQuietPasses: true });
+  const sweep = (): ReturnType<typeof sweepTopDown> => sweepTopDown({ mirror: s.mirror, cache: s.cache }, { ignoreQuietPasses: true });
+  const failed = await sweep();
   t.is(failed.cleared, 0, 'the sync failed (ENOSPC in writeback): nothing cleared');
   t.true(s.mirror.device.log.isDirty(0));
   for (const fault of s.faults) fault.heal();
-  const swept = await s.mirror.device.sweep({ ignoreQuietPasses: true });
+  const swept = await sweep();
   t.true(swept.synced);
   t.is(s.cache.status().dirtyBytes, 0, 'the sweep wrote the cache back');
-  await s.mirror.device.sweep({ ignoreQuietPasses: true });
+  await sweep();
   t.false(s.mirror.device.log.isDirty(0));
   await shutDown(s);
 });

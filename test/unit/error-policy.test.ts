@@ -1,5 +1,5 @@
 import test from 'ava';
-import type { FaultDevice } from '../../backends/fault-device.js';
+import type { FaultDevice } from '../../faults/fault-device.js';
 import { classifyError, errorAction, errorPolicy, type ErrorSite, type ErrorVerdict } from '../../blockdev/error-policy.js';
 import { BlockError, type BlockErrorCode } from '../../blockdev/errors.js';
 import { PageCache } from '../../pagecache/page-cache.js';
@@ -56,7 +56,6 @@ test('an EINVAL from below does not fail the cache: pages stay dirty and readabl
   const mirror = await fixture.open();
   const cache = new PageCache(mirror.device, { capacityBytes: 8 * MiB, dirtyLimitBytes: 4 * MiB, dirtyExpireMs: 60_000, writebackIntervalMs: 0,
     noSpacePolicy: 'error', noSpaceTimeoutMs: 0, logger: silentLogger });
-  mirror.attachCache(cache);
   try {
     const faults = mirror.faults as FaultDevice[];
     for (const fault of faults) fault.addRule({ ops: ['write'], error: 'EINVAL', sticky: true, armed: false });

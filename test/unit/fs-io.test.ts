@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import test from 'ava';
-import { pwriteAllSync } from '../../backends/fs-io.js';
-import { native } from '../../backends/native.js';
+import { pwriteAllSync } from '../../sys/fs-io.js';
+import { native } from '../../sys/native.js';
 import { toBlockError } from '../../blockdev/errors.js';
 
 function thrownBy(action: () => void): NodeJS.ErrnoException {

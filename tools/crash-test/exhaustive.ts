@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
-import type { FaultPlan } from '../../backends/fault-device.js';
+import type { FaultPlan } from '../../faults/fault-device.js';
 import { MirrorController, type MirrorSettings } from '../../mirror/controller.js';
 import { cutPowerToAll, type CutPolicy, cutPolicies } from '../../faults/power-cut-device.js';
 import type { Say } from './harness.js';
@@ -112,7 +112,6 @@ function settingsFor(dir: string, policies?: [CutPolicy, CutPolicy, CutPolicy], 
     sizeBytes: 2 * regionBytes,
     regionSizeBytes: regionBytes,
     readPolicy: 'round-robin',
-    sweepIntervalMs: 0,
     resyncBytesPerSecond: 0,
     createIfMissing: true,
     force: false,

@@ -1,16 +1,23 @@
 import fs from 'node:fs';
-import { FileLock } from '../backends/file-lock.js';
+import { FileLock } from '../sys/file-lock.js';
 import { ThinLeg, type PoolUsage } from '../backends/thin-leg.js';
 import type { Config } from '../config/schema.js';
-import type { LastCheck, MirrorStatus } from '../mirror/controller.js';
+import type { LastCheck, MirrorController, MirrorStatus } from '../mirror/controller.js';
 import { readLabel } from '../mirror/leg-label.js';
 import type { ResyncProgress } from '../mirror/resync.js';
-import type { PageCacheStatus } from '../pagecache/page-cache.js';
+import type { PageCache, PageCacheStatus } from '../pagecache/page-cache.js';
 import { formatUuid, regionsSet } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
-import type { AdminTarget } from './admin-server.js';
 
 export type Health = 'optimal' | 'degraded' | 'resyncing' | 'failed';
+
+/** What a running server exposes to its operators (admin socket, metrics): a mirror, or one plain leg; either may have a cache above it. */
+export interface AdminTarget {
+  mirror?: MirrorController;
+  cache?: PageCache;
+  /** A plain export's leg (slot 0), for status and pool grow. */
+  plain?: { path: string; sizeBytes: number; pool?: ThinLeg };
+}
 
 export interface LegReport {
   slot: number;
@@ -60,13 +67,15 @@ export function exitCodeFor(health: Health): number {
 export function serverStatus(target: AdminTarget): StatusReport {
   if (target.mirror) {
     const status = target.mirror.status();
+    // The cache above the mirror fails on its own (a fatal writeback): the export has failed then too.
+    const failure = status.failure ?? target.cache?.failed?.message;
     return {
       source: 'server', kind: 'mirror', mirrorUuid: status.mirrorUuid, sizeBytes: status.sizeBytes,
-      regionSizeBytes: status.regionSizeBytes, regionCount: status.regionCount, health: status.health,
-      failure: status.failure ?? null, cleanShutdown: null, inUse: true, bitsSet: status.regions.bitsSet,
+      regionSizeBytes: status.regionSizeBytes, regionCount: status.regionCount, health: failure ? 'failed' : status.health,
+      failure: failure ?? null, cleanShutdown: null, inUse: true, bitsSet: status.regions.bitsSet,
       legs: status.legs.map((leg) => ({ slot: leg.slot, path: leg.path, uuid: leg.uuid, state: leg.state,
         rebuildMode: leg.rebuildMode, failedAt: leg.failedAt ?? null, labelProblem: null, pool: leg.pool ?? null })),
-      regions: status.regions, resync: status.resync, lastCheck: status.lastCheck ?? null, cache: status.cache ?? null,
+      regions: status.regions, resync: status.resync, lastCheck: status.lastCheck ?? null, cache: target.cache?.status() ?? null,
       counters: { sweeps: status.sweeps, regionsCleared: status.regionsCleared, logCommits: status.logCommits, generation: status.generation },
     };
   }

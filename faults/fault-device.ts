@@ -1,6 +1,6 @@
 import { BlockError, type BlockErrorCode } from '../blockdev/errors.js';
 import type { BlockDevice, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
-import { seededRandom } from '../faults/seeded-random.js';
+import { seededRandom } from './seeded-random.js';
 
 export type FaultOp = 'read' | 'write' | 'flush' | 'trim' | 'zeroes';
 export const faultOps: FaultOp[] = ['read', 'write', 'flush', 'trim', 'zeroes'];
