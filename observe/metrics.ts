@@ -2,8 +2,7 @@ import http from 'node:http';
 import client from 'prom-client';
 import { commandNames } from '../nbd/constants.js';
 import { latencyBucketsSeconds, type RequestStats } from '../nbd/request-stats.js';
-import type { AdminTarget } from '../tools/admin-server.js';
-import { serverStatus } from './status-view.js';
+import { type AdminTarget, serverStatus } from './status-view.js';
 import type { EventBus } from './event-bus.js';
 
 /** What the exporter reads at scrape time; nothing is computed between scrapes. */
