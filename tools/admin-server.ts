@@ -36,6 +36,9 @@ export interface AdminProgress {
   kind?: string;
 }
 
+/** Event lines a watcher may leave unread before it is dropped. */
+const eventBacklogBytesMax = 1024 * 1024;
+
 /** A request line longer than this is not one of ours. */
 const requestBytesMax = 64 * 1024;
 
@@ -115,8 +118,18 @@ export class AdminServer {
     const queued: StampedEvent[] = [];
     let live = false;
     const unsubscribe = this.events.subscribe((event) => {
-      if (live) this.send(socket, event as unknown as Record<string, unknown>);
-      else queued.push(event);
+      if (!live) {
+        queued.push(event);
+        return;
+      }
+      // A watcher that stops reading must not grow the server's memory: past the bound it is told and dropped.
+      if (socket.writableLength > eventBacklogBytesMax) {
+        this.send(socket, { event: 'overflow', message: `more than ${eventBacklogBytesMax} bytes of events unread; reconnect with --now` });
+        socket.end();
+        unsubscribe();
+        return;
+      }
+      this.send(socket, event as unknown as Record<string, unknown>);
     });
     socket.on('close', () => {
       unsubscribe();
