@@ -1,80 +1,32 @@
-import { applyLegEvent } from './leg-states.js';
-import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
 import type { Logger } from 'pino';
-import type { FaultDevice } from '../faults/fault-device.js';
-import { FileLeg } from '../backends/file-leg.js';
-import { fileIdentity, lockIfExists } from '../sys/file-lock.js';
-import { type LegSpec, type OpenedLeg, openLeg } from '../backends/leg-spec.js';
-import { type DeviceWrap, wrapDevice, wrapsAnything } from '../faults/device-wrap.js';
+import type { OpenedLeg } from '../backends/leg-spec.js';
+import { type LegSpec, openLeg } from '../backends/leg-spec.js';
 import type { PoolGrowth, PoolUsage, ThinLeg } from '../backends/thin-leg.js';
-import { formatUuid, type LegRecord, type LogState } from '../regionlog/format.js';
-import { RegionLog } from '../regionlog/region-log.js';
-import { compareRegions, type CompareResult } from './compare.js';
-import { createMirror, MirrorSetupError } from './create.js';
-import type { MirrorLeg } from './generation.js';
-import { checkLeg } from './leg-check.js';
-import { createLegFile, labelAreaBytes, type LegLabel, relocateLabel, writeLabel } from './leg-label.js';
-import { MirrorDevice, type ReadPolicy } from './mirror-device.js';
-import { ResyncEngine, type ResyncProgress } from './resync.js';
 import { BlockError } from '../blockdev/errors.js';
 import { type EventSink, noEvents } from '../blockdev/events.js';
+import type { FaultDevice } from '../faults/fault-device.js';
+import { formatUuid, type LegRecord } from '../regionlog/format.js';
+import { fileIdentity, lockIfExists } from '../sys/file-lock.js';
+import { assembleMirror, stampLeg, takeGrownLeg } from './assemble.js';
+import { compareRegions, type CompareResult } from './compare.js';
+import { MirrorSetupError } from './create.js';
+import type { MirrorLeg } from './generation.js';
+import { checkLeg } from './leg-check.js';
+import { createLegFile } from './leg-label.js';
+import { applyLegEvent } from './leg-states.js';
+import type { LastCheck, MirrorSettings, MirrorStatus } from './mirror-settings.js';
+import type { MirrorDevice } from './mirror-device.js';
+import type { ResyncEngine, ResyncProgress } from './resync.js';
 
-export interface MirrorSettings {
-  logPath: string;
-  legs: LegSpec[];
-  /** Used when the mirror is created on first start. */
-  sizeBytes: number;
-  regionSizeBytes: number;
-  readPolicy: ReadPolicy;
-  preferredLeg?: number;
-  resyncBytesPerSecond: number;
-  /** Crash-toolkit devices under the region log. */
-  logWrap?: DeviceWrap;
-  /** Create log and legs when none of them exists yet. */
-  createIfMissing: boolean;
-  /** Take in refused legs (foreign, stale, unlabelled) and rebuild them fully. */
-  force: boolean;
-  /** See MirrorOptions.quietSweepsBeforeClean. */
-  quietSweepsBeforeClean?: number;
-  /** Where leg, resync, check and sweep events are reported. */
-  events?: EventSink;
-}
-
-/** The last check's outcome, kept for status as md keeps mismatch_cnt. */
-export interface LastCheck {
-  finishedAt: string;
-  /** False when fewer than two legs were in sync: nothing was compared, so no mismatch count exists. */
-  compared: boolean;
-  mismatches: number;
-  regionsCompared: number;
-  legsCompared: number[];
-  repair: boolean;
-}
-
-export interface MirrorStatus {
-  mirrorUuid: string;
-  sizeBytes: number;
-  regionSizeBytes: number;
-  regionCount: number;
-  health: 'optimal' | 'degraded' | 'resyncing' | 'failed';
-  failure?: string;
-  legs: Array<{ slot: number; path: string; uuid: string; state: string; rebuildMode: string; failedAt?: string;
-    pool?: PoolUsage }>;
-  regions: ReturnType<MirrorDevice['regions']['counts']>;
-  resync: ResyncProgress & { bytesPerSecondLimit: number };
-  lastCheck?: LastCheck;
-  sweeps: number;
-  regionsCleared: number;
-  logCommits: number;
-  generation: number;
-}
+export type { LastCheck, MirrorSettings, MirrorStatus } from './mirror-settings.js';
 
 /**
- * Owns a running mirror: assembles it from the log and the legs, runs the
- * sweeper timer and the resync engine, and carries out the operator's
- * commands (re-add, replace, resync, check). The NBD server only sees
- * `device`.
+ * Owns a running mirror: opens it (mirror/assemble.ts), runs its rebuilds
+ * and the resync engine, and carries out the operator's commands (re-add,
+ * replace, fail, remove, resync, check). The sweep is driven from above
+ * (stack/top-down.ts). The NBD server only sees `device`.
  */
 export class MirrorController {
   private rebuildRunning: Promise<void> | undefined;
@@ -101,114 +53,17 @@ export class MirrorController {
     this.events = settings.events ?? noEvents;
   }
 
+  /** Assembles the mirror from its log and legs (mirror/assemble.ts), then starts what recovery and rebuilds need. */
   static async open(settings: MirrorSettings, logger: Logger): Promise<MirrorController> {
-    const { logPath } = settings;
-    if (!fs.existsSync(logPath)) {
-      const existingLegs = settings.legs.filter((leg) => fs.existsSync(leg.path)).map((leg) => leg.path);
-      if (existingLegs.length > 0 || !settings.createIfMissing) {
-        throw new MirrorSetupError(`region log ${logPath} does not exist` + (existingLegs.length > 0
-          ? `, but ${existingLegs.join(', ')} do; refusing to guess. Restore the log, or run nbd-mirror create --force to start a new mirror (their data is lost)`
-          : '; run nbd-mirror create first'));
-      }
-      const created = await createMirror({
-        logPath, legs: settings.legs, sizeBytes: settings.sizeBytes, regionSizeBytes: settings.regionSizeBytes,
-      });
-      logger.info({ mirror: formatUuid(created.mirrorUuid), legs: settings.legs.length, sizeBytes: settings.sizeBytes,
-        regionSizeBytes: settings.regionSizeBytes, initialSync: created.initialSync }, 'created a new mirror');
-    }
-    const log = RegionLog.open(logPath);
-    try {
-      let logFault: FaultDevice | undefined;
-      if (wrapsAnything(settings.logWrap)) {
-        const file = await FileLeg.open({ path: logPath });
-        const wrapped = await wrapDevice(file, settings.logWrap, 'log');
-        log.routeUpdatesThrough(wrapped.device);
-        logFault = wrapped.fault;
-        logger.warn({ path: logPath, faults: wrapped.fault !== undefined, powerCut: wrapped.powerCut?.options.policy,
-          writeLog: wrapped.writeLog?.path }, 'region log runs over crash-injection devices');
-      }
-      const controller = await MirrorController.assemble(log, settings, logger);
-      controller.logFault = logFault;
-      return controller;
-    } catch (error) {
-      await log.close();
-      throw error;
-    }
-  }
-
-  private static async assemble(log: RegionLog, settings: MirrorSettings, logger: Logger): Promise<MirrorController> {
-    const { state } = log;
-    if (settings.legs.length !== state.legs.length) {
-      throw new MirrorSetupError(`the configuration lists ${settings.legs.length} legs, the region log ${log.path} has ${state.legs.length}`);
-    }
-    const wasClean = state.cleanShutdown;
-    const legs: Array<MirrorLeg | undefined> = [];
-    const opened: Array<OpenedLeg | undefined> = [];
-    const fullRebuilds: number[] = [];
-    try {
-      for (let slot = 0; slot < state.legs.length; slot += 1) {
-        const record = state.legs[slot];
-        const spec = settings.legs[slot];
-        const { path } = spec;
-        if (record.state === 'faulty' || record.state === 'empty') {
-          logger.warn({ slot, path }, 'leg is faulty in the log: not used until re-add or replace');
-          legs.push(undefined);
-          opened.push(undefined);
-          continue;
-        }
-        // Held from the label check on: another process must not change the leg under it.
-        const lock = lockIfExists(path, 'leg');
-        try {
-          const verdict = checkLeg(path, slot, state, spec.thin !== undefined);
-          if (verdict.kind === 'missing') {
-            logger.error({ slot, path, problem: verdict.problem }, 'leg missing: marked faulty, starting degraded');
-            markFaulty(record);
-            legs.push(undefined);
-            opened.push(undefined);
-            continue;
-          }
-          if (verdict.kind === 'ok' && verdict.grown) takeGrownLeg(path, slot, verdict.grown, logger);
-          if (verdict.kind === 'refused') {
-            if (!settings.force) {
-              throw new MirrorSetupError(`${verdict.problem}. ${verdict.hint ?? 'Start with --force to take it in and rebuild it fully from the other legs'}`);
-            }
-            logger.warn({ slot, path, problem: verdict.problem }, 'forced: taking the leg in and rebuilding it fully');
-            stampLeg(spec, state, slot, record.events);
-            applyLegEvent(record, 'forced');
-          }
-          const leg = await openLeg(spec, state.deviceSizeBytes, logger, { name: `leg${slot}`, events: settings.events });
-          legs.push({ slot, path, device: leg.device, pendingReads: 0 });
-          opened.push(leg);
-        } finally {
-          lock?.release();
-        }
-        if (record.state === 'rebuilding' && record.rebuildMode === 'full') fullRebuilds.push(slot);
-      }
-      if (!legs.some((leg, slot) => leg && state.legs[slot].state === 'in_sync')) {
-        throw new MirrorSetupError('no in-sync leg is available; the mirror cannot start (check the leg paths, or restore a leg)');
-      }
-      await bumpEvents(log, legs, settings.legs);
-    } catch (error) {
-      await Promise.allSettled(legs.map((leg) => leg?.device.close()));
-      throw error;
-    }
-    const device = new MirrorDevice({ log, legs, readPolicy: settings.readPolicy, preferredSlot: settings.preferredLeg, logger,
-      quietSweepsBeforeClean: settings.quietSweepsBeforeClean, events: settings.events });
-    // After a crash every set bit may hide a difference between legs; a re-add
-    // in progress needs every set bit copied to the returning leg.
-    const bitmapRebuild = state.legs.some((record) => record.state === 'rebuilding' && record.rebuildMode === 'bitmap');
-    if (!wasClean || bitmapRebuild) for (const region of log.dirtyRegions()) device.regions.markOutOfSync(region);
-    const recoveryRegions = device.regions.outOfSyncRegions;
-    logger.info({ mirror: formatUuid(state.mirrorUuid), cleanShutdown: wasClean, regionsToResync: recoveryRegions,
-      bitsSet: log.dirtyRegions().length }, wasClean ? 'mirror assembled after a clean shutdown' : 'mirror assembled after an unclean shutdown');
-    const resync = new ResyncEngine(device, { bytesPerSecond: settings.resyncBytesPerSecond, logger, events: settings.events });
-    const controller = new MirrorController(device, resync, settings, logger, recoveryRegions);
-    controller.faults.push(...opened.map((leg) => leg?.fault));
-    controller.pools.push(...opened.map((leg) => leg?.thin));
-    resync.onCaughtUp = () => controller.promoteBitmapRebuilds();
-    resync.kick();
-    if (recoveryRegions === 0) await controller.promoteBitmapRebuilds();
-    for (const slot of fullRebuilds) controller.startFullRebuild(slot);
+    const assembled = await assembleMirror(settings, logger);
+    const controller = new MirrorController(assembled.device, assembled.resync, settings, logger, assembled.recoveryRegions);
+    controller.faults.push(...assembled.opened.map((leg) => leg?.fault));
+    controller.pools.push(...assembled.opened.map((leg) => leg?.thin));
+    controller.logFault = assembled.logFault;
+    assembled.resync.onCaughtUp = () => controller.promoteBitmapRebuilds();
+    assembled.resync.kick();
+    if (assembled.recoveryRegions === 0) await controller.promoteBitmapRebuilds();
+    for (const slot of assembled.fullRebuilds) controller.startFullRebuild(slot);
     return controller;
   }
 
@@ -577,46 +432,6 @@ export class MirrorController {
   }
 }
 
-
-/** A leg that grew keeps its data; its label moves from the old end to the new one. */
-function takeGrownLeg(path: string, slot: number, grown: { label: LegLabel; labelAtBytes: number; legBytes: number }, logger: Logger): void {
-  logger.warn({ slot, path, oldEndBytes: grown.labelAtBytes + labelAreaBytes, newSizeBytes: grown.legBytes },
-    'the leg grew: its label was at its old end; moving it to the new end (the data is unchanged)');
-  relocateLabel(path, grown.label, grown.labelAtBytes);
-}
-
-/** Labels the leg as this mirror's leg in `slot`, at `events`. */
-function stampLeg(leg: LegSpec, state: LogState, slot: number, events: bigint): void {
-  writeLabel(leg.path, { mirrorUuid: state.mirrorUuid, legUuid: state.legs[slot].uuid, slot, dataSizeBytes: state.deviceSizeBytes, events },
-    leg.thin !== undefined);
-}
-
-function markFaulty(record: LegRecord): void {
-  applyLegEvent(record, 'failed');
-}
-
-/**
- * Stamps the in-sync legs with a new events value, so a copy of a leg taken
- * before this start is recognisable as stale later. Two log commits bracket
- * the label writes; a crash between them leaves labels at either value, and
- * labelUpdatePending tells the next start that both are fine.
- */
-async function bumpEvents(log: RegionLog, legs: Array<MirrorLeg | undefined>, specs: LegSpec[]): Promise<void> {
-  const { state } = log;
-  state.eventsPrevious = state.eventsCurrent;
-  state.eventsCurrent += 1n;
-  state.labelUpdatePending = true;
-  state.cleanShutdown = false;
-  await log.commit();
-  for (const [slot, record] of state.legs.entries()) {
-    const leg = legs[slot];
-    if (!leg || record.state !== 'in_sync') continue;
-    stampLeg(specs[slot], state, slot, state.eventsCurrent);
-    record.events = state.eventsCurrent;
-  }
-  state.labelUpdatePending = false;
-  await log.commit();
-}
 
 /** "1 region", "2 regions". */
 export function plural(count: number, noun: string): string {
