@@ -3,6 +3,7 @@
  * starts this checkout's server and the baseline's (built there with `npm run build`) on identical files,
  * in the same configurations, and runs each fio job on both in interleaved, rotated rounds. The ratio
  * this/baseline is what a change did to the request path; absolute figures drift on a shared machine.
+ * BENCH_CONFIG=--cache or --no-cache keeps one configuration; BENCH_JOBS=name,... some jobs.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -17,13 +18,15 @@ const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const sizeBytes = Number(process.env.BENCH_SIZE_BYTES ?? 512 * 1024 ** 2);
 
-const jobs: FioJob[] = [
+const picked = process.env.BENCH_JOBS?.split(',');
+const allJobs: FioJob[] = [
   { name: '4k-randread-qd32', rw: 'randread', blockSize: '4k', iodepth: 32 },
   { name: '4k-randwrite-qd32', rw: 'randwrite', blockSize: '4k', iodepth: 32 },
   { name: '4k-randwrite-qd1', rw: 'randwrite', blockSize: '4k', iodepth: 1 },
   { name: '1m-seqwrite-qd8', rw: 'write', blockSize: '1m', iodepth: 8 },
   { name: '1m-seqread-qd8', rw: 'read', blockSize: '1m', iodepth: 8 },
 ];
+const jobs = allJobs.filter((job) => picked?.includes(job.name) ?? true);
 
 interface Running { uri: string; stop: () => Promise<void>; legs: string[] }
 
@@ -55,8 +58,9 @@ async function main(): Promise<void> {
   const dir = makeTempDir('bench-compare');
   console.log(`compare: this checkout vs ${baselineRoot}; ${sizeBytes} bytes, ${seconds}s per job, ${rounds} rotated rounds (best of each kept)`);
   const configurations: Array<[string, string[]]> = [['mirror + cache (default)', ['--cache']], ['mirror, --no-cache', ['--no-cache']]];
+  const only = process.env.BENCH_CONFIG;
   try {
-    for (const [label, extra] of configurations) {
+    for (const [label, extra] of configurations.filter(([, args]) => only === undefined || args.includes(only))) {
       const sides = await Promise.all([['this', cliPath], ['baseline', baselineCli]].map(async ([name, cli]) => {
         const legs = [0, 1].map((slot) => path.join(dir, `${name}-${extra[0]}-leg${slot}.img`));
         const log = path.join(dir, `${name}-${extra[0]}.log`);

@@ -193,7 +193,8 @@ export class MirrorDevice implements BlockDevice {
     checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
     const [first, last] = this.regionRange(offsetBytes, target.length);
     // Legs a retryable error was met on: the retry goes elsewhere, and they stay in sync.
-    const retryAvoiding = new Set<number>();
+    // Made only when a retryable error is met: the common read allocates nothing for it.
+    let retryAvoiding: Set<number> | undefined;
     for (let attempt = 0; attempt <= this.log.state.legs.length; attempt += 1) {
       const generation = this.enter();
       const leg = this.chooseReadLeg(generation, first, last, retryAvoiding);
@@ -211,8 +212,9 @@ export class MirrorDevice implements BlockDevice {
         if (action === 'fail-leg') await this.failLeg(leg, failure);
         else {
           // A region that may differ is read from the source leg only (lesson 5): no other leg may answer for it.
-          retryAvoiding.add(leg.slot);
-          const elsewhere = generation.readable.some((other) => !retryAvoiding.has(other.slot));
+          const avoiding = (retryAvoiding ??= new Set());
+          avoiding.add(leg.slot);
+          const elsewhere = generation.readable.some((other) => !avoiding.has(other.slot));
           if (!elsewhere || this.regions.needsSourceRead(first, last)) throw failure;
         }
         this.checkUsable('read');
@@ -224,14 +226,14 @@ export class MirrorDevice implements BlockDevice {
     throw new BlockError('EIO', `read at ${offsetBytes}: every leg failed`);
   }
 
-  private chooseReadLeg(generation: Generation, first: number, last: number, avoiding: ReadonlySet<number>): MirrorLeg {
+  private chooseReadLeg(generation: Generation, first: number, last: number, avoiding: ReadonlySet<number> | undefined): MirrorLeg {
     const { source } = generation;
     if (source === undefined) throw new BlockError('EIO', 'no in-sync leg left to read from');
     if (generation.readable.length === 1 || this.regions.needsSourceRead(first, last)) {
       this.stats.sourceReads += 1;
       return source;
     }
-    const readable = avoiding.size === 0 ? generation.readable : generation.readable.filter((leg) => !avoiding.has(leg.slot));
+    const readable = avoiding === undefined ? generation.readable : generation.readable.filter((leg) => !avoiding.has(leg.slot));
     if (readable.length === 0) throw new BlockError('EIO', 'no in-sync leg left to read from');
     this.stats.balancedReads += 1;
     switch (this.readPolicy) {
