@@ -10,7 +10,7 @@ import { InlineWriteGate } from './inline-write-gate.js';
 import { blockDeviceSize } from '../sys/device-size.js';
 import {
   EAGAIN, ENXIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
-  native, SEEK_DATA, SEEK_END, SEEK_HOLE,
+  native, SEEK_DATA, SEEK_HOLE,
 } from '../sys/native.js';
 
 export interface FileLegOptions {

@@ -1,11 +1,9 @@
 import net from 'node:net';
 import { claimUnixSocketPath } from '../nbd/unix-socket-path.js';
 import type { Logger } from 'pino';
-import type { ThinLeg } from '../backends/thin-leg.js';
 import { crashNow } from '../faults/crash-points.js';
 import { hasPowerCutDevices } from '../faults/power-cut-device.js';
 import type { MirrorController } from '../mirror/controller.js';
-import type { PageCache } from '../pagecache/page-cache.js';
 import type { EventBus, StampedEvent } from '../observe/event-bus.js';
 import { type AdminTarget, currentStateEvents, serverStatus } from '../observe/status-view.js';
 import { sweepTopDown } from '../stack/top-down.js';
