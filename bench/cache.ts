@@ -7,8 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { peakRssBytes, projectRoot, startServerProcess, type ServerProcess } from '../test/helpers/server-process.js';
 import { run } from '../test/helpers/tools.js';
-import { type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
-import { figure, fill, mirrorArgs, mirrorLegs } from './mirror.js';
+import { figure, type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+import { fill, mirrorArgs, mirrorLegs } from './mirror.js';
 
 const dirtyLimitMiB = 64;
 /** Capacity equal to the dirty limit: peak memory is then compared against the dirty limit alone. */

@@ -10,6 +10,21 @@ export interface FioJob {
   fsyncEvery?: number;
 }
 
+/** The jobs `npm run bench` measures against nbdkit; other benches pick from them by name. */
+export const standardJobs: FioJob[] = [
+  { name: '4k-randread-qd1', rw: 'randread', blockSize: '4k', iodepth: 1 },
+  { name: '4k-randread-qd32', rw: 'randread', blockSize: '4k', iodepth: 32 },
+  { name: '4k-randwrite-qd1', rw: 'randwrite', blockSize: '4k', iodepth: 1 },
+  { name: '4k-randwrite-qd32', rw: 'randwrite', blockSize: '4k', iodepth: 32 },
+  { name: '1m-seqread-qd8', rw: 'read', blockSize: '1m', iodepth: 8 },
+  { name: '1m-seqwrite-qd8', rw: 'write', blockSize: '1m', iodepth: 8 },
+];
+
+/** IOPS for small blocks, MB/s for large ones. */
+export function figure(job: FioJob, result: FioResult): string {
+  return job.blockSize === '4k' ? `${Math.round(result.iops)} IOPS` : `${(result.bytesPerSecond / 1e6).toFixed(0)} MB/s`;
+}
+
 export interface FioResult {
   iops: number;
   bytesPerSecond: number;

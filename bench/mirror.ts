@@ -7,7 +7,7 @@
 import path from 'node:path';
 import { adminRequest } from '../tools/admin-client.js';
 import { startServerProcess, type ServerProcess } from '../test/helpers/server-process.js';
-import { type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+import { figure, type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
 import { run } from '../test/helpers/tools.js';
 
 const mirrorJobs: FioJob[] = [
@@ -27,10 +27,6 @@ export function mirrorArgs(dir: string, name: string, sizeBytes: number, sweepIn
 /** The leg files of the mirror mirrorArgs names. */
 export function mirrorLegs(dir: string, name: string): string[] {
   return [path.join(dir, `${name}-0.img`), path.join(dir, `${name}-1.img`)];
-}
-
-export function figure(job: FioJob, result: FioResult): string {
-  return job.blockSize === '4k' ? `${Math.round(result.iops)} IOPS` : `${(result.bytesPerSecond / 1e6).toFixed(0)} MB/s`;
 }
 
 export async function fill(uri: string, sizeBytes: number): Promise<void> {

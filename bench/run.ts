@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { peakRssBytes, startServerProcess } from '../test/helpers/server-process.js';
 import { freePort, makeTempDir, run, writeRandomFile } from '../test/helpers/tools.js';
-import { type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+import { figure, type FioResult, roundOrder, runFio, standardJobs } from './fio.js';
 import { benchCache } from './cache.js';
 import { benchMirror } from './mirror.js';
 import { benchMetrics } from './metrics.js';
@@ -17,14 +17,7 @@ const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
 const sizeBytes = Number(process.env.BENCH_SIZE_BYTES ?? 1024 ** 3);
 
-const jobs: FioJob[] = [
-  { name: '4k-randread-qd1', rw: 'randread', blockSize: '4k', iodepth: 1 },
-  { name: '4k-randread-qd32', rw: 'randread', blockSize: '4k', iodepth: 32 },
-  { name: '4k-randwrite-qd1', rw: 'randwrite', blockSize: '4k', iodepth: 1 },
-  { name: '4k-randwrite-qd32', rw: 'randwrite', blockSize: '4k', iodepth: 32 },
-  { name: '1m-seqread-qd8', rw: 'read', blockSize: '1m', iodepth: 8 },
-  { name: '1m-seqwrite-qd8', rw: 'write', blockSize: '1m', iodepth: 8 },
-];
+const jobs = standardJobs;
 
 async function startNbdkit(file: string): Promise<{ uri: string; child: ChildProcess }> {
   const port = await freePort();
@@ -36,10 +29,6 @@ async function startNbdkit(file: string): Promise<{ uri: string; child: ChildPro
   }
   child.kill('SIGKILL');
   throw new Error('nbdkit did not start');
-}
-
-function format(job: FioJob, result: FioResult): string {
-  return job.blockSize === '4k' ? `${Math.round(result.iops)} IOPS` : `${(result.bytesPerSecond / 1e6).toFixed(0)} MB/s`;
 }
 
 async function main(): Promise<void> {
@@ -73,8 +62,8 @@ async function main(): Promise<void> {
         }
       }
       const ratio = best.ours!.iops / best.nbdkit!.iops;
-      const row = `${job.name.padEnd(20)} nbd-mirror ${format(job, best.ours!).padStart(12)}   ` +
-        `nbdkit ${format(job, best.nbdkit!).padStart(12)}   ratio ${ratio.toFixed(2)}x`;
+      const row = `${job.name.padEnd(20)} nbd-mirror ${figure(job, best.ours!).padStart(12)}   ` +
+        `nbdkit ${figure(job, best.nbdkit!).padStart(12)}   ratio ${ratio.toFixed(2)}x`;
       console.log(row);
     }
     const peak = peakRssBytes(server.pid);

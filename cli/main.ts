@@ -18,8 +18,7 @@ registerTools(program);
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   // Operator-facing errors carry a precise message; a stack helps only when debugging.
-  const message = error instanceof Error ? error.message : String(error);
-  console.error(`nbd-mirror: ${message.replace(/^nbd-mirror: /, '')}`);
+  console.error(`nbd-mirror: ${error instanceof Error ? error.message : String(error)}`);
   if (process.env.NBD_MIRROR_DEBUG) console.error(error);
   process.exit(error instanceof ToolError ? error.exitCode : 2);
 });

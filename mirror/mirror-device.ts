@@ -192,8 +192,8 @@ export class MirrorDevice implements BlockDevice {
     this.checkUsable('read');
     checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
     const [first, last] = this.regionRange(offsetBytes, target.length);
-    // Legs a retryable error was met on: the retry goes elsewhere, and they stay in sync.
-    // Made only when a retryable error is met: the common read allocates nothing for it.
+    // Legs a retryable error was met on: the retry goes elsewhere, and they stay in sync. Made only
+    // when such an error is met, so the common read allocates nothing for it.
     let retryAvoiding: Set<number> | undefined;
     for (let attempt = 0; attempt <= this.log.state.legs.length; attempt += 1) {
       const generation = this.enter();

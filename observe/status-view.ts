@@ -64,14 +64,22 @@ export function exitCodeFor(health: Health): number {
 }
 
 /** A running server's view of itself. */
+/**
+ * The export's health: the mirror's, unless the cache above it failed on its
+ * own (a fatal writeback), which fails the export too.
+ */
+export function exportHealth(status: MirrorStatus, cache: PageCache | undefined): { health: Health; failure: string | undefined } {
+  const failure = status.failure ?? cache?.failed?.message;
+  return { health: failure ? 'failed' : status.health, failure };
+}
+
 export function serverStatus(target: AdminTarget): StatusReport {
   if (target.mirror) {
     const status = target.mirror.status();
-    // The cache above the mirror fails on its own (a fatal writeback): the export has failed then too.
-    const failure = status.failure ?? target.cache?.failed?.message;
+    const { health, failure } = exportHealth(status, target.cache);
     return {
       source: 'server', kind: 'mirror', mirrorUuid: status.mirrorUuid, sizeBytes: status.sizeBytes,
-      regionSizeBytes: status.regionSizeBytes, regionCount: status.regionCount, health: failure ? 'failed' : status.health,
+      regionSizeBytes: status.regionSizeBytes, regionCount: status.regionCount, health,
       failure: failure ?? null, cleanShutdown: null, inUse: true, bitsSet: status.regions.bitsSet,
       legs: status.legs.map((leg) => ({ slot: leg.slot, path: leg.path, uuid: leg.uuid, state: leg.state,
         rebuildMode: leg.rebuildMode, failedAt: leg.failedAt ?? null, labelProblem: null, pool: leg.pool ?? null })),

@@ -5,7 +5,7 @@ import { crashNow } from '../faults/crash-points.js';
 import { hasPowerCutDevices } from '../faults/power-cut-device.js';
 import type { MirrorController } from '../mirror/controller.js';
 import type { EventBus, StampedEvent } from '../observe/event-bus.js';
-import { type AdminTarget, currentStateEvents, serverStatus } from '../observe/status-view.js';
+import { type AdminTarget, currentStateEvents, exportHealth, serverStatus } from '../observe/status-view.js';
 import { sweepTopDown } from '../stack/top-down.js';
 
 export type { AdminTarget };
@@ -184,7 +184,7 @@ export class AdminServer {
     this.logger.info({ command: request.command, slot: request.slot, path: request.path }, 'admin command');
     switch (request.command) {
       case 'status':
-        return target.mirror ? this.mirrorStatus(target.mirror) : this.plainStatus();
+        return target.mirror ? this.mirrorStatus(target.mirror) : serverStatus(target);
       case 'report':
         return serverStatus(target);
       case 're-add':
@@ -245,21 +245,9 @@ export class AdminServer {
 
   /** The mirror's own status, with the cache above it (its state and failure belong to the export's health). */
   private mirrorStatus(mirror: MirrorController): Record<string, unknown> {
-    const report = serverStatus(this.target!);
-    return { ...mirror.status(), health: report.health, failure: report.failure ?? undefined, cache: this.target!.cache?.status() };
-  }
-
-  private plainStatus(): Record<string, unknown> {
-    const { plain, cache } = this.target!;
-    const failure = cache?.failed?.message;
-    return {
-      kind: 'plain',
-      sizeBytes: plain?.sizeBytes,
-      health: failure ? 'failed' : 'optimal',
-      failure,
-      legs: [{ slot: 0, path: plain?.path, state: 'in_sync', pool: plain?.pool?.usage() }],
-      cache: cache?.status(),
-    };
+    const status = mirror.status();
+    const { cache } = this.target!;
+    return { ...status, ...exportHealth(status, cache), cache: cache?.status() };
   }
 }
 

@@ -37,11 +37,16 @@ async function runAndWait(options: TargetOptions & { wait?: boolean }, what: str
     return;
   }
   if (!options.json) console.log(String(message));
+  await followToEnd(socket, options, label, message);
+}
+
+/** Follows the work the server is doing to its end (wait-resync), then prints the final state and sets the exit code. */
+async function followToEnd(socket: string, options: TargetOptions, label: string, started: unknown): Promise<void> {
   const bar = progressBar(label);
   const waited = await adminRequest(socket, { command: 'wait-resync' }, bar.update) as { waited: { finished: boolean; problem?: string } };
   bar.stop();
   const report = await adminRequest(socket, { command: 'report' }) as StatusReport;
-  print(options, { message, waited: waited.waited, status: report }, () =>
+  print(options, { message: started, waited: waited.waited, status: report }, () =>
     `${waited.waited.finished ? `${label} finished` : `stopped waiting: ${waited.waited.problem}`}\n${formatStatus(report)}`);
   process.exitCode = waited.waited.finished ? exitCodeFor(report.health) : 1;
 }
@@ -114,11 +119,10 @@ export function registerTools(program: Command): void {
         : `${describeCheck(result)}${result.mismatchedRegions.length > 0 ? `; mismatched regions queued for resync from leg ${source} (the source leg's bytes win)` : ''}`;
       if (options.wait && result.mismatchedRegions.length > 0) {
         if (!options.json) console.log(text);
-        const waitBar = progressBar('resync');
-        await adminRequest(socket, { command: 'wait-resync' }, waitBar.update);
-        waitBar.stop();
+        await followToEnd(socket, options, 'repair', result);
+        return;
       }
-      print(options, result, () => (options.wait && result.mismatchedRegions.length > 0 ? 'repair finished' : text));
+      print(options, result, () => text);
     });
 
   targetOptions(program.command('resync').description('resync every region from the source leg'))
@@ -191,10 +195,10 @@ export function registerTools(program: Command): void {
           await thin.close();
         }
       }
-      print(options, usage, () => `leg ${slot}: ${formatPool(usage)}` +
-        // The configured poolSize only sizes a pool when it is created; say so rather than leave it looking stale.
-        (configuredPool(options, slot) !== undefined && configuredPool(options, slot) !== usage.capacityBytes
-          ? `\n(storage.legs[${slot}].thin.poolSize, ${configuredPool(options, slot)} bytes, sizes a pool only when it is created; the pool itself now holds ${usage.capacityBytes})` : ''));
+      // The configured poolSize only sizes a pool when it is created; say so rather than leave it looking stale.
+      const configured = configuredPool(options, slot);
+      print(options, usage, () => `leg ${slot}: ${formatPool(usage)}` + (configured !== undefined && configured !== usage.capacityBytes
+        ? `\n(storage.legs[${slot}].thin.poolSize, ${configured} bytes, sizes a pool only when it is created; the pool itself now holds ${usage.capacityBytes})` : ''));
     });
 
   targetOptions(program.command('dump-log')

@@ -26,9 +26,10 @@ export interface ServerProcess {
  * Starts `nbd-mirror serve` on 127.0.0.1 with a free port and waits for its
  * "listening" log line. Only this process (by PID) is ever signalled.
  */
-export async function startServerProcess(args: string[], options: { env?: NodeJS.ProcessEnv; readyTimeoutMs?: number; cwd?: string } = {}):
+export async function startServerProcess(args: string[],
+  options: { env?: NodeJS.ProcessEnv; readyTimeoutMs?: number; cwd?: string; /** another build's dist/cli/main.js (bench:compare) */ cli?: string } = {}):
   Promise<ServerProcess> {
-  const child = spawn(process.execPath, [cliPath, 'serve', '--listen', '127.0.0.1:0', ...args], {
+  const child = spawn(process.execPath, [options.cli ?? cliPath, 'serve', '--listen', '127.0.0.1:0', ...args], {
     env: { ...process.env, NBD_MIRROR_LOG_JSON: '1', ...options.env },
     cwd: options.cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
