@@ -36,6 +36,20 @@ if (!dependenciesCurrent()) run('npm', ['ci', '--no-audit', '--no-fund']);
 else if (!nativeCurrent()) run('npm', ['run', 'install']);
 run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', root]);
 
+// tsc never deletes: a module that moved leaves its old output behind, and a
+// test that still names the old path passes here but fails on a clean clone.
+function pruneStaleOutputs(dir) {
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const output = path.join(dir, entry.name);
+    if (entry.isDirectory()) { pruneStaleOutputs(output); continue; }
+    const match = /^(.*)\.(js|js\.map|d\.ts)$/.exec(entry.name);
+    if (!match) continue;
+    const source = path.join(root, path.relative(path.join(root, 'dist'), dir), `${match[1]}.ts`);
+    if (!fs.existsSync(source)) fs.rmSync(output);
+  }
+}
+if (fs.existsSync(path.join(root, 'dist'))) pruneStaleOutputs(path.join(root, 'dist'));
+
 // Each tool the tests run, and the Debian package that provides it.
 const testTools = [
   ['nbdinfo', 'libnbd-bin'], ['nbdcopy', 'libnbd-bin'], ['nbdsh', 'libnbd-bin'], ['nbdfuse', 'libnbd-bin'],

@@ -1,5 +1,5 @@
 // Builds the optional native addon. The server works without it (see
-// backends/native.ts for the fallbacks), so a missing compiler only warns.
+// sys/native.ts for the fallbacks), so a missing compiler only warns.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';

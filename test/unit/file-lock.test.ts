@@ -9,7 +9,7 @@ import { ThinLeg } from '../../backends/thin-leg.js';
 import { type Holder, startHolder } from '../helpers/holder-process.js';
 import { makeTempDir } from '../helpers/tools.js';
 
-const lockModule = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../backends/file-lock.js');
+const lockModule = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../sys/file-lock.js');
 
 /** Another process holding a lock on `file` until it is stopped: the case the lock exists for. */
 function holdInChild(file: string, mode: LockMode): Promise<Holder> {
