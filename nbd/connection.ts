@@ -43,6 +43,12 @@ export interface ConnectionOptions {
    * less than a thread-pool trip (up to 64 KiB is read from the event loop).
    */
   fileReplyBytesMin: number;
+  /**
+   * A file reply the client leaves unread this long is finished through Node
+   * instead of holding a thread. A reading client empties a loopback socket in
+   * microseconds; one that leaves it full this long is slow.
+   */
+  fileReplyStallMs: number;
   /** Told of every input, so the event loop may poll a while instead of sleeping (see input-poll.ts). */
   inputPoll: InputPoll | undefined;
   /** Per-command counts and latencies for the metrics endpoint; undefined when metrics are off. */
@@ -59,6 +65,7 @@ export const defaultConnectionOptions: Omit<ConnectionOptions, 'logger'> = {
   reader: defaultSocketReaderOptions,
   directReads: true,
   fileReplyBytesMin: 128 * 1024,
+  fileReplyStallMs: 5,
   inputPoll: undefined,
 };
 
@@ -70,12 +77,6 @@ interface PendingWrite {
 }
 
 type Phase = 'client-flags' | 'options' | 'transmission' | 'closing' | 'closed';
-
-/**
- * A reading client empties a loopback socket in microseconds; one that leaves
- * it full this long is slow, and its reply is finished without a thread.
- */
-const fileReplyStallMs = 5;
 
 /** Chunk size when serving NBD_CMD_CACHE, which may name gigabytes. */
 const cacheChunkBytes = 1 << 20;
@@ -147,7 +148,7 @@ export class Connection {
       shouldCork: () => this.inFlightRequests > 1 || this.input.length > 0,
       flowChanged: () => this.updateFlow(),
       broken: (reason) => this.hardDisconnect(reason),
-    }, { bufferPool: options.bufferPool, fileStallMs: fileReplyStallMs });
+    }, { bufferPool: options.bufferPool, fileStallMs: options.fileReplyStallMs });
     socket.setNoDelay?.(true);
     socket.on('drain', () => this.updateFlow());
     socket.on('error', (error) => this.options.logger.debug({ err: error }, 'socket error'));

@@ -39,7 +39,9 @@ async function readReply(client: RawClient, lengths: Map<bigint, { offsetBytes: 
 
 test('pipelined reads of every size come back whole, large ones by sendfile', async (t) => {
   const contents = crypto.randomBytes(sizeBytes);
-  const harness = await startLegServer(t, { sizeBytes, contents });
+  // The client reads in this process: a busy machine can leave it unread for
+  // more than the 5 ms default stall, which would finish a reply through Node.
+  const harness = await startLegServer(t, { sizeBytes, contents, connection: { fileReplyStallMs: 10_000 } });
   const client = await attachClient(harness.address);
   const lengths = new Map<bigint, { offsetBytes: number; lengthBytes: number }>();
   const sizes = [1, 512, 4096, 65536, 131071, 131072, 200_000, MiB, 4 * MiB + 3];
