@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { BlockError, fromNegativeErrno, toBlockError } from '../blockdev/errors.js';
 import { GroupCommit } from '../blockdev/group-commit.js';
-import { checkRange } from '../blockdev/range.js';
 import { type BlockDevice, type DeviceCapabilities, type Extent, type FileRangeLease, finishedNow, type WriteFlags, type ZeroFlags } from '../blockdev/types.js';
 import { FileLock } from '../sys/file-lock.js';
 import { closeFd, fdatasync, preadOrZeroes, pwriteAll, pwriteAllSync } from '../sys/fs-io.js';
@@ -159,7 +158,6 @@ export class FileLeg implements BlockDevice {
     let done = 0;
     try {
       this.checkOpen('read');
-      checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
       if (this.inlineReadsWork && target.length <= this.inlineReadBytesMax) {
         const result = native!.preadNoWait(this.fd, target, offsetBytes);
         // Not an async function: a page-cache hit settles without allocating a promise.
@@ -188,7 +186,6 @@ export class FileLeg implements BlockDevice {
   write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     try {
       this.checkWritable('write');
-      checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
       if (!flags.fua && data.length <= this.inlineWriteBytesMax && this.inlineBytesThisTurn < inlineTurnBytesMax) {
         const startedMs = performance.now();
         if (this.inlineWrites.open(startedMs)) {
@@ -234,7 +231,6 @@ export class FileLeg implements BlockDevice {
 
   async trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> {
     this.checkWritable('trim');
-    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'trim');
     // Trimmed blocks read back as zeroes either way, so the fallback is a zero write.
     await this.zeroRange(offsetBytes, lengthBytes, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, false);
     if (flags.fua) await this.flush();
@@ -242,7 +238,6 @@ export class FileLeg implements BlockDevice {
 
   async writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
     this.checkWritable('write-zeroes');
-    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'write-zeroes');
     const mode = flags.noHole ? FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
     await this.zeroRange(offsetBytes, lengthBytes, mode, flags.fast);
     if (flags.fua) await this.flush();
@@ -250,7 +245,6 @@ export class FileLeg implements BlockDevice {
 
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
     this.checkOpen('block-status');
-    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'block-status');
     assert(lengthBytes > 0, 'block-status of an empty range');
     const endBytes = offsetBytes + lengthBytes;
     // A block device has no SEEK_DATA (lseek says EINVAL): like the portable build, all of it is data.
@@ -283,7 +277,6 @@ export class FileLeg implements BlockDevice {
 
   lendFileRange(offsetBytes: number, lengthBytes: number): FileRangeLease | undefined {
     if (this.closed || native?.sendFileAsync === undefined) return undefined;
-    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'read');
     this.leasesOut += 1;
     let released = false;
     return {

@@ -3,7 +3,8 @@ import fs from 'node:fs';
 import type { Logger } from 'pino';
 import type { BlockDevice } from '../blockdev/types.js';
 import { type DeviceWrap, wrapDevice } from '../faults/device-wrap.js';
-import type { PowerCutDevice } from '../faults/power-cut-device.js';
+import { type PowerCutDevice, PowerCutRegistry } from '../faults/power-cut-device.js';
+import { CheckedDevice } from '../blockdev/checked-device.js';
 import type { WriteLogDevice } from '../faults/write-log-device.js';
 import type { FaultDevice } from '../faults/fault-device.js';
 import { FileLeg } from './file-leg.js';
@@ -37,7 +38,7 @@ export interface OpenedLeg {
  * crash toolkit's devices its configuration names stacked over it.
  */
 export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logger: Logger,
-  options: { readOnly?: boolean; createSizeBytes?: number; name?: string; events?: EventSink } = {}): Promise<OpenedLeg> {
+  options: { readOnly?: boolean; createSizeBytes?: number; name?: string; events?: EventSink; powerCuts?: PowerCutRegistry } = {}): Promise<OpenedLeg> {
   let device: BlockDevice;
   let thin: ThinLeg | undefined;
   if (leg.thin) {
@@ -64,5 +65,8 @@ export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logge
     device = await FileLeg.open({ path: leg.path, readOnly: options.readOnly, usableSizeBytes: sizeBytes,
       createSizeBytes: options.createSizeBytes });
   }
-  return { ...await wrapDevice(device, leg, options.name ?? leg.path), thin };
+  const name = options.name ?? leg.path;
+  // Checked at each link: the leg itself, and the top of the crash toolkit's devices over it.
+  const wrapped = await wrapDevice(CheckedDevice.wrap(device, name), leg, name, options.powerCuts ?? new PowerCutRegistry());
+  return { ...wrapped, device: CheckedDevice.wrap(wrapped.device, name), thin };
 }

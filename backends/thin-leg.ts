@@ -2,7 +2,6 @@ import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { GroupCommit } from '../blockdev/group-commit.js';
-import { checkRange } from '../blockdev/range.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
 import { FileLock } from '../sys/file-lock.js';
 import { closeFd, fdatasync, preadAll, pwriteAll, pwriteAllSync } from '../sys/fs-io.js';
@@ -239,7 +238,6 @@ export class ThinLeg implements BlockDevice {
 
   async read(offsetBytes: number, target: Buffer): Promise<void> {
     this.checkOpen('read');
-    checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
     const reads: Array<Promise<void>> = [];
     this.forEachRun(offsetBytes, target.length, (physical, runOffset, runBytes, targetAt) => {
       const slice = target.subarray(targetAt, targetAt + runBytes);
@@ -257,7 +255,6 @@ export class ThinLeg implements BlockDevice {
 
   async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     this.checkWritable('write');
-    checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
     await this.writeChunks(offsetBytes, data.length, (at, length) => data.subarray(at - offsetBytes, at - offsetBytes + length));
     if (flags.fua) await this.flush();
   }
@@ -277,13 +274,11 @@ export class ThinLeg implements BlockDevice {
 
   async trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> {
     this.checkWritable('trim');
-    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'trim');
     await this.discard(offsetBytes, lengthBytes, flags.fua);
   }
 
   async writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
     this.checkWritable('write-zeroes');
-    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'write-zeroes');
     if (!flags.noHole) {
       await this.discard(offsetBytes, lengthBytes, flags.fua);
       return;
@@ -297,7 +292,6 @@ export class ThinLeg implements BlockDevice {
 
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
     this.checkOpen('block-status');
-    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'block-status');
     const extents: Extent[] = [];
     for (let at = offsetBytes; at < offsetBytes + lengthBytes && extents.length < extentsPerCallMax;) {
       const chunk = Math.floor(at / this.chunkBytes);

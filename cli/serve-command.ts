@@ -6,7 +6,6 @@ import { filesLeftUnlocked } from '../sys/file-lock.js';
 import { type ConfigOverrides, loadConfigOrDefault } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
 import { recordLegPath } from '../config/update.js';
-import { armCrashPoint } from '../faults/crash-points.js';
 import { createLogger } from '../observe/logger.js';
 import { attachHints, type RunningServer, startServer } from './serve.js';
 
@@ -89,10 +88,6 @@ async function serve(options: Record<string, unknown>): Promise<void> {
   const loaded = loadConfigOrDefault(configFile, dataDir, overrides);
   const { config } = loaded;
   const logger = createLogger(config.log.level);
-  if (config.crash) {
-    armCrashPoint(config.crash);
-    logger.warn({ crash: config.crash }, 'crash point armed: this server will end itself there');
-  }
   const commandLineLegs = overrides.legs !== undefined;
   const running = await startServer(config, logger, {
     configSource: loaded.source,

@@ -1,10 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { type OpenedLeg, openLeg } from '../backends/leg-spec.js';
-import { MirrorController, type MirrorSettings } from '../mirror/controller.js';
-import { PageCache } from '../pagecache/page-cache.js';
-import { type AdminTarget, AdminServer } from '../tools/admin-server.js';
+import type { MirrorController } from '../mirror/controller.js';
+import type { PageCache } from '../pagecache/page-cache.js';
+import { AdminServer } from '../tools/admin-server.js';
 import type { BlockDevice } from '../blockdev/types.js';
 import type { Config } from '../config/schema.js';
 import { ConfigError } from '../config/schema.js';
@@ -16,7 +15,8 @@ import { RequestStats } from '../nbd/request-stats.js';
 import { type ListenAddresses, NbdServer } from '../nbd/server.js';
 import { EventBus } from '../observe/event-bus.js';
 import { buildRegistry, MetricsServer } from '../observe/metrics.js';
-import { shutdownTopDown, Sweeper } from '../stack/top-down.js';
+import { openStorageStack, type StorageStack } from '../stack/storage-stack.js';
+import type { Sweeper } from '../stack/top-down.js';
 
 export interface RunningServer {
   server: NbdServer;
@@ -39,38 +39,6 @@ export interface StartOptions {
   pendingDataDir?: string;
   /** `replace` moved a leg: record it; the answer is added to the operator's reply. */
   onLegPathChanged?: (slot: number, path: string) => string | undefined;
-}
-
-export function mirrorSettings(config: Config): MirrorSettings {
-  const { storage } = config;
-  return {
-    logPath: storage.log!,
-    logWrap: storage.logWrap,
-    legs: storage.legs.map((leg) => ({ ...leg })),
-    sizeBytes: storage.sizeBytes,
-    regionSizeBytes: storage.regionSizeBytes,
-    readPolicy: storage.readPolicy,
-    preferredLeg: storage.preferredLeg,
-    resyncBytesPerSecond: storage.resyncBytesPerSecond,
-    createIfMissing: true,
-    force: storage.force,
-  };
-}
-
-/** One plain leg (no storage.log): the export is the file (or thin pool) itself. */
-export async function openPlainLeg(config: Config, logger: Logger, events?: EventBus): Promise<OpenedLeg> {
-  if (config.storage.legs.length !== 1) {
-    throw new ConfigError('storage.legs', `${config.storage.legs.length} legs configured without storage.log`);
-  }
-  const leg = config.storage.legs[0];
-  if (leg.thin && config.export.readOnly) throw new ConfigError('export.readOnly', 'a thin pool is served read-write');
-  const opened = await openLeg(leg, undefined, logger, {
-    readOnly: config.export.readOnly,
-    createSizeBytes: config.export.readOnly ? undefined : config.storage.sizeBytes,
-    events: events?.sink,
-  });
-  logger.info({ path: leg.path, sizeBytes: opened.device.sizeBytes, thin: leg.thin !== undefined }, 'leg opened');
-  return opened;
 }
 
 export function singleExport(config: Config, device: BlockDevice): ExportTable {
@@ -168,24 +136,15 @@ export async function startServer(config: Config, logger: Logger, options: Start
   }
   if (options.pendingDataDir !== undefined) ensureDefaultDataDir(options.pendingDataDir);
 
-  let mirror: MirrorController | undefined;
-  let plain: OpenedLeg | undefined;
+  let stack: StorageStack;
   try {
-    if (config.storage.log !== undefined) mirror = await MirrorController.open({ ...mirrorSettings(config), events: events.sink }, logger);
-    else plain = await openPlainLeg(config, logger, events);
+    stack = await openStorageStack(config, logger, { events: events.sink });
   } catch (error) {
     await closeListeners();
     throw error;
   }
-  const below: BlockDevice = mirror ? mirror.device : plain!.device;
-  const cache = config.cache && !config.export.readOnly
-    ? new PageCache(below, { ...config.cache, logger: logger.child({ component: 'cache' }), events: events.sink }) : undefined;
-  // The stack owns the background work that spans layers: the sweep runs top-down (cache, then mirror).
-  const sweeper = new Sweeper({ mirror, cache }, config.storage.sweepIntervalMs, logger);
-  const device = cache ?? below;
+  const { device, mirror, cache, sweeper, target } = stack;
   if (mirror) mirror.onLegPathChanged = options.onLegPathChanged;
-  const target: AdminTarget = { mirror, cache,
-    plain: plain ? { path: config.storage.legs[0].path, sizeBytes: below.sizeBytes, pool: plain.thin } : undefined };
   admin?.attach(target);
   if (requestStats) {
     registry = buildRegistry({ target, requests: requestStats, events, connections: () => server.connectionCount,
@@ -193,21 +152,12 @@ export async function startServer(config: Config, logger: Logger, options: Start
   }
   server.serve(singleExport(config, device));
 
-  const closeStorage = async (): Promise<void> => {
-    try {
-      await sweeper.stop();
-      if (mirror) await shutdownTopDown({ mirror, cache }, logger);
-      else await device.flush().catch((error: unknown) => logger.error({ err: error }, 'final flush failed: data may not be durable'));
-    } finally {
-      await device.close();
-    }
-  };
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => (stopping ??= (async () => {
     await server.shutdown();
     await admin?.close();
     await metrics?.close();
-    await closeStorage();
+    await stack.close();
   })());
   return { server, device, mirror, cache, sweeper, addresses, events, stop };
 }

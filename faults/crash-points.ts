@@ -1,5 +1,6 @@
 import fs from 'node:fs';
-import { cutPowerToAll, type CutReport } from './power-cut-device.js';
+import { type Clock, systemClock } from '../sys/clock.js';
+import { type CutReport, PowerCutRegistry } from './power-cut-device.js';
 
 /**
  * Places in the server where a crash is most likely to expose a bug. A
@@ -39,54 +40,62 @@ export interface CrashPlan {
   action: CrashAction;
 }
 
-let plan: CrashPlan | undefined;
-let hits = 0;
-let armedAtMs = 0;
-
-/** Whether any point is armed: lets hot paths skip even the call. */
-export function crashPointArmed(): boolean {
-  return plan !== undefined;
-}
-
-export function armCrashPoint(next: CrashPlan | undefined): void {
-  plan = next;
-  hits = 0;
-  armedAtMs = Date.now();
-}
-
 /**
- * Ends the process as a crash would. The one line written first (to stdout,
- * synchronously, as JSON like our logs) tells a harness what happened and,
- * after a power cut, how many sectors each device kept and dropped.
+ * The crash points of one server, and the power-cut devices a crash cuts.
+ * Whoever composes the stack makes one and hands it to the layers that have
+ * points; nothing is a module global, so two servers (or tests) in one
+ * process never arm each other's points.
  */
-export function crashNow(reason: string, action: CrashAction): Promise<never> {
-  const announce = (reports: CutReport[]): void => {
-    const line = JSON.stringify({ level: 60, time: Date.now(), msg: 'crash injected', reason, action, powerCut: reports });
-    try {
-      fs.writeSync(1, `${line}\n`);
-    } catch {
-      // Nobody is listening: the crash still happens.
-    }
-    process.kill(process.pid, 'SIGKILL');
-  };
-  if (action === 'kill') announce([]);
-  else void cutPowerToAll().then(announce, () => announce([]));
-  return new Promise<never>(() => {});
-}
+export class CrashPoints {
+  /** Whether a point is armed: hot paths test this field and skip even the call. */
+  armed = false;
+  private plan: CrashPlan | undefined;
+  private hits = 0;
+  private armedAtMs = 0;
 
-/**
- * Called at each named place. Unarmed, it costs one comparison and returns
- * undefined, so the normal path never awaits; armed and due, the returned
- * promise never settles, because the process is gone before it could.
- */
-export function crashPoint(name: CrashPointName): Promise<never> | undefined {
-  if (plan === undefined || plan.point !== name) return undefined;
-  if (plan.afterMs > 0 && Date.now() - armedAtMs < plan.afterMs) return undefined;
-  hits += 1;
-  if (hits !== plan.hit) return undefined;
-  const { action } = plan;
-  plan = undefined;
-  return crashNow(`crash point ${name}`, action);
+  constructor(readonly powerCuts: PowerCutRegistry = new PowerCutRegistry(), private readonly clock: Clock = systemClock) {}
+
+  arm(next: CrashPlan | undefined): void {
+    this.plan = next;
+    this.armed = next !== undefined;
+    this.hits = 0;
+    this.armedAtMs = this.clock.now();
+  }
+
+  /**
+   * Called at each named place. Unarmed, it costs one comparison and returns
+   * undefined, so the normal path never awaits; armed and due, the returned
+   * promise never settles, because the process is gone before it could.
+   */
+  reach(name: CrashPointName): Promise<never> | undefined {
+    const { plan } = this;
+    if (plan === undefined || plan.point !== name) return undefined;
+    if (plan.afterMs > 0 && this.clock.now() - this.armedAtMs < plan.afterMs) return undefined;
+    this.hits += 1;
+    if (this.hits !== plan.hit) return undefined;
+    this.arm(undefined);
+    return this.crashNow(`crash point ${name}`, plan.action);
+  }
+
+  /**
+   * Ends the process as a crash would. The one line written first (to stdout,
+   * synchronously, as JSON like our logs) tells a harness what happened and,
+   * after a power cut, how many sectors each device kept and dropped.
+   */
+  crashNow(reason: string, action: CrashAction): Promise<never> {
+    const announce = (reports: CutReport[]): void => {
+      const line = JSON.stringify({ level: 60, time: Date.now(), msg: 'crash injected', reason, action, powerCut: reports });
+      try {
+        fs.writeSync(1, `${line}\n`);
+      } catch {
+        // Nobody is listening: the crash still happens.
+      }
+      process.kill(process.pid, 'SIGKILL');
+    };
+    if (action === 'kill') announce([]);
+    else void this.powerCuts.cutAll().then(announce, () => announce([]));
+    return new Promise<never>(() => {});
+  }
 }
 
 export function parseCrashPlan(text: string, key: string): CrashPlan {

@@ -1,6 +1,6 @@
 import { FaultDevice, type FaultPlan } from './fault-device.js';
 import type { BlockDevice } from '../blockdev/types.js';
-import { type CutPolicy, PowerCutDevice } from './power-cut-device.js';
+import { type CutPolicy, PowerCutDevice, type PowerCutRegistry } from './power-cut-device.js';
 import { WriteLogDevice } from './write-log-device.js';
 
 /** The crash toolkit's devices to slide under a leg or the region log, as configured. */
@@ -23,12 +23,13 @@ export interface WrappedDevice {
  * exactly what the disk saw, rollbacks of a power cut included), the
  * power-cut model, then the fault rules nearest the layer above.
  */
-export async function wrapDevice(device: BlockDevice, wrap: DeviceWrap | undefined, name: string): Promise<WrappedDevice> {
+export async function wrapDevice(device: BlockDevice, wrap: DeviceWrap | undefined, name: string,
+  powerCuts: PowerCutRegistry): Promise<WrappedDevice> {
   const wrapped: WrappedDevice = { device };
   if (!wrap) return wrapped;
   if (wrap.writeLog) wrapped.device = wrapped.writeLog = await WriteLogDevice.open(wrapped.device, wrap.writeLog, name);
   if (wrap.powerCut) {
-    const powerCut = new PowerCutDevice(wrapped.device, { name, ...wrap.powerCut });
+    const powerCut = new PowerCutDevice(wrapped.device, { name, ...wrap.powerCut, registry: powerCuts });
     const { writeLog } = wrapped;
     if (writeLog) powerCut.onCut = () => writeLog.markCut();
     wrapped.device = wrapped.powerCut = powerCut;

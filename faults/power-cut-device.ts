@@ -24,6 +24,8 @@ export interface PowerCutOptions {
    * written back in) never produces.
    */
   sectorBytes?: number;
+  /** The server's devices a crash cuts together; this one joins it. */
+  registry: PowerCutRegistry;
 }
 
 export const defaultSectorBytes = 512;
@@ -79,7 +81,7 @@ export class PowerCutDevice implements BlockDevice {
     this.capabilities = inner.capabilities;
     this.random = seededRandom(options.seed);
     // A leg reopened on re-add replaces its old model: the old one's unflushed history no longer describes the disk.
-    powerCutDevices.set(options.name, this);
+    options.registry.add(this);
   }
 
   /** Sectors a cut could lose right now. */
@@ -215,24 +217,39 @@ export class PowerCutDevice implements BlockDevice {
   }
 
   async close(): Promise<void> {
-    if (powerCutDevices.get(this.options.name) === this) powerCutDevices.delete(this.options.name);
+    this.options.registry.remove(this);
     await this.inner.close();
   }
 }
 
-const powerCutDevices = new Map<string, PowerCutDevice>();
-
 /**
- * Cuts the power to every power-cut device in this process at once: all stop
- * answering in the same turn of the event loop, then each rolls back what its
- * policy drops. The caller ends the process right after (see crash-points).
+ * The power-cut devices of one server: a crash cuts them all in the same
+ * turn. Handed to each device by whoever composes the stack (see
+ * CrashPoints), never a module global.
  */
-export async function cutPowerToAll(): Promise<CutReport[]> {
-  const devices = [...powerCutDevices.values()];
-  for (const device of devices) device.stopAnswering();
-  return Promise.all(devices.map((device) => device.rollBack()));
-}
+export class PowerCutRegistry {
+  private readonly devices = new Map<string, PowerCutDevice>();
 
-export function hasPowerCutDevices(): boolean {
-  return powerCutDevices.size > 0;
+  add(device: PowerCutDevice): void {
+    this.devices.set(device.options.name, device);
+  }
+
+  remove(device: PowerCutDevice): void {
+    if (this.devices.get(device.options.name) === device) this.devices.delete(device.options.name);
+  }
+
+  get size(): number {
+    return this.devices.size;
+  }
+
+  /**
+   * Cuts the power to every device at once: all stop answering in the same
+   * turn of the event loop, then each rolls back what its policy drops. The
+   * caller ends the process right after (see crash-points).
+   */
+  async cutAll(): Promise<CutReport[]> {
+    const devices = [...this.devices.values()];
+    for (const device of devices) device.stopAnswering();
+    return Promise.all(devices.map((device) => device.rollBack()));
+  }
 }

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { FileLeg } from '../backends/file-leg.js';
 import { type LegSpec, type OpenedLeg, openLeg } from '../backends/leg-spec.js';
 import type { FaultDevice } from '../faults/fault-device.js';
+import { CrashPoints } from '../faults/crash-points.js';
 import { wrapDevice, wrapsAnything } from '../faults/device-wrap.js';
 import { formatUuid, type LegRecord, type LogState } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
@@ -50,12 +51,13 @@ export async function assembleMirror(settings: MirrorSettings, logger: Logger): 
     logger.info({ mirror: formatUuid(created.mirrorUuid), legs: settings.legs.length, sizeBytes: settings.sizeBytes,
       regionSizeBytes: settings.regionSizeBytes, initialSync: created.initialSync }, 'created a new mirror');
   }
-  const log = RegionLog.open(logPath);
+  const crashPoints = settings.crashPoints ?? new CrashPoints();
+  const log = RegionLog.open(logPath, { crashPoints });
   try {
     let logFault: FaultDevice | undefined;
     if (wrapsAnything(settings.logWrap)) {
       const file = await FileLeg.open({ path: logPath });
-      const wrapped = await wrapDevice(file, settings.logWrap, 'log');
+      const wrapped = await wrapDevice(file, settings.logWrap, 'log', crashPoints.powerCuts);
       log.routeUpdatesThrough(wrapped.device);
       logFault = wrapped.fault;
       logger.warn({ path: logPath, faults: wrapped.fault !== undefined, powerCut: wrapped.powerCut?.options.policy,
@@ -108,7 +110,8 @@ async function assembleFromLog(log: RegionLog, settings: MirrorSettings, logger:
           stampLeg(spec, state, slot, record.events);
           applyLegEvent(record, 'forced');
         }
-        const leg = await openLeg(spec, state.deviceSizeBytes, logger, { name: `leg${slot}`, events: settings.events });
+        const leg = await openLeg(spec, state.deviceSizeBytes, logger, { name: `leg${slot}`, events: settings.events,
+          powerCuts: log.crashPoints.powerCuts });
         legs.push({ slot, path, device: leg.device, pendingReads: 0 });
         opened.push(leg);
       } finally {
@@ -125,7 +128,7 @@ async function assembleFromLog(log: RegionLog, settings: MirrorSettings, logger:
     throw error;
   }
   const device = new MirrorDevice({ log, legs, readPolicy: settings.readPolicy, preferredSlot: settings.preferredLeg, logger,
-    quietSweepsBeforeClean: settings.quietSweepsBeforeClean, events: settings.events });
+    quietSweepsBeforeClean: settings.quietSweepsBeforeClean, events: settings.events, crashPoints: log.crashPoints });
   // After a crash every set bit may hide a difference between legs; a re-add
   // in progress needs every set bit copied to the returning leg.
   const bitmapRebuild = state.legs.some((record) => record.state === 'rebuilding' && record.rebuildMode === 'bitmap');

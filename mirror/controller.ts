@@ -146,7 +146,8 @@ export class MirrorController {
         stampLeg(spec, log.state, slot, 0n);
         mode = 'full';
       }
-      opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}`, events: this.events });
+      opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}`, events: this.events,
+        powerCuts: log.crashPoints.powerCuts });
     } finally {
       lock?.release();
     }
@@ -188,7 +189,8 @@ export class MirrorController {
     try {
       createLegFile(spec, log.state.deviceSizeBytes, { mirrorUuid: log.state.mirrorUuid, legUuid, slot,
         dataSizeBytes: log.state.deviceSizeBytes, events: 0n }, { overwrite: options.force });
-      opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}`, events: this.events });
+      opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}`, events: this.events,
+        powerCuts: log.crashPoints.powerCuts });
     } finally {
       lock?.release();
     }

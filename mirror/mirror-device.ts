@@ -2,12 +2,11 @@ import { applyLegEvent } from './leg-states.js';
 import { errorAction } from '../blockdev/error-policy.js';
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
-import { checkRange } from '../blockdev/range.js';
 import { RangeOrder, type Ticket } from '../blockdev/range-order.js';
 import { type BlockDevice, type DeviceCapabilities, type Extent, finishedNow, type WriteFlags, type ZeroFlags } from '../blockdev/types.js';
 import type { LegState } from '../regionlog/format.js';
 import type { RegionLog } from '../regionlog/region-log.js';
-import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
+import { CrashPoints } from '../faults/crash-points.js';
 import { type EventSink, noEvents } from '../blockdev/events.js';
 import { Generation, type MirrorLeg } from './generation.js';
 import { RegionTracker } from './region-tracker.js';
@@ -25,6 +24,8 @@ export interface MirrorOptions {
   quietSweepsBeforeClean?: number;
   /** Where leg failures, sweeps and a failed mirror are reported. */
   events?: EventSink;
+  /** The server's crash points (crash toolkit); none armed when not given. */
+  crashPoints?: CrashPoints;
 }
 
 export interface SweepResult {
@@ -72,6 +73,8 @@ export class MirrorDevice implements BlockDevice {
   /** Cumulative figures for status and the benchmark. */
   readonly stats = { sweeps: 0, regionsCleared: 0, legFailures: 0, sourceReads: 0, balancedReads: 0 };
   readonly events: EventSink;
+  /** Armed only under the crash toolkit; the resync engine reaches its point through it too. */
+  readonly crashPoints: CrashPoints;
   /** Bytes each slot's leg was given and returned, and its errors by "slot op": the metrics' per-leg series. */
   readonly legIo: { readBytes: number[]; writtenBytes: number[]; errors: Map<string, number> };
   /** Devices of detached legs still closing: a re-add of the same block device waits for its claim to go. */
@@ -86,6 +89,7 @@ export class MirrorDevice implements BlockDevice {
     this.readPolicy = options.readPolicy;
     this.preferredSlot = options.preferredSlot;
     this.events = options.events ?? noEvents;
+    this.crashPoints = options.crashPoints ?? new CrashPoints();
     const slots = options.log.state.legs.length;
     this.legIo = { readBytes: new Array<number>(slots).fill(0), writtenBytes: new Array<number>(slots).fill(0), errors: new Map() };
     this.quietSweepsBeforeClean = options.quietSweepsBeforeClean ?? 1;
@@ -190,7 +194,6 @@ export class MirrorDevice implements BlockDevice {
 
   async read(offsetBytes: number, target: Buffer): Promise<void> {
     this.checkUsable('read');
-    checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
     const [first, last] = this.regionRange(offsetBytes, target.length);
     // Legs a retryable error was met on: the retry goes elsewhere, and they stay in sync. Made only
     // when such an error is met, so the common read allocates nothing for it.
@@ -274,7 +277,6 @@ export class MirrorDevice implements BlockDevice {
     apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
     try {
       this.checkUsable(what);
-      checkRange(this.sizeBytes, offsetBytes, lengthBytes, what);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -282,7 +284,7 @@ export class MirrorDevice implements BlockDevice {
     const ticket = this.order.acquire(offsetBytes, lengthBytes, true);
     const [first, last] = this.regionRange(offsetBytes, lengthBytes);
     const began = ticket.ready === undefined ? this.regions.tryBeginWrite(first, last) : false;
-    if (began !== undefined || crashPointArmed()) return this.mutateAfterWaits(what, first, last, apply, ticket, began);
+    if (began !== undefined || this.crashPoints.armed) return this.mutateAfterWaits(what, first, last, apply, ticket, began);
     // Taken in the same turn as the write was counted in, so a rebuild that
     // locks this region after a new leg joined waits for us to finish.
     const generation = this.enter();
@@ -340,7 +342,7 @@ export class MirrorDevice implements BlockDevice {
         } catch (error) {
           throw new BlockError('EIO', `${what}: the region log could not be updated: ${(error as Error).message}`);
         }
-        if (crashPointArmed()) await crashPoint('mirror.after-log-dirty');
+        if (this.crashPoints.armed) await this.crashPoints.reach('mirror.after-log-dirty');
       }
       await this.fanOut(generation, what, first, last, apply);
     } finally {
@@ -360,7 +362,7 @@ export class MirrorDevice implements BlockDevice {
     apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
     const legs = generation.writable;
     if (generation.readable.length === 0) return Promise.reject(new BlockError('EIO', `${what}: no in-sync leg left`));
-    const applying = crashPointArmed() && legs.length > 1 ? crashBetweenLegs(legs, apply) : legs.map(apply);
+    const applying = this.crashPoints.armed && legs.length > 1 ? crashBetweenLegs(this.crashPoints, legs, apply) : legs.map(apply);
     // Every leg taking the change is the common case; it needs no per-leg outcome.
     if (allFinishedNow(applying) && anyInSync(generation, legs)) return finishedNow;
     const settle = (): Promise<void> => this.settleFanOut(generation, what, first, last, legs, applying);
@@ -438,7 +440,6 @@ export class MirrorDevice implements BlockDevice {
 
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
     this.checkUsable('block-status');
-    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'block-status');
     const generation = this.enter();
     try {
       if (!generation.source) throw new BlockError('EIO', 'no in-sync leg left');
@@ -503,12 +504,12 @@ export class MirrorDevice implements BlockDevice {
     if (this.closed || !this.fullyInSync) return { candidates: 0, cleared: 0, synced: false };
     const candidates = this.regions.beginSweep(quietSweepsRequired);
     if (candidates.length === 0) return { candidates: 0, cleared: 0, synced: false };
-    if (crashPointArmed()) await crashPoint('sweeper.after-candidates');
+    if (this.crashPoints.armed) await this.crashPoints.reach('sweeper.after-candidates');
     let synced = false;
     try {
       await this.flush();
       synced = this.fullyInSync;
-      if (crashPointArmed()) await crashPoint('sweeper.after-sync');
+      if (this.crashPoints.armed) await this.crashPoints.reach('sweeper.after-sync');
     } catch (error) {
       this.logger.warn({ err: (error as Error).message, candidates: candidates.length }, 'sweep sync failed: no bit cleared');
     }
@@ -555,12 +556,12 @@ export class MirrorDevice implements BlockDevice {
 }
 
 /** The crash point between legs: reached when the first leg has applied a change and the others may not have. */
-function crashBetweenLegs(legs: MirrorLeg[], apply: (leg: MirrorLeg) => Promise<void>): Array<Promise<void>> {
+function crashBetweenLegs(crashPoints: CrashPoints, legs: MirrorLeg[], apply: (leg: MirrorLeg) => Promise<void>): Array<Promise<void>> {
   let first = true;
   return legs.map((leg) => apply(leg).then(() => {
     if (!first) return undefined;
     first = false;
-    return crashPoint('mirror.between-legs');
+    return crashPoints.reach('mirror.between-legs');
   }));
 }
 

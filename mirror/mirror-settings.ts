@@ -1,6 +1,7 @@
 import type { EventSink } from '../blockdev/events.js';
 import type { LegSpec } from '../backends/leg-spec.js';
 import type { PoolUsage } from '../backends/thin-leg.js';
+import type { CrashPoints } from '../faults/crash-points.js';
 import type { DeviceWrap } from '../faults/device-wrap.js';
 import type { MirrorDevice, ReadPolicy } from './mirror-device.js';
 import type { ResyncProgress } from './resync.js';
@@ -24,6 +25,8 @@ export interface MirrorSettings {
   quietSweepsBeforeClean?: number;
   /** Where leg, resync, check and sweep events are reported. */
   events?: EventSink;
+  /** The server's crash points and power-cut devices; a fresh, unarmed set when not given. */
+  crashPoints?: CrashPoints;
 }
 
 /** The last check's outcome, kept for status as md keeps mismatch_cnt. */

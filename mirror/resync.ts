@@ -1,7 +1,6 @@
 import { errorAction } from '../blockdev/error-policy.js';
 import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
-import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
 import type { MirrorLeg } from './generation.js';
 import type { MirrorDevice } from './mirror-device.js';
 import { type EventSink, noEvents } from '../blockdev/events.js';
@@ -219,7 +218,7 @@ export class ResyncEngine {
           const chunk = this.buffer.subarray(0, Math.min(this.buffer.length, end - at));
           await this.onLeg(source, () => source.device.read(at, chunk));
           this.mirror.legIo.readBytes[source.slot] += chunk.length;
-          if (crashPointArmed()) await crashPoint('resync.between-read-and-write');
+          if (this.mirror.crashPoints.armed) await this.mirror.crashPoints.reach('resync.between-read-and-write');
           await Promise.all(targets.map((leg) => this.onLeg(leg, () => leg.device.write(at, chunk, { fua: false }))));
           for (const leg of targets) this.mirror.legIo.writtenBytes[leg.slot] += chunk.length;
           this.progress.bytesCopied += chunk.length;

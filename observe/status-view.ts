@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import type { CrashPoints } from '../faults/crash-points.js';
 import { FileLock } from '../sys/file-lock.js';
 import { ThinLeg, type PoolUsage } from '../backends/thin-leg.js';
 import type { Config } from '../config/schema.js';
@@ -17,6 +18,8 @@ export interface AdminTarget {
   cache?: PageCache;
   /** A plain export's leg (slot 0), for status and pool grow. */
   plain?: { path: string; sizeBytes: number; pool?: ThinLeg };
+  /** The server's crash points and power-cut devices (the admin power-cut command). */
+  crashPoints?: CrashPoints;
 }
 
 export interface LegReport {

@@ -4,7 +4,6 @@ import type { Logger } from 'pino';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { BufferPool } from '../blockdev/buffer-pool.js';
 import { IntrusiveList, type ListNode } from '../blockdev/intrusive-list.js';
-import { checkRange } from '../blockdev/range.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
 import { overlayData } from './extent-overlay.js';
 import { PageSlab } from './page-slab.js';
@@ -172,7 +171,6 @@ export class PageCache implements BlockDevice {
 
   async read(offsetBytes: number, target: Buffer): Promise<void> {
     this.checkUsable('read');
-    checkRange(this.sizeBytes, offsetBytes, target.length, 'read');
     if (target.length === 0) return;
     const [first, last] = this.pagesOf(offsetBytes, target.length);
     // Pages are captured now: one written back and evicted while we read below
@@ -220,7 +218,6 @@ export class PageCache implements BlockDevice {
 
   async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     this.checkUsable('write');
-    checkRange(this.sizeBytes, offsetBytes, data.length, 'write');
     if (data.length === 0) return;
     const [first, last] = this.pagesOf(offsetBytes, data.length);
     const reserved = await this.makeRoom(first, last);
@@ -599,7 +596,6 @@ export class PageCache implements BlockDevice {
    */
   private async passThrough(what: string, offsetBytes: number, lengthBytes: number, apply: () => Promise<void>): Promise<void> {
     this.checkUsable(what);
-    checkRange(this.sizeBytes, offsetBytes, lengthBytes, what);
     if (lengthBytes === 0) return;
     const end = offsetBytes + lengthBytes;
     const release = this.gate.enter(offsetBytes, end);
@@ -664,7 +660,6 @@ export class PageCache implements BlockDevice {
 
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
     this.checkUsable('block-status');
-    checkRange(this.sizeBytes, offsetBytes, lengthBytes, 'block-status');
     const extents = await this.below.blockStatus(offsetBytes, lengthBytes);
     const [first, last] = this.pagesOf(offsetBytes, lengthBytes);
     const dirty = this.dirtyIndicesIn(first, last);

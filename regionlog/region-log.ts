@@ -6,7 +6,7 @@ import { FileLock } from '../sys/file-lock.js';
 import { fileOrDeviceSize } from '../sys/device-size.js';
 import { closeFd, fdatasync, pwriteAll } from '../sys/fs-io.js';
 import { type BlockDevice, noFlags } from '../blockdev/types.js';
-import { crashPoint, crashPointArmed } from '../faults/crash-points.js';
+import { CrashPoints } from '../faults/crash-points.js';
 import {
   bitmapBytesFor, copyBytesFor, copyBytesOfHeader, decodeCopy, encodeCopy, headerBytes, type LegRecord, legSlotsMax, LogFormatError,
   type LogState, regionsSet,
@@ -55,7 +55,12 @@ export class RegionLog {
   /** Set: updates go through this device (a fault or power-cut wrapper over the log file) instead of the fd. */
   private device: BlockDevice | undefined;
 
-  private constructor(readonly path: string, private readonly fd: number, readonly state: LogState) {
+  /**
+   * @param crashPoints the server's crash points (crash toolkit); the mirror
+   *   built over this log reaches its own points through the same set.
+   */
+  private constructor(readonly path: string, private readonly fd: number, readonly state: LogState,
+    readonly crashPoints: CrashPoints = new CrashPoints()) {
     this.copyBytes = copyBytesFor(state.regionCount);
     this.durable = new Uint8Array(state.dirty);
     this.onDisk = new Uint8Array(state.dirty);
@@ -110,7 +115,7 @@ export class RegionLog {
   }
 
   /** Reads both copies and keeps the newest valid one; refuses a log it cannot trust. */
-  static open(path: string, options: { readOnly?: boolean } = {}): RegionLog {
+  static open(path: string, options: { readOnly?: boolean; crashPoints?: CrashPoints } = {}): RegionLog {
     let fd: number;
     try {
       fd = fs.openSync(path, options.readOnly ? 'r' : 'r+');
@@ -120,7 +125,7 @@ export class RegionLog {
     let lock: FileLock | undefined;
     try {
       lock = FileLock.acquire(path, options.readOnly ? 'shared' : 'exclusive', 'region log');
-      const log = new RegionLog(path, fd, RegionLog.readNewest(path, fd));
+      const log = new RegionLog(path, fd, RegionLog.readNewest(path, fd), options.crashPoints);
       log.lock = lock;
       return log;
     } catch (error) {
@@ -266,7 +271,7 @@ export class RegionLog {
     try {
       if (this.device) await this.device.write(position, encoded, noFlags);
       else await pwriteAll(this.fd, encoded, position);
-      if (crashPointArmed() && clearsBits(this.onDisk, snapshot)) await crashPoint('regionlog.clearing-bits');
+      if (this.crashPoints.armed && clearsBits(this.onDisk, snapshot)) await this.crashPoints.reach('regionlog.clearing-bits');
       if (this.device) await this.device.flush();
       else await fdatasync(this.fd);
     } catch (error) {

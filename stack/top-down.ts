@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { MirrorController } from '../mirror/controller.js';
 import type { SweepResult } from '../mirror/mirror-device.js';
 import type { PageCache } from '../pagecache/page-cache.js';
+import { type Clock, type ClockTimer, systemClock } from '../sys/clock.js';
 
 /** The layers of one export, top first: what the composition above the mirror drives. */
 export interface StackLayers {
@@ -48,11 +49,12 @@ export async function shutdownTopDown(layers: StackLayers, logger: Logger): Prom
 
 /** The periodic sweep (storage.sweepIntervalMs), owned by the stack, not by the mirror. */
 export class Sweeper {
-  private timer: NodeJS.Timeout | undefined;
+  private timer: ClockTimer | undefined;
   private running: Promise<unknown> | undefined;
   private stopped = false;
 
-  constructor(private readonly layers: StackLayers, private intervalMs: number, private readonly logger: Logger) {
+  constructor(private readonly layers: StackLayers, private intervalMs: number, private readonly logger: Logger,
+    private readonly clock: Clock = systemClock) {
     this.schedule();
   }
 
@@ -60,26 +62,32 @@ export class Sweeper {
   setInterval(intervalMs: number): void {
     if (intervalMs === this.intervalMs) return;
     this.intervalMs = intervalMs;
-    clearInterval(this.timer);
+    this.timer?.cancel();
     this.timer = undefined;
     this.schedule();
+  }
+
+  /** The sweep now running, if any (tests wait for it). */
+  get inProgress(): Promise<unknown> | undefined {
+    return this.running;
   }
 
   /** No new sweeps; waits for the one running. */
   async stop(): Promise<void> {
     this.stopped = true;
-    clearInterval(this.timer);
+    this.timer?.cancel();
     await this.running;
   }
 
+  /** Every interval a sweep starts, unless the last one is still running (then this tick is skipped). */
   private schedule(): void {
     if (this.stopped || !(this.intervalMs > 0) || !this.layers.mirror) return;
-    this.timer = setInterval(() => {
+    this.timer = this.clock.setTimeout(() => {
+      this.schedule();
       if (this.running) return;
       this.running = sweepTopDown(this.layers, { logger: this.logger })
         .catch((error: unknown) => this.logger.error({ err: error }, 'sweep failed'))
         .finally(() => { this.running = undefined; });
-    }, this.intervalMs);
-    this.timer.unref();
+    }, this.intervalMs, { unref: true });
   }
 }

@@ -1,8 +1,6 @@
 import net from 'node:net';
 import { claimUnixSocketPath } from '../nbd/unix-socket-path.js';
 import type { Logger } from 'pino';
-import { crashNow } from '../faults/crash-points.js';
-import { hasPowerCutDevices } from '../faults/power-cut-device.js';
 import type { MirrorController } from '../mirror/controller.js';
 import type { EventBus, StampedEvent } from '../observe/event-bus.js';
 import { type AdminTarget, currentStateEvents, exportHealth, serverStatus } from '../observe/status-view.js';
@@ -232,9 +230,10 @@ export class AdminServer {
         return { slot: request.slot, action: request.action, injected: fault.injected };
       }
       case 'power-cut': {
-        if (!hasPowerCutDevices()) throw new Error('no power-cut device is configured (storage.legs[].powerCut, storage.log.powerCut)');
+        const crashPoints = target.crashPoints;
+        if (crashPoints === undefined || crashPoints.powerCuts.size === 0) throw new Error('no power-cut device is configured (storage.legs[].powerCut, storage.log.powerCut)');
         // Answer first: once the cut starts nothing is answered any more.
-        setTimeout(() => void crashNow('power cut requested on the admin socket', 'power-cut'), 20);
+        setTimeout(() => void crashPoints.crashNow('power cut requested on the admin socket', 'power-cut'), 20);
         return { cutting: true };
       }
       default:

@@ -3,7 +3,7 @@ import path from 'node:path';
 import test from 'ava';
 import { FileLeg } from '../../backends/file-leg.js';
 import { FaultDevice } from '../../faults/fault-device.js';
-import { cutPowerToAll, PowerCutDevice } from '../../faults/power-cut-device.js';
+import { PowerCutDevice, PowerCutRegistry } from '../../faults/power-cut-device.js';
 import { isDurabilityMark } from '../../faults/write-log-format.js';
 import { applyRecord, WriteLogDevice, WriteLogReader } from '../../faults/write-log-device.js';
 import { PageCache } from '../../pagecache/page-cache.js';
@@ -20,11 +20,12 @@ function fill(byte: number, length = 4096): Buffer {
   return Buffer.alloc(length, byte);
 }
 
-// The power-cut registry is process-wide, so these run one at a time.
-test.serial('power cut: unflushed writes are dropped, flushed and FUA writes survive, torn cuts mix sectors', async (t) => {
+// Each test cuts only its own devices: the registry is passed in, not process-wide.
+test('power cut: unflushed writes are dropped, flushed and FUA writes survive, torn cuts mix sectors', async (t) => {
   const dir = makeTempDir('powercut-');
-  const drop = new PowerCutDevice(await leg(dir, 'drop.img'), { name: 'drop', policy: 'drop', seed: 1 });
-  const torn = new PowerCutDevice(await leg(dir, 'torn.img'), { name: 'torn', policy: 'torn', seed: 3 });
+  const registry = new PowerCutRegistry();
+  const drop = new PowerCutDevice(await leg(dir, 'drop.img'), { name: 'drop', policy: 'drop', seed: 1, registry });
+  const torn = new PowerCutDevice(await leg(dir, 'torn.img'), { name: 'torn', policy: 'torn', seed: 3, registry });
   for (const device of [drop, torn]) {
     await device.write(0, fill(1), { fua: false });
     await device.flush();
@@ -33,7 +34,7 @@ test.serial('power cut: unflushed writes are dropped, flushed and FUA writes sur
     await device.write(16384, fill(4, 16384), { fua: false });
   }
   t.is(drop.volatileSectors, 8 + 32, 'the rewrite after the flush and the unflushed write are volatile; the FUA write is not');
-  const reports = await cutPowerToAll();
+  const reports = await registry.cutAll();
   t.deepEqual(reports.map((report) => report.name).sort(), ['drop', 'torn']);
   let pendingAfterCut = false;
   void drop.read(0, Buffer.alloc(512)).then(() => { pendingAfterCut = true; });
@@ -51,16 +52,17 @@ test.serial('power cut: unflushed writes are dropped, flushed and FUA writes sur
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test.serial('a fault device that ignores durability acknowledges flushes and FUA that a power cut then undoes', async (t) => {
+test('a fault device that ignores durability acknowledges flushes and FUA that a power cut then undoes', async (t) => {
   const dir = makeTempDir('powercut-');
-  const cut = new PowerCutDevice(await leg(dir, 'liar.img'), { name: 'liar', policy: 'drop', seed: 1 });
+  const registry = new PowerCutRegistry();
+  const cut = new PowerCutDevice(await leg(dir, 'liar.img'), { name: 'liar', policy: 'drop', seed: 1, registry });
   const liar = new FaultDevice(cut, { rules: [], ignoreDurability: true });
   await liar.write(0, fill(1), { fua: false });
   await liar.flush();
   await liar.write(8192, fill(2), { fua: true });
   t.is(liar.durabilityIgnored, 2);
   t.is(cut.volatileSectors, 16, 'neither the flushed write nor the FUA write reached durability below');
-  await cutPowerToAll();
+  await registry.cutAll();
   const image = fs.readFileSync(path.join(dir, 'liar.img'));
   t.true(image.subarray(0, 4096).equals(Buffer.alloc(4096)) && image.subarray(8192, 12288).equals(Buffer.alloc(4096)),
     'both acknowledged writes are gone');
@@ -68,9 +70,10 @@ test.serial('a fault device that ignores durability acknowledges flushes and FUA
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test.serial('power cut: a flush covers only writes completed before it began; overlapping writes keep the first durable bytes', async (t) => {
+test('power cut: a flush covers only writes completed before it began; overlapping writes keep the first durable bytes', async (t) => {
   const dir = makeTempDir('powercut-');
-  const device = new PowerCutDevice(await leg(dir, 'leg.img'), { name: 'order', policy: 'drop', seed: 1 });
+  const registry = new PowerCutRegistry();
+  const device = new PowerCutDevice(await leg(dir, 'leg.img'), { name: 'order', policy: 'drop', seed: 1, registry });
   await device.write(0, fill(7), { fua: false });
   await device.write(0, fill(8), { fua: false });
   await device.write(0, fill(9), { fua: false });
@@ -81,7 +84,7 @@ test.serial('power cut: a flush covers only writes completed before it began; ov
   await during;
   t.is(device.volatileSectors, 8, 'the write issued during the flush waited for it and stays volatile');
   await device.write(0, fill(10), { fua: false });
-  await cutPowerToAll();
+  await registry.cutAll();
   const image = fs.readFileSync(path.join(dir, 'leg.img'));
   t.true(image.subarray(0, 4096).equals(fill(9)), 'the cut goes back to what the flush made durable, not to the first bytes ever');
   t.true(image.subarray(4096, 8192).equals(Buffer.alloc(4096)));
@@ -89,16 +92,17 @@ test.serial('power cut: a flush covers only writes completed before it began; ov
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test.serial('power cut: a torn cut never splits a sector of the configured size, and tears finer sectors', async (t) => {
+test('power cut: a torn cut never splits a sector of the configured size, and tears finer sectors', async (t) => {
   const dir = makeTempDir('powercut-');
   // A 1 KiB write at 1 KiB, like ext4's superblock, plus a 6 KiB write straddling two 4 KiB sectors.
   const runCut = async (sectorBytes: number, seed: number): Promise<Buffer> => {
     const name = `sector-${sectorBytes}-${seed}`;
-    const device = new PowerCutDevice(await leg(dir, `${name}.img`), { name, policy: 'torn', seed, sectorBytes });
+    const registry = new PowerCutRegistry();
+    const device = new PowerCutDevice(await leg(dir, `${name}.img`), { name, policy: 'torn', seed, sectorBytes, registry });
     await device.write(1024, fill(6, 1024), { fua: false });
     await device.write(10240, fill(7, 6144), { fua: false });
     t.is(device.volatileSectors, sectorBytes === 4096 ? 3 : 2 + 12);
-    await cutPowerToAll();
+    await registry.cutAll();
     await device.close();
     return fs.readFileSync(path.join(dir, `${name}.img`));
   };
@@ -113,7 +117,7 @@ test.serial('power cut: a torn cut never splits a sector of the configured size,
     if (!wholeOrNothing(fine.subarray(1024, 2048), 6)) tornAt512 += 1;
   }
   t.true(tornAt512 > 0, '512-byte sectors do tear a 1 KiB write for some seed');
-  t.throws(() => new PowerCutDevice(undefined as never, { name: 'bad', policy: 'torn', seed: 1, sectorBytes: 3000 }), { message: /power of two/ });
+  t.throws(() => new PowerCutDevice(undefined as never, { name: 'bad', policy: 'torn', seed: 1, sectorBytes: 3000, registry: new PowerCutRegistry() }), { message: /power of two/ });
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -189,11 +193,12 @@ test('write log: a torn tail is cut off and appending resumes; a damaged header 
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test.serial('page cache: a FUA write whose pages a flush\'s writeback carried is durable before it is acknowledged', async (t) => {
+test('page cache: a FUA write whose pages a flush\'s writeback carried is durable before it is acknowledged', async (t) => {
   // Found by the CI sweep: the FUA write waited for the flush's (non-FUA) writeback of its page and was
   // acknowledged before anything made that writeback durable, so a power cut could take it back.
   const dir = makeTempDir('powercut-');
-  const powerCut = new PowerCutDevice(await leg(dir, 'leg.img'), { name: 'cache-fua', policy: 'drop', seed: 1 });
+  const registry = new PowerCutRegistry();
+  const powerCut = new PowerCutDevice(await leg(dir, 'leg.img'), { name: 'cache-fua', policy: 'drop', seed: 1, registry });
   const faults = new FaultDevice(powerCut);
   const cache = new PageCache(faults, { capacityBytes: 1 << 20, dirtyLimitBytes: 1 << 19, dirtyExpireMs: 60_000,
     writebackIntervalMs: 0, noSpacePolicy: 'error', noSpaceTimeoutMs: 0, logger: silentLogger });
@@ -212,7 +217,7 @@ test.serial('page cache: a FUA write whose pages a flush\'s writeback carried is
   await fuaWrite;
   t.true(acknowledged);
   // Cut at once: a flush the cache started on its own behalf has not reached the disk yet.
-  await cutPowerToAll();
+  await registry.cutAll();
   const image = fs.readFileSync(path.join(dir, 'leg.img'));
   t.true(image.subarray(0, 2048).equals(fill(2, 2048)), 'the acknowledged FUA write survived the power cut');
   void flushing.catch(() => undefined);

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { FileLeg } from '../../backends/file-leg.js';
+import { CheckedDevice } from '../../blockdev/checked-device.js';
 import { finishedNow } from '../../blockdev/types.js';
 import { makeTempDir } from '../helpers/tools.js';
 
@@ -34,7 +35,10 @@ test('FileLeg: small writes and cached reads finish before returning; FUA and wr
     const fua = leg.write(0, Buffer.alloc(4096, 9), { fua: true });
     t.not(fua, finishedNow, 'FUA: the O_DSYNC descriptor, on the pool');
     await fua;
-    await t.throwsAsync(leg.read(4 * MiB, target), { code: 'EINVAL' }, 'a bad range still rejects, not throws');
+    // Ranges are checked once, at the checked entry every stack puts in front of each layer.
+    const checked = CheckedDevice.wrap(leg, 'leg');
+    t.is(checked.read(MiB - 4096, target), finishedNow, 'the checked entry keeps an in-turn read in the turn');
+    await t.throwsAsync(checked.read(4 * MiB, target), { code: 'EINVAL' }, 'a bad range still rejects, not throws');
   } finally {
     await leg.close();
     fs.rmSync(dir, { recursive: true, force: true });

@@ -4,7 +4,8 @@ import path from 'node:path';
 import pino from 'pino';
 import type { FaultPlan } from '../../faults/fault-device.js';
 import { MirrorController, type MirrorSettings } from '../../mirror/controller.js';
-import { cutPowerToAll, type CutPolicy, cutPolicies } from '../../faults/power-cut-device.js';
+import { CrashPoints } from '../../faults/crash-points.js';
+import { type CutPolicy, cutPolicies } from '../../faults/power-cut-device.js';
 import type { Say } from './harness.js';
 
 /**
@@ -128,7 +129,8 @@ interface SectorHistory {
 async function crashRun(dir: string, steps: Op[], sweep: boolean, policies: [CutPolicy, CutPolicy, CutPolicy],
   run: number, seed: number, lyingDisks: ExhaustiveDisk[]): Promise<string | undefined> {
   fs.mkdirSync(dir, { recursive: true });
-  const mirror = await MirrorController.open(settingsFor(dir, policies, seed + run, lyingDisks), logger);
+  const crashPoints = new CrashPoints();
+  const mirror = await MirrorController.open({ ...settingsFor(dir, policies, seed + run, lyingDisks), crashPoints }, logger);
   const zero = Buffer.alloc(sectorBytes).toString('hex');
   // Per sector: what it may hold if the power went now, and what it must hold once the next flush completes.
   const sectors: SectorHistory[] = Array.from({ length: (2 * regionBytes) / sectorBytes }, () => ({ acceptable: new Set([zero]) }));
@@ -171,7 +173,7 @@ async function crashRun(dir: string, steps: Op[], sweep: boolean, policies: [Cut
       await mirror.device.sweep({ ignoreQuietPasses: true });
     }
   }
-  await cutPowerToAll();
+  await crashPoints.powerCuts.cutAll();
   void mirror.resync.stop();
   await mirror.device.close();
 
