@@ -5,22 +5,19 @@ import { isBlockError, toBlockError } from '../blockdev/errors.js';
 import { BufferPool, type PooledBuffer } from '../blockdev/buffer-pool.js';
 import { RangeOrder, type Ticket } from '../blockdev/range-order.js';
 import { type BlockDevice, finishedNow } from '../blockdev/types.js';
-import {
-  BASE_ALLOCATION_ID, ClientFlag, Command, CommandFlag, HandshakeFlag, IHAVEOPT, Limits, NBDMAGIC, Option, OptionReply,
-  REQUEST_HEADER_BYTES, SIMPLE_REPLY_HEADER_BYTES, StateFlag,
-} from './constants.js';
+import { Command, CommandFlag, HandshakeFlag, IHAVEOPT, NBDMAGIC, REQUEST_HEADER_BYTES } from './constants.js';
 import { nbdErrorFor } from './errno.js';
 import { InputQueue } from './input-queue.js';
 import type { InputPoll } from './input-poll.js';
-import { type ExportEntry, type ExportTable, handleOption, type Negotiation, newNegotiation } from './negotiation.js';
-import {
-  blockStatusChunk, OFFSET_DATA_PREFIX_BYTES, offsetHoleChunk, optionReply, simpleReply, structuredError,
-  structuredNone, writeOffsetDataPrefix, writeSimpleHeader,
-} from './replies.js';
+import { checkedPhase, type HandshakeStep, OptionReader, type Phase, readClientFlags } from './handshake.js';
+import type { ExportEntry, ExportTable } from './negotiation.js';
+import { ReadReplies } from './read-replies.js';
+import { simpleReply, structuredError } from './replies.js';
 import type { RequestStats } from './request-stats.js';
 import { type FileReplyStats, ReplyWriter } from './reply-writer.js';
 import { parseRequestHeader, type RequestHeader, validateRequest } from './requests.js';
 import { defaultSocketReaderOptions, SocketReader, type SocketReaderOptions } from './socket-reader.js';
+import { type Clock, type ClockTimer, systemClock } from '../sys/clock.js';
 
 export interface ConnectionOptions {
   /** A client that has not reached transmission by then is disconnected. */
@@ -53,6 +50,8 @@ export interface ConnectionOptions {
   inputPoll: InputPoll | undefined;
   /** Per-command counts and latencies for the metrics endpoint; undefined when metrics are off. */
   requestStats?: RequestStats;
+  /** Time for the handshake deadline and the closing grace (tests step it). */
+  clock?: Clock;
   logger: Logger;
 }
 
@@ -76,8 +75,6 @@ interface PendingWrite {
   filledBytes: number;
 }
 
-type Phase = 'client-flags' | 'options' | 'transmission' | 'closing' | 'closed';
-
 /** Chunk size when serving NBD_CMD_CACHE, which may name gigabytes. */
 const cacheChunkBytes = 1 << 20;
 
@@ -89,12 +86,12 @@ const cacheChunkBytes = 1 << 20;
 export class Connection {
   private phase: Phase = 'client-flags';
   private readonly input = new InputQueue();
-  private negotiation: Negotiation | undefined;
-  private handshakeTimer: NodeJS.Timeout | undefined;
+  private optionReader: OptionReader | undefined;
+  private handshakeTimer: ClockTimer | undefined;
+  private readonly clock: Clock;
   /** Bytes of a refused payload (option or WRITE) still to be skipped. */
   private drainBytes = 0;
   private drainThen: (() => void) | undefined;
-  private pendingOption: { option: number; lengthBytes: number } | undefined;
   /** A WRITE whose payload is arriving; `filledBytes` of it are in `target` already. */
   private pendingWrite: PendingWrite | undefined;
   private readonly socket: net.Socket;
@@ -102,6 +99,7 @@ export class Connection {
   private readonly writer: ReplyWriter;
   private entry: ExportEntry | undefined;
   private device: BlockDevice | undefined;
+  private reads: ReadReplies | undefined;
   private transmissionFlags = 0;
   private structured = false;
   private blockStatusNegotiated = false;
@@ -127,6 +125,7 @@ export class Connection {
     private readonly options: ConnectionOptions,
     private readonly isShuttingDown: () => boolean,
   ) {
+    this.clock = options.clock ?? systemClock;
     this.closed = new Promise((resolve) => { this.resolveClosed = resolve; });
     this.reader = new SocketReader(accepted, {
       directTarget: () => this.directTarget(),
@@ -154,10 +153,9 @@ export class Connection {
     socket.on('error', (error) => this.options.logger.debug({ err: error }, 'socket error'));
     socket.on('close', () => this.onClose());
     socket.on('end', () => this.onPeerEnd());
-    this.handshakeTimer = setTimeout(() => {
+    this.handshakeTimer = this.clock.setTimeout(() => {
       this.hardDisconnect(`handshake not finished within ${this.options.handshakeTimeoutMs} ms`);
-    }, this.options.handshakeTimeoutMs);
-    this.handshakeTimer.unref();
+    }, this.options.handshakeTimeoutMs, { unref: true });
     const greeting = Buffer.allocUnsafe(18);
     greeting.writeBigUInt64BE(NBDMAGIC, 0);
     greeting.writeBigUInt64BE(IHAVEOPT, 8);
@@ -202,86 +200,60 @@ export class Connection {
         then?.();
         continue;
       }
-      let progressed: boolean;
-      switch (this.phase) {
-        case 'client-flags': progressed = this.readClientFlags(); break;
-        case 'options': progressed = this.readOption(); break;
-        case 'transmission': progressed = this.readRequest(); break;
-      }
+      const progressed = this.phase === 'transmission' ? this.readRequest()
+        : this.takeHandshakeStep(this.phase === 'client-flags' ? readClientFlags(this.input) : this.optionReader!.next(this.input));
       if (!progressed) return;
     }
   }
 
-  private readClientFlags(): boolean {
-    if (this.input.length < 4) return false;
-    const flags = this.input.take(4).readUInt32BE(0);
-    const known = ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES;
-    if ((flags & ~known) !== 0) {
-      this.hardDisconnect(`client flags 0x${flags.toString(16)} include unknown bits`);
-      return false;
-    }
-    if ((flags & ClientFlag.FIXED_NEWSTYLE) === 0) {
-      this.hardDisconnect('client does not support fixed newstyle negotiation, the only kind served');
-      return false;
-    }
-    this.negotiation = newNegotiation(flags);
-    this.phase = 'options';
-    return true;
-  }
-
-  private readOption(): boolean {
-    assert(this.negotiation !== undefined);
-    if (this.pendingOption === undefined) {
-      if (this.input.length < 16) return false;
-      const header = this.input.take(16);
-      if (header.readBigUInt64BE(0) !== IHAVEOPT) {
-        this.hardDisconnect('bad option magic');
-        return false;
-      }
-      const option = header.readUInt32BE(8);
-      const lengthBytes = header.readUInt32BE(12);
-      if (this.negotiation.optionsSeen >= Limits.optionsPerConnectionMax) {
-        this.hardDisconnect(`more than ${Limits.optionsPerConnectionMax} options`);
-        return false;
-      }
-      if (lengthBytes > Limits.optionBytesMax) {
-        // Never buffered: skip it as it arrives, then say it was too big.
-        this.negotiation.optionsSeen += 1;
-        this.drainBytes = lengthBytes;
+  /** Applies one step of the handshake (see handshake.ts); false when nothing more can be read now. */
+  private takeHandshakeStep(step: HandshakeStep): boolean {
+    switch (step.kind) {
+      case 'wait': return false;
+      case 'continue': return true;
+      case 'options':
+        this.optionReader = new OptionReader(step.negotiation, this.exports, (reply) => this.writer.send(reply), this.isShuttingDown);
+        this.enterPhase('options');
+        return true;
+      case 'skip': {
+        const { afterwards } = step;
+        this.drainBytes = step.bytes;
         this.drainThen = () => {
-          if (option === Option.EXPORT_NAME) this.hardDisconnect(`NBD_OPT_EXPORT_NAME of ${lengthBytes} bytes`);
-          else this.writer.send(optionReply(option, OptionReply.ERR_TOO_BIG, Buffer.from(`option length ${lengthBytes} is too large`)));
+          if (afterwards.kind === 'disconnect') this.hardDisconnect(afterwards.reason);
+          else this.writer.send(afterwards.reply);
         };
         return true;
       }
-      this.pendingOption = { option, lengthBytes };
+      case 'transmission':
+        this.enterTransmission(step.entry, step.flags);
+        return true;
+      case 'close':
+        this.options.logger.info({ reason: step.reason }, 'closing during negotiation');
+        this.closeGracefully();
+        return false;
+      case 'disconnect':
+        this.hardDisconnect(step.reason);
+        return false;
     }
-    const { option, lengthBytes } = this.pendingOption;
-    if (this.input.length < lengthBytes) return false;
-    this.pendingOption = undefined;
-    const payload = this.input.take(lengthBytes);
-    const outcome = handleOption(this.negotiation, this.exports, option, payload, this.isShuttingDown());
-    for (const reply of outcome.replies) this.writer.send(reply);
-    if (outcome.next === 'close') {
-      this.options.logger.info({ reason: outcome.reason }, 'closing during negotiation');
-      this.closeGracefully();
-      return false;
-    }
-    if (outcome.next === 'transmission') this.enterTransmission(outcome.entry, outcome.flags);
-    return true;
+  }
+
+  private enterPhase(next: Phase): void {
+    this.phase = checkedPhase(this.phase, next);
   }
 
   private enterTransmission(entry: ExportEntry, flags: number): void {
-    assert(this.negotiation !== undefined);
-    clearTimeout(this.handshakeTimer);
+    const negotiated = this.optionReader!;
+    this.handshakeTimer?.cancel();
     this.handshakeTimer = undefined;
     this.entry = entry;
     this.device = entry.device;
     this.transmissionFlags = flags;
-    this.structured = this.negotiation.structuredReplies;
-    const metaExport = this.negotiation.metaContextExport;
+    this.structured = negotiated.structuredReplies;
+    const metaExport = negotiated.metaContextExport;
     this.blockStatusNegotiated = metaExport !== undefined && this.exports.find(metaExport) === entry;
-    this.phase = 'transmission';
+    this.reads = new ReadReplies(entry.device, this.writer, this.structured, this.options);
+    this.optionReader = undefined;
+    this.enterPhase('transmission');
     this.options.logger.info({ export: entry.name, flags, structuredReplies: this.structured }, 'client attached');
   }
 
@@ -422,7 +394,7 @@ export class Connection {
    * device finished in this turn is answered in this turn too (returns finishedNow).
    */
   private execute(request: RequestHeader, offsetBytes: number, payload: Buffer | undefined): Promise<void> {
-    if (request.type === Command.READ) return this.serveRead(request, offsetBytes);
+    if (request.type === Command.READ) return this.reads!.serveRead(request, offsetBytes);
     if (request.type !== Command.WRITE) return this.executeOther(request, offsetBytes);
     let writing: Promise<void>;
     try {
@@ -461,144 +433,9 @@ export class Connection {
         }
         return this.replyOk(request);
       }
-      case Command.BLOCK_STATUS: return this.serveBlockStatus(request, offsetBytes);
+      case Command.BLOCK_STATUS: return this.reads!.serveBlockStatus(request, offsetBytes);
     }
     assert.fail(`validated request has unknown type ${request.type}`);
-  }
-
-  /** Like execute(): a read the device served from memory in this turn is answered in this turn (finishedNow). */
-  private serveRead(request: RequestHeader, offsetBytes: number): Promise<void> {
-    const lengthBytes = request.lengthBytes;
-    if (!this.structured) {
-      return this.sendReadData(SIMPLE_REPLY_HEADER_BYTES, offsetBytes, lengthBytes,
-        (target) => writeSimpleHeader(target, 0, request.cookie));
-    }
-    if (lengthBytes === 0) {
-      this.writer.send(structuredNone(request.cookie));
-      return finishedNow;
-    }
-    const fragmentsAllowed = (request.flags & CommandFlag.DF) === 0;
-    if (fragmentsAllowed && lengthBytes >= this.options.sparseReadBytesMin && this.device!.capabilities.blockStatus) {
-      return this.serveReadWithHoles(request, offsetBytes);
-    }
-    return this.sendOffsetData(request, offsetBytes);
-  }
-
-  /** A large structured read: zero extents go out as OFFSET_HOLE chunks. */
-  private async serveReadWithHoles(request: RequestHeader, offsetBytes: number): Promise<void> {
-    const extents = await this.device!.blockStatus(offsetBytes, request.lengthBytes);
-    if (extents.some((extent) => extent.zero)) return this.serveSparseRead(request, offsetBytes, extents);
-    return this.sendOffsetData(request, offsetBytes);
-  }
-
-  /** The whole structured read as one OFFSET_DATA chunk that ends the reply. */
-  private sendOffsetData(request: RequestHeader, offsetBytes: number): Promise<void> {
-    const lengthBytes = request.lengthBytes;
-    return this.sendReadData(OFFSET_DATA_PREFIX_BYTES, offsetBytes, lengthBytes,
-      (target) => writeOffsetDataPrefix(target, request.cookie, offsetBytes, lengthBytes, true));
-  }
-
-  /**
-   * A read reply of `prefixBytes` of header (written by `writeHeader`) and the
-   * data: by sendfile when the range is large and the device lends it as a
-   * file range, else read into a buffer behind the header.
-   */
-  private sendReadData(prefixBytes: number, offsetBytes: number, lengthBytes: number,
-    writeHeader: (target: Buffer) => void): Promise<void> {
-    if (lengthBytes >= this.options.fileReplyBytesMin && this.device!.lendFileRange !== undefined) {
-      return this.sendReadFromFileOrBuffer(prefixBytes, offsetBytes, lengthBytes, writeHeader);
-    }
-    return this.sendReadFromBuffer(prefixBytes, offsetBytes, lengthBytes, writeHeader);
-  }
-
-  private async sendReadFromFileOrBuffer(prefixBytes: number, offsetBytes: number, lengthBytes: number,
-    writeHeader: (target: Buffer) => void): Promise<void> {
-    if (await this.sendReadFromFile(prefixBytes, offsetBytes, lengthBytes, writeHeader)) return;
-    await this.sendReadFromBuffer(prefixBytes, offsetBytes, lengthBytes, writeHeader);
-  }
-
-  /** false: not sent (not lent, or declined); read it instead. */
-  private async sendReadFromFile(prefixBytes: number, offsetBytes: number, lengthBytes: number,
-    writeHeader: (target: Buffer) => void): Promise<boolean> {
-    if (!this.writer.canSendFiles) return false;
-    const lease = this.device!.lendFileRange!(offsetBytes, lengthBytes);
-    if (lease === undefined) return false;
-    const header = Buffer.allocUnsafe(prefixBytes);
-    writeHeader(header);
-    try {
-      return await this.writer.sendFile({ header, fd: lease.fd, positionBytes: lease.positionBytes, lengthBytes });
-    } finally {
-      lease.release();
-    }
-  }
-
-  /** Reads into a pooled reply buffer behind room for the reply header, so the reply is one write. */
-  private sendReadFromBuffer(prefixBytes: number, offsetBytes: number, lengthBytes: number,
-    writeHeader: (target: Buffer) => void): Promise<void> {
-    const reply = this.options.bufferPool.acquire(prefixBytes + lengthBytes);
-    let reading: Promise<void>;
-    try {
-      reading = this.device!.read(offsetBytes, reply.buffer.subarray(prefixBytes));
-    } catch (error) {
-      reading = Promise.reject(error);
-    }
-    if (reading === finishedNow) {
-      this.sendFilledReply(reply, writeHeader);
-      return finishedNow;
-    }
-    return reading.then(() => this.sendFilledReply(reply, writeHeader), (error: unknown) => {
-      reply.release();
-      throw error;
-    });
-  }
-
-  private sendFilledReply(reply: PooledBuffer, writeHeader: (target: Buffer) => void): void {
-    writeHeader(reply.buffer);
-    this.writer.send(reply.buffer, reply.release);
-  }
-
-  private async serveSparseRead(
-    request: RequestHeader, offsetBytes: number, extents: Array<{ offsetBytes: number; lengthBytes: number; zero: boolean }>,
-  ): Promise<void> {
-    const endBytes = offsetBytes + request.lengthBytes;
-    const chunks: Buffer[] = [];
-    let position = offsetBytes;
-    for (const extent of extents) {
-      if (position >= endBytes) break;
-      const extentEnd = Math.min(extent.offsetBytes + extent.lengthBytes, endBytes);
-      if (extentEnd <= position) continue;
-      chunks.push(await this.readChunk(request.cookie, position, extentEnd - position, extent.zero));
-      position = extentEnd;
-    }
-    // Block status may cover only a prefix; the rest is sent as data.
-    if (position < endBytes) chunks.push(await this.readChunk(request.cookie, position, endBytes - position, false));
-    for (const chunk of chunks) this.writer.send(chunk);
-    this.writer.send(structuredNone(request.cookie));
-  }
-
-  private async readChunk(cookie: bigint, offsetBytes: number, lengthBytes: number, zero: boolean): Promise<Buffer> {
-    if (zero) return offsetHoleChunk(cookie, offsetBytes, lengthBytes, false);
-    const chunk = Buffer.allocUnsafe(OFFSET_DATA_PREFIX_BYTES + lengthBytes);
-    await this.device!.read(offsetBytes, chunk.subarray(OFFSET_DATA_PREFIX_BYTES));
-    writeOffsetDataPrefix(chunk, cookie, offsetBytes, lengthBytes, false);
-    return chunk;
-  }
-
-  private async serveBlockStatus(request: RequestHeader, offsetBytes: number): Promise<void> {
-    const extents = await this.device!.blockStatus(offsetBytes, request.lengthBytes);
-    assert(extents.length > 0, 'block status returned no extents');
-    const endBytes = offsetBytes + request.lengthBytes;
-    const descriptors: Array<{ lengthBytes: number; flags: number }> = [];
-    let position = offsetBytes;
-    for (const extent of extents) {
-      const extentEnd = Math.min(extent.offsetBytes + extent.lengthBytes, endBytes);
-      if (extentEnd <= position) continue;
-      const flags = (extent.hole ? StateFlag.HOLE : 0) | (extent.zero ? StateFlag.ZERO : 0);
-      descriptors.push({ lengthBytes: extentEnd - position, flags });
-      position = extentEnd;
-      if ((request.flags & CommandFlag.REQ_ONE) !== 0 || position >= endBytes) break;
-    }
-    this.writer.send(blockStatusChunk(request.cookie, BASE_ALLOCATION_ID, descriptors));
   }
 
   private replyOk(request: RequestHeader): void {
@@ -649,11 +486,11 @@ export class Connection {
 
   private closeGracefully(): void {
     if (this.phase === 'closed' || this.phase === 'closing') return;
-    this.phase = 'closing';
+    this.enterPhase('closing');
     // end() writes corked replies first.
     this.socket.end();
     // A peer that never closes its side must not hold the connection (or a shutdown) forever.
-    setTimeout(() => this.socket.destroy(), 5000).unref();
+    this.clock.setTimeout(() => this.socket.destroy(), 5000, { unref: true });
   }
 
   private hardDisconnect(reason: string): void {
@@ -671,9 +508,9 @@ export class Connection {
 
   private onClose(): void {
     if (this.phase === 'closed') return;
-    this.phase = 'closed';
+    this.enterPhase('closed');
     this.writer.close();
-    clearTimeout(this.handshakeTimer);
+    this.handshakeTimer?.cancel();
     this.input.clear();
     this.resolveClosed();
   }

@@ -1,4 +1,4 @@
-import { performance } from 'node:perf_hooks';
+import { type Clock, systemClock } from '../sys/clock.js';
 
 /** A window starts this short and doubles while waits stay within the maximum (QEMU's rule). */
 const windowStartUs = 4;
@@ -34,12 +34,12 @@ export class InputPoll {
   /** When the loop last became free to sleep: the end of the last window, or of the last turn with input. */
   private idleSinceMs = 0;
 
-  constructor(private readonly maxUs: number) {}
+  constructor(private readonly maxUs: number, private readonly clock: Pick<Clock, 'now'> = systemClock) {}
 
   /** Bytes arrived on some connection. */
   inputArrived(): void {
     if (!(this.maxUs > 0)) return;
-    const nowMs = performance.now();
+    const nowMs = this.clock.now();
     if (!this.polling) {
       this.adapt(this.windowUs + (nowMs - this.idleSinceMs) * 1000);
       // Even with no window, one callback: it runs once this turn's work is done, which is when the
@@ -57,7 +57,7 @@ export class InputPoll {
    */
   replySent(): void {
     if (!(this.maxUs > 0)) return;
-    const nowMs = performance.now();
+    const nowMs = this.clock.now();
     if (!this.polling) this.startPolling();
     this.pollUntilMs = Math.max(this.pollUntilMs, nowMs + this.windowUs / 1000);
   }
@@ -82,7 +82,7 @@ export class InputPoll {
   }
 
   private readonly poll = (): void => {
-    const nowMs = performance.now();
+    const nowMs = this.clock.now();
     if (this.windowUs > 0 && nowMs < this.pollUntilMs) {
       setImmediate(this.poll);
       return;

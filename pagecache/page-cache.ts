@@ -1,15 +1,17 @@
-import { errorAction } from '../blockdev/error-policy.js';
-import type { EventSink } from '../blockdev/events.js';
 import type { Logger } from 'pino';
+import { errorAction } from '../blockdev/error-policy.js';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
-import { BufferPool } from '../blockdev/buffer-pool.js';
-import { IntrusiveList, type ListNode } from '../blockdev/intrusive-list.js';
+import type { EventSink } from '../blockdev/events.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
+import { type Clock, type ClockTimer, systemClock } from '../sys/clock.js';
+import { DirtyThrottle, type NoSpacePolicy } from './dirty-throttle.js';
 import { overlayData } from './extent-overlay.js';
-import { PageSlab } from './page-slab.js';
+import { type Page, PageTable } from './page-table.js';
 import { RangeGate } from './range-gate.js';
+import { Writeback } from './writeback.js';
 
-export type NoSpacePolicy = 'error' | 'queue';
+export type { NoSpacePolicy } from './dirty-throttle.js';
+
 
 export interface PageCacheOptions {
   /** Memory cap for cached pages, clean and dirty. */
@@ -31,6 +33,8 @@ export interface PageCacheOptions {
   /** Where ENOSPC during writeback and a fatal failure are reported. */
   events?: EventSink;
   pageBytes?: number;
+  /** Time for dirty expiry, the writeback interval and the no-space wait (tests step it). */
+  clock?: Clock;
 }
 
 export interface PageCacheStatus {
@@ -46,32 +50,6 @@ export interface PageCacheStatus {
   stats: PageCache['stats'];
 }
 
-interface Page extends ListNode<Page> {
-  readonly index: number;
-  data: Buffer;
-  dirty: boolean;
-  /** Bumped by every change; a writeback cleans the page only if it wrote this version. */
-  version: number;
-  /** Write sequence of the oldest change not yet written back. */
-  firstUnwrittenSeq: number;
-  /** Sequence of the first change made while a writeback of the page was in flight. */
-  rewriteSeq: number | undefined;
-  dirtiedAtMs: number;
-  writeback: Promise<void> | undefined;
-  /** Read-modify-write fill from below in progress; writers wait for it. */
-  loading: Promise<void> | undefined;
-  /** Reads copying out of this page: its memory is recycled only after they finish. */
-  readers: number;
-  dropped: boolean;
-}
-
-/** Runs are capped so 32 in flight hold at most 8 MiB of snapshots. */
-const writebackRunBytesMax = 256 * 1024;
-/** Random writes make one-page runs; this many keep the legs as busy as a client at QD32 would. */
-const writebackRunsInFlight = 32;
-/** Background writeback starts once dirty memory passes this share of the limit. */
-const backgroundRatio = 0.5;
-
 /**
  * A write-back page cache over any block device (the mirror, or one leg).
  *
@@ -82,32 +60,24 @@ const backgroundRatio = 0.5;
  * readable and retried by the next flush; a fatal one fails the whole device
  * until an operator acts, so no flush can ever succeed over lost data
  * (lesson 3).
+ *
+ * This file is the request path (read, write, trim, flush); the pages and
+ * their states are page-table.ts, writeback is writeback.ts, and the dirty
+ * limit is dirty-throttle.ts.
  */
 export class PageCache implements BlockDevice {
   readonly sizeBytes: number;
   readonly blockSizeBytes: number;
   readonly capabilities: DeviceCapabilities;
   readonly pageBytes: number;
-  private readonly pages = new Map<number, Page>();
-  /** Clean pages, in the order they were read in or cleaned: eviction drops from the front. */
-  private readonly cleanOrder = new IntrusiveList<Page>();
-  /** Dirty pages, oldest first. */
-  private readonly dirtyOrder = new IntrusiveList<Page>();
-  private seq = 0;
+  private readonly pages: PageTable;
   private readonly gate = new RangeGate();
-  private readonly slab: PageSlab;
-  /** Writeback snapshots, reused: they are short-lived and would otherwise churn the heap. */
-  private readonly snapshots = new BufferPool(8 << 20, 4096);
-  private progress: { promise: Promise<void>; wake: () => void; deadlineMs: number; timer: NodeJS.Timeout } | undefined;
-  private noSpace: BlockError | undefined;
-  /** The last request error writeback met (logged once, not at every retry). */
-  private lastRefusal: string | undefined;
-  /** Dirty bytes promised to writers that passed the throttle but have not applied yet. */
-  private reservedBytes = 0;
+  private readonly throttle: DirtyThrottle;
+  private readonly writeback: Writeback;
   private failure: BlockError | undefined;
-  private closed = false;
-  private background: Promise<void> | undefined;
-  private readonly timer: NodeJS.Timeout | undefined;
+  private isClosed = false;
+  private timer: ClockTimer | undefined;
+  private readonly clock: Clock;
   readonly stats = {
     readHits: 0, readMisses: 0, writes: 0, writebacks: 0, writebackBytes: 0, writebackFailures: 0,
     throttledWrites: 0, noSpaceRejects: 0, evictions: 0,
@@ -117,24 +87,49 @@ export class PageCache implements BlockDevice {
     this.sizeBytes = below.sizeBytes;
     this.blockSizeBytes = below.blockSizeBytes;
     this.pageBytes = options.pageBytes ?? 4096;
-    this.slab = new PageSlab(this.pageBytes);
     if (options.dirtyLimitBytes > options.capacityBytes) {
       throw new BlockError('EINVAL', `cache dirty limit ${options.dirtyLimitBytes} exceeds its capacity ${options.capacityBytes}`);
     }
     // One cache serves every connection, so a flush on any covers all writes.
     this.capabilities = { ...below.capabilities, flush: true, fua: true, multiConn: true };
-    if (options.writebackIntervalMs > 0) {
-      this.timer = setInterval(() => this.backgroundWriteback(), options.writebackIntervalMs);
-      this.timer.unref();
-    }
+    this.clock = options.clock ?? systemClock;
+    this.pages = new PageTable(this.pageBytes, this.sizeBytes);
+    const cache = this;
+    this.writeback = new Writeback(this.pages, below, this.gate, {
+      checkUsable: (what) => this.checkUsable(what),
+      enterFailed: (error) => this.enterFailed(error),
+      flushBelow: () => this.flushBelow(),
+      runFinished: () => {
+        this.throttle.progressMade();
+        this.evictIfNeeded();
+      },
+      get failed() { return cache.failure; },
+      get closed() { return cache.isClosed; },
+      stats: this.stats,
+    }, options, this.clock);
+    this.throttle = new DirtyThrottle(this.pages, {
+      get noSpace() { return cache.writeback.noSpace; },
+      startBackground: (bytes) => this.writeback.startBackground(bytes),
+      checkUsable: (what) => this.checkUsable(what),
+      stats: this.stats,
+    }, options, this.clock);
+    this.scheduleBackgroundWriteback();
+  }
+
+  private scheduleBackgroundWriteback(): void {
+    if (this.isClosed || !(this.options.writebackIntervalMs > 0)) return;
+    this.timer = this.clock.setTimeout(() => {
+      this.scheduleBackgroundWriteback();
+      this.writeback.expire();
+    }, this.options.writebackIntervalMs, { unref: true });
   }
 
   get dirtyBytes(): number {
-    return this.dirtyOrder.size * this.pageBytes;
+    return this.pages.dirtyBytes;
   }
 
   get cachedBytes(): number {
-    return this.pages.size * this.pageBytes;
+    return this.pages.cachedBytes;
   }
 
   get failed(): BlockError | undefined {
@@ -144,35 +139,27 @@ export class PageCache implements BlockDevice {
   status(): PageCacheStatus {
     return {
       cachedBytes: this.cachedBytes,
-      allocatedBytes: this.slab.allocatedBytes,
+      allocatedBytes: this.pages.allocatedBytes,
       dirtyBytes: this.dirtyBytes,
       capacityBytes: this.options.capacityBytes,
       dirtyLimitBytes: this.options.dirtyLimitBytes,
-      noSpace: this.noSpace?.message,
+      noSpace: this.writeback.noSpace?.message,
       failed: this.failure?.message,
       stats: { ...this.stats },
     };
   }
 
   private checkUsable(what: string): void {
-    if (this.closed) throw new BlockError('ESHUTDOWN', `${what}: the cache is closed`);
+    if (this.isClosed) throw new BlockError('ESHUTDOWN', `${what}: the cache is closed`);
     if (this.failure) {
       throw new BlockError('EIO', `${what}: the device has failed (${this.failure.message}); an operator must act`, { retryable: false });
     }
   }
 
-  private pageLength(index: number): number {
-    return Math.min(this.pageBytes, this.sizeBytes - index * this.pageBytes);
-  }
-
-  private pagesOf(offsetBytes: number, lengthBytes: number): [number, number] {
-    return [Math.floor(offsetBytes / this.pageBytes), Math.floor((offsetBytes + lengthBytes - 1) / this.pageBytes)];
-  }
-
   async read(offsetBytes: number, target: Buffer): Promise<void> {
     this.checkUsable('read');
     if (target.length === 0) return;
-    const [first, last] = this.pagesOf(offsetBytes, target.length);
+    const [first, last] = this.pages.pagesOf(offsetBytes, target.length);
     // Pages are captured now: one written back and evicted while we read below
     // still supplies its bytes, so a read never goes back to older data.
     const captured: Page[] = [];
@@ -202,10 +189,7 @@ export class PageCache implements BlockDevice {
       }
       for (const page of captured) this.copyOut(page, offsetBytes, target);
     } finally {
-      for (const page of captured) {
-        page.readers -= 1;
-        if (page.readers === 0 && page.dropped) this.recycle(page);
-      }
+      for (const page of captured) this.pages.readDone(page);
     }
   }
 
@@ -219,14 +203,14 @@ export class PageCache implements BlockDevice {
   async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     this.checkUsable('write');
     if (data.length === 0) return;
-    const [first, last] = this.pagesOf(offsetBytes, data.length);
-    const reserved = await this.makeRoom(first, last);
+    const [first, last] = this.pages.pagesOf(offsetBytes, data.length);
+    const reserved = await this.throttle.makeRoom(first, last);
     try {
       await this.fillAndApply(offsetBytes, data, first, last);
     } finally {
-      this.reservedBytes -= reserved;
+      this.throttle.release(reserved);
     }
-    if (flags.fua) await this.writeBack(this.dirtyIndicesIn(first, last), true);
+    if (flags.fua) await this.writeback.writeBack(this.pages.dirtyIndicesIn(first, last), true);
   }
 
   private async fillAndApply(offsetBytes: number, data: Buffer, first: number, last: number): Promise<void> {
@@ -237,49 +221,18 @@ export class PageCache implements BlockDevice {
       this.checkUsable('write');
     }
     // From here to the end of the loop nothing awaits: the change is atomic for readers.
-    this.seq += 1;
+    this.pages.seq += 1;
     this.stats.writes += 1;
-    const now = Date.now();
+    const now = this.clock.now();
     for (let index = first; index <= last; index += 1) {
-      let page = this.pages.get(index);
-      if (!page) {
-        page = this.newPage(index);
-      }
+      const page = this.pages.get(index) ?? this.pages.newPage(index);
       const pageStart = index * this.pageBytes;
       const from = Math.max(offsetBytes, pageStart);
       const to = Math.min(offsetBytes + data.length, pageStart + page.data.length);
       data.copy(page.data, from - pageStart, from - offsetBytes, to - offsetBytes);
-      this.markDirty(page, now);
+      this.pages.markDirty(page, now);
     }
     this.evictIfNeeded();
-  }
-
-  private newPage(index: number): Page {
-    const data = this.slab.take().subarray(0, this.pageLength(index));
-    const page: Page = {
-      index, data, dirty: false, version: 0, firstUnwrittenSeq: 0, rewriteSeq: undefined, dirtiedAtMs: 0,
-      writeback: undefined, loading: undefined, readers: 0, dropped: false,
-      listPrevious: undefined, listNext: undefined, list: undefined,
-    };
-    this.pages.set(index, page);
-    return page;
-  }
-
-  private markDirty(page: Page, now: number): void {
-    page.version += 1;
-    if (page.writeback && page.rewriteSeq === undefined) page.rewriteSeq = this.seq;
-    if (page.dirty) return;
-    page.dirty = true;
-    page.firstUnwrittenSeq = this.seq;
-    page.dirtiedAtMs = now;
-    this.cleanOrder.remove(page);
-    this.dirtyOrder.pushBack(page);
-  }
-
-  private markClean(page: Page): void {
-    page.dirty = false;
-    this.dirtyOrder.remove(page);
-    this.cleanOrder.pushBack(page);
   }
 
   /**
@@ -298,22 +251,22 @@ export class PageCache implements BlockDevice {
       }
       if (page) continue;
       const pageStart = index * this.pageBytes;
-      const covered = offsetBytes <= pageStart && end >= pageStart + this.pageLength(index);
+      const covered = offsetBytes <= pageStart && end >= pageStart + this.pages.pageLength(index);
       if (!covered) waits.push(this.startLoad(index));
     }
     return waits;
   }
 
   private startLoad(index: number): Promise<void> {
-    const page = this.newPage(index);
+    const page = this.pages.newPage(index);
     const start = index * this.pageBytes;
     page.loading = (async () => {
       try {
         await this.gate.clear(start, start + page.data.length);
         await this.below.read(start, page.data);
-        this.cleanOrder.pushBack(page);
+        this.pages.loaded(page);
       } catch (error) {
-        this.dropPage(page);
+        this.pages.drop(page);
         throw error;
       } finally {
         page.loading = undefined;
@@ -322,238 +275,19 @@ export class PageCache implements BlockDevice {
     return page.loading;
   }
 
-  /**
-   * Throttles writers at the dirty limit: they wait while writeback makes
-   * progress. If writeback keeps failing with a retryable error (a full pool),
-   * new dirtying writes get ENOSPC, at once or after the queue timeout, and
-   * are never acknowledged: memory stays bounded and nothing is dropped.
-   * Overwriting pages that are already dirty needs no room.
-   */
-  private async makeRoom(first: number, last: number): Promise<number> {
-    const limit = this.options.dirtyLimitBytes;
-    let waitedSinceMs: number | undefined;
-    let throttled = false;
-    for (;;) {
-      let newDirty = 0;
-      for (let index = first; index <= last; index += 1) {
-        const page = this.pages.get(index);
-        if (page === undefined || !this.dirtyOrder.has(page)) newDirty += this.pageBytes;
-      }
-      const committed = this.dirtyBytes + this.reservedBytes;
-      // A write larger than the whole limit goes in once nothing else is dirty.
-      if (newDirty === 0 || committed + newDirty <= limit || committed === 0) {
-        // Reserved until applied, so concurrent writers cannot all pass on the same reading.
-        this.reservedBytes += newDirty;
-        return newDirty;
-      }
-      if (this.noSpace) {
-        // Out of space, the timer retries once per interval; hammering the device from here would not help.
-        const timeoutMs = this.options.noSpacePolicy === 'queue' ? this.options.noSpaceTimeoutMs : 0;
-        waitedSinceMs ??= Date.now();
-        const remainingMs = timeoutMs - (Date.now() - waitedSinceMs);
-        if (remainingMs <= 0) {
-          this.stats.noSpaceRejects += 1;
-          throw new BlockError('ENOSPC', `write refused: the cache is at its dirty limit (${limit} bytes) and writeback ` +
-            `keeps failing (${this.noSpace.message})`, { retryable: true });
-        }
-        await this.nextProgress(remainingMs);
-      } else {
-        if (!throttled) this.stats.throttledWrites += 1;
-        throttled = true;
-        this.startBackground(committed + newDirty - limit);
-        waitedSinceMs = undefined;
-        await this.nextProgress(this.options.writebackIntervalMs || 1000);
-      }
-      this.checkUsable('write');
-    }
-  }
-
-  /**
-   * Resolves at the next writeback progress, or after `timeoutMs` at the
-   * latest. Every waiting writer shares one promise and one timer (set to the
-   * earliest deadline): at the dirty limit each completed writeback wakes
-   * every throttled writer, and a timer per writer per wake-up made that
-   * cost grow with the queue depth.
-   */
-  private nextProgress(timeoutMs: number): Promise<void> {
-    const deadlineMs = performance.now() + timeoutMs;
-    if (this.progress === undefined) {
-      let wake!: () => void;
-      const promise = new Promise<void>((resolve) => { wake = resolve; });
-      this.progress = { promise, wake, deadlineMs, timer: setTimeout(() => this.notifyProgress(), timeoutMs) };
-    } else if (deadlineMs < this.progress.deadlineMs) {
-      clearTimeout(this.progress.timer);
-      this.progress.deadlineMs = deadlineMs;
-      this.progress.timer = setTimeout(() => this.notifyProgress(), timeoutMs);
-    }
-    return this.progress.promise;
-  }
-
-  private notifyProgress(): void {
-    const progress = this.progress;
-    if (progress === undefined) return;
-    this.progress = undefined;
-    clearTimeout(progress.timer);
-    progress.wake();
-  }
-
-  /** Indices of the dirty pages in [first, last], ascending. */
-  private dirtyIndicesIn(first: number, last: number): number[] {
-    return this.pagesIn(first, last).filter((page) => page.dirty).map((page) => page.index).sort((a, b) => a - b);
-  }
-
-  /**
-   * Writes back the given pages as they are now: returns once each is clean
-   * or was changed after this call. Writebacks already in flight are waited
-   * for (one page is never written twice at once); any failure of our own
-   * rejects.
-   */
-  private async writeBack(indices: number[], fua: boolean): Promise<void> {
-    const callSeq = this.seq;
-    // With FUA, a page some other writeback carried (a flush's or the background's, without FUA) is
-    // written but not durable yet: then the device below is flushed before FUA is honoured.
-    const carriedByUs = new Set<number>();
-    let carriedByOthers = false;
-    for (;;) {
-      const inFlight = new Set<Promise<void>>();
-      const due: Page[] = [];
-      for (const index of indices) {
-        const page = this.pages.get(index);
-        if (!page || !page.dirty || page.firstUnwrittenSeq > callSeq) {
-          if (!carriedByUs.has(index)) carriedByOthers = true;
-          continue;
-        }
-        if (page.writeback) inFlight.add(page.writeback);
-        else due.push(page);
-      }
-      if (inFlight.size === 0 && due.length === 0) break;
-      await Promise.all([this.writeRuns(due, fua, carriedByUs), Promise.allSettled(inFlight)]);
-    }
-    if (fua && carriedByOthers) await this.flushBelow();
-  }
-
-  /** Groups pages into contiguous runs and writes them, a few runs at a time; rejects with the first failure. */
-  private async writeRuns(pages: Page[], fua: boolean, carried: Set<number>): Promise<void> {
-    pages.sort((a, b) => a.index - b.index);
-    const runs: Page[][] = [];
-    const pagesPerRun = Math.max(1, Math.floor(writebackRunBytesMax / this.pageBytes));
-    for (const page of pages) {
-      const run = runs[runs.length - 1];
-      if (run && run[run.length - 1].index === page.index - 1 && run.length < pagesPerRun) run.push(page);
-      else runs.push([page]);
-    }
-    let failure: unknown;
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      while (next < runs.length) {
-        const run = runs[next];
-        next += 1;
-        try {
-          await this.writeRun(run, fua, carried);
-        } catch (error) {
-          failure ??= error;
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(writebackRunsInFlight, runs.length) }, worker));
-    if (failure) throw failure;
-  }
-
-  /** Writes one run of pages from a snapshot; adds the indices it wrote to `carried`. */
-  private async writeRun(run: Page[], fua: boolean, carried: Set<number>): Promise<void> {
-    const start = run[0].index * this.pageBytes;
-    const lastPage = run[run.length - 1];
-    const end = lastPage.index * this.pageBytes + lastPage.data.length;
-    await this.gate.clear(start, end);
-    this.checkUsable('writeback');
-    // Pages may have been written back, dropped by a trim, or taken by another
-    // writeback while we waited: only pages still ours go out.
-    const live = run.filter((page) => this.pages.get(page.index) === page && page.dirty && !page.writeback);
-    if (live.length !== run.length) {
-      if (live.length > 0) await this.writeRuns(live, fua, carried);
-      return;
-    }
-    // The snapshot: the bytes as they are now, whatever writers do next.
-    const pooled = this.snapshots.acquire(end - start);
-    const snapshot = pooled.buffer;
-    const versions = run.map((page) => {
-      page.data.copy(snapshot, page.index * this.pageBytes - start);
-      page.rewriteSeq = undefined;
-      return page.version;
-    });
-    let release!: () => void;
-    const settled = new Promise<void>((resolve) => { release = resolve; });
-    for (const page of run) page.writeback = settled;
-    try {
-      await this.below.write(start, snapshot, { fua });
-      this.noSpace = undefined;
-      this.stats.writebacks += 1;
-      this.stats.writebackBytes += snapshot.length;
-      for (const page of run) carried.add(page.index);
-      run.forEach((page, position) => {
-        if (this.pages.get(page.index) !== page) return;
-        if (page.version === versions[position]) {
-          this.markClean(page);
-        } else {
-          // Changed during the writeback: still dirty, from the first change after the snapshot.
-          page.firstUnwrittenSeq = page.rewriteSeq ?? this.seq;
-          page.dirtiedAtMs = Date.now();
-          this.dirtyOrder.moveToBack(page);
-        }
-      });
-    } catch (error) {
-      this.stats.writebackFailures += 1;
-      throw this.writebackFailed(toBlockError(error, `writeback at ${start}`));
-    } finally {
-      for (const page of run) {
-        page.writeback = undefined;
-        page.rewriteSeq = undefined;
-      }
-      release();
-      pooled.release();
-      this.notifyProgress();
-      this.evictIfNeeded();
-    }
-  }
-
-  /** Classifies a writeback failure: retryable keeps everything dirty; anything else fails the device. */
-  private writebackFailed(error: BlockError): BlockError {
-    const action = errorAction('cache-writeback', error);
-    if (action === 'fail-request') return error;
-    if (action === 'keep-dirty' && !error.retryable) {
-      // A request error from below (EINVAL, ENOTSUP): the device is fine, the pages stay dirty, the flush says why.
-      if (this.lastRefusal !== error.message) {
-        this.lastRefusal = error.message;
-        this.options.logger.error({ err: error.message, dirtyBytes: this.dirtyBytes }, 'writeback refused by the device below: dirty pages kept');
-      }
-      return error;
-    }
-    if (action === 'keep-dirty') {
-      if (!this.noSpace) {
-        this.options.logger.warn({ err: error.message, dirtyBytes: this.dirtyBytes },
-          'writeback failed with a retryable error: dirty pages kept, retried by the next flush and in the background');
-        this.options.events?.({ event: 'enospc', layer: 'cache', message: error.message });
-      }
-      this.noSpace = error;
-      return error;
-    }
-    this.enterFailed(error);
-    return new BlockError('EIO', `writeback failed: ${error.message}`, { retryable: false });
-  }
-
   enterFailed(error: BlockError): void {
     if (this.failure) return;
     this.failure = error;
     this.options.logger.fatal({ err: error.message, dirtyBytes: this.dirtyBytes },
       'cache writeback failed fatally: the device answers EIO until an operator acts (restart after fixing the legs)');
     this.options.events?.({ event: 'cache-failed', message: error.message });
-    this.notifyProgress();
+    this.throttle.progressMade();
   }
 
   /** Writes back every page dirty now; rejects if any fails. Used by flush and by the sweeper's sync. */
   async writeBackAll(): Promise<void> {
     this.checkUsable('writeback');
-    await this.writeBack(Array.from(this.dirtyOrder, (page) => page.index), false);
+    await this.writeback.writeBack(this.pages.dirtyIndices(), false);
   }
 
   /**
@@ -600,24 +334,24 @@ export class PageCache implements BlockDevice {
     const end = offsetBytes + lengthBytes;
     const release = this.gate.enter(offsetBytes, end);
     try {
-      const [first, last] = this.pagesOf(offsetBytes, lengthBytes);
+      const [first, last] = this.pages.pagesOf(offsetBytes, lengthBytes);
       // Loads and writebacks that start from now on wait at the gate; only the
       // ones already past it are waited for here (waiting for the others would deadlock).
-      const busy = this.pagesIn(first, last).flatMap((page) => [page.loading, page.writeback])
+      const busy = this.pages.pagesIn(first, last).flatMap((page) => [page.loading, page.writeback])
         .filter((promise): promise is Promise<void> => promise !== undefined);
       if (busy.length > 0) await Promise.allSettled(new Set(busy));
-      this.seq += 1;
-      const now = Date.now();
-      for (const page of this.pagesIn(first, last)) {
+      this.pages.seq += 1;
+      const now = this.clock.now();
+      for (const page of this.pages.pagesIn(first, last)) {
         if (page.loading) continue; // blocked at the gate: it reads the result of this operation
         const pageStart = page.index * this.pageBytes;
         const whole = offsetBytes <= pageStart && end >= pageStart + page.data.length;
         if (whole || !page.dirty) {
           // The device below is authoritative for this page once the operation lands.
-          this.dropPage(page);
+          this.pages.drop(page);
         } else {
           page.data.fill(0, Math.max(offsetBytes, pageStart) - pageStart, Math.min(end, pageStart + page.data.length) - pageStart);
-          this.markDirty(page, now);
+          this.pages.markDirty(page, now);
         }
       }
       try {
@@ -629,42 +363,16 @@ export class PageCache implements BlockDevice {
       }
     } finally {
       release();
-      this.notifyProgress();
+      this.throttle.progressMade();
     }
-  }
-
-  private pagesIn(first: number, last: number): Page[] {
-    const found: Page[] = [];
-    if (last - first + 1 <= this.pages.size) {
-      for (let index = first; index <= last; index += 1) {
-        const page = this.pages.get(index);
-        if (page) found.push(page);
-      }
-    } else {
-      for (const page of this.pages.values()) if (page.index >= first && page.index <= last) found.push(page);
-    }
-    return found;
-  }
-
-  private dropPage(page: Page): void {
-    if (this.pages.get(page.index) === page) this.pages.delete(page.index);
-    this.cleanOrder.remove(page);
-    this.dirtyOrder.remove(page);
-    page.dropped = true;
-    if (page.readers === 0) this.recycle(page);
-  }
-
-  private recycle(page: Page): void {
-    this.slab.give(Buffer.from(page.data.buffer, page.data.byteOffset, this.pageBytes));
   }
 
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
     this.checkUsable('block-status');
     const extents = await this.below.blockStatus(offsetBytes, lengthBytes);
-    const [first, last] = this.pagesOf(offsetBytes, lengthBytes);
-    const dirty = this.dirtyIndicesIn(first, last);
+    const [first, last] = this.pages.pagesOf(offsetBytes, lengthBytes);
     const ranges: Array<[number, number]> = [];
-    for (const index of dirty) {
+    for (const index of this.pages.dirtyIndicesIn(first, last)) {
       const start = Math.max(offsetBytes, index * this.pageBytes);
       const stop = Math.min(offsetBytes + lengthBytes, (index + 1) * this.pageBytes);
       const previous = ranges[ranges.length - 1];
@@ -676,62 +384,21 @@ export class PageCache implements BlockDevice {
 
   /** Drops every clean page (memory pressure); dirty pages always stay. */
   shrink(): number {
-    let dropped = 0;
-    for (let page = this.cleanOrder.first; page !== undefined; page = this.cleanOrder.first) {
-      this.dropPage(page);
-      dropped += 1;
-    }
+    const dropped = this.pages.dropClean();
     this.stats.evictions += dropped;
     return dropped;
   }
 
   private evictIfNeeded(): void {
-    const capacityPages = Math.floor(this.options.capacityBytes / this.pageBytes);
-    while (this.pages.size > capacityPages) {
-      const oldest = this.cleanOrder.first;
-      if (oldest === undefined) return;
-      this.dropPage(oldest);
-      this.stats.evictions += 1;
-    }
-  }
-
-  private backgroundWriteback(): void {
-    if (this.closed || this.failure || this.dirtyOrder.size === 0) return;
-    const expiredBefore = Date.now() - this.options.dirtyExpireMs;
-    const overBytes = this.dirtyBytes - this.options.dirtyLimitBytes * backgroundRatio;
-    let oldest = 0;
-    for (const page of this.dirtyOrder) {
-      if (page.dirtiedAtMs > expiredBefore && oldest * this.pageBytes >= overBytes) break;
-      oldest += 1;
-    }
-    // A pool that was full is retried every interval; success clears noSpace and wakes waiting writers.
-    if (oldest === 0 && this.noSpace) oldest = 1;
-    if (oldest > 0) this.startBackground(oldest * this.pageBytes);
-  }
-
-  /** Starts writing back the oldest dirty pages, about `bytes` of them, unless a background run is going. */
-  private startBackground(bytes: number): void {
-    if (this.background || this.closed || this.failure) return;
-    const indices: number[] = [];
-    for (const page of this.dirtyOrder) {
-      if (indices.length * this.pageBytes >= Math.max(bytes, writebackRunBytesMax)) break;
-      if (!page.writeback) indices.push(page.index);
-    }
-    if (indices.length === 0) return;
-    this.background = this.writeBack(indices, false)
-      .catch(() => undefined)
-      .finally(() => {
-        this.background = undefined;
-        this.notifyProgress();
-      });
+    this.stats.evictions += this.pages.evictTo(Math.floor(this.options.capacityBytes / this.pageBytes));
   }
 
   async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    clearInterval(this.timer);
-    this.notifyProgress();
-    await this.background;
+    if (this.isClosed) return;
+    this.isClosed = true;
+    this.timer?.cancel();
+    this.throttle.progressMade();
+    await this.writeback.backgroundRun;
     await this.below.close();
   }
 }

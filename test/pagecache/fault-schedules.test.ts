@@ -123,7 +123,7 @@ async function runSchedule(steps: Step[]): Promise<void> {
         // Straight from each leg still in sync, below the mirror and the fault wrappers.
         const generation = mirror.device.generation;
         for (const leg of generation.readable) {
-          const inner = (leg.device as FaultDevice).inner;
+          const inner = faults[leg.slot].inner;
           const data = Buffer.alloc(sizeBytes);
           await inner.read(0, data);
           for (let index = 0; index < blocks; index += 1) {

@@ -1,5 +1,6 @@
 import test from 'ava';
 import { InputPoll, nextPollWindowUs } from '../../nbd/input-poll.js';
+import { ManualClock } from '../../sys/clock.js';
 
 test('nextPollWindowUs follows QEMU: keep within the window, stop above the maximum, else double from 4 us up to it', (t) => {
   t.is(nextPollWindowUs(0, 30, 100), 4, 'a short wait starts polling at 4 us');
@@ -15,24 +16,33 @@ test('nextPollWindowUs follows QEMU: keep within the window, stop above the maxi
   t.is(window, 100);
 });
 
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
 test('InputPoll: input in quick succession opens a window, a late reply polls too, and every poll chain ends by itself', async (t) => {
-  const poll = new InputPoll(200);
+  // Time moves only when the test says: each step is exact, however busy the machine is.
+  const clock = new ManualClock(1000);
+  const poll = new InputPoll(200, clock);
   for (let input = 0; input < 20; input += 1) {
     poll.inputArrived();
-    await new Promise((resolve) => setImmediate(resolve));
+    await turn();
+    clock.advance(0.01);
   }
-  t.true(poll.currentWindowUs > 0, 'inputs a turn apart keep a window open');
-  await new Promise((resolve) => setTimeout(resolve, 20));
-  t.false(poll.isPolling, 'no input: polling stopped within the window');
+  t.true(poll.currentWindowUs > 0, 'inputs 10 us apart opened a window');
+  t.true(poll.isPolling, 'the last input is inside its window: still polling');
+  clock.advance(1);
+  await turn();
+  t.false(poll.isPolling, 'no input for 1 ms: polling stopped at the end of the window');
   poll.replySent();
   t.true(poll.isPolling, 'a reply that went out late: poll for the next request');
-  await new Promise((resolve) => setTimeout(resolve, 20));
+  clock.advance(1);
+  await turn();
   t.false(poll.isPolling);
+  clock.advance(20);
   poll.inputArrived();
   t.is(poll.currentWindowUs, 0, 'a wait of 20 ms is far above the maximum: no window');
-  await new Promise((resolve) => setTimeout(resolve, 5));
+  await turn();
   t.false(poll.isPolling);
-  const off = new InputPoll(0);
+  const off = new InputPoll(0, clock);
   off.inputArrived();
   t.false(off.isPolling, 'a maximum of 0 never polls');
 });

@@ -1,0 +1,98 @@
+import assert from 'node:assert/strict';
+import { ClientFlag, IHAVEOPT, Limits, Option, OptionReply } from './constants.js';
+import type { InputQueue } from './input-queue.js';
+import { type ExportEntry, type ExportTable, handleOption, type Negotiation, newNegotiation } from './negotiation.js';
+import { optionReply } from './replies.js';
+
+/**
+ * The phases of one connection, in order. Fixed newstyle only: the server's
+ * greeting is sent on accept, then the client's 4 flag bytes, then options
+ * until GO or EXPORT_NAME, then requests; closing lets replies drain.
+ */
+export type Phase = 'client-flags' | 'options' | 'transmission' | 'closing' | 'closed';
+
+/** Which phase may follow which, and what each reads: the table every phase change is checked against. */
+export const phaseTable: Record<Phase, { reads: string; next: readonly Phase[] }> = {
+  'client-flags': { reads: 'the 4 bytes of client flags', next: ['options', 'closing', 'closed'] },
+  options: { reads: 'option headers (16 bytes) and their data', next: ['transmission', 'closing', 'closed'] },
+  transmission: { reads: 'request headers (28 bytes) and write payloads', next: ['closing', 'closed'] },
+  closing: { reads: 'nothing (replies drain, then the socket ends)', next: ['closed'] },
+  closed: { reads: 'nothing', next: [] },
+};
+
+/** Asserts that `to` may follow `from` (an assertion: a wrong edge is our bug, on in production). */
+export function checkedPhase(from: Phase, to: Phase): Phase {
+  assert(phaseTable[from].next.includes(to), `connection phase ${from} -> ${to} is not in the phase table`);
+  return to;
+}
+
+/** What one step of the handshake asks the connection to do. */
+export type HandshakeStep =
+  | { kind: 'wait' }
+  | { kind: 'continue' }
+  /** Skip `bytes` of input as it arrives (an option too large to buffer), then send the reply or disconnect. */
+  | { kind: 'skip'; bytes: number; afterwards: { kind: 'reply'; reply: Buffer } | { kind: 'disconnect'; reason: string } }
+  | { kind: 'options'; negotiation: Negotiation }
+  | { kind: 'transmission'; entry: ExportEntry; flags: number }
+  | { kind: 'close'; reason: string }
+  | { kind: 'disconnect'; reason: string };
+
+/** Reads the client flags: fixed newstyle is required, unknown bits refused. */
+export function readClientFlags(input: InputQueue): HandshakeStep {
+  if (input.length < 4) return { kind: 'wait' };
+  const flags = input.take(4).readUInt32BE(0);
+  const known = ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES;
+  if ((flags & ~known) !== 0) return { kind: 'disconnect', reason: `client flags 0x${flags.toString(16)} include unknown bits` };
+  if ((flags & ClientFlag.FIXED_NEWSTYLE) === 0) {
+    return { kind: 'disconnect', reason: 'client does not support fixed newstyle negotiation, the only kind served' };
+  }
+  return { kind: 'options', negotiation: newNegotiation(flags) };
+}
+
+/**
+ * Reads options one at a time: the header, then (once all of it is here) the
+ * data, answered by negotiation.ts. An option longer than the bound is never
+ * buffered: its data is skipped as it arrives and it is answered ERR_TOO_BIG.
+ */
+export class OptionReader {
+  private pending: { option: number; lengthBytes: number } | undefined;
+
+  constructor(private readonly negotiation: Negotiation, private readonly exports: ExportTable,
+    private readonly send: (reply: Buffer) => void, private readonly isShuttingDown: () => boolean) {}
+
+  get structuredReplies(): boolean {
+    return this.negotiation.structuredReplies;
+  }
+
+  get metaContextExport(): string | undefined {
+    return this.negotiation.metaContextExport;
+  }
+
+  next(input: InputQueue): HandshakeStep {
+    if (this.pending === undefined) {
+      if (input.length < 16) return { kind: 'wait' };
+      const header = input.take(16);
+      if (header.readBigUInt64BE(0) !== IHAVEOPT) return { kind: 'disconnect', reason: 'bad option magic' };
+      const option = header.readUInt32BE(8);
+      const lengthBytes = header.readUInt32BE(12);
+      if (this.negotiation.optionsSeen >= Limits.optionsPerConnectionMax) {
+        return { kind: 'disconnect', reason: `more than ${Limits.optionsPerConnectionMax} options` };
+      }
+      if (lengthBytes > Limits.optionBytesMax) {
+        this.negotiation.optionsSeen += 1;
+        return { kind: 'skip', bytes: lengthBytes, afterwards: option === Option.EXPORT_NAME
+          ? { kind: 'disconnect', reason: `NBD_OPT_EXPORT_NAME of ${lengthBytes} bytes` }
+          : { kind: 'reply', reply: optionReply(option, OptionReply.ERR_TOO_BIG, Buffer.from(`option length ${lengthBytes} is too large`)) } };
+      }
+      this.pending = { option, lengthBytes };
+    }
+    const { option, lengthBytes } = this.pending;
+    if (input.length < lengthBytes) return { kind: 'wait' };
+    this.pending = undefined;
+    const outcome = handleOption(this.negotiation, this.exports, option, input.take(lengthBytes), this.isShuttingDown());
+    for (const reply of outcome.replies) this.send(reply);
+    if (outcome.next === 'close') return { kind: 'close', reason: outcome.reason };
+    if (outcome.next === 'transmission') return { kind: 'transmission', entry: outcome.entry, flags: outcome.flags };
+    return { kind: 'continue' };
+  }
+}

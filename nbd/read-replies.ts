@@ -1,0 +1,162 @@
+import assert from 'node:assert/strict';
+import type { BufferPool, PooledBuffer } from '../blockdev/buffer-pool.js';
+import { type BlockDevice, type Extent, finishedNow } from '../blockdev/types.js';
+import { BASE_ALLOCATION_ID, CommandFlag, SIMPLE_REPLY_HEADER_BYTES, StateFlag } from './constants.js';
+import {
+  blockStatusChunk, OFFSET_DATA_PREFIX_BYTES, offsetHoleChunk, structuredNone, writeOffsetDataPrefix, writeSimpleHeader,
+} from './replies.js';
+import type { ReplyWriter } from './reply-writer.js';
+import type { RequestHeader } from './requests.js';
+
+export interface ReadReplyOptions {
+  bufferPool: BufferPool;
+  /** See ConnectionOptions.fileReplyBytesMin. */
+  fileReplyBytesMin: number;
+  /** See ConnectionOptions.sparseReadBytesMin. */
+  sparseReadBytesMin: number;
+}
+
+/**
+ * The replies that carry data, for one attached connection: reads (simple,
+ * structured in one OFFSET_DATA chunk, or sparse with OFFSET_HOLE chunks;
+ * by sendfile when the device lends the range as a file range) and block
+ * status. Errors are not answered here: the promise rejects and the
+ * connection sends the error reply.
+ */
+export class ReadReplies {
+  constructor(private readonly device: BlockDevice, private readonly writer: ReplyWriter, private readonly structured: boolean,
+    private readonly options: ReadReplyOptions) {}
+
+  /** A read the device served from memory in this turn is answered in this turn (returns finishedNow). */
+  serveRead(request: RequestHeader, offsetBytes: number): Promise<void> {
+    const lengthBytes = request.lengthBytes;
+    if (!this.structured) {
+      return this.sendReadData(SIMPLE_REPLY_HEADER_BYTES, offsetBytes, lengthBytes,
+        (target) => writeSimpleHeader(target, 0, request.cookie));
+    }
+    if (lengthBytes === 0) {
+      this.writer.send(structuredNone(request.cookie));
+      return finishedNow;
+    }
+    const fragmentsAllowed = (request.flags & CommandFlag.DF) === 0;
+    if (fragmentsAllowed && lengthBytes >= this.options.sparseReadBytesMin && this.device.capabilities.blockStatus) {
+      return this.serveReadWithHoles(request, offsetBytes);
+    }
+    return this.sendOffsetData(request, offsetBytes);
+  }
+
+  async serveBlockStatus(request: RequestHeader, offsetBytes: number): Promise<void> {
+    const extents = await this.device.blockStatus(offsetBytes, request.lengthBytes);
+    assert(extents.length > 0, 'block status returned no extents');
+    const endBytes = offsetBytes + request.lengthBytes;
+    const descriptors: Array<{ lengthBytes: number; flags: number }> = [];
+    let position = offsetBytes;
+    for (const extent of extents) {
+      const extentEnd = Math.min(extent.offsetBytes + extent.lengthBytes, endBytes);
+      if (extentEnd <= position) continue;
+      const flags = (extent.hole ? StateFlag.HOLE : 0) | (extent.zero ? StateFlag.ZERO : 0);
+      descriptors.push({ lengthBytes: extentEnd - position, flags });
+      position = extentEnd;
+      if ((request.flags & CommandFlag.REQ_ONE) !== 0 || position >= endBytes) break;
+    }
+    this.writer.send(blockStatusChunk(request.cookie, BASE_ALLOCATION_ID, descriptors));
+  }
+
+  /** A large structured read: zero extents go out as OFFSET_HOLE chunks. */
+  private async serveReadWithHoles(request: RequestHeader, offsetBytes: number): Promise<void> {
+    const extents = await this.device.blockStatus(offsetBytes, request.lengthBytes);
+    if (extents.some((extent) => extent.zero)) return this.serveSparseRead(request, offsetBytes, extents);
+    return this.sendOffsetData(request, offsetBytes);
+  }
+
+  /** The whole structured read as one OFFSET_DATA chunk that ends the reply. */
+  private sendOffsetData(request: RequestHeader, offsetBytes: number): Promise<void> {
+    const lengthBytes = request.lengthBytes;
+    return this.sendReadData(OFFSET_DATA_PREFIX_BYTES, offsetBytes, lengthBytes,
+      (target) => writeOffsetDataPrefix(target, request.cookie, offsetBytes, lengthBytes, true));
+  }
+
+  /**
+   * A read reply of `prefixBytes` of header (written by `writeHeader`) and the
+   * data: by sendfile when the range is large and the device lends it as a
+   * file range, else read into a buffer behind the header.
+   */
+  private sendReadData(prefixBytes: number, offsetBytes: number, lengthBytes: number,
+    writeHeader: (target: Buffer) => void): Promise<void> {
+    if (lengthBytes >= this.options.fileReplyBytesMin && this.device.lendFileRange !== undefined) {
+      return this.sendReadFromFileOrBuffer(prefixBytes, offsetBytes, lengthBytes, writeHeader);
+    }
+    return this.sendReadFromBuffer(prefixBytes, offsetBytes, lengthBytes, writeHeader);
+  }
+
+  private async sendReadFromFileOrBuffer(prefixBytes: number, offsetBytes: number, lengthBytes: number,
+    writeHeader: (target: Buffer) => void): Promise<void> {
+    if (await this.sendReadFromFile(prefixBytes, offsetBytes, lengthBytes, writeHeader)) return;
+    await this.sendReadFromBuffer(prefixBytes, offsetBytes, lengthBytes, writeHeader);
+  }
+
+  /** false: not sent (not lent, or declined); read it instead. */
+  private async sendReadFromFile(prefixBytes: number, offsetBytes: number, lengthBytes: number,
+    writeHeader: (target: Buffer) => void): Promise<boolean> {
+    if (!this.writer.canSendFiles) return false;
+    const lease = this.device.lendFileRange!(offsetBytes, lengthBytes);
+    if (lease === undefined) return false;
+    const header = Buffer.allocUnsafe(prefixBytes);
+    writeHeader(header);
+    try {
+      return await this.writer.sendFile({ header, fd: lease.fd, positionBytes: lease.positionBytes, lengthBytes });
+    } finally {
+      lease.release();
+    }
+  }
+
+  /** Reads into a pooled reply buffer behind room for the reply header, so the reply is one write. */
+  private sendReadFromBuffer(prefixBytes: number, offsetBytes: number, lengthBytes: number,
+    writeHeader: (target: Buffer) => void): Promise<void> {
+    const reply = this.options.bufferPool.acquire(prefixBytes + lengthBytes);
+    let reading: Promise<void>;
+    try {
+      reading = this.device.read(offsetBytes, reply.buffer.subarray(prefixBytes));
+    } catch (error) {
+      reading = Promise.reject(error);
+    }
+    if (reading === finishedNow) {
+      this.sendFilledReply(reply, writeHeader);
+      return finishedNow;
+    }
+    return reading.then(() => this.sendFilledReply(reply, writeHeader), (error: unknown) => {
+      reply.release();
+      throw error;
+    });
+  }
+
+  private sendFilledReply(reply: PooledBuffer, writeHeader: (target: Buffer) => void): void {
+    writeHeader(reply.buffer);
+    this.writer.send(reply.buffer, reply.release);
+  }
+
+  private async serveSparseRead(request: RequestHeader, offsetBytes: number, extents: Extent[]): Promise<void> {
+    const endBytes = offsetBytes + request.lengthBytes;
+    const chunks: Buffer[] = [];
+    let position = offsetBytes;
+    for (const extent of extents) {
+      if (position >= endBytes) break;
+      const extentEnd = Math.min(extent.offsetBytes + extent.lengthBytes, endBytes);
+      if (extentEnd <= position) continue;
+      chunks.push(await this.readChunk(request.cookie, position, extentEnd - position, extent.zero));
+      position = extentEnd;
+    }
+    // Block status may cover only a prefix; the rest is sent as data.
+    if (position < endBytes) chunks.push(await this.readChunk(request.cookie, position, endBytes - position, false));
+    for (const chunk of chunks) this.writer.send(chunk);
+    this.writer.send(structuredNone(request.cookie));
+  }
+
+  private async readChunk(cookie: bigint, offsetBytes: number, lengthBytes: number, zero: boolean): Promise<Buffer> {
+    if (zero) return offsetHoleChunk(cookie, offsetBytes, lengthBytes, false);
+    const chunk = Buffer.allocUnsafe(OFFSET_DATA_PREFIX_BYTES + lengthBytes);
+    await this.device.read(offsetBytes, chunk.subarray(OFFSET_DATA_PREFIX_BYTES));
+    writeOffsetDataPrefix(chunk, cookie, offsetBytes, lengthBytes, false);
+    return chunk;
+  }
+}

@@ -1,0 +1,50 @@
+import test from 'ava';
+import { pageState, PageTable } from '../../pagecache/page-table.js';
+
+test('a page walks loading -> clean -> dirty -> writeback -> dirty_in_writeback -> dirty -> writeback -> clean -> dropped', (t) => {
+  const pages = new PageTable(4096, 1 << 20);
+  const page = pages.newPage(3);
+  let settle!: () => void;
+  page.loading = new Promise<void>((resolve) => { settle = resolve; });
+  t.is(pageState(page), 'loading');
+  page.loading = undefined;
+  settle();
+  pages.loaded(page);
+  t.is(pageState(page), 'clean');
+  t.false(pages.isDirty(3));
+  pages.markDirty(page, 10);
+  t.is(pageState(page), 'dirty');
+  t.deepEqual(pages.dirtyIndices(), [3]);
+  pages.startWriteback(page, Promise.resolve());
+  t.is(pageState(page), 'writeback');
+  pages.markDirty(page, 20);
+  t.is(pageState(page), 'dirty_in_writeback', 'changed after its snapshot was taken');
+  pages.writebackLanded(page, 30);
+  pages.writebackEnded(page);
+  t.is(pageState(page), 'dirty', 'the snapshot was older: still dirty (lesson 1)');
+  t.is(page.dirtiedAtMs, 30);
+  pages.startWriteback(page, Promise.resolve());
+  pages.writebackLanded(page, 40);
+  pages.writebackEnded(page);
+  t.is(pageState(page), 'clean');
+  t.is(pages.dirtyBytes, 0);
+  pages.drop(page);
+  t.is(pageState(page), 'dropped');
+  t.is(pages.get(3), undefined);
+});
+
+test('illegal page transitions are assertions, not silent state', (t) => {
+  const pages = new PageTable(4096, 1 << 20);
+  const clean = pages.newPage(0);
+  pages.loaded(clean);
+  t.throws(() => pages.startWriteback(clean, Promise.resolve()), { name: 'AssertionError' }, 'writing back a clean page');
+  t.throws(() => pages.loaded(clean), { name: 'AssertionError' }, 'loading twice');
+  t.throws(() => pages.newPage(0), { name: 'AssertionError' }, 'two pages for one index');
+  pages.drop(clean);
+  t.throws(() => pages.markDirty(clean, 0), { name: 'AssertionError' }, 'changing a dropped page');
+  const dirty = pages.newPage(1);
+  pages.markDirty(dirty, 0);
+  pages.startWriteback(dirty, Promise.resolve());
+  t.throws(() => pages.startWriteback(dirty, Promise.resolve()), { name: 'AssertionError' }, 'two writebacks of one page at once');
+  t.throws(() => pages.readDone(dirty), { name: 'AssertionError' }, 'a read that never started');
+});
