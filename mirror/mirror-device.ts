@@ -8,7 +8,8 @@ import type { LegState } from '../regionlog/format.js';
 import type { RegionLog } from '../regionlog/region-log.js';
 import { CrashPoints } from '../faults/crash-points.js';
 import { type EventSink, noEvents } from '../blockdev/events.js';
-import { Generation, type MirrorLeg } from './generation.js';
+import type { Generation, MirrorLeg } from './generation.js';
+import { Generations } from './generations.js';
 import { RegionTracker } from './region-tracker.js';
 
 export type ReadPolicy = 'round-robin' | 'least-pending' | 'preferred';
@@ -50,9 +51,7 @@ export class MirrorDevice implements BlockDevice {
   readonly capabilities: DeviceCapabilities;
   readonly regions: RegionTracker;
   readonly log: RegionLog;
-  private current: Generation;
-  private generationCount = 0;
-  private readonly live = new Set<Generation>();
+  private readonly generations: Generations;
   private readonly logger: Logger;
   private readonly readPolicy: ReadPolicy;
   private readonly preferredSlot: number | undefined;
@@ -77,8 +76,6 @@ export class MirrorDevice implements BlockDevice {
   readonly crashPoints: CrashPoints;
   /** Bytes each slot's leg was given and returned, and its errors by "slot op": the metrics' per-leg series. */
   readonly legIo: { readBytes: number[]; writtenBytes: number[]; errors: Map<string, number> };
-  /** Devices of detached legs still closing: a re-add of the same block device waits for its claim to go. */
-  private readonly closing = new Set<Promise<void>>();
 
   constructor(options: MirrorOptions) {
     this.log = options.log;
@@ -93,7 +90,7 @@ export class MirrorDevice implements BlockDevice {
     const slots = options.log.state.legs.length;
     this.legIo = { readBytes: new Array<number>(slots).fill(0), writtenBytes: new Array<number>(slots).fill(0), errors: new Map() };
     this.quietSweepsBeforeClean = options.quietSweepsBeforeClean ?? 1;
-    this.current = this.makeGeneration(options.legs);
+    this.generations = new Generations(options.log, options.logger, options.legs);
     const open = options.legs.filter((leg): leg is MirrorLeg => leg !== undefined);
     if (open.length === 0) throw new BlockError('EIO', 'mirror has no usable leg');
     this.blockSizeBytes = Math.max(...open.map((leg) => leg.device.blockSizeBytes));
@@ -110,11 +107,11 @@ export class MirrorDevice implements BlockDevice {
       multiConn: true,
       rotational: open.some((leg) => leg.device.capabilities.rotational),
     };
-    if (this.current.readable.length === 0) this.failure = new BlockError('EIO', 'no in-sync leg');
+    if (this.generations.current.readable.length === 0) this.failure = new BlockError('EIO', 'no in-sync leg');
   }
 
   get generation(): Generation {
-    return this.current;
+    return this.generations.current;
   }
 
   get failed(): BlockError | undefined {
@@ -128,36 +125,12 @@ export class MirrorDevice implements BlockDevice {
   /** Every leg in the log is in sync: only then may the sweeper clear bits. */
   get fullyInSync(): boolean {
     return this.failure === undefined && this.log.state.legs.every((leg) => leg.state === 'in_sync') &&
-      this.current.readable.length === this.log.state.legs.length;
+      this.generations.current.readable.length === this.log.state.legs.length;
   }
 
-  private makeGeneration(legs: ReadonlyArray<MirrorLeg | undefined>): Generation {
-    this.generationCount += 1;
-    const states = this.log.state.legs.map((record, slot) => (legs[slot] === undefined && record.state === 'in_sync'
-      ? 'faulty' : record.state));
-    return new Generation(this.generationCount, legs, states);
-  }
-
-  /** Publishes a new generation; legs no running request can still hold are closed once their generations drain. */
+  /** Publishes a new generation (see Generations.replace). */
   replaceGeneration(legs: ReadonlyArray<MirrorLeg | undefined>): Generation {
-    const previous = this.current;
-    this.current = this.makeGeneration(legs);
-    if (previous.refs === 0) this.retire(previous);
-    else this.live.add(previous);
-    return this.current;
-  }
-
-  private retire(generation: Generation): void {
-    this.live.delete(generation);
-    const stillUsed = new Set<BlockDevice>();
-    for (const holder of [this.current, ...this.live]) for (const leg of holder.legs) if (leg) stillUsed.add(leg.device);
-    for (const leg of generation.legs) {
-      if (leg && !stillUsed.has(leg.device)) {
-        const closing = leg.device.close().catch((error: unknown) => this.logger.warn({ err: error, slot: leg.slot }, 'closing a detached leg failed'));
-        this.closing.add(closing);
-        void closing.finally(() => this.closing.delete(closing));
-      }
-    }
+    return this.generations.replace(legs);
   }
 
   private countLegError(slot: number, op: string): void {
@@ -166,19 +139,16 @@ export class MirrorDevice implements BlockDevice {
   }
 
   /** Resolves once every detached leg's device is closed (its file lock and block-device claim released). */
-  async detachedLegsClosed(): Promise<void> {
-    while (this.closing.size > 0) await Promise.all([...this.closing]);
+  detachedLegsClosed(): Promise<void> {
+    return this.generations.detachedLegsClosed();
   }
 
   enter(): Generation {
-    const generation = this.current;
-    generation.refs += 1;
-    return generation;
+    return this.generations.enter();
   }
 
   exit(generation: Generation): void {
-    generation.refs -= 1;
-    if (generation.refs === 0 && generation !== this.current && this.live.has(generation)) this.retire(generation);
+    this.generations.exit(generation);
   }
 
   private checkUsable(what: string): void {
@@ -430,7 +400,7 @@ export class MirrorDevice implements BlockDevice {
       }
       if (passOn) throw passOn;
       this.checkUsable('flush');
-      if (!legs.some((leg) => generation.isInSync(leg) && this.current.readable.includes(leg))) {
+      if (!legs.some((leg) => generation.isInSync(leg) && this.generations.current.readable.includes(leg))) {
         throw new BlockError('EIO', 'flush: no in-sync leg is durable');
       }
     } finally {
@@ -457,7 +427,7 @@ export class MirrorDevice implements BlockDevice {
   failLeg(leg: MirrorLeg, error: BlockError, event: 'failed' | 'operator_failed' = 'failed'): Promise<void> {
     const existing = this.legFailures.get(leg.slot);
     if (existing) return existing;
-    if (this.current.legs[leg.slot] !== leg || this.legState(leg.slot) === 'faulty') return Promise.resolve();
+    if (this.generations.current.legs[leg.slot] !== leg || this.legState(leg.slot) === 'faulty') return Promise.resolve();
     const failing = (async () => {
       const record = this.log.state.legs[leg.slot];
       const wasRebuilding = record.state === 'rebuilding';
@@ -465,7 +435,7 @@ export class MirrorDevice implements BlockDevice {
       this.stats.legFailures += 1;
       // The failed leg's device leaves the generation: once the requests that hold it drain it is closed,
       // so its lock and block-device claim go and an online re-add can open it again (mdadm --re-add).
-      this.replaceGeneration(this.current.legs.map((entry) => (entry?.slot === leg.slot ? undefined : entry)));
+      this.replaceGeneration(this.generations.current.legs.map((entry) => (entry?.slot === leg.slot ? undefined : entry)));
       this.logger.error({ slot: leg.slot, path: leg.path, err: error.message, wasRebuilding },
         'leg failed: marked faulty, mirror continues degraded');
       this.events({ event: 'leg-faulty', slot: leg.slot, path: leg.path, reason: error.message });
@@ -474,7 +444,7 @@ export class MirrorDevice implements BlockDevice {
       } catch (logError) {
         this.enterFailed(toBlockError(logError, 'recording a failed leg in the region log'));
       }
-      if (this.current.readable.length === 0) this.enterFailed(new BlockError('EIO', 'the last in-sync leg failed'));
+      if (this.generations.current.readable.length === 0) this.enterFailed(new BlockError('EIO', 'the last in-sync leg failed'));
     })();
     this.legFailures.set(leg.slot, failing);
     void failing.finally(() => this.legFailures.delete(leg.slot));
@@ -548,9 +518,7 @@ export class MirrorDevice implements BlockDevice {
 
   async close(): Promise<void> {
     this.closed = true;
-    const devices = new Set<BlockDevice>();
-    for (const generation of [this.current, ...this.live]) for (const leg of generation.legs) if (leg) devices.add(leg.device);
-    await Promise.allSettled([...devices].map((device) => device.close()));
+    await Promise.allSettled([...this.generations.devices()].map((device) => device.close()));
     await this.log.close();
   }
 }

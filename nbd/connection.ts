@@ -97,7 +97,6 @@ export class Connection {
   private readonly socket: net.Socket;
   private readonly reader: SocketReader;
   private readonly writer: ReplyWriter;
-  private entry: ExportEntry | undefined;
   private device: BlockDevice | undefined;
   private reads: ReadReplies | undefined;
   private transmissionFlags = 0;
@@ -245,7 +244,6 @@ export class Connection {
     const negotiated = this.optionReader!;
     this.handshakeTimer?.cancel();
     this.handshakeTimer = undefined;
-    this.entry = entry;
     this.device = entry.device;
     this.transmissionFlags = flags;
     this.structured = negotiated.structuredReplies;

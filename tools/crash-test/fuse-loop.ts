@@ -1,5 +1,4 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { run, runOk } from './process-tools.js';
