@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { alignUp } from '../blockdev/range.js';
 import { seal, sealProblem } from '../blockdev/sealed-block.js';
@@ -55,7 +56,13 @@ export function encodeSuperblock(superblock: ThinSuperblock): Buffer {
   buffer.writeBigUInt64LE(BigInt(superblock.virtualSizeBytes), 40);
   buffer.writeUInt32LE(superblock.chunkSizeBytes, 48);
   buffer.writeBigUInt64LE(BigInt(superblock.capacityChunks), 56);
-  return seal(buffer);
+  const sealed = seal(buffer);
+  // Decoded back before it can be written: an encoder bug is a crash here, not a pool refused at the next open.
+  const back = decodeSuperblock(sealed);
+  assert(typeof back !== 'string' && back.sequence === superblock.sequence && back.poolUuid.equals(superblock.poolUuid.subarray(0, 16)) &&
+    back.virtualSizeBytes === superblock.virtualSizeBytes && back.chunkSizeBytes === superblock.chunkSizeBytes &&
+    back.capacityChunks === superblock.capacityChunks, `thin superblock ${superblock.sequence} does not decode to what was encoded`);
+  return sealed;
 }
 
 export function decodeSuperblock(buffer: Buffer): ThinSuperblock | string {

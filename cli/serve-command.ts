@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { filesLeftUnlocked } from '../sys/file-lock.js';
 import { type ConfigOverrides, loadConfigOrDefault } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
+import { flagName, settings } from '../config/settings.js';
 import { recordLegPath } from '../config/update.js';
 import { createLogger } from '../observe/logger.js';
 import { attachHints, type RunningServer, startServer } from './serve.js';
@@ -16,65 +17,55 @@ function parseInteger(value: string, flag: string): number {
 }
 
 export function registerServe(program: Command): void {
-  program.command('serve')
+  const command = program.command('serve')
     .description('serve the export; without --config, uses (and on first run creates) DATA_DIR/config.yaml, unless --leg names the storage')
     .option('-c, --config <file>', 'YAML configuration file')
     .option('-d, --data-dir <dir>', 'folder for the embedded default configuration and legs', 'data')
-    .option('-l, --listen <host:port>', 'TCP address to listen on (a port alone listens on 127.0.0.1)')
     .option('-p, --port <port>', 'TCP port on 127.0.0.1 (the same as --listen 127.0.0.1:PORT)')
+    .option('--leg <path...>', 'leg file or block device (overrides storage.legs; with --log, the mirror legs)');
+  // Each setting's flag, from the one settings table (config/settings.ts).
+  for (const setting of settings) {
+    const { flag } = setting;
+    if (flag === undefined) continue;
+    const option = new Option(flag.spec, `${flag.help} (${setting.key})`);
+    if (flag.integer) option.argParser((value: string) => parseInteger(value, flagName(setting)!));
+    if (flag.choices) option.choices(flag.choices);
+    command.addOption(option);
+  }
+  // Negations after the flags they negate: commander then leaves the default unset.
+  command
     .option('--no-tcp', 'do not listen on TCP')
-    .option('-u, --unix <path>', 'unix socket to listen on')
     .option('--no-unix', 'do not listen on a unix socket')
-    .option('-n, --export-name <name>', 'export name')
-    .option('--description <text>', 'export description')
-    .option('-r, --read-only', 'serve the export read-only')
-    .option('--leg <path...>', 'leg file or block device (overrides storage.legs; with --log, the mirror legs)')
-    .option('--log <path>', 'region log: the legs form a mirror (created on first start if nothing exists yet)')
-    .option('--admin <path>', 'admin socket for nbd-mirror status/re-add/replace/check')
     .option('--no-admin', 'no admin socket')
-    .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics')
-    .option('--region-size <size>', 'region size for a mirror created on first start, e.g. 1MiB')
-    .option('--sweep-interval-ms <n>', 'how often the sweeper clears quiet regions', (value) => parseInteger(value, '--sweep-interval-ms'))
-    .option('--force', 'take in legs that are stale, foreign or unlabelled, and rebuild them fully')
-    .option('--size <size>', 'size of leg files created on first start, e.g. 1GiB')
     .option('--cache', 'put the write-back page cache above the legs (settings from the configuration)')
     .option('--no-cache', 'serve without the write-back page cache')
-    .option('--max-connections <n>', 'maximum simultaneous clients', (value) => parseInteger(value, '--max-connections'))
-    .option('--handshake-timeout-ms <n>', 'disconnect clients that do not finish negotiating',
-      (value) => parseInteger(value, '--handshake-timeout-ms'))
-    .option('--poll-max-us <n>', 'after input, poll up to this many microseconds before sleeping (adaptive; 0: never)',
-      (value) => parseInteger(value, '--poll-max-us'))
     .option('--pid-file <file>', 'write the server\'s PID here once it listens (removed at a clean stop)')
     .option('--exit-with-parent', 'stop cleanly when the parent process exits (npm start uses it; like nbdkit\'s flag)')
-    .option('--crash-point <point>', 'crash-injection testing: point[@hit][+ms][:kill|power-cut] ends the process at the hit-th time the point is reached at least ms after the start')
-    .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
     .action(serve);
+}
+
+/** commander's name for a flag's value: --poll-max-us is pollMaxUs. */
+function attributeOf(flag: string): string {
+  return flag.replace(/^--/, '').replace(/-([a-z])/g, (_match, letter: string) => letter.toUpperCase());
 }
 
 function overridesFrom(options: Record<string, unknown>): ConfigOverrides {
   if (options.port !== undefined && options.listen !== undefined) throw new ConfigError('--port', 'give --listen or --port, not both', 'command line');
+  const overrides: Record<string, unknown> = {};
+  for (const setting of settings) {
+    const flag = flagName(setting);
+    if (flag === undefined || setting.override === undefined) continue;
+    const value = options[attributeOf(flag)];
+    const takesValue = setting.flag!.spec.includes('<');
+    // --no-unix and --no-admin leave false: the setting is turned off.
+    if (value === false) overrides[setting.override] = null;
+    else if (takesValue ? value !== undefined : value === true) overrides[setting.override] = value;
+  }
   const port = options.port === undefined ? undefined : `127.0.0.1:${String(options.port)}`;
-  return {
-    tcp: options.tcp === false ? null : (options.listen as string | undefined) ?? port,
-    unix: options.unix === false ? null : (typeof options.unix === 'string' ? options.unix : undefined),
-    exportName: options.exportName as string | undefined,
-    description: options.description as string | undefined,
-    readOnly: options.readOnly === true ? true : undefined,
-    legs: options.leg as string[] | undefined,
-    log: options.log as string | undefined,
-    admin: options.admin === false ? null : (typeof options.admin === 'string' ? options.admin : undefined),
-    metrics: options.metrics as string | undefined,
-    regionSize: options.regionSize as string | undefined,
-    sweepIntervalMs: options.sweepIntervalMs as number | undefined,
-    force: options.force === true ? true : undefined,
-    sizeBytes: options.size as string | undefined,
-    cache: typeof options.cache === 'boolean' ? options.cache : undefined,
-    maxConnections: options.maxConnections as number | undefined,
-    handshakeTimeoutMs: options.handshakeTimeoutMs as number | undefined,
-    pollMaxMicroseconds: options.pollMaxUs as number | undefined,
-    logLevel: options.logLevel as string | undefined,
-    crashPoint: options.crashPoint as string | undefined,
-  };
+  overrides.tcp = options.tcp === false ? null : overrides.tcp ?? port;
+  overrides.legs = options.leg;
+  overrides.cache = typeof options.cache === 'boolean' ? options.cache : undefined;
+  return overrides as ConfigOverrides;
 }
 
 async function serve(options: Record<string, unknown>): Promise<void> {

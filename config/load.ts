@@ -2,31 +2,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
 import { type Config, ConfigError, defaultConfigYaml, parseConfig } from './schema.js';
+import { type ConfigOverrides, flagName, settings } from './settings.js';
 
-/** Settings given on the command line; they override the file, key by key. */
-export interface ConfigOverrides {
-  tcp?: string | null;
-  unix?: string | null;
-  exportName?: string;
-  description?: string;
-  readOnly?: boolean;
-  legs?: string[];
-  log?: string | null;
-  admin?: string | null;
-  metrics?: string | null;
-  regionSize?: string;
-  sweepIntervalMs?: number;
-  force?: boolean;
-  /** Turns the write-back cache on or off, keeping the file's other cache settings. */
-  cache?: boolean;
-  sizeBytes?: string;
-  maxConnections?: number;
-  handshakeTimeoutMs?: number;
-  pollMaxMicroseconds?: number;
-  logLevel?: string;
-  /** point[@hit][:kill|power-cut] (crash-injection testing). */
-  crashPoint?: string;
-}
+export type { ConfigOverrides } from './settings.js';
 
 /** Reads a YAML configuration file, applies overrides, validates; errors name the file and the key. */
 export function loadConfig(file: string, overrides: ConfigOverrides = {}): Config {
@@ -119,16 +97,11 @@ function configFromText(text: string, source: string, baseDir: string, overrides
   }
 }
 
-/** The configuration keys each flag sets, so an error in a value given on the command line names the flag. */
+/** The configuration keys each flag sets (from the settings table, and --leg), so an error in a value given on the command line names the flag. */
 const flagsByKey: Array<[string, keyof ConfigOverrides, string]> = [
-  ['listen.tcp', 'tcp', '--listen'], ['listen.unix', 'unix', '--unix'], ['listen.admin', 'admin', '--admin'], ['listen.metrics', 'metrics', '--metrics'],
-  ['export.name', 'exportName', '--export-name'], ['export.description', 'description', '--description'],
-  ['export.readOnly', 'readOnly', '--read-only'], ['storage.legs', 'legs', '--leg'], ['storage.log', 'log', '--log'],
-  ['storage.regionSize', 'regionSize', '--region-size'], ['storage.sweepIntervalMs', 'sweepIntervalMs', '--sweep-interval-ms'],
-  ['storage.sizeBytes', 'sizeBytes', '--size'], ['limits.maxConnections', 'maxConnections', '--max-connections'],
-  ['limits.handshakeTimeoutMs', 'handshakeTimeoutMs', '--handshake-timeout-ms'],
-  ['limits.pollMaxMicroseconds', 'pollMaxMicroseconds', '--poll-max-us'], ['log.level', 'logLevel', '--log-level'],
-  ['crash.point', 'crashPoint', '--crash-point'],
+  ...settings.flatMap((setting): Array<[string, keyof ConfigOverrides, string]> =>
+    (setting.override && flagName(setting) ? [[setting.key, setting.override, flagName(setting)!]] : [])),
+  ['storage.legs', 'legs', '--leg'],
 ];
 
 function flagBehind(key: string, overrides: ConfigOverrides): string | undefined {
@@ -145,16 +118,13 @@ function section(raw: Record<string, unknown>, name: string): Record<string, unk
   return value as Record<string, unknown>;
 }
 
-/** Paths from flags are relative to the working directory, so they are made absolute here. */
+/**
+ * Writes each override into its key (the settings table says which); paths
+ * from flags are relative to the working directory, so they are made
+ * absolute here. Legs and the cache switch have rules of their own.
+ */
 function applyOverrides(raw: Record<string, unknown>, overrides: ConfigOverrides): Record<string, unknown> {
   const copy = structuredClone(raw);
-  if (overrides.tcp !== undefined) section(copy, 'listen').tcp = overrides.tcp;
-  if (overrides.unix !== undefined) {
-    section(copy, 'listen').unix = overrides.unix === null ? null : path.resolve(overrides.unix);
-  }
-  if (overrides.exportName !== undefined) section(copy, 'export').name = overrides.exportName;
-  if (overrides.description !== undefined) section(copy, 'export').description = overrides.description;
-  if (overrides.readOnly !== undefined) section(copy, 'export').readOnly = overrides.readOnly;
   if (overrides.legs !== undefined) {
     section(copy, 'storage').legs = overrides.legs.map((leg) => ({ path: path.resolve(leg) }));
     // Legs named on the command line do not belong to the file's log: only --log makes them a mirror.
@@ -163,22 +133,16 @@ function applyOverrides(raw: Record<string, unknown>, overrides: ConfigOverrides
     if (overrides.admin === undefined) section(copy, 'listen').admin = null;
     if (overrides.unix === undefined) section(copy, 'listen').unix = null;
   }
-  if (overrides.log !== undefined) section(copy, 'storage').log = overrides.log === null ? null : path.resolve(overrides.log);
-  if (overrides.admin !== undefined) section(copy, 'listen').admin = overrides.admin === null ? null : path.resolve(overrides.admin);
-  if (overrides.metrics !== undefined) section(copy, 'listen').metrics = overrides.metrics;
-  if (overrides.regionSize !== undefined) section(copy, 'storage').regionSize = overrides.regionSize;
-  if (overrides.sweepIntervalMs !== undefined) section(copy, 'storage').sweepIntervalMs = overrides.sweepIntervalMs;
-  if (overrides.force !== undefined) section(copy, 'storage').force = overrides.force;
-  if (overrides.sizeBytes !== undefined) section(copy, 'storage').sizeBytes = overrides.sizeBytes;
   if (overrides.cache !== undefined) {
     if (copy.cache === false) copy.cache = null;
     section(copy, 'cache').enabled = overrides.cache;
   }
-  if (overrides.maxConnections !== undefined) section(copy, 'limits').maxConnections = overrides.maxConnections;
-  if (overrides.handshakeTimeoutMs !== undefined) section(copy, 'limits').handshakeTimeoutMs = overrides.handshakeTimeoutMs;
-  if (overrides.pollMaxMicroseconds !== undefined) section(copy, 'limits').pollMaxMicroseconds = overrides.pollMaxMicroseconds;
-  if (overrides.logLevel !== undefined) section(copy, 'log').level = overrides.logLevel;
-  if (overrides.crashPoint !== undefined) section(copy, 'crash').point = overrides.crashPoint;
+  for (const setting of settings) {
+    const value = setting.override === undefined ? undefined : overrides[setting.override];
+    if (value === undefined) continue;
+    const [sectionName, key] = setting.key.split('.');
+    section(copy, sectionName)[key] = setting.path && typeof value === 'string' ? path.resolve(value) : value;
+  }
   return copy;
 }
 

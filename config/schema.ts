@@ -6,6 +6,7 @@ import type { DeviceWrap } from '../faults/device-wrap.js';
 import { type CutPolicy, cutPolicies, defaultSectorBytes, validSectorBytes } from '../faults/power-cut-device.js';
 import type { ReadPolicy } from '../mirror/mirror-device.js';
 import type { PageCacheOptions } from '../pagecache/page-cache.js';
+import { boundsOf, defaultConfigText, logLevels } from './settings.js';
 
 /**
  * The server's configuration, as read from YAML and overridden by flags.
@@ -74,7 +75,6 @@ export class ConfigError extends Error {
   }
 }
 
-const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 const sizeUnits: Record<string, number> = {
   '': 1, b: 1, k: 1024, kb: 1000, kib: 1024, m: 1024 ** 2, mb: 1000 ** 2, mib: 1024 ** 2,
@@ -144,6 +144,12 @@ function booleanAt(value: unknown, key: string, fallback: boolean): boolean {
   if (value === undefined || value === null) return fallback;
   if (typeof value !== 'boolean') throw new ConfigError(key, 'must be true or false');
   return value;
+}
+
+/** An integer setting of the settings table: its bounds and default are the enforcing module's. */
+function integerSetting(value: unknown, key: string): number {
+  const bounds = boundsOf(key);
+  return integerAt(value, key, bounds.default, bounds.min, bounds.max);
 }
 
 function integerAt(value: unknown, key: string, fallback: number, minimum: number, maximum: number): number {
@@ -255,19 +261,19 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
       regionSizeBytes,
       readPolicy: readPolicy as ReadPolicy,
       preferredLeg,
-      sweepIntervalMs: integerAt(storage.sweepIntervalMs, 'storage.sweepIntervalMs', 3000, 0, 3_600_000),
+      sweepIntervalMs: integerSetting(storage.sweepIntervalMs, 'storage.sweepIntervalMs'),
       resyncBytesPerSecond: storage.resyncRate === undefined || storage.resyncRate === null || storage.resyncRate === 0 ? 0
         : parseSize(storage.resyncRate, 'storage.resyncRate'),
       force: booleanAt(storage.force, 'storage.force', false),
     },
     cache: parseCache(root.cache),
     limits: {
-      maxConnections: integerAt(limits.maxConnections, 'limits.maxConnections', 64, 1, 65536),
-      handshakeTimeoutMs: integerAt(limits.handshakeTimeoutMs, 'limits.handshakeTimeoutMs', 120_000, 100, 3_600_000),
-      inFlightRequestsMax: integerAt(limits.inFlightRequestsMax, 'limits.inFlightRequestsMax', 256, 1, 65536),
+      maxConnections: integerSetting(limits.maxConnections, 'limits.maxConnections'),
+      handshakeTimeoutMs: integerSetting(limits.handshakeTimeoutMs, 'limits.handshakeTimeoutMs'),
+      inFlightRequestsMax: integerSetting(limits.inFlightRequestsMax, 'limits.inFlightRequestsMax'),
       inFlightBytesMax: limits.inFlightBytesMax === undefined ? 256 * 1024 * 1024
         : parseSize(limits.inFlightBytesMax, 'limits.inFlightBytesMax'),
-      pollMaxMicroseconds: integerAt(limits.pollMaxMicroseconds, 'limits.pollMaxMicroseconds', 100, 0, 10_000),
+      pollMaxMicroseconds: integerSetting(limits.pollMaxMicroseconds, 'limits.pollMaxMicroseconds'),
     },
     log: { level: level as Config['log']['level'] },
     crash: parseCrash(root.crash),
@@ -340,10 +346,10 @@ function parseCache(raw: unknown): CacheConfig | undefined {
   return {
     capacityBytes,
     dirtyLimitBytes,
-    dirtyExpireMs: integerAt(cache.dirtyExpireMs, 'cache.dirtyExpireMs', 5000, 0, 3_600_000),
-    writebackIntervalMs: integerAt(cache.writebackIntervalMs, 'cache.writebackIntervalMs', 500, 10, 60_000),
+    dirtyExpireMs: integerSetting(cache.dirtyExpireMs, 'cache.dirtyExpireMs'),
+    writebackIntervalMs: integerSetting(cache.writebackIntervalMs, 'cache.writebackIntervalMs'),
     noSpacePolicy,
-    noSpaceTimeoutMs: integerAt(cache.noSpaceTimeoutMs, 'cache.noSpaceTimeoutMs', 60_000, 0, 3_600_000),
+    noSpaceTimeoutMs: integerSetting(cache.noSpaceTimeoutMs, 'cache.noSpaceTimeoutMs'),
   };
 }
 
@@ -388,41 +394,5 @@ function parseFaultPlan(raw: unknown, key: string): FaultPlan {
 }
 
 /** The configuration written on first start of the embedded default. */
-export const defaultConfigYaml = `# nbd-mirror configuration (created on first start; edit and restart).
-listen:
-  tcp: 127.0.0.1:10809      # null to disable TCP
-  unix: nbd.sock            # unix socket, relative to this file; null to disable
-  admin: admin.sock         # local admin socket for nbd-mirror status/re-add/replace/check
-  metrics: null             # Prometheus endpoint, e.g. 127.0.0.1:9710 (GET /metrics); null: off
-export:
-  name: disk
-  description: nbd-mirror default export
-  readOnly: false
-storage:
-  sizeBytes: 1GiB           # size of the mirror created on first start
-  log: mirror.log           # dirty-region log; the legs below form a RAID1 mirror
-  regionSize: 1MiB          # resync granularity
-  readPolicy: round-robin   # round-robin, least-pending or preferred (with preferredLeg)
-  sweepIntervalMs: 3000     # how often quiet regions are synced and their bits cleared
-  resyncRate: 256MiB        # per second; 0 for unlimited
-  legs:
-    - path: leg0.img
-    - path: leg1.img
-    # A thin-provisioned leg instead (pool grows online with nbd-mirror pool grow):
-    # - path: leg1.thin
-    #   thin: { poolSize: 512MiB, chunkSize: 64KiB, lowWater: 64MiB }
-cache:                      # write-back page cache; clients' flushes make writes durable
-  enabled: true
-  size: 256MiB              # memory for cached pages, clean and dirty
-  dirtyLimit: 64MiB         # writers wait for writeback above this
-  dirtyExpireMs: 5000       # dirty pages older than this are written back in the background
-  noSpacePolicy: error      # out of space with the dirty limit reached: error (ENOSPC) or queue
-  noSpaceTimeoutMs: 60000   # how long queue waits for space before ENOSPC
-limits:
-  maxConnections: 64
-  handshakeTimeoutMs: 120000
-  inFlightRequestsMax: 256
-  pollMaxMicroseconds: 100  # after input, poll up to this long before sleeping (adaptive, like QEMU's poll-max-ns; 0: never)
-log:
-  level: info
-`;
+/** The embedded default configuration (generated from the settings table). */
+export const defaultConfigYaml = defaultConfigText();

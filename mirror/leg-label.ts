@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { fileOrDeviceSize } from '../sys/device-size.js';
 import type { LegSpec } from '../backends/leg-spec.js';
@@ -38,7 +39,13 @@ export function encodeLabel(label: LegLabel): Buffer {
   buffer.writeUInt32LE(label.slot, 56);
   buffer.writeBigUInt64LE(BigInt(label.dataSizeBytes), 64);
   buffer.writeBigUInt64LE(label.events, 72);
-  return seal(buffer);
+  const sealed = seal(buffer);
+  // Decoded back before it can be written: an encoder bug is a crash here, not a leg refused at the next start.
+  const back = decodeLabel(sealed);
+  assert(typeof back !== 'string' && back.sequence === label.sequence && back.mirrorUuid.equals(label.mirrorUuid.subarray(0, 16)) &&
+    back.legUuid.equals(label.legUuid.subarray(0, 16)) && back.slot === label.slot && back.dataSizeBytes === label.dataSizeBytes &&
+    back.events === label.events, `leg label of slot ${label.slot} does not decode to what was encoded`);
+  return sealed;
 }
 
 export function decodeLabel(buffer: Buffer): LegLabel | string {

@@ -6,6 +6,9 @@ import type { DeviceWrap } from '../faults/device-wrap.js';
 import type { MirrorDevice, ReadPolicy } from './mirror-device.js';
 import type { ResyncProgress } from './resync.js';
 
+/** storage.sweepIntervalMs: how often the mirror's quiet regions are synced and cleared (0: never). */
+export const sweepIntervalBounds = { min: 0, max: 3_600_000, default: 3000 };
+
 export interface MirrorSettings {
   logPath: string;
   legs: LegSpec[];

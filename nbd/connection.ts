@@ -55,6 +55,10 @@ export interface ConnectionOptions {
   logger: Logger;
 }
 
+/** limits.handshakeTimeoutMs and limits.inFlightRequestsMax: enforced here. */
+export const handshakeTimeoutBounds = { min: 100, max: 3_600_000, default: 120_000 };
+export const inFlightRequestsBounds = { min: 1, max: 65536, default: 256 };
+
 export const defaultConnectionOptions: Omit<ConnectionOptions, 'logger'> = {
   handshakeTimeoutMs: 120_000,
   inFlightRequestsMax: 256,

@@ -3,6 +3,9 @@ import { type Clock, systemClock } from '../sys/clock.js';
 /** A window starts this short and doubles while waits stay within the maximum (QEMU's rule). */
 const windowStartUs = 4;
 
+/** limits.pollMaxMicroseconds: the window's maximum (0: never poll). */
+export const pollMaxBounds = { min: 0, max: 10_000, default: 100 };
+
 /**
  * Adaptive polling after input, as QEMU's event loop does (`poll-max-ns`,
  * util/aio-posix.c): after bytes arrive, the event loop keeps polling for up

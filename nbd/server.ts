@@ -25,6 +25,9 @@ export interface ListenAddresses {
  * Accepts clients on TCP and/or a unix socket. Each connection is isolated:
  * a misbehaving client can only close its own connection.
  */
+/** limits.maxConnections: enforced here (a connection past it is refused). */
+export const maxConnectionsBounds = { min: 1, max: 65536, default: 64 };
+
 export class NbdServer {
   private readonly listeners: net.Server[] = [];
   /** The unix socket this server created, to remove at shutdown. */

@@ -37,6 +37,11 @@ export interface PageCacheOptions {
   clock?: Clock;
 }
 
+/** The cache's timing settings (cache.dirtyExpireMs, cache.writebackIntervalMs, cache.noSpaceTimeoutMs). */
+export const dirtyExpireBounds = { min: 0, max: 3_600_000, default: 5000 };
+export const writebackIntervalBounds = { min: 10, max: 60_000, default: 500 };
+export const noSpaceTimeoutBounds = { min: 0, max: 3_600_000, default: 60_000 };
+
 export interface PageCacheStatus {
   cachedBytes: number;
   /** Page memory taken from the system (slabs), used or free. */

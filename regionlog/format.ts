@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { crc32 } from 'node:zlib';
 import { alignUp } from '../blockdev/range.js';
 
@@ -96,7 +97,32 @@ export function encodeCopy(state: LogState): Buffer {
   });
   buffer.set(state.dirty.subarray(0, bitmapBytes), headerBytes);
   buffer.writeUInt32LE(crc32(buffer), crcOffset);
+  assertDecodesTo(buffer, state);
   return buffer;
+}
+
+/**
+ * Every copy is decoded back before it can be written (TigerBeetle's habit,
+ * on in production): a field the encoder lost or put in the wrong place is a
+ * crash here, not a log that a restart misreads.
+ */
+function assertDecodesTo(buffer: Buffer, state: LogState): void {
+  const back = decodeCopy(buffer);
+  const bitmapBytes = bitmapBytesFor(state.regionCount);
+  assert(back.sequence === state.sequence && back.cleanShutdown === state.cleanShutdown &&
+    back.labelUpdatePending === state.labelUpdatePending && back.mirrorUuid.equals(state.mirrorUuid.subarray(0, 16)) &&
+    back.regionSizeBytes === state.regionSizeBytes && back.deviceSizeBytes === state.deviceSizeBytes &&
+    back.regionCount === state.regionCount && back.eventsCurrent === state.eventsCurrent &&
+    back.eventsPrevious === state.eventsPrevious && back.legs.length === state.legs.length,
+  `region log copy ${state.sequence}: its header does not decode to what was encoded`);
+  back.legs.forEach((leg, slot) => {
+    const meant = state.legs[slot];
+    assert(leg.uuid.equals(meant.uuid.subarray(0, 16)) && leg.state === meant.state && leg.rebuildMode === meant.rebuildMode &&
+      leg.events === meant.events && leg.rebuildCheckpointBytes === meant.rebuildCheckpointBytes && leg.failedAtMs === meant.failedAtMs,
+    `region log copy ${state.sequence}: leg slot ${slot} does not decode to what was encoded`);
+  });
+  assert(Buffer.from(back.dirty).equals(Buffer.from(state.dirty.buffer, state.dirty.byteOffset, bitmapBytes)),
+    `region log copy ${state.sequence}: the bitmap does not decode to what was encoded`);
 }
 
 /**

@@ -1,0 +1,51 @@
+import { spawnSync } from 'node:child_process';
+import test from 'ava';
+import YAML from 'yaml';
+import { parseConfig } from '../../config/schema.js';
+import { defaultConfigText, flagName, settings } from '../../config/settings.js';
+import { cliPath } from '../helpers/server-process.js';
+
+test('every integer setting parses to its enforcing module\'s default, and is refused just outside its bounds', (t) => {
+  const base = YAML.parse(defaultConfigText()) as Record<string, Record<string, unknown>>;
+  const parsed = parseConfig(base, '/tmp') as unknown as Record<string, Record<string, unknown>>;
+  const withBounds = settings.filter((setting) => setting.bounds !== undefined);
+  t.true(withBounds.length >= 8);
+  for (const setting of withBounds) {
+    // These keep their names from the file to the parsed configuration.
+    const [section, name] = setting.key.split('.');
+    t.is(parsed[section][name], setting.bounds!.default, `${setting.key} defaults to ${setting.bounds!.default}`);
+    for (const outside of [setting.bounds!.min - 1, setting.bounds!.max + 1]) {
+      const raw = structuredClone(base);
+      raw[section] = { ...(raw[section] ?? {}), [name]: outside };
+      t.throws(() => parseConfig(raw, '/tmp'), { message: new RegExp(`${setting.key.replace('.', '\\.')}: ${outside} is outside`) });
+    }
+  }
+});
+
+test('every key of the settings table is a key the parser accepts', (t) => {
+  for (const setting of settings) {
+    const [section, name] = setting.key.split('.');
+    const raw = YAML.parse(defaultConfigText()) as Record<string, Record<string, unknown>>;
+    raw[section] = { ...(raw[section] ?? {}), [name]: null };
+    const problem = (() => {
+      try {
+        parseConfig(raw, '/tmp');
+        return undefined;
+      } catch (error) {
+        return (error as Error).message;
+      }
+    })();
+    t.false(problem?.includes('unknown key') ?? false, `${setting.key}: ${problem}`);
+  }
+});
+
+test('serve --help lists every flag of the settings table with the key it sets', (t) => {
+  const help = spawnSync(process.execPath, [cliPath, 'serve', '--help'], { encoding: 'utf8' });
+  t.is(help.status, 0);
+  for (const setting of settings) {
+    const flag = flagName(setting);
+    if (flag === undefined) continue;
+    t.true(help.stdout.includes(flag), `${flag} is listed`);
+    t.true(help.stdout.includes(`(${setting.key})`), `${flag} names ${setting.key}`);
+  }
+});
