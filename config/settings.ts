@@ -1,5 +1,5 @@
 import { sweepIntervalBounds } from '../mirror/mirror-settings.js';
-import { handshakeTimeoutBounds, inFlightRequestsBounds } from '../nbd/connection.js';
+import { handshakeTimeoutBounds, inFlightRequestsBounds } from '../nbd/connection-options.js';
 import { pollMaxBounds } from '../nbd/input-poll.js';
 import { maxConnectionsBounds } from '../nbd/server.js';
 import { dirtyExpireBounds, noSpaceTimeoutBounds, writebackIntervalBounds } from '../pagecache/page-cache.js';

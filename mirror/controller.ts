@@ -12,10 +12,10 @@ import { fileIdentity, lockIfExists } from '../sys/file-lock.js';
 import { assembleMirror, stampLeg, takeGrownLeg } from './assemble.js';
 import { compareRegions, type CompareResult } from './compare.js';
 import { MirrorSetupError } from './create.js';
-import type { MirrorLeg } from './generation.js';
 import { checkLeg } from './leg-check.js';
 import { createLegFile } from './leg-label.js';
 import { applyLegEvent } from './leg-states.js';
+import { Rebuilds } from './rebuilds.js';
 import type { LastCheck, MirrorSettings, MirrorStatus } from './mirror-settings.js';
 import type { MirrorDevice } from './mirror-device.js';
 import type { ResyncEngine, ResyncProgress } from './resync.js';
@@ -29,7 +29,7 @@ export type { LastCheck, MirrorSettings, MirrorStatus } from './mirror-settings.
  * (stack/top-down.ts). The NBD server only sees `device`.
  */
 export class MirrorController {
-  private rebuildRunning: Promise<void> | undefined;
+  private readonly rebuilds: Rebuilds;
   private stopping = false;
   /** Fault wrappers by slot, so tests and the crash toolkit can trigger and heal them. */
   readonly faults: Array<FaultDevice | undefined> = [];
@@ -51,6 +51,7 @@ export class MirrorController {
     readonly recoveryRegions: number,
   ) {
     this.events = settings.events ?? noEvents;
+    this.rebuilds = new Rebuilds(device, resync, settings.legs, logger, this.events, () => this.stopping);
   }
 
   /** Assembles the mirror from its log and legs (mirror/assemble.ts), then starts what recovery and rebuilds need. */
@@ -60,67 +61,11 @@ export class MirrorController {
     controller.faults.push(...assembled.opened.map((leg) => leg?.fault));
     controller.pools.push(...assembled.opened.map((leg) => leg?.thin));
     controller.logFault = assembled.logFault;
-    assembled.resync.onCaughtUp = () => controller.promoteBitmapRebuilds();
+    assembled.resync.onCaughtUp = () => controller.rebuilds.promoteBitmapRebuilds();
     assembled.resync.kick();
-    if (assembled.recoveryRegions === 0) await controller.promoteBitmapRebuilds();
-    for (const slot of assembled.fullRebuilds) controller.startFullRebuild(slot);
+    if (assembled.recoveryRegions === 0) await controller.rebuilds.promoteBitmapRebuilds();
+    for (const slot of assembled.fullRebuilds) controller.rebuilds.startFull(slot);
     return controller;
-  }
-
-  /** Legs re-added from the bitmap become in sync once no region is out of sync. */
-  private async promoteBitmapRebuilds(): Promise<void> {
-    const { log } = this.device;
-    for (const [slot, record] of log.state.legs.entries()) {
-      if (record.state !== 'rebuilding' || record.rebuildMode !== 'bitmap') continue;
-      const leg = this.device.generation.legs[slot];
-      if (!leg) continue;
-      try {
-        await leg.device.flush();
-        await this.bringInSync(slot, leg);
-        this.logger.info({ slot, path: leg.path }, 're-add complete: leg in sync');
-      } catch (error) {
-        this.logger.error({ slot, err: (error as Error).message }, 're-add could not finish');
-      }
-    }
-  }
-
-  private async bringInSync(slot: number, leg: MirrorLeg): Promise<void> {
-    const { log } = this.device;
-    const record = log.state.legs[slot];
-    stampLeg(this.settings.legs[slot], log.state, slot, log.state.eventsCurrent);
-    // The failure is history once the leg is back (failedAtMs cleared): status must not show it against an in-sync leg.
-    applyLegEvent(record, 'caught_up', { events: log.state.eventsCurrent });
-    await log.commit();
-    this.device.replaceGeneration(this.device.generation.legs);
-    this.events({ event: 'leg-in-sync', slot, path: leg.path });
-  }
-
-  private startFullRebuild(slot: number): void {
-    const run = async (): Promise<void> => {
-      const { log } = this.device;
-      const record = log.state.legs[slot];
-      const leg = this.device.generation.legs[slot];
-      if (!leg) return;
-      const regionSize = log.state.regionSizeBytes;
-      this.logger.info({ slot, path: leg.path, fromBytes: record.rebuildCheckpointBytes }, 'full rebuild started');
-      await this.resync.rebuild(leg, Math.floor(record.rebuildCheckpointBytes / regionSize), async (nextRegion) => {
-        record.rebuildCheckpointBytes = Math.min(nextRegion * regionSize, log.state.deviceSizeBytes);
-        await log.commit();
-      });
-      if (log.state.legs[slot].state !== 'rebuilding' || this.device.generation.legs[slot] !== leg) return;
-      await this.resync.idle();
-      if (this.device.regions.outOfSyncRegions > 0) {
-        // Regions written out of sync meanwhile are copied by the resync pass; wait for it.
-        this.resync.kick();
-        await this.resync.idle();
-      }
-      await leg.device.flush();
-      await this.bringInSync(slot, leg);
-      this.logger.info({ slot, path: leg.path }, 'full rebuild complete: leg in sync');
-    };
-    this.rebuildRunning = run().catch((error: unknown) => {
-      if (!this.stopping) this.logger.error({ slot, err: (error as Error).message }, 'full rebuild stopped');
-    }).finally(() => { this.rebuildRunning = undefined; });
   }
 
   /** Brings a faulty leg back: only regions written while it was away (set bits) are copied. */
@@ -155,14 +100,14 @@ export class MirrorController {
     await this.attach(slot, path, opened);
     if (mode === 'full') {
       this.events({ event: 'leg-rebuilding', slot, path, mode });
-      this.startFullRebuild(slot);
+      this.rebuilds.startFull(slot);
       return `leg ${slot} (${path}) is being rebuilt fully`;
     }
     const regions = log.dirtyRegions();
     for (const region of regions) this.device.regions.markOutOfSync(region);
     this.logger.info({ slot, path, regions: regions.length }, 're-add: resyncing regions written while the leg was away');
     this.events({ event: 'leg-rebuilding', slot, path, mode, regions: regions.length });
-    if (regions.length === 0) await this.promoteBitmapRebuilds();
+    if (regions.length === 0) await this.rebuilds.promoteBitmapRebuilds();
     else this.resync.kick('re-add');
     return `leg ${slot} (${path}) re-added; ${plural(regions.length, 'region')} to resync`;
   }
@@ -174,7 +119,7 @@ export class MirrorController {
     if (record.state === 'in_sync' && this.device.generation.readable.length < 2) {
       throw new MirrorSetupError(`leg ${slot} is the last in-sync leg; it cannot be replaced`);
     }
-    if (this.rebuildRunning) throw new MirrorSetupError('a rebuild is already running; wait for it to finish');
+    if (this.rebuilds.running) throw new MirrorSetupError('a rebuild is already running; wait for it to finish');
     if (fs.existsSync(path) && !options.force) {
       throw new MirrorSetupError(`${path} exists; refusing to overwrite it (use --force)`);
     }
@@ -202,7 +147,7 @@ export class MirrorController {
     await this.attach(slot, path, opened);
     const note = this.onLegPathChanged?.(slot, path);
     this.events({ event: 'leg-rebuilding', slot, path, mode: 'full' });
-    this.startFullRebuild(slot);
+    this.rebuilds.startFull(slot);
     return `leg ${slot} replaced by ${path}; full rebuild started${note ? `; ${note}` : ''}`;
   }
 
@@ -273,7 +218,7 @@ export class MirrorController {
 
   /** Nothing to copy: no region out of sync, no leg being rebuilt, no pass running. */
   get inSync(): boolean {
-    return this.device.regions.outOfSyncRegions === 0 && this.rebuildRunning === undefined && !this.resync.busy &&
+    return this.device.regions.outOfSyncRegions === 0 && this.rebuilds.running === undefined && !this.resync.busy &&
       !this.device.log.state.legs.some((record) => record.state === 'rebuilding');
   }
 
@@ -291,7 +236,7 @@ export class MirrorController {
     while (!this.inSync) {
       if (this.stopping) return { finished: false, problem: 'the server is shutting down; the resync goes on at the next start' };
       if (this.device.failed) return { finished: false, problem: `the mirror has failed: ${this.device.failed.message}` };
-      const working = this.resync.busy || this.rebuildRunning !== undefined;
+      const working = this.resync.busy || this.rebuilds.running !== undefined;
       if (!working && this.resync.progress.lastError) {
         return { finished: false, problem: `the resync was interrupted (${this.resync.progress.lastError}); it is retried in the background` };
       }
@@ -331,7 +276,7 @@ export class MirrorController {
       throw new MirrorSetupError(`leg ${slot} is the last in-sync leg; failing it would stop the mirror`);
     }
     if (!leg) throw new MirrorSetupError(`leg ${slot} has no device attached`);
-    if (this.rebuildRunning && record.state === 'rebuilding') {
+    if (this.rebuilds.running && record.state === 'rebuilding') {
       this.logger.warn({ slot }, 'failing a leg being rebuilt: the rebuild stops');
     }
     await this.device.failLeg(leg, new BlockError('EIO', 'failed by the operator (nbd-mirror fail)'), 'operator_failed');
@@ -425,7 +370,7 @@ export class MirrorController {
   async shutdown(options: { upperFlushed?: boolean } = {}): Promise<void> {
     this.stopping = true;
     await this.resync.stop();
-    await this.rebuildRunning;
+    await this.rebuilds.running;
     await this.device.shutdown(options.upperFlushed ?? true);
   }
 

@@ -10,9 +10,11 @@ import { CrashPoints } from '../faults/crash-points.js';
 import { type EventSink, noEvents } from '../blockdev/events.js';
 import type { Generation, MirrorLeg } from './generation.js';
 import { Generations } from './generations.js';
+import { ReadBalancer, type ReadPolicy } from './read-balancer.js';
+import { RegionSweep, type SweepResult } from './region-sweep.js';
 import { RegionTracker } from './region-tracker.js';
 
-export type ReadPolicy = 'round-robin' | 'least-pending' | 'preferred';
+export type { ReadPolicy } from './read-balancer.js';
 
 export interface MirrorOptions {
   log: RegionLog;
@@ -29,11 +31,7 @@ export interface MirrorOptions {
   crashPoints?: CrashPoints;
 }
 
-export interface SweepResult {
-  candidates: number;
-  cleared: number;
-  synced: boolean;
-}
+export type { SweepResult } from './region-sweep.js';
 
 /**
  * RAID1 over N legs with a persistent dirty-region log.
@@ -44,6 +42,12 @@ export interface SweepResult {
  * bytes); the write completes when every in-sync leg has it, or a failing
  * leg has been marked faulty in the log. Bits are cleared only by the
  * sweeper (see sweep()).
+ *
+ * About 500 lines, on purpose: what is left here is the data path (read,
+ * the write fan-out, flush, failing a leg), and every part of it works on
+ * the same ordering, region counts, generation and failure state, on the
+ * hot path. The parts with their own state live beside it: generations.ts,
+ * read-balancer.ts, region-sweep.ts, region-tracker.ts, resync.ts.
  */
 export class MirrorDevice implements BlockDevice {
   readonly sizeBytes: number;
@@ -52,14 +56,12 @@ export class MirrorDevice implements BlockDevice {
   readonly regions: RegionTracker;
   readonly log: RegionLog;
   private readonly generations: Generations;
-  private readonly logger: Logger;
-  private readonly readPolicy: ReadPolicy;
-  private readonly preferredSlot: number | undefined;
-  private roundRobin = 0;
+  readonly logger: Logger;
+  private readonly balancer: ReadBalancer;
   /** Set once no in-sync leg is left or the log cannot be written: every request fails until restart. */
   private failure: BlockError | undefined;
   private readonly legFailures = new Map<number, Promise<void>>();
-  private sweeping: Promise<SweepResult> | undefined;
+  private readonly sweeper: RegionSweep;
   /**
    * Overlapping changes from different connections (or from the cache's
    * writeback and a trim) are applied one after the other, in arrival order,
@@ -68,7 +70,6 @@ export class MirrorDevice implements BlockDevice {
    */
   private readonly order = new RangeOrder();
   private closed = false;
-  private readonly quietSweepsBeforeClean: number;
   /** Cumulative figures for status and the benchmark. */
   readonly stats = { sweeps: 0, regionsCleared: 0, legFailures: 0, sourceReads: 0, balancedReads: 0 };
   readonly events: EventSink;
@@ -83,13 +84,12 @@ export class MirrorDevice implements BlockDevice {
     this.sizeBytes = state.deviceSizeBytes;
     this.regions = new RegionTracker(options.log, state.regionSizeBytes, state.regionCount);
     this.logger = options.logger;
-    this.readPolicy = options.readPolicy;
-    this.preferredSlot = options.preferredSlot;
+    this.balancer = new ReadBalancer(options.readPolicy, options.preferredSlot);
     this.events = options.events ?? noEvents;
     this.crashPoints = options.crashPoints ?? new CrashPoints();
     const slots = options.log.state.legs.length;
     this.legIo = { readBytes: new Array<number>(slots).fill(0), writtenBytes: new Array<number>(slots).fill(0), errors: new Map() };
-    this.quietSweepsBeforeClean = options.quietSweepsBeforeClean ?? 1;
+    this.sweeper = new RegionSweep(this, options.quietSweepsBeforeClean ?? 1);
     this.generations = new Generations(options.log, options.logger, options.legs);
     const open = options.legs.filter((leg): leg is MirrorLeg => leg !== undefined);
     if (open.length === 0) throw new BlockError('EIO', 'mirror has no usable leg');
@@ -151,6 +151,10 @@ export class MirrorDevice implements BlockDevice {
     this.generations.exit(generation);
   }
 
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   private checkUsable(what: string): void {
     if (this.closed) throw new BlockError('ESHUTDOWN', `${what}: mirror is closed`);
     if (this.failure) throw new BlockError('EIO', `${what}: mirror has failed (${this.failure.message}); an operator must act`);
@@ -209,15 +213,7 @@ export class MirrorDevice implements BlockDevice {
     const readable = avoiding === undefined ? generation.readable : generation.readable.filter((leg) => !avoiding.has(leg.slot));
     if (readable.length === 0) throw new BlockError('EIO', 'no in-sync leg left to read from');
     this.stats.balancedReads += 1;
-    switch (this.readPolicy) {
-      case 'preferred':
-        return readable.find((leg) => leg.slot === this.preferredSlot) ?? readable[0];
-      case 'least-pending':
-        return readable.reduce((best, leg) => (leg.pendingReads < best.pendingReads ? leg : best));
-      default:
-        this.roundRobin = (this.roundRobin + 1) % readable.length;
-        return readable[this.roundRobin];
-    }
+    return this.balancer.choose(readable);
   }
 
   write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
@@ -458,39 +454,9 @@ export class MirrorDevice implements BlockDevice {
     this.events({ event: 'mirror-failed', message: error.message });
   }
 
-  /**
-   * The clean-candidate sweep (lesson 1, docs/region-log.md): quiet regions
-   * become candidates, every leg is synced, and only candidates no write
-   * touched meanwhile are cleared. Nothing is cleared while a leg is missing,
-   * being rebuilt, or if the sync failed.
-   */
+  /** The clean-candidate sweep (see region-sweep.ts). */
   sweep(options: { ignoreQuietPasses?: boolean } = {}): Promise<SweepResult> {
-    this.sweeping ??= this.sweepOnce(options.ignoreQuietPasses ? 0 : this.quietSweepsBeforeClean)
-      .finally(() => { this.sweeping = undefined; });
-    return this.sweeping;
-  }
-
-  private async sweepOnce(quietSweepsRequired: number): Promise<SweepResult> {
-    if (this.closed || !this.fullyInSync) return { candidates: 0, cleared: 0, synced: false };
-    const candidates = this.regions.beginSweep(quietSweepsRequired);
-    if (candidates.length === 0) return { candidates: 0, cleared: 0, synced: false };
-    if (this.crashPoints.armed) await this.crashPoints.reach('sweeper.after-candidates');
-    let synced = false;
-    try {
-      await this.flush();
-      synced = this.fullyInSync;
-      if (this.crashPoints.armed) await this.crashPoints.reach('sweeper.after-sync');
-    } catch (error) {
-      this.logger.warn({ err: (error as Error).message, candidates: candidates.length }, 'sweep sync failed: no bit cleared');
-    }
-    const cleared = this.regions.finishSweep(candidates, synced);
-    this.stats.sweeps += 1;
-    this.stats.regionsCleared += cleared;
-    if (cleared > 0) {
-      await this.log.commit().catch((error: unknown) => this.enterFailed(toBlockError(error, 'region log update')));
-      this.events({ event: 'sweep', candidates: candidates.length, cleared });
-    }
-    return { candidates: candidates.length, cleared, synced };
+    return this.sweeper.run(options);
   }
 
   /**
@@ -501,7 +467,7 @@ export class MirrorDevice implements BlockDevice {
   async shutdown(upperFlushed = true): Promise<void> {
     if (this.closed) return;
     if (!this.failure) {
-      await this.sweeping;
+      await this.sweeper.inProgress;
       let flushed = false;
       try {
         await this.flush();

@@ -1,76 +1,21 @@
 import assert from 'node:assert/strict';
 import type net from 'node:net';
-import type { Logger } from 'pino';
-import { isBlockError, toBlockError } from '../blockdev/errors.js';
-import { BufferPool, type PooledBuffer } from '../blockdev/buffer-pool.js';
+import { isBlockError } from '../blockdev/errors.js';
+import type { PooledBuffer } from '../blockdev/buffer-pool.js';
 import { RangeOrder, type Ticket } from '../blockdev/range-order.js';
 import { type BlockDevice, finishedNow } from '../blockdev/types.js';
-import { Command, CommandFlag, HandshakeFlag, IHAVEOPT, NBDMAGIC, REQUEST_HEADER_BYTES } from './constants.js';
-import { nbdErrorFor } from './errno.js';
+import { Command, HandshakeFlag, IHAVEOPT, NBDMAGIC, REQUEST_HEADER_BYTES } from './constants.js';
 import { InputQueue } from './input-queue.js';
-import type { InputPoll } from './input-poll.js';
 import { checkedPhase, type HandshakeStep, OptionReader, type Phase, readClientFlags } from './handshake.js';
 import type { ExportEntry, ExportTable } from './negotiation.js';
-import { ReadReplies } from './read-replies.js';
-import { simpleReply, structuredError } from './replies.js';
-import type { RequestStats } from './request-stats.js';
+import { CommandRunner } from './commands.js';
 import { type FileReplyStats, ReplyWriter } from './reply-writer.js';
 import { parseRequestHeader, type RequestHeader, validateRequest } from './requests.js';
-import { defaultSocketReaderOptions, SocketReader, type SocketReaderOptions } from './socket-reader.js';
+import { SocketReader } from './socket-reader.js';
 import { type Clock, type ClockTimer, systemClock } from '../sys/clock.js';
+import type { ConnectionOptions } from './connection-options.js';
 
-export interface ConnectionOptions {
-  /** A client that has not reached transmission by then is disconnected. */
-  handshakeTimeoutMs: number;
-  /** Requests being served at once; reading pauses above it (the kernel sends up to 128). */
-  inFlightRequestsMax: number;
-  /** Payload and reply bytes held at once; reading pauses above it. */
-  inFlightBytesMax: number;
-  /** Structured reads at least this long report holes as OFFSET_HOLE chunks. */
-  sparseReadBytesMin: number;
-  /** Large reply and payload buffers are reused from here. */
-  bufferPool: BufferPool;
-  /** How received bytes are placed (see socket-reader.ts). */
-  reader: SocketReaderOptions;
-  /** false: leave the accepted socket as Node made it (every byte through the parse queue). */
-  directReads: boolean;
-  /**
-   * Reads at least this long of a device that lends file ranges are sent
-   * with sendfile (see reply-writer.ts); smaller ones are copied, which costs
-   * less than a thread-pool trip (up to 64 KiB is read from the event loop).
-   */
-  fileReplyBytesMin: number;
-  /**
-   * A file reply the client leaves unread this long is finished through Node
-   * instead of holding a thread. A reading client empties a loopback socket in
-   * microseconds; one that leaves it full this long is slow.
-   */
-  fileReplyStallMs: number;
-  /** Told of every input, so the event loop may poll a while instead of sleeping (see input-poll.ts). */
-  inputPoll: InputPoll | undefined;
-  /** Per-command counts and latencies for the metrics endpoint; undefined when metrics are off. */
-  requestStats?: RequestStats;
-  /** Time for the handshake deadline and the closing grace (tests step it). */
-  clock?: Clock;
-  logger: Logger;
-}
-
-/** limits.handshakeTimeoutMs and limits.inFlightRequestsMax: enforced here. */
-export const handshakeTimeoutBounds = { min: 100, max: 3_600_000, default: 120_000 };
-export const inFlightRequestsBounds = { min: 1, max: 65536, default: 256 };
-
-export const defaultConnectionOptions: Omit<ConnectionOptions, 'logger'> = {
-  handshakeTimeoutMs: 120_000,
-  inFlightRequestsMax: 256,
-  inFlightBytesMax: 256 * 1024 * 1024,
-  sparseReadBytesMin: 65536,
-  bufferPool: new BufferPool(64 * 1024 * 1024),
-  reader: defaultSocketReaderOptions,
-  directReads: true,
-  fileReplyBytesMin: 128 * 1024,
-  fileReplyStallMs: 5,
-  inputPoll: undefined,
-};
+export { type ConnectionOptions, defaultConnectionOptions, handshakeTimeoutBounds, inFlightRequestsBounds } from './connection-options.js';
 
 interface PendingWrite {
   request: RequestHeader;
@@ -78,9 +23,6 @@ interface PendingWrite {
   target: PooledBuffer | undefined;
   filledBytes: number;
 }
-
-/** Chunk size when serving NBD_CMD_CACHE, which may name gigabytes. */
-const cacheChunkBytes = 1 << 20;
 
 /**
  * One client: the handshake, then pipelined requests served concurrently
@@ -102,7 +44,7 @@ export class Connection {
   private readonly reader: SocketReader;
   private readonly writer: ReplyWriter;
   private device: BlockDevice | undefined;
-  private reads: ReadReplies | undefined;
+  private commands: CommandRunner | undefined;
   private transmissionFlags = 0;
   private structured = false;
   private blockStatusNegotiated = false;
@@ -253,7 +195,7 @@ export class Connection {
     this.structured = negotiated.structuredReplies;
     const metaExport = negotiated.metaContextExport;
     this.blockStatusNegotiated = metaExport !== undefined && this.exports.find(metaExport) === entry;
-    this.reads = new ReadReplies(entry.device, this.writer, this.structured, this.options);
+    this.commands = new CommandRunner(entry.device, this.writer, this.structured, this.options, this.options.logger);
     this.optionReader = undefined;
     this.enterPhase('transmission');
     this.options.logger.info({ export: entry.name, flags, structuredReplies: this.structured }, 'client attached');
@@ -291,7 +233,7 @@ export class Connection {
     });
     if (!verdict.ok) {
       this.options.logger.warn({ cookie: request.cookie.toString(), message: verdict.message }, 'rejected request');
-      this.replyError(request, verdict.error, verdict.message);
+      this.commands!.replyError(request, verdict.error, verdict.message);
       // The payload of a refused write still follows the header: skip it to stay framed.
       if (request.type === Command.WRITE) this.drainBytes = request.lengthBytes;
       return true;
@@ -359,8 +301,9 @@ export class Connection {
     const ticket = ordered ? this.order.acquire(offsetBytes, request.lengthBytes, mutating) : undefined;
     const stats = this.options.requestStats;
     const startedMs = stats === undefined ? 0 : performance.now();
-    const executing = ticket?.ready === undefined ? this.execute(request, offsetBytes, payload)
-      : ticket.ready.then(() => this.execute(request, offsetBytes, payload));
+    const commands = this.commands!;
+    const executing = ticket?.ready === undefined ? commands.execute(request, offsetBytes, payload)
+      : ticket.ready.then(() => commands.execute(request, offsetBytes, payload));
     if (executing === finishedNow) {
       // Answered in this turn (an inline write): we are inside pump(), which goes on reading.
       stats?.record(request.type, heldBytes, startedMs, undefined);
@@ -371,7 +314,7 @@ export class Connection {
     executing
       .catch((error: unknown) => {
         failure = isBlockError(error) ? error.code : 'EIO';
-        this.replyFailure(request, error);
+        commands.replyFailure(request, error);
       })
       .finally(() => {
         stats?.record(request.type, heldBytes, startedMs, failure);
@@ -389,74 +332,6 @@ export class Connection {
     this.inFlightBytes -= heldBytes;
     if (this.inFlightRequests === 0) this.notifyIdle();
     this.updateFlow(pumpOnResume);
-  }
-
-  /**
-   * Serves a validated request and sends its reply. A read or write the
-   * device finished in this turn is answered in this turn too (returns finishedNow).
-   */
-  private execute(request: RequestHeader, offsetBytes: number, payload: Buffer | undefined): Promise<void> {
-    if (request.type === Command.READ) return this.reads!.serveRead(request, offsetBytes);
-    if (request.type !== Command.WRITE) return this.executeOther(request, offsetBytes);
-    let writing: Promise<void>;
-    try {
-      writing = this.device!.write(offsetBytes, payload!, { fua: (request.flags & CommandFlag.FUA) !== 0 });
-    } catch (error) {
-      return Promise.reject(error);
-    }
-    if (writing !== finishedNow) return writing.then(() => this.replyOk(request));
-    this.replyOk(request);
-    return finishedNow;
-  }
-
-  private async executeOther(request: RequestHeader, offsetBytes: number): Promise<void> {
-    const device = this.device!;
-    const fua = (request.flags & CommandFlag.FUA) !== 0;
-    switch (request.type) {
-      case Command.FLUSH:
-        await device.flush();
-        return this.replyOk(request);
-      case Command.TRIM:
-        await device.trim(offsetBytes, request.lengthBytes, { fua });
-        return this.replyOk(request);
-      case Command.WRITE_ZEROES:
-        await device.writeZeroes(offsetBytes, request.lengthBytes, {
-          fua,
-          noHole: (request.flags & CommandFlag.NO_HOLE) !== 0,
-          fast: (request.flags & CommandFlag.FAST_ZERO) !== 0,
-        });
-        return this.replyOk(request);
-      case Command.CACHE: {
-        // Reading through the stack fills whatever caches it has.
-        const scratch = Buffer.allocUnsafe(Math.min(cacheChunkBytes, Math.max(request.lengthBytes, 1)));
-        for (let done = 0; done < request.lengthBytes; done += scratch.length) {
-          const chunk = Math.min(scratch.length, request.lengthBytes - done);
-          await device.read(offsetBytes + done, scratch.subarray(0, chunk));
-        }
-        return this.replyOk(request);
-      }
-      case Command.BLOCK_STATUS: return this.reads!.serveBlockStatus(request, offsetBytes);
-    }
-    assert.fail(`validated request has unknown type ${request.type}`);
-  }
-
-  private replyOk(request: RequestHeader): void {
-    this.writer.send(simpleReply(0, request.cookie));
-  }
-
-  private replyFailure(request: RequestHeader, error: unknown): void {
-    const blockError = isBlockError(error) ? error : toBlockError(error, 'request failed');
-    if (!isBlockError(error)) this.options.logger.error({ err: error }, 'unexpected non-BlockError from the device');
-    this.options.logger.warn({ cookie: request.cookie.toString(), type: request.type, code: blockError.code,
-      message: blockError.message }, 'request failed');
-    this.replyError(request, nbdErrorFor(blockError.code), blockError.message);
-  }
-
-  private replyError(request: RequestHeader, errorCode: number, message: string): void {
-    assert(errorCode !== 0);
-    // With structured replies, READ must never get a simple reply; errors carry their message.
-    if (this.structured) this.writer.send(structuredError(request.cookie, errorCode, message));
-    else this.writer.send(simpleReply(errorCode, request.cookie));
   }
 
   /** Pauses or resumes reading requests; on resuming, reads what is queued unless the caller is inside pump() already. */

@@ -1,0 +1,59 @@
+import type { Logger } from 'pino';
+import { BufferPool } from '../blockdev/buffer-pool.js';
+import type { Clock } from '../sys/clock.js';
+import type { InputPoll } from './input-poll.js';
+import type { RequestStats } from './request-stats.js';
+import { defaultSocketReaderOptions, type SocketReaderOptions } from './socket-reader.js';
+
+export interface ConnectionOptions {
+  /** A client that has not reached transmission by then is disconnected. */
+  handshakeTimeoutMs: number;
+  /** Requests being served at once; reading pauses above it (the kernel sends up to 128). */
+  inFlightRequestsMax: number;
+  /** Payload and reply bytes held at once; reading pauses above it. */
+  inFlightBytesMax: number;
+  /** Structured reads at least this long report holes as OFFSET_HOLE chunks. */
+  sparseReadBytesMin: number;
+  /** Large reply and payload buffers are reused from here. */
+  bufferPool: BufferPool;
+  /** How received bytes are placed (see socket-reader.ts). */
+  reader: SocketReaderOptions;
+  /** false: leave the accepted socket as Node made it (every byte through the parse queue). */
+  directReads: boolean;
+  /**
+   * Reads at least this long of a device that lends file ranges are sent
+   * with sendfile (see reply-writer.ts); smaller ones are copied, which costs
+   * less than a thread-pool trip (up to 64 KiB is read from the event loop).
+   */
+  fileReplyBytesMin: number;
+  /**
+   * A file reply the client leaves unread this long is finished through Node
+   * instead of holding a thread. A reading client empties a loopback socket in
+   * microseconds; one that leaves it full this long is slow.
+   */
+  fileReplyStallMs: number;
+  /** Told of every input, so the event loop may poll a while instead of sleeping (see input-poll.ts). */
+  inputPoll: InputPoll | undefined;
+  /** Per-command counts and latencies for the metrics endpoint; undefined when metrics are off. */
+  requestStats?: RequestStats;
+  /** Time for the handshake deadline and the closing grace (tests step it). */
+  clock?: Clock;
+  logger: Logger;
+}
+
+/** limits.handshakeTimeoutMs and limits.inFlightRequestsMax: enforced here. */
+export const handshakeTimeoutBounds = { min: 100, max: 3_600_000, default: 120_000 };
+export const inFlightRequestsBounds = { min: 1, max: 65536, default: 256 };
+
+export const defaultConnectionOptions: Omit<ConnectionOptions, 'logger'> = {
+  handshakeTimeoutMs: 120_000,
+  inFlightRequestsMax: 256,
+  inFlightBytesMax: 256 * 1024 * 1024,
+  sparseReadBytesMin: 65536,
+  bufferPool: new BufferPool(64 * 1024 * 1024),
+  reader: defaultSocketReaderOptions,
+  directReads: true,
+  fileReplyBytesMin: 128 * 1024,
+  fileReplyStallMs: 5,
+  inputPoll: undefined,
+};
