@@ -29,7 +29,7 @@ export class ChunkAllocator {
     this.used = new Uint8Array(capacityChunks);
     for (const entry of mapped) {
       if (entry === 0) continue;
-      assert(this.used[entry - 1] === 0, `physical chunk ${entry - 1} is mapped twice`);
+      if (this.used[entry - 1] !== 0) assert.fail(`physical chunk ${entry - 1} is mapped twice`);
       this.used[entry - 1] = 1;
       this.usedCount += 1;
     }
@@ -78,7 +78,7 @@ export class ChunkAllocator {
 
   /** The pool grew: the new chunks are free. Chunks in use keep their numbers (requests in flight hold them). */
   grow(capacityChunks: number): void {
-    assert(capacityChunks >= this.used.length, `a pool never shrinks (${this.used.length} -> ${capacityChunks} chunks)`);
+    if (!(capacityChunks >= this.used.length)) assert.fail(`a pool never shrinks (${this.used.length} -> ${capacityChunks} chunks)`);
     const used = new Uint8Array(capacityChunks);
     used.set(this.used);
     this.used = used;

@@ -74,7 +74,7 @@ export class ThinMap {
 
   /** Maps a virtual chunk whose data write has completed (never before: a commit must not publish unwritten data). */
   map(chunk: number, physical: number): void {
-    assert(this.entries[chunk] === 0, `virtual chunk ${chunk} is already mapped`);
+    if (this.entries[chunk] !== 0) assert.fail(`virtual chunk ${chunk} is already mapped`);
     this.entries[chunk] = physical + 1;
     this.dirtyPages.add(Math.floor(chunk / entriesPerMapPage));
   }
@@ -82,7 +82,7 @@ export class ThinMap {
   /** Unmaps a virtual chunk; its physical chunk is handed back by the commit that makes this durable. */
   unmap(chunk: number): void {
     const physical = this.physicalOf(chunk);
-    assert(physical >= 0, `virtual chunk ${chunk} is not mapped`);
+    if (physical < 0) assert.fail(`virtual chunk ${chunk} is not mapped`);
     this.entries[chunk] = 0;
     this.dirtyPages.add(Math.floor(chunk / entriesPerMapPage));
     this.pendingFree.push(physical);

@@ -9,22 +9,28 @@ import type { BlockDevice, DeviceCapabilities, Extent, FileRangeLease, WriteFlag
  * already refused bad client requests with their own NBD errors; a bad call
  * arriving here is a bug in the layer above (resync, a tool, a filter), so
  * it is refused as a value (EINVAL, EROFS) and never reaches a disk as an
- * out-of-bounds write. What a layer hands back is checked too: an extent
- * list that does not tile the asked range is the lower layer's bug, and it
- * is an assertion, on in production, because passing it up would be a lie
- * on the wire.
+ * out-of-bounds write. What the stack hands back for block status is
+ * asserted where it leaves (assertExtentsTile, below).
  *
  * The wrapper adds one call and a few comparisons per operation and returns
  * the layer's own promise, so `finishedNow` keeps its identity for the layer
  * above (see types.ts).
  */
 export class CheckedDevice implements BlockDevice {
+  // Copied once: the BlockDevice contract makes them fixed for a device's life.
+  readonly sizeBytes: number;
+  readonly blockSizeBytes: number;
+  readonly capabilities: DeviceCapabilities;
   readonly lendFileRange?: (offsetBytes: number, lengthBytes: number) => FileRangeLease | undefined;
 
   private constructor(readonly inner: BlockDevice, readonly name: string) {
+    this.sizeBytes = inner.sizeBytes;
+    this.blockSizeBytes = inner.blockSizeBytes;
+    this.capabilities = inner.capabilities;
+    if (!(Number.isSafeInteger(this.sizeBytes) && this.sizeBytes >= 0)) assert.fail(`${name}: size ${this.sizeBytes} is not a byte count`);
     if (inner.lendFileRange !== undefined) {
       this.lendFileRange = (offsetBytes, lengthBytes) => {
-        assert(this.rangeProblem(offsetBytes, lengthBytes) === undefined, `${name}: lendFileRange outside the device`);
+        if (!this.inRange(offsetBytes, lengthBytes)) assert.fail(`${name}: lendFileRange ${offsetBytes}+${lengthBytes} outside the device`);
         return inner.lendFileRange!(offsetBytes, lengthBytes);
       };
     }
@@ -35,28 +41,18 @@ export class CheckedDevice implements BlockDevice {
     return device instanceof CheckedDevice ? device : new CheckedDevice(device, name);
   }
 
-  get sizeBytes(): number {
-    return this.inner.sizeBytes;
-  }
-
-  get blockSizeBytes(): number {
-    return this.inner.blockSizeBytes;
-  }
-
-  get capabilities(): DeviceCapabilities {
-    return this.inner.capabilities;
-  }
+  // Each operation tests the good case inline and builds a message only when refusing.
 
   read(offsetBytes: number, target: Buffer): Promise<void> {
+    if (Buffer.isBuffer(target) && this.inRange(offsetBytes, target.length)) return this.inner.read(offsetBytes, target);
     if (!Buffer.isBuffer(target)) return this.refuse('EINVAL', 'read: the target is not a buffer');
-    const problem = this.rangeProblem(offsetBytes, target.length);
-    return problem === undefined ? this.inner.read(offsetBytes, target) : this.refuse('EINVAL', `read: ${problem}`);
+    return this.refuse('EINVAL', `read: ${this.rangeProblem(offsetBytes, target.length)}`);
   }
 
   write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
+    if (Buffer.isBuffer(data) && this.changeAllowed(offsetBytes, data.length, flags)) return this.inner.write(offsetBytes, data, flags);
     if (!Buffer.isBuffer(data)) return this.refuse('EINVAL', 'write: the data is not a buffer');
-    const problem = this.mutationProblem('write', offsetBytes, data.length, flags);
-    return problem === undefined ? this.inner.write(offsetBytes, data, flags) : problem;
+    return this.refuseChange('write', offsetBytes, data.length, flags);
   }
 
   flush(): Promise<void> {
@@ -64,62 +60,70 @@ export class CheckedDevice implements BlockDevice {
   }
 
   trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> {
-    const problem = this.mutationProblem('trim', offsetBytes, lengthBytes, flags);
-    return problem === undefined ? this.inner.trim(offsetBytes, lengthBytes, flags) : problem;
+    if (this.changeAllowed(offsetBytes, lengthBytes, flags)) return this.inner.trim(offsetBytes, lengthBytes, flags);
+    return this.refuseChange('trim', offsetBytes, lengthBytes, flags);
   }
 
   writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
-    const problem = this.mutationProblem('write-zeroes', offsetBytes, lengthBytes, flags)
-      ?? (typeof flags.noHole === 'boolean' && typeof flags.fast === 'boolean'
-        ? undefined : this.refuse('EINVAL', 'write-zeroes: noHole and fast must be booleans'));
-    return problem === undefined ? this.inner.writeZeroes(offsetBytes, lengthBytes, flags) : problem;
+    if (this.changeAllowed(offsetBytes, lengthBytes, flags) && typeof flags.noHole === 'boolean' && typeof flags.fast === 'boolean') {
+      return this.inner.writeZeroes(offsetBytes, lengthBytes, flags);
+    }
+    if (this.changeAllowed(offsetBytes, lengthBytes, flags)) return this.refuse('EINVAL', 'write-zeroes: noHole and fast must be booleans');
+    return this.refuseChange('write-zeroes', offsetBytes, lengthBytes, flags);
   }
 
   blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
-    const problem = this.rangeProblem(offsetBytes, lengthBytes);
-    if (problem !== undefined) return this.refuse('EINVAL', `block-status: ${problem}`);
-    return this.inner.blockStatus(offsetBytes, lengthBytes).then((extents) => {
-      this.assertTiles(extents, offsetBytes, lengthBytes);
-      return extents;
-    });
+    if (this.inRange(offsetBytes, lengthBytes)) return this.inner.blockStatus(offsetBytes, lengthBytes);
+    return this.refuse('EINVAL', `block-status: ${this.rangeProblem(offsetBytes, lengthBytes)}`);
   }
 
   close(): Promise<void> {
     return this.inner.close();
   }
 
-  private mutationProblem(what: string, offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<never> | undefined {
-    if (this.inner.capabilities.readOnly) return this.refuse('EROFS', `${what}: the device is read-only`);
+  private inRange(offsetBytes: number, lengthBytes: number): boolean {
+    return Number.isSafeInteger(offsetBytes) && offsetBytes >= 0 && Number.isSafeInteger(lengthBytes) && lengthBytes >= 0 &&
+      offsetBytes + lengthBytes <= this.sizeBytes;
+  }
+
+  private changeAllowed(offsetBytes: number, lengthBytes: number, flags: WriteFlags): boolean {
+    return !this.capabilities.readOnly && typeof flags?.fua === 'boolean' && this.inRange(offsetBytes, lengthBytes);
+  }
+
+  private refuseChange(what: string, offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<never> {
+    if (this.capabilities.readOnly) return this.refuse('EROFS', `${what}: the device is read-only`);
     if (typeof flags?.fua !== 'boolean') return this.refuse('EINVAL', `${what}: the flags must say fua true or false`);
-    const problem = this.rangeProblem(offsetBytes, lengthBytes);
-    return problem === undefined ? undefined : this.refuse('EINVAL', `${what}: ${problem}`);
+    return this.refuse('EINVAL', `${what}: ${this.rangeProblem(offsetBytes, lengthBytes)}`);
   }
 
-  private rangeProblem(offsetBytes: number, lengthBytes: number): string | undefined {
-    const { sizeBytes } = this.inner;
-    assert(Number.isSafeInteger(sizeBytes) && sizeBytes >= 0, `${this.name}: size ${sizeBytes} is not a byte count`);
-    if (Number.isSafeInteger(offsetBytes) && offsetBytes >= 0 && Number.isSafeInteger(lengthBytes) && lengthBytes >= 0 &&
-        offsetBytes + lengthBytes <= sizeBytes) return undefined;
-    return `range offset=${offsetBytes} length=${lengthBytes} is outside the device (size ${sizeBytes})`;
-  }
-
-  /**
-   * At least one extent, the first at the asked offset, each non-empty and
-   * following the one before, none past the device's end. A list may stop
-   * short of the asked length (NBD allows fewer) or run past it (up to the end).
-   */
-  private assertTiles(extents: Extent[], offsetBytes: number, lengthBytes: number): void {
-    assert(extents.length > 0 || lengthBytes === 0, `${this.name}: block status of ${lengthBytes} bytes at ${offsetBytes} returned no extent`);
-    let next = offsetBytes;
-    for (const extent of extents) {
-      assert(extent.offsetBytes === next && extent.lengthBytes > 0,
-        `${this.name}: block status extent at ${extent.offsetBytes}+${extent.lengthBytes} does not follow ${next}`);
-      next += extent.lengthBytes;
-    }
-    assert(next <= this.inner.sizeBytes, `${this.name}: block status runs to ${next}, past the end (${this.inner.sizeBytes})`);
+  private rangeProblem(offsetBytes: number, lengthBytes: number): string {
+    return `range offset=${offsetBytes} length=${lengthBytes} is outside the device (size ${this.sizeBytes})`;
   }
 
   private refuse(code: 'EINVAL' | 'EROFS', message: string): Promise<never> {
     return Promise.reject(new BlockError(code, `${this.name}: ${message}`));
   }
+}
+
+/**
+ * What a device hands back for block status must tile the asked range: at
+ * least one extent, the first at the asked offset, each non-empty and
+ * following the one before, none past the device's end (a list may stop
+ * short of the asked length, as NBD allows, or run past it up to the end).
+ * Checked where the answer leaves the stack (nbd/read-replies.ts): a list
+ * that does not tile is a lower layer's bug, and an assertion, on in
+ * production, because passing it on would be a lie on the wire. Checked
+ * there once rather than at every link, where each check would cost every
+ * block-status call a promise hop per layer.
+ */
+export function assertExtentsTile(extents: readonly Extent[], offsetBytes: number, lengthBytes: number, sizeBytes: number): void {
+  if (extents.length === 0 && lengthBytes > 0) assert.fail(`block status of ${lengthBytes} bytes at ${offsetBytes} returned no extent`);
+  let next = offsetBytes;
+  for (const extent of extents) {
+    if (extent.offsetBytes !== next || !(extent.lengthBytes > 0)) {
+      assert.fail(`block status extent at ${extent.offsetBytes}+${extent.lengthBytes} does not follow ${next}`);
+    }
+    next += extent.lengthBytes;
+  }
+  if (next > sizeBytes) assert.fail(`block status runs to ${next}, past the end (${sizeBytes})`);
 }

@@ -1,5 +1,5 @@
-import assert from 'node:assert/strict';
 import type { BufferPool, PooledBuffer } from '../blockdev/buffer-pool.js';
+import { assertExtentsTile } from '../blockdev/checked-device.js';
 import { type BlockDevice, type Extent, finishedNow } from '../blockdev/types.js';
 import { BASE_ALLOCATION_ID, CommandFlag, SIMPLE_REPLY_HEADER_BYTES, StateFlag } from './constants.js';
 import {
@@ -47,7 +47,7 @@ export class ReadReplies {
 
   async serveBlockStatus(request: RequestHeader, offsetBytes: number): Promise<void> {
     const extents = await this.device.blockStatus(offsetBytes, request.lengthBytes);
-    assert(extents.length > 0, 'block status returned no extents');
+    assertExtentsTile(extents, offsetBytes, request.lengthBytes, this.device.sizeBytes);
     const endBytes = offsetBytes + request.lengthBytes;
     const descriptors: Array<{ lengthBytes: number; flags: number }> = [];
     let position = offsetBytes;
@@ -65,6 +65,7 @@ export class ReadReplies {
   /** A large structured read: zero extents go out as OFFSET_HOLE chunks. */
   private async serveReadWithHoles(request: RequestHeader, offsetBytes: number): Promise<void> {
     const extents = await this.device.blockStatus(offsetBytes, request.lengthBytes);
+    assertExtentsTile(extents, offsetBytes, request.lengthBytes, this.device.sizeBytes);
     if (extents.some((extent) => extent.zero)) return this.serveSparseRead(request, offsetBytes, extents);
     return this.sendOffsetData(request, offsetBytes);
   }

@@ -83,7 +83,7 @@ export class DirtyThrottle {
 
   release(reservedBytes: number): void {
     this.reservedBytes -= reservedBytes;
-    assert(this.reservedBytes >= 0, `dirty reservations went negative (${this.reservedBytes})`);
+    if (this.reservedBytes < 0) assert.fail(`dirty reservations went negative (${this.reservedBytes})`);
   }
 
   /**

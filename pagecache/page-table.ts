@@ -101,7 +101,7 @@ export class PageTable {
 
   /** A new page for `index`, in no list yet: the caller fills it, then marks it clean (loaded) or dirty (written). */
   newPage(index: number): Page {
-    assert(!this.pages.has(index), `page ${index} is already cached`);
+    if (this.pages.has(index)) assert.fail(`page ${index} is already cached`);
     const data = this.slab.take().subarray(0, this.pageLength(index));
     const page: Page = {
       index, data, dirty: false, version: 0, firstUnwrittenSeq: 0, rewriteSeq: undefined, dirtiedAtMs: 0,
@@ -114,13 +114,13 @@ export class PageTable {
 
   /** A fill from below finished: the page holds the device's bytes. */
   loaded(page: Page): void {
-    assert(!page.dropped && !page.dirty && page.list === undefined, `page ${page.index} loaded in state ${pageState(page)}`);
+    if (page.dropped || page.dirty || page.list !== undefined) assert.fail(`page ${page.index} loaded in state ${pageState(page)}`);
     this.cleanOrder.pushBack(page);
   }
 
   /** Its bytes changed (a write, or zeroes from a partial trim). */
   markDirty(page: Page, now: number): void {
-    assert(!page.dropped, `page ${page.index} changed after it was dropped`);
+    if (page.dropped) assert.fail(`page ${page.index} changed after it was dropped`);
     page.version += 1;
     if (page.writeback && page.rewriteSeq === undefined) page.rewriteSeq = this.seq;
     if (page.dirty) return;
@@ -133,7 +133,7 @@ export class PageTable {
 
   /** A writeback starts: its snapshot of the page's bytes is on the way until `settled`. */
   startWriteback(page: Page, settled: Promise<void>): void {
-    assert(pageState(page) === 'dirty', `writeback of page ${page.index} in state ${pageState(page)}`);
+    if (pageState(page) !== 'dirty') assert.fail(`writeback of page ${page.index} in state ${pageState(page)}`);
     page.rewriteSeq = undefined;
     page.versionAtWriteback = page.version;
     page.writeback = settled;
@@ -144,7 +144,7 @@ export class PageTable {
    * else still dirty, from the first change after the snapshot.
    */
   writebackLanded(page: Page, now: number): void {
-    assert(page.writeback !== undefined, `page ${page.index}: no writeback to land`);
+    if (page.writeback === undefined) assert.fail(`page ${page.index}: no writeback to land`);
     if (!this.holds(page)) return;
     if (page.version === page.versionAtWriteback) {
       page.dirty = false;
@@ -199,7 +199,7 @@ export class PageTable {
 
   /** A read stops copying out of the page. */
   readDone(page: Page): void {
-    assert(page.readers > 0, `page ${page.index}: more reads finished than started`);
+    if (page.readers <= 0) assert.fail(`page ${page.index}: more reads finished than started`);
     page.readers -= 1;
     if (page.readers === 0 && page.dropped) this.recycle(page);
   }
