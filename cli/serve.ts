@@ -154,9 +154,7 @@ export async function startServer(config: Config, logger: Logger, options: Start
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => (stopping ??= (async () => {
-    await server.shutdown();
-    await admin?.close();
-    await metrics?.close();
+    await closeListeners();
     await stack.close();
   })());
   return { server, device, mirror, cache, sweeper, addresses, events, stop };

@@ -55,7 +55,7 @@ export interface Config {
     /** After input, the event loop polls up to this long before sleeping (adaptive; 0: never). */
     pollMaxMicroseconds: number;
   };
-  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+  log: { level: typeof logLevels[number] };
   /** A named crash point to fire (crash-injection testing only). */
   crash: CrashPlan | undefined;
 }

@@ -78,6 +78,7 @@ export async function openPlainLeg(config: Config, logger: Logger, options: Stac
  */
 export async function openStorageStack(config: Config, logger: Logger, options: StackOptions = {}): Promise<StorageStack> {
   const crashPoints = options.crashPoints ?? new CrashPoints();
+  const clock = options.clock ?? systemClock;
   if (config.crash) {
     crashPoints.arm(config.crash);
     logger.warn({ crash: config.crash }, 'crash point armed: this server will end itself there');
@@ -91,8 +92,9 @@ export async function openStorageStack(config: Config, logger: Logger, options: 
   }
   const below = mirror ? CheckedDevice.wrap(mirror.device, 'mirror') : plain!.device;
   const cache = config.cache && !config.export.readOnly
-    ? new PageCache(below, { ...config.cache, logger: logger.child({ component: 'cache' }), events: options.events }) : undefined;
-  const sweeper = new Sweeper({ mirror, cache }, config.storage.sweepIntervalMs, logger, options.clock ?? systemClock);
+    ? new PageCache(below, { ...config.cache, logger: logger.child({ component: 'cache' }), events: options.events, clock })
+    : undefined;
+  const sweeper = new Sweeper({ mirror, cache }, config.storage.sweepIntervalMs, logger, clock);
   const device = cache ? CheckedDevice.wrap(cache, 'cache') : below;
   const target: AdminTarget = { mirror, cache, crashPoints,
     plain: plain ? { path: config.storage.legs[0].path, sizeBytes: below.sizeBytes, pool: plain.thin } : undefined };
