@@ -5,7 +5,7 @@ import { type CrashPlan, parseCrashPlan } from '../faults/crash-points.js';
 import type { DeviceWrap } from '../faults/device-wrap.js';
 import { type CutPolicy, cutPolicies, defaultSectorBytes, validSectorBytes } from '../faults/power-cut-device.js';
 import type { ReadPolicy } from '../mirror/mirror-device.js';
-import type { PageCacheOptions } from '../pagecache/page-cache.js';
+import { type PageCacheOptions, writeAroundBytesDefault } from '../pagecache/page-cache.js';
 import { boundsOf, defaultConfigText, logLevels } from './settings.js';
 
 /**
@@ -332,7 +332,8 @@ function parseThin(raw: unknown, key: string): ThinSpec {
 function parseCache(raw: unknown): CacheConfig | undefined {
   if (raw === undefined || raw === null || raw === false) return undefined;
   const cache = objectAt(raw, 'cache');
-  rejectUnknownKeys(cache, ['enabled', 'size', 'dirtyLimit', 'dirtyExpireMs', 'writebackIntervalMs', 'noSpacePolicy', 'noSpaceTimeoutMs'], 'cache');
+  rejectUnknownKeys(cache, ['enabled', 'size', 'dirtyLimit', 'dirtyExpireMs', 'writebackIntervalMs', 'noSpacePolicy', 'noSpaceTimeoutMs',
+    'writeAroundSize'], 'cache');
   if (!booleanAt(cache.enabled, 'cache.enabled', true)) return undefined;
   const capacityBytes = cache.size === undefined ? 256 * 1024 * 1024 : parseSize(cache.size, 'cache.size');
   const dirtyLimitBytes = cache.dirtyLimit === undefined ? Math.min(64 * 1024 * 1024, capacityBytes)
@@ -350,6 +351,8 @@ function parseCache(raw: unknown): CacheConfig | undefined {
     writebackIntervalMs: integerSetting(cache.writebackIntervalMs, 'cache.writebackIntervalMs'),
     noSpacePolicy,
     noSpaceTimeoutMs: integerSetting(cache.noSpaceTimeoutMs, 'cache.noSpaceTimeoutMs'),
+    writeAroundBytes: cache.writeAroundSize === undefined ? writeAroundBytesDefault
+      : cache.writeAroundSize === 0 ? 0 : parseSize(cache.writeAroundSize, 'cache.writeAroundSize'),
   };
 }
 

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { errorAction } from '../blockdev/error-policy.js';
+import { alignDown, alignUp } from '../blockdev/range.js';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import type { EventSink } from '../blockdev/events.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
@@ -8,6 +9,7 @@ import { DirtyThrottle, type NoSpacePolicy } from './dirty-throttle.js';
 import { overlayData } from './extent-overlay.js';
 import { type Page, PageTable } from './page-table.js';
 import { RangeGate } from './range-gate.js';
+import { StraightBelow } from './straight-below.js';
 import { Writeback } from './writeback.js';
 
 export type { NoSpacePolicy } from './dirty-throttle.js';
@@ -33,6 +35,14 @@ export interface PageCacheOptions {
   /** Where ENOSPC during writeback and a fatal failure are reported. */
   events?: EventSink;
   pageBytes?: number;
+  /**
+   * Writes of at least this many bytes go straight to the device below
+   * instead of into pages (their whole pages; a partial page at either end
+   * is cached): a large write gains nothing from the cache and paid a copy,
+   * 256 page updates per MiB and a second copy into a writeback snapshot.
+   * 0 or absent: every write is cached.
+   */
+  writeAroundBytes?: number;
   /** Time for dirty expiry, the writeback interval and the no-space wait (tests step it). */
   clock?: Clock;
 }
@@ -41,6 +51,8 @@ export interface PageCacheOptions {
 export const dirtyExpireBounds = { min: 0, max: 3_600_000, default: 5000 };
 export const writebackIntervalBounds = { min: 10, max: 60_000, default: 500 };
 export const noSpaceTimeoutBounds = { min: 0, max: 3_600_000, default: 60_000 };
+/** cache.writeAroundSize: 64 KiB, where 64 KiB random writes through the cache ran at 0.4x the same mirror without it. */
+export const writeAroundBytesDefault = 64 * 1024;
 
 export interface PageCacheStatus {
   cachedBytes: number;
@@ -79,13 +91,15 @@ export class PageCache implements BlockDevice {
   private readonly gate = new RangeGate();
   private readonly throttle: DirtyThrottle;
   private readonly writeback: Writeback;
+  private readonly straightBelow: StraightBelow;
+  private readonly writeAroundBytes: number;
   private failure: BlockError | undefined;
   private isClosed = false;
   private timer: ClockTimer | undefined;
   private readonly clock: Clock;
   readonly stats = {
     readHits: 0, readMisses: 0, writes: 0, writebacks: 0, writebackBytes: 0, writebackFailures: 0,
-    throttledWrites: 0, noSpaceRejects: 0, evictions: 0,
+    throttledWrites: 0, noSpaceRejects: 0, evictions: 0, writesAround: 0, writeAroundBytes: 0,
   };
 
   constructor(readonly below: BlockDevice, private readonly options: PageCacheOptions) {
@@ -118,6 +132,13 @@ export class PageCache implements BlockDevice {
       checkUsable: (what) => this.checkUsable(what),
       stats: this.stats,
     }, options, this.clock);
+    this.straightBelow = new StraightBelow(this.pages, below, this.gate, {
+      checkUsable: (what) => this.checkUsable(what),
+      enterFailed: (error) => this.enterFailed(error),
+      progressMade: () => this.throttle.progressMade(),
+      stats: this.stats,
+    }, this.clock);
+    this.writeAroundBytes = options.writeAroundBytes ?? 0;
     this.scheduleBackgroundWriteback();
   }
 
@@ -208,6 +229,23 @@ export class PageCache implements BlockDevice {
   async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     this.checkUsable('write');
     if (data.length === 0) return;
+    if (this.writeAroundBytes > 0 && data.length >= this.writeAroundBytes) {
+      const end = offsetBytes + data.length;
+      const aroundStart = alignUp(offsetBytes, this.pageBytes);
+      const aroundEnd = end === this.sizeBytes ? end : alignDown(end, this.pageBytes);
+      if (aroundEnd > aroundStart) {
+        // The partial pages at either end are cached: only whole pages can be superseded below.
+        const parts = [this.straightBelow.writeAround(aroundStart, data.subarray(aroundStart - offsetBytes, aroundEnd - offsetBytes), flags)];
+        if (aroundStart > offsetBytes) parts.push(this.cachedWrite(offsetBytes, data.subarray(0, aroundStart - offsetBytes), flags));
+        if (end > aroundEnd) parts.push(this.cachedWrite(aroundEnd, data.subarray(aroundEnd - offsetBytes), flags));
+        await Promise.all(parts);
+        return;
+      }
+    }
+    await this.cachedWrite(offsetBytes, data, flags);
+  }
+
+  private async cachedWrite(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     const [first, last] = this.pages.pagesOf(offsetBytes, data.length);
     const reserved = await this.throttle.makeRoom(first, last);
     try {
@@ -219,8 +257,17 @@ export class PageCache implements BlockDevice {
   }
 
   private async fillAndApply(offsetBytes: number, data: Buffer, first: number, last: number): Promise<void> {
-    for (let waits = this.pendingFills(offsetBytes, data.length, first, last); waits.length > 0;
-      waits = this.pendingFills(offsetBytes, data.length, first, last)) {
+    const end = offsetBytes + data.length;
+    for (;;) {
+      // A trim, write-zeroes or write around of the range in flight goes first: this write lands after it.
+      const straight = this.gate.blocking(offsetBytes, end);
+      if (straight !== undefined) {
+        await straight;
+        this.checkUsable('write');
+        continue;
+      }
+      const waits = this.pendingFills(offsetBytes, data.length, first, last);
+      if (waits.length === 0) break;
       const failed = (await Promise.allSettled(waits)).find((result) => result.status === 'rejected');
       if (failed) throw toBlockError((failed as PromiseRejectedResult).reason, `write at ${offsetBytes}: reading the rest of a page`);
       this.checkUsable('write');
@@ -267,7 +314,9 @@ export class PageCache implements BlockDevice {
     const start = index * this.pageBytes;
     page.loading = (async () => {
       try {
-        await this.gate.clear(start, start + page.data.length);
+        const end = start + page.data.length;
+        for (let wait = this.gate.blocking(start, end); wait !== undefined; wait = this.gate.blocking(start, end)) await wait;
+        page.loadingPastGate = true;
         await this.below.read(start, page.data);
         this.pages.loaded(page);
       } catch (error) {
@@ -275,6 +324,7 @@ export class PageCache implements BlockDevice {
         throw error;
       } finally {
         page.loading = undefined;
+        page.loadingPastGate = false;
       }
     })();
     return page.loading;
@@ -319,57 +369,17 @@ export class PageCache implements BlockDevice {
   }
 
   trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> {
-    return this.passThrough('trim', offsetBytes, lengthBytes, () => this.below.trim(offsetBytes, lengthBytes, flags));
+    return this.supersede('trim', offsetBytes, lengthBytes, () => this.below.trim(offsetBytes, lengthBytes, flags));
   }
 
   writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
-    return this.passThrough('write-zeroes', offsetBytes, lengthBytes,
-      () => this.below.writeZeroes(offsetBytes, lengthBytes, flags));
+    return this.supersede('write-zeroes', offsetBytes, lengthBytes, () => this.below.writeZeroes(offsetBytes, lengthBytes, flags));
   }
 
-  /**
-   * Trim and write-zeroes go to the device below: cached pages wholly inside
-   * the range are dropped (the operation supersedes them), partly covered ones
-   * get zeroes in the covered bytes, and loads and writebacks of the range
-   * wait until it has landed.
-   */
-  private async passThrough(what: string, offsetBytes: number, lengthBytes: number, apply: () => Promise<void>): Promise<void> {
+  private async supersede(what: string, offsetBytes: number, lengthBytes: number, apply: () => Promise<void>): Promise<void> {
     this.checkUsable(what);
     if (lengthBytes === 0) return;
-    const end = offsetBytes + lengthBytes;
-    const release = this.gate.enter(offsetBytes, end);
-    try {
-      const [first, last] = this.pages.pagesOf(offsetBytes, lengthBytes);
-      // Loads and writebacks that start from now on wait at the gate; only the
-      // ones already past it are waited for here (waiting for the others would deadlock).
-      const busy = this.pages.pagesIn(first, last).flatMap((page) => [page.loading, page.writeback])
-        .filter((promise): promise is Promise<void> => promise !== undefined);
-      if (busy.length > 0) await Promise.allSettled(new Set(busy));
-      this.pages.seq += 1;
-      const now = this.clock.now();
-      for (const page of this.pages.pagesIn(first, last)) {
-        if (page.loading) continue; // blocked at the gate: it reads the result of this operation
-        const pageStart = page.index * this.pageBytes;
-        const whole = offsetBytes <= pageStart && end >= pageStart + page.data.length;
-        if (whole || !page.dirty) {
-          // The device below is authoritative for this page once the operation lands.
-          this.pages.drop(page);
-        } else {
-          page.data.fill(0, Math.max(offsetBytes, pageStart) - pageStart, Math.min(end, pageStart + page.data.length) - pageStart);
-          this.pages.markDirty(page, now);
-        }
-      }
-      try {
-        await apply();
-      } catch (error) {
-        const failure = toBlockError(error, what);
-        if (errorAction('cache-pass-through', failure) === 'fail-cache') this.enterFailed(failure);
-        throw failure;
-      }
-    } finally {
-      release();
-      this.throttle.progressMade();
-    }
+    await this.straightBelow.supersede(what, offsetBytes, lengthBytes, apply);
   }
 
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {

@@ -31,6 +31,8 @@ export interface Page extends ListNode<Page> {
   versionAtWriteback: number | undefined;
   /** Read-modify-write fill from below in progress; writers wait for it. */
   loading: Promise<void> | undefined;
+  /** The fill is past the range gate and reading from below (operations that take the range wait for it). */
+  loadingPastGate: boolean;
   /** Reads copying out of this page: its memory is recycled only after they finish. */
   readers: number;
   dropped: boolean;
@@ -105,7 +107,7 @@ export class PageTable {
     const data = this.slab.take().subarray(0, this.pageLength(index));
     const page: Page = {
       index, data, dirty: false, version: 0, firstUnwrittenSeq: 0, rewriteSeq: undefined, dirtiedAtMs: 0,
-      writeback: undefined, versionAtWriteback: undefined, loading: undefined, readers: 0, dropped: false,
+      writeback: undefined, versionAtWriteback: undefined, loading: undefined, loadingPastGate: false, readers: 0, dropped: false,
       listPrevious: undefined, listNext: undefined, list: undefined,
     };
     this.pages.set(index, page);

@@ -1,14 +1,22 @@
 /**
- * Byte ranges with a pass-through operation (trim, write-zeroes) in flight.
- * Loads and writebacks that overlap one wait for it: a load that read the
- * range before the trim landed, or a writeback the trim then erased, would
- * leave the cache and the device disagreeing about which happened last.
+ * Byte ranges with an operation that goes straight to the device below in
+ * flight (trim, write-zeroes, a write around the cache). Loads, writebacks
+ * and cached writes that overlap one wait for it, and two of them never
+ * overlap: a load that read the range before the operation landed, or a
+ * writeback it then superseded, would leave the cache and the device
+ * disagreeing about which happened last.
  */
 export class RangeGate {
   private readonly active = new Set<{ start: number; end: number; done: Promise<void> }>();
 
-  /** Marks [start, end) busy until the returned release is called. */
-  enter(start: number, end: number): () => void {
+  /** Waits until nothing overlapping [start, end) is in flight, then marks it busy until the returned release is called. */
+  async enter(start: number, end: number): Promise<() => void> {
+    // Checked and entered in the same turn: two overlapping callers cannot both pass.
+    for (let blocking = this.blocking(start, end); blocking !== undefined; blocking = this.blocking(start, end)) await blocking;
+    return this.enterNow(start, end);
+  }
+
+  private enterNow(start: number, end: number): () => void {
     let release!: () => void;
     const entry = { start, end, done: new Promise<void>((resolve) => { release = resolve; }) };
     this.active.add(entry);
@@ -18,19 +26,19 @@ export class RangeGate {
     };
   }
 
-  /** Resolves once no pass-through overlapping [start, end) is in flight. */
-  async clear(start: number, end: number): Promise<void> {
-    for (;;) {
-      let blocking: Promise<void> | undefined;
-      for (const entry of this.active) {
-        if (entry.start < end && start < entry.end) {
-          blocking = entry.done;
-          break;
-        }
-      }
-      if (!blocking) return;
-      await blocking;
+  /**
+   * What an operation on [start, end) has to wait for now, if anything. A
+   * caller loops until this is undefined and starts its operation in that
+   * same turn (an `await` between the check and the start would let an
+   * entry slip in unseen):
+   *   for (let wait = gate.blocking(s, e); wait; wait = gate.blocking(s, e)) await wait;
+   */
+  blocking(start: number, end: number): Promise<void> | undefined {
+    if (this.active.size === 0) return undefined;
+    for (const entry of this.active) {
+      if (entry.start < end && start < entry.end) return entry.done;
     }
+    return undefined;
   }
 
   get idle(): boolean {

@@ -160,7 +160,8 @@ export class Writeback {
     const start = run[0].index * pageBytes;
     const lastPage = run[run.length - 1];
     const end = lastPage.index * pageBytes + lastPage.data.length;
-    await this.gate.clear(start, end);
+    for (let wait = this.gate.blocking(start, end); wait !== undefined; wait = this.gate.blocking(start, end)) await wait;
+    // From here to the snapshot nothing awaits: a range entered at the gate afterwards sees this writeback as busy.
     this.host.checkUsable('writeback');
     // Pages may have been written back, dropped by a trim, or taken by another
     // writeback while we waited: only pages still ours go out.

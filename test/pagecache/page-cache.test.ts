@@ -1,57 +1,12 @@
 import test from 'ava';
-import type { FaultDevice } from '../../faults/fault-device.js';
-import type { ThinSpec } from '../../backends/leg-spec.js';
-import type { MirrorController } from '../../mirror/controller.js';
 import { serverStatus } from '../../observe/status-view.js';
-import { PageCache, type PageCacheOptions } from '../../pagecache/page-cache.js';
-import { shutdownTopDown, sweepTopDown } from '../../stack/top-down.js';
-import { legContents, mirrorFixture, type MirrorFixture, silentLogger } from '../helpers/mirror-fixture.js';
+import { sweepTopDown } from '../../stack/top-down.js';
+import { cacheOverMirror as stack, fill, readBack, shutDown } from '../helpers/cache-stack.js';
+import { legContents } from '../helpers/mirror-fixture.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const sizeBytes = 16 * MiB;
-
-interface Stack {
-  fixture: MirrorFixture;
-  mirror: MirrorController;
-  cache: PageCache;
-  faults: FaultDevice[];
-}
-
-function cacheOptions(overrides: Partial<PageCacheOptions> = {}): PageCacheOptions {
-  return {
-    capacityBytes: 8 * MiB, dirtyLimitBytes: 4 * MiB, dirtyExpireMs: 60_000, writebackIntervalMs: 0,
-    noSpacePolicy: 'error', noSpaceTimeoutMs: 0, logger: silentLogger, ...overrides,
-  };
-}
-
-/** Cache over a two-leg mirror; every leg has a fault wrapper with no rules, for the test to add some. */
-async function stack(t: { teardown(fn: () => void | Promise<void>): void }, options: { cache?: Partial<PageCacheOptions>;
-  thin?: Array<ThinSpec | undefined>; } = {}): Promise<Stack> {
-  const fixture = mirrorFixture({ sizeBytes, faults: [{ rules: [] }, { rules: [] }], thin: options.thin });
-  const mirror = await fixture.open();
-  const cache = new PageCache(mirror.device, cacheOptions(options.cache));
-  t.teardown(async () => {
-    await cache.close().catch(() => undefined);
-    fixture.cleanup();
-  });
-  return { fixture, mirror, cache, faults: mirror.faults as FaultDevice[] };
-}
-
-function fill(byte: number, length: number): Buffer {
-  return Buffer.alloc(length, byte);
-}
-
-async function readBack(device: { read(offset: number, target: Buffer): Promise<void> }, offset: number, length: number): Promise<Buffer> {
-  const target = Buffer.alloc(length);
-  await device.read(offset, target);
-  return target;
-}
-
-async function shutDown(s: Stack): Promise<void> {
-  await shutdownTopDown({ mirror: s.mirror, cache: s.cache }, silentLogger);
-  await s.cache.close();
-}
 
 for (const variant of ['a leg whose writes fail with ENOSPC', 'a thin pool that fills up'] as const) {
   test(`the QEMU sequence on ${variant}: A, flush, B, writeback ENOSPC, memory pressure, reads B, grow, flush, B durable`, async (t) => {

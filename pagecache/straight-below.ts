@@ -1,0 +1,116 @@
+import assert from 'node:assert/strict';
+import { errorAction } from '../blockdev/error-policy.js';
+import { type BlockError, toBlockError } from '../blockdev/errors.js';
+import type { BlockDevice, WriteFlags } from '../blockdev/types.js';
+import type { Clock } from '../sys/clock.js';
+import { pageState, type PageTable } from './page-table.js';
+import type { RangeGate } from './range-gate.js';
+
+/** What operations that go straight to the device below need from the cache. */
+export interface StraightBelowHost {
+  /** Throws if the cache failed or closed. */
+  checkUsable(what: string): void;
+  /** A fatal failure below: the cache answers EIO from now on. */
+  enterFailed(error: BlockError): void;
+  /** Pages were dropped or a range was released: throttled writers look again. */
+  progressMade(): void;
+  readonly stats: { writesAround: number; writeAroundBytes: number };
+}
+
+/**
+ * Trim, write-zeroes and large writes: operations the device below carries
+ * out itself, with the cache kept in order around them. Each holds its byte
+ * range in the gate, so loads, writebacks and cached writes of the range wait
+ * for it, and waits first for the loads and writebacks already under way; so
+ * while it is in flight nothing in the range changes in the cache, and
+ * whatever the cache holds afterwards is ordered after it.
+ */
+export class StraightBelow {
+  constructor(private readonly pages: PageTable, private readonly below: BlockDevice, private readonly gate: RangeGate,
+    private readonly host: StraightBelowHost, private readonly clock: Clock) {}
+
+  /**
+   * A large write, sent to the device below instead of copied into pages
+   * (bcache's sequential cutoff, a write-around cache): the payload is one
+   * stable buffer (lesson 1) and goes down once, without a copy. Cached
+   * pages of the range are older than it: they are dropped once it has
+   * landed, and kept (dirty and readable, lesson 3) if it fails. The range
+   * must be whole pages. Acknowledged only once the device below has it, so
+   * the next flush covers it as it covers writebacks.
+   */
+  async writeAround(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
+    const { pageBytes } = this.pages;
+    const end = offsetBytes + data.length;
+    const [first, last] = this.pages.pagesOf(offsetBytes, data.length);
+    if (offsetBytes % pageBytes !== 0 || end !== first * pageBytes + (last - first) * pageBytes + this.pages.pageLength(last)) {
+      assert.fail(`write around [${offsetBytes}, ${end}) is not whole pages`);
+    }
+    await this.exclusive('write', offsetBytes, end, () => this.below.write(offsetBytes, data, flags), () => {
+      for (const page of this.pages.pagesIn(first, last)) {
+        const state = pageState(page);
+        // Nothing may load, write back or change a page while the range is held and the busy ones were waited for.
+        if (state !== 'clean' && state !== 'dirty') assert.fail(`page ${page.index} is ${state} under a write around`);
+        this.pages.drop(page);
+      }
+      this.host.stats.writesAround += 1;
+      this.host.stats.writeAroundBytes += data.length;
+    });
+  }
+
+  /**
+   * Trim and write-zeroes: cached pages wholly inside the range are dropped
+   * (the operation supersedes them), partly covered dirty ones get zeroes in
+   * the covered bytes (they stay dirty: their other bytes are still owed to
+   * the device), partly covered clean ones are dropped.
+   */
+  async supersede(what: string, offsetBytes: number, lengthBytes: number, apply: () => Promise<void>): Promise<void> {
+    const end = offsetBytes + lengthBytes;
+    await this.exclusive(what, offsetBytes, end, async () => {
+      const [first, last] = this.pages.pagesOf(offsetBytes, lengthBytes);
+      this.pages.seq += 1;
+      const now = this.clock.now();
+      for (const page of this.pages.pagesIn(first, last)) {
+        const pageStart = page.index * this.pages.pageBytes;
+        const whole = offsetBytes <= pageStart && end >= pageStart + page.data.length;
+        if (whole || !page.dirty) {
+          // The device below is authoritative for this page once the operation lands.
+          this.pages.drop(page);
+        } else {
+          page.data.fill(0, Math.max(offsetBytes, pageStart) - pageStart, Math.min(end, pageStart + page.data.length) - pageStart);
+          this.pages.markDirty(page, now);
+        }
+      }
+      await apply();
+    }, () => undefined);
+  }
+
+  /**
+   * Holds [start, end) in the gate, waits for the loads and writebacks of it
+   * already under way, runs `apply` below, then `landed` in the same turn as
+   * its success. A failure below is classified: a fatal one fails the cache.
+   */
+  private async exclusive(what: string, start: number, end: number, apply: () => Promise<void>, landed: () => void): Promise<void> {
+    this.host.checkUsable(what);
+    const release = await this.gate.enter(start, end);
+    try {
+      const [first, last] = this.pages.pagesOf(start, end - start);
+      // Loads and writebacks that start from now on wait at the gate; only the
+      // ones already past it are waited for here (waiting for the others would deadlock).
+      const busy = this.pages.pagesIn(first, last).flatMap((page) => [page.loadingPastGate ? page.loading : undefined, page.writeback])
+        .filter((promise): promise is Promise<void> => promise !== undefined);
+      if (busy.length > 0) await Promise.allSettled(new Set(busy));
+      this.host.checkUsable(what);
+      try {
+        await apply();
+      } catch (error) {
+        const failure = toBlockError(error, what);
+        if (errorAction('cache-pass-through', failure) === 'fail-cache') this.host.enterFailed(failure);
+        throw failure;
+      }
+      landed();
+    } finally {
+      release();
+      this.host.progressMade();
+    }
+  }
+}

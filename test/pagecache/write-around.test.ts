@@ -1,0 +1,162 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import test from 'ava';
+import { FileLeg } from '../../backends/file-leg.js';
+import type { BlockDevice, Extent, WriteFlags, ZeroFlags } from '../../blockdev/types.js';
+import { FaultDevice } from '../../faults/fault-device.js';
+import { PowerCutDevice, PowerCutRegistry } from '../../faults/power-cut-device.js';
+import { PageCache } from '../../pagecache/page-cache.js';
+import { cacheOptions, cacheOverMirror, cacheStackSizeBytes, fill, readBack, shutDown } from '../helpers/cache-stack.js';
+import { legContents, legsIdentical } from '../helpers/mirror-fixture.js';
+import { makeTempDir } from '../helpers/tools.js';
+
+const KiB = 1024;
+const aroundFrom = 64 * KiB;
+
+/** Passes everything to a real device and notes where each write started, in the order they reached it. */
+class WriteWitness implements BlockDevice {
+  readonly sizeBytes: number;
+  readonly blockSizeBytes: number;
+  readonly capabilities;
+  readonly writesStarted: Array<[number, number]> = [];
+
+  constructor(private readonly inner: BlockDevice) {
+    this.sizeBytes = inner.sizeBytes;
+    this.blockSizeBytes = inner.blockSizeBytes;
+    this.capabilities = inner.capabilities;
+  }
+
+  read(offsetBytes: number, target: Buffer): Promise<void> { return this.inner.read(offsetBytes, target); }
+  write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
+    this.writesStarted.push([offsetBytes, data.length]);
+    return this.inner.write(offsetBytes, data, flags);
+  }
+  flush(): Promise<void> { return this.inner.flush(); }
+  trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> { return this.inner.trim(offsetBytes, lengthBytes, flags); }
+  writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
+    return this.inner.writeZeroes(offsetBytes, lengthBytes, flags);
+  }
+  blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> { return this.inner.blockStatus(offsetBytes, lengthBytes); }
+  close(): Promise<void> { return this.inner.close(); }
+}
+
+function settledYet(promise: Promise<unknown>): () => boolean {
+  let settled = false;
+  void promise.then(() => { settled = true; }, () => { settled = true; });
+  return () => settled;
+}
+
+test('a large write goes around the cache, supersedes older cached pages of its range, and caches only its partial end pages', async (t) => {
+  t.timeout(30_000);
+  const s = await cacheOverMirror(t, { cache: { writeAroundBytes: aroundFrom } });
+  const { cache, fixture } = s;
+  for (const page of [1, 2, 3]) await cache.write(page * 4096, fill(1, 4096), { fua: false });
+  t.is(cache.status().dirtyBytes, 3 * 4096);
+  // [2048, 133120): whole pages [4096, 131072) go around; [2048, 4096) and [131072, 133120) are cached.
+  await cache.write(2048, fill(2, 128 * KiB), { fua: false });
+  t.is(cache.stats.writesAround, 1);
+  t.is(cache.stats.writeAroundBytes, 131072 - 4096);
+  t.is(cache.status().dirtyBytes, 2 * 4096, 'only the two partial end pages are dirty; the older pages inside were dropped');
+  const expected = Buffer.concat([Buffer.alloc(2048), fill(2, 128 * KiB), Buffer.alloc(2048)]);
+  t.true((await readBack(cache, 0, expected.length)).equals(expected), 'reads return the large write, not the older cached pages');
+  for (const leg of fixture.settings.legs) {
+    const data = await legContents(leg, cacheStackSizeBytes);
+    t.true(data.subarray(4096, 131072).equals(fill(2, 131072 - 4096)), 'the whole pages reached every leg before the reply');
+  }
+  await cache.flush();
+  await shutDown(s);
+  for (const leg of fixture.settings.legs) {
+    t.true((await legContents(leg, cacheStackSizeBytes)).subarray(0, expected.length).equals(expected));
+  }
+  t.true(legsIdentical(fixture.legPaths, cacheStackSizeBytes).identical);
+});
+
+test('a write around waits for a writeback of its range already in flight, and a cached write of the range waits for it', async (t) => {
+  t.timeout(30_000);
+  const s = await cacheOverMirror(t);
+  const witness = new WriteWitness(s.mirror.device);
+  const cache = new PageCache(witness, cacheOptions({ writeAroundBytes: aroundFrom }));
+  t.teardown(() => cache.close().catch(() => undefined));
+  await cache.write(8192, fill(1, 4096), { fua: false });
+  const releases = s.faults.map((fault) => fault.holdWrites());
+  // A failed assertion ends the test here: the held writes must not outlive it.
+  t.teardown(() => { for (const release of releases) release(); });
+  // The flush's writeback of the old page is in flight, held below the mirror.
+  const flushing = cache.flush();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  t.deepEqual(witness.writesStarted, [[8192, 4096]]);
+  const around = cache.write(0, fill(2, 128 * KiB), { fua: false });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  t.deepEqual(witness.writesStarted, [[8192, 4096]], 'the large write did not go down while an older writeback of its range was in flight');
+  // A small write to the range now is newer than the large one: it must land after it.
+  const later = cache.write(20480, fill(3, 4096), { fua: false });
+  const laterDone = settledYet(later);
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  t.false(laterDone(), 'the cached write waits at the gate while the large write is in flight');
+  for (const release of releases) release();
+  await Promise.all([flushing, around, later]);
+  t.deepEqual(witness.writesStarted, [[8192, 4096], [0, 128 * KiB]]);
+  const expected = fill(2, 128 * KiB);
+  fill(3, 4096).copy(expected, 20480);
+  t.true((await readBack(cache, 0, expected.length)).equals(expected), 'the later cached write wins over the large write');
+  t.is(cache.status().dirtyBytes, 4096);
+  await cache.flush();
+  await cache.close();
+  await s.mirror.shutdown();
+  for (const leg of s.fixture.settings.legs) {
+    t.true((await legContents(leg, cacheStackSizeBytes)).subarray(0, expected.length).equals(expected),
+      'the old writeback landed first, then the large write, then the later small one');
+  }
+});
+
+test('a flush covers written-around and cached writes alike; without a flush a power cut takes a written-around write back', async (t) => {
+  t.timeout(30_000);
+  const dir = makeTempDir('write-around-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const registry = new PowerCutRegistry();
+  const leg = await FileLeg.open({ path: path.join(dir, 'leg.img'), createSizeBytes: 1024 * KiB });
+  const powerCut = new PowerCutDevice(leg, { name: 'write-around', policy: 'drop', seed: 1, registry });
+  const cache = new PageCache(powerCut, cacheOptions({ writeAroundBytes: aroundFrom }));
+  await cache.write(0, fill(1, 128 * KiB), { fua: false });
+  await cache.write(200 * KiB, fill(2, 4096), { fua: false });
+  t.is(cache.stats.writesAround, 1);
+  t.is(cache.status().dirtyBytes, 4096);
+  await cache.flush();
+  await cache.write(256 * KiB, fill(3, 64 * KiB), { fua: false });
+  await cache.write(512 * KiB, fill(4, 64 * KiB), { fua: true });
+  t.is(cache.stats.writesAround, 3);
+  await registry.cutAll();
+  const image = fs.readFileSync(path.join(dir, 'leg.img'));
+  t.true(image.subarray(0, 128 * KiB).equals(fill(1, 128 * KiB)), 'the flushed large write survived');
+  t.true(image.subarray(200 * KiB, 204 * KiB).equals(fill(2, 4096)), 'the flushed cached write survived');
+  t.true(image.subarray(256 * KiB, 320 * KiB).equals(Buffer.alloc(64 * KiB)), 'the unflushed large write was volatile, as any write');
+  t.true(image.subarray(512 * KiB, 576 * KiB).equals(fill(4, 64 * KiB)), 'a FUA large write is durable when acknowledged');
+  void cache.close().catch(() => undefined);
+});
+
+test('ENOSPC during a write around: the write fails as ENOSPC, older dirty pages of its range stay and are read, and a later flush succeeds', async (t) => {
+  t.timeout(30_000);
+  const s = await cacheOverMirror(t, { cache: { writeAroundBytes: aroundFrom } });
+  const { cache, faults, fixture } = s;
+  await cache.write(64 * KiB, fill(1, 4096), { fua: false });
+  // Only the large write's range is full: the dirty page's own writeback will find space.
+  for (const fault of faults) fault.addRule({ ops: ['write'], error: 'ENOSPC', rangeBytes: [128 * KiB, 192 * KiB] });
+  const failure = await t.throwsAsync(cache.write(0, fill(2, 256 * KiB), { fua: false }));
+  t.is((failure as { code?: string }).code, 'ENOSPC', 'reported as ENOSPC, not EIO');
+  t.is(cache.failed, undefined, 'a retryable failure does not fail the cache');
+  t.is(cache.status().dirtyBytes, 4096, 'the older acknowledged page was kept');
+  t.true((await readBack(cache, 64 * KiB, 4096)).equals(fill(1, 4096)), 'reads return the newest acknowledged bytes of that page');
+  await cache.flush();
+  for (const leg of fixture.settings.legs) {
+    t.true((await legContents(leg, cacheStackSizeBytes)).subarray(64 * KiB, 68 * KiB).equals(fill(1, 4096)));
+  }
+  for (const fault of faults) fault.heal();
+  await cache.write(0, fill(2, 256 * KiB), { fua: false });
+  await cache.flush();
+  t.true((await readBack(cache, 0, 256 * KiB)).equals(fill(2, 256 * KiB)));
+  await shutDown(s);
+  t.true(legsIdentical(fixture.legPaths, cacheStackSizeBytes).identical, 'both legs agree once the write is retried');
+  for (const leg of fixture.settings.legs) {
+    t.true((await legContents(leg, cacheStackSizeBytes)).subarray(0, 256 * KiB).equals(fill(2, 256 * KiB)));
+  }
+});
