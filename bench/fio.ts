@@ -3,7 +3,9 @@ import { settleFiles } from './file-cache.js';
 
 export interface FioJob {
   name: string;
-  rw: 'randread' | 'randwrite' | 'read' | 'write';
+  rw: 'randread' | 'randwrite' | 'read' | 'write' | 'randrw';
+  /** Share of reads in a randrw job, percent. */
+  readPercent?: number;
   blockSize: string;
   iodepth: number;
   /** Add an fsync (NBD flush) after every N writes. */
@@ -22,13 +24,18 @@ export const standardJobs: FioJob[] = [
 
 /** IOPS for small blocks, MB/s for large ones. */
 export function figure(job: FioJob, result: FioResult): string {
-  return job.blockSize === '4k' ? `${Math.round(result.iops)} IOPS` : `${(result.bytesPerSecond / 1e6).toFixed(0)} MB/s`;
+  return job.blockSize === '4k' || job.blockSize === '64k' ? `${Math.round(result.iops)} IOPS` : `${(result.bytesPerSecond / 1e6).toFixed(0)} MB/s`;
 }
 
 export interface FioResult {
+  /** Reads and writes together for a mixed job. */
   iops: number;
   bytesPerSecond: number;
   latencyMeanUs: number;
+  /** Completion latency, 99th percentile (the slower side of a mixed job). */
+  latencyP99Us: number;
+  /** Requests completed in the measured time (without the ramp). */
+  ios: number;
 }
 
 /**
@@ -55,6 +62,7 @@ export async function runFio(uri: string, job: FioJob, seconds: number, sizeByte
     '--ramp_time=1', '--randrepeat=0', '--norandommap', '--output-format=json',
   ];
   if (job.fsyncEvery !== undefined) args.push(`--fsync=${job.fsyncEvery}`);
+  if (job.readPercent !== undefined) args.push(`--rwmixread=${job.readPercent}`);
   // A write job flushes when it ends, so its dirty pages are written back on
   // its own time, not during the next server's run (which they slowed by up to 2x).
   if (job.rw.includes('write')) args.push('--end_fsync=1');
@@ -63,12 +71,22 @@ export async function runFio(uri: string, job: FioJob, seconds: number, sizeByte
   const parsed = JSON.parse(result.stdout.slice(result.stdout.indexOf('{'))) as {
     jobs: Array<{ read: FioSide; write: FioSide }>;
   };
-  const side = job.rw.includes('read') ? parsed.jobs[0].read : parsed.jobs[0].write;
-  return { iops: side.iops, bytesPerSecond: side.bw_bytes, latencyMeanUs: side.lat_ns.mean / 1000 };
+  const { read, write } = parsed.jobs[0];
+  const sides = job.rw === 'randrw' ? [read, write] : job.rw.includes('read') ? [read] : [write];
+  const ios = sides.reduce((sum, side) => sum + side.total_ios, 0);
+  return {
+    iops: sides.reduce((sum, side) => sum + side.iops, 0),
+    bytesPerSecond: sides.reduce((sum, side) => sum + side.bw_bytes, 0),
+    latencyMeanUs: sides.reduce((sum, side) => sum + side.lat_ns.mean * side.total_ios, 0) / Math.max(1, ios) / 1000,
+    latencyP99Us: Math.max(...sides.map((side) => (side.clat_ns.percentile?.['99.000000'] ?? 0) / 1000)),
+    ios,
+  };
 }
 
 interface FioSide {
   iops: number;
   bw_bytes: number;
+  total_ios: number;
   lat_ns: { mean: number };
+  clat_ns: { percentile?: Record<string, number> };
 }

@@ -12,6 +12,7 @@ import { figure, type FioResult, roundOrder, runFio, standardJobs } from './fio.
 import { benchCache } from './cache.js';
 import { benchMirror } from './mirror.js';
 import { benchMetrics } from './metrics.js';
+import { benchLargeIo, largeIoJobs } from './large-io.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
@@ -34,11 +35,22 @@ async function startNbdkit(file: string): Promise<{ uri: string; child: ChildPro
 async function main(): Promise<void> {
   // Checked before 2 GiB of files are written for nothing.
   const picked = process.env.BENCH_JOBS?.split(',');
-  const unknown = picked?.filter((name) => !jobs.some((job) => job.name === name)) ?? [];
+  const known = [...jobs, ...largeIoJobs].map((job) => job.name);
+  const unknown = picked?.filter((name) => !known.includes(name)) ?? [];
   if (unknown.length > 0) {
-    throw new Error(`BENCH_JOBS: no job named ${unknown.join(', ')}; the jobs are ${jobs.map((job) => job.name).join(', ')}`);
+    throw new Error(`BENCH_JOBS: no job named ${unknown.join(', ')}; the jobs are ${[...new Set(known)].join(', ')}`);
   }
   const dir = makeTempDir('bench');
+  const only = process.env.BENCH_ONLY;
+  if (only === 'large') {
+    // The large-I/O table starts its own servers on its own files.
+    try {
+      await benchLargeIo({ dir, sizeBytes, seconds, rounds, jobs: picked });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    return;
+  }
   const ours = path.join(dir, 'ours.img');
   const theirs = path.join(dir, 'nbdkit.img');
   console.log(`bench: ${sizeBytes} byte files, ${seconds}s per job, ${rounds} interleaved rounds (best of each kept)`);
@@ -51,7 +63,6 @@ async function main(): Promise<void> {
   const server = await startServerProcess(['--leg', ours, '--no-unix', '--no-cache']);
   const nbdkit = await startNbdkit(theirs);
   try {
-    const only = process.env.BENCH_ONLY;
     for (const job of only === undefined || only === 'plain' ? jobs.filter((j) => picked?.includes(j.name) ?? true) : []) {
       const best: { ours?: FioResult; nbdkit?: FioResult } = {};
       const sides = [['ours', server.uri(), ours], ['nbdkit', nbdkit.uri, theirs]] as const;
@@ -68,6 +79,7 @@ async function main(): Promise<void> {
     }
     const peak = peakRssBytes(server.pid);
     console.log(`nbd-mirror peak RSS: ${peak === undefined ? 'unknown' : `${(peak / 2 ** 20).toFixed(1)} MiB`}`);
+    if (only === undefined) await benchLargeIo({ dir, sizeBytes, seconds, rounds, jobs: picked });
     if (only === undefined || only === 'mirror') {
       await benchMirror({ dir, singleUri: server.uri(), singleFile: ours, nbdkitUri: nbdkit.uri, nbdkitFile: theirs, sizeBytes, seconds, rounds });
     }

@@ -74,6 +74,7 @@ export class Connection {
     this.closed = new Promise((resolve) => { this.resolveClosed = resolve; });
     this.reader = new SocketReader(accepted, {
       directTarget: () => this.directTarget(),
+      betweenRequests: () => this.pendingWrite === undefined && this.drainBytes === 0 && this.input.length === 0,
       onChunk: (chunk) => {
         options.inputPoll?.inputArrived();
         this.input.push(chunk);
@@ -275,7 +276,8 @@ export class Connection {
   private directTarget(): Buffer | undefined {
     const pending = this.pendingWrite;
     // Only when nothing queued precedes the bytes, so they land in order.
-    if (pending?.target === undefined || this.input.length > 0 || this.stopReading || this.phase !== 'transmission') {
+    if (pending?.target === undefined || this.input.length > 0 || this.stopReading || this.phase !== 'transmission' ||
+      pending.request.lengthBytes < this.options.reader.directReadBytesMin) {
       return undefined;
     }
     return pending.target.buffer.subarray(pending.filledBytes);

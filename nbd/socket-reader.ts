@@ -3,10 +3,12 @@ import net from 'node:net';
 /** Where received bytes go. */
 export interface ReadSink {
   /**
-   * The buffer the next bytes belong in when they are the rest of a known
-   * payload (a WRITE's data), or undefined. Asked after every read.
+   * The buffer the next bytes belong in when they are the rest of a large
+   * payload (a WRITE's data), or undefined. Asked before every read.
    */
   directTarget(): Buffer | undefined;
+  /** Nothing is queued and no payload is pending: the next byte starts a request header. */
+  betweenRequests(): boolean;
   /** Bytes for the parser: a view the reader never writes into again. */
   onChunk(chunk: Buffer): void;
   /** This many bytes landed at the start of the last buffer directTarget returned. */
@@ -14,7 +16,7 @@ export interface ReadSink {
 }
 
 export interface SocketReaderOptions {
-  /** Payload remainders at least this long are received straight into their buffer. */
+  /** Payloads at least this long are received straight into their buffer (the sink applies it). */
   directReadBytesMin: number;
   /** Everything else is received into slabs of this size, handed out in consecutive views. */
   slabBytes: number;
@@ -25,21 +27,26 @@ export interface SocketReaderOptions {
    */
   slabReadBytesMax: number;
   /**
-   * The read after a payload that went straight into its buffer takes at most
-   * this much (one request header): large writes come in streams, and a full
-   * slab read there would pull the next payload's first 64 KiB into the slab,
-   * to be copied out again, and use up a fresh slab (page faults) every few
-   * requests. Measured on 1 MiB writes: the copy and the faults were about a
-   * sixth of the event loop's time.
+   * For a while after a payload went straight into its buffer, a read that
+   * starts a request takes one header and no more (nbdkit's way): with large
+   * writes about, a full slab read would pull the next payload's first bytes
+   * into the slab, to be copied out again, and use up a fresh slab (page
+   * faults) every few requests. Measured on 1 MiB writes: the copy and the
+   * faults were about a sixth of the event loop's time; on 64 KiB writes
+   * mixed with reads, most of it. Small I/O alone never enters this mode and
+   * keeps reading many requests per system call.
    */
-  readAfterDirectBytesMax: number;
+  headerReadBytes: number;
+  /** How many request starts are read header by header after a direct payload. */
+  headerReadsAfterDirect: number;
 }
 
 export const defaultSocketReaderOptions: SocketReaderOptions = {
   directReadBytesMin: 65536,
   slabBytes: 256 * 1024,
   slabReadBytesMax: 64 * 1024,
-  readAfterDirectBytesMax: 28,
+  headerReadBytes: 28,
+  headerReadsAfterDirect: 32,
 };
 
 /** A slab with less room than this left is retired: reads into tiny remainders cost a system call each. */
@@ -69,8 +76,8 @@ export class SocketReader {
   private slabUsedBytes = 0;
   /** The payload view libuv is reading into, if any. */
   private direct: Buffer | undefined;
-  /** The last read went straight into a payload's buffer. */
-  private lastReadDirect = false;
+  /** Request starts still to read header by header (see headerReadsAfterDirect). */
+  private headerReadsLeft = 0;
   /** Payload bytes the kernel copied straight into their buffers (tests check the path ran). */
   directBytes = 0;
 
@@ -96,8 +103,9 @@ export class SocketReader {
 
   private nextBuffer(): Buffer {
     const target = this.sink.directTarget();
-    if (target !== undefined && target.length >= this.options.directReadBytesMin) {
+    if (target !== undefined) {
       this.direct = target;
+      this.headerReadsLeft = this.options.headerReadsAfterDirect;
       return target;
     }
     this.direct = undefined;
@@ -105,12 +113,15 @@ export class SocketReader {
       this.slab = Buffer.allocUnsafeSlow(this.options.slabBytes);
       this.slabUsedBytes = 0;
     }
-    const readBytes = this.lastReadDirect ? this.options.readAfterDirectBytesMax : this.options.slabReadBytesMax;
+    let readBytes = this.options.slabReadBytesMax;
+    if (this.headerReadsLeft > 0 && this.sink.betweenRequests()) {
+      this.headerReadsLeft -= 1;
+      readBytes = this.options.headerReadBytes;
+    }
     return this.slab.subarray(this.slabUsedBytes, this.slabUsedBytes + readBytes);
   }
 
   private onRead(count: number, buffer: Uint8Array): void {
-    this.lastReadDirect = buffer === this.direct;
     if (buffer === this.direct) {
       this.directBytes += count;
       this.sink.onDirect(count);

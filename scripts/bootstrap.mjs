@@ -72,8 +72,12 @@ function hasPythonModule(module, attribute) {
 }
 
 
+/** Files the benchmark needs (the C reference mirror is an nbdkit plugin built from bench/c-mirror). */
+const testFiles = [['/usr/include/nbdkit-plugin.h', 'nbdkit-plugin-dev']];
+
 if (wantTestTools) {
   const missing = new Set(testTools.filter(([tool]) => !hasCommand(tool)).map(([, pkg]) => pkg));
+  for (const [file, pkg] of testFiles) if (!fs.existsSync(file)) missing.add(pkg);
   for (const [module, attribute, pkg] of pythonModules) if (!hasPythonModule(module, attribute)) missing.add(pkg);
   if (missing.size > 0) {
     const packages = [...missing].sort();

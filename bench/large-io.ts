@@ -1,0 +1,157 @@
+/**
+ * The large-I/O table of npm run bench: our default configuration (mirror,
+ * log, cache), the same mirror without the cache, one plain leg, nbdkit's
+ * file plugin, nbdkit's cache filter over it (the cache's peer) and a
+ * two-leg mirror written in C as an nbdkit plugin (bench/c-mirror), job by
+ * job, rounds interleaved and rotated. For each: the figure, the server's
+ * CPU per request, the p99 latency, and at the end the peak memory.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { peakRssBytes, projectRoot, startServerProcess } from '../test/helpers/server-process.js';
+import { freePort, run } from '../test/helpers/tools.js';
+import { figure, type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+import { fill, mirrorArgs, mirrorLegs } from './mirror.js';
+
+export const largeIoJobs: FioJob[] = [
+  { name: '1m-seqwrite-qd8', rw: 'write', blockSize: '1m', iodepth: 8 },
+  { name: '64k-randrw70-qd16', rw: 'randrw', readPercent: 70, blockSize: '64k', iodepth: 16 },
+  { name: '1m-seqread-qd8', rw: 'read', blockSize: '1m', iodepth: 8 },
+  { name: '4k-randwrite-qd32', rw: 'randwrite', blockSize: '4k', iodepth: 32 },
+  { name: '4k-randread-qd32', rw: 'randread', blockSize: '4k', iodepth: 32 },
+];
+
+type ServerName = 'cache' | 'no-cache' | 'plain' | 'nbdkit' | 'nbdkit-cache' | 'c-mirror';
+
+interface Server {
+  name: ServerName;
+  uri: string;
+  pid: number;
+  files: string[];
+  stop(): Promise<void>;
+}
+
+/** The ratios the issue's goals are stated in: [numerator, denominator]. */
+const ratios: Array<[ServerName, ServerName]> = [
+  ['cache', 'c-mirror'], ['cache', 'no-cache'], ['cache', 'nbdkit'], ['no-cache', 'c-mirror'], ['plain', 'nbdkit'],
+  ['nbdkit-cache', 'nbdkit'],
+];
+
+const rampSeconds = 1;
+
+/** User and system CPU of a whole process (every thread), in seconds. */
+function cpuSeconds(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  // utime and stime are fields 14 and 15 of stat(5), counted after "pid (comm) ".
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+async function startNbdkit(name: ServerName, args: string[], files: string[]): Promise<Server> {
+  const port = await freePort();
+  const child: ChildProcess = spawn('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), ...args], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const uri = `nbd://127.0.0.1:${port}`;
+  for (let attempt = 0; attempt < 100; attempt += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    if ((await run('nbdinfo', ['--size', uri], { timeoutMs: 5000 })).code === 0) {
+      return {
+        name, uri, pid: child.pid!, files,
+        stop: async () => {
+          const exited = new Promise((resolve) => child.once('exit', resolve));
+          child.kill('SIGTERM');
+          await exited;
+        },
+      };
+    }
+  }
+  child.kill('SIGKILL');
+  throw new Error(`nbdkit ${args.join(' ')} did not start`);
+}
+
+/** Builds the C reference plugin; undefined (with the reason printed) when it cannot be built here. */
+async function buildCMirror(dir: string): Promise<string | undefined> {
+  const output = path.join(dir, 'cmirror.so');
+  const built = await run('cc', ['-O2', '-shared', '-fPIC', '-o', output, path.join(projectRoot, 'bench', 'c-mirror', 'cmirror.c')],
+    { timeoutMs: 120_000 });
+  if (built.code === 0) return output;
+  console.log(`c-mirror: not built (needs cc and nbdkit-plugin-dev): ${built.stderr.trim().split('\n')[0]}`);
+  return undefined;
+}
+
+async function startServers(dir: string, sizeBytes: number): Promise<Server[]> {
+  const servers: Server[] = [];
+  const ours = async (name: ServerName, args: string[], files: string[]): Promise<void> => {
+    const process = await startServerProcess(args);
+    servers.push({ name, uri: process.uri(), pid: process.pid, files, stop: async () => { await process.stop(); } });
+  };
+  const blank = (name: string): string => {
+    const file = path.join(dir, name);
+    fs.writeFileSync(file, '');
+    fs.truncateSync(file, sizeBytes);
+    return file;
+  };
+  await ours('cache', mirrorArgs(dir, 'large-cache', sizeBytes, 3000, true), mirrorLegs(dir, 'large-cache'));
+  await ours('no-cache', mirrorArgs(dir, 'large-mirror', sizeBytes, 3000), mirrorLegs(dir, 'large-mirror'));
+  const plain = blank('large-plain.img');
+  await ours('plain', ['--leg', plain, '--no-unix', '--no-cache'], [plain]);
+  const nbdkitFile = blank('large-nbdkit.img');
+  servers.push(await startNbdkit('nbdkit', ['file', nbdkitFile], [nbdkitFile]));
+  const nbdkitCached = blank('large-nbdkit-cache.img');
+  servers.push(await startNbdkit('nbdkit-cache', ['--filter=cache', 'file', nbdkitCached, 'cache=writeback'], [nbdkitCached]));
+  const plugin = await buildCMirror(dir);
+  if (plugin !== undefined) {
+    const legs = [blank('large-c-0.img'), blank('large-c-1.img')];
+    servers.push(await startNbdkit('c-mirror', [plugin, `leg0=${legs[0]}`, `leg1=${legs[1]}`], legs));
+  }
+  return servers;
+}
+
+interface Measured {
+  result: FioResult;
+  cpuPerRequestUs: number;
+}
+
+export async function benchLargeIo(options: { dir: string; sizeBytes: number; seconds: number; rounds: number; jobs?: string[] }): Promise<void> {
+  const { dir, sizeBytes, seconds, rounds } = options;
+  console.log('\nlarge I/O: default config (mirror + cache) | mirror --no-cache | one plain leg --no-cache | nbdkit file | ' +
+    'nbdkit --filter=cache cache=writeback | C two-leg mirror (nbdkit plugin)');
+  console.log('  cpu/req: the server\'s CPU (all threads) over the run, per request (the 1 s ramp counted at the measured rate)');
+  const servers = await startServers(dir, sizeBytes);
+  try {
+    for (const server of servers) await fill(server.uri, sizeBytes);
+    for (const job of largeIoJobs.filter((candidate) => options.jobs?.includes(candidate.name) ?? true)) {
+      const best = new Map<ServerName, Measured>();
+      for (let round = 0; round < rounds; round += 1) {
+        for (const server of roundOrder(servers, round)) {
+          const cpuBefore = cpuSeconds(server.pid);
+          const result = await runFio(server.uri, job, seconds, sizeBytes, server.files);
+          const requests = result.ios * (seconds + rampSeconds) / seconds;
+          const measured = { result, cpuPerRequestUs: (cpuSeconds(server.pid) - cpuBefore) * 1e6 / Math.max(1, requests) };
+          const previous = best.get(server.name);
+          if (previous === undefined || result.iops > previous.result.iops) best.set(server.name, measured);
+        }
+      }
+      console.log(`\n${job.name}`);
+      for (const server of servers) {
+        const { result, cpuPerRequestUs } = best.get(server.name)!;
+        console.log(`  ${server.name.padEnd(13)} ${figure(job, result).padStart(12)}   cpu/req ${cpuPerRequestUs.toFixed(0).padStart(5)} us   ` +
+          `p99 ${(result.latencyP99Us / 1000).toFixed(2).padStart(7)} ms`);
+      }
+      const shown = ratios.filter(([a, b]) => best.has(a) && best.has(b))
+        .map(([a, b]) => `${a}/${b} ${(best.get(a)!.result.iops / best.get(b)!.result.iops).toFixed(2)}x`);
+      console.log(`  ratios: ${shown.join('   ')}`);
+      const cpu = (name: ServerName): number | undefined => best.get(name)?.cpuPerRequestUs;
+      if (cpu('cache') !== undefined && cpu('nbdkit') !== undefined) {
+        console.log(`  cpu/req against nbdkit file: cache ${(cpu('cache')! / cpu('nbdkit')!).toFixed(2)}x   ` +
+          `plain ${(cpu('plain')! / cpu('nbdkit')!).toFixed(2)}x`);
+      }
+    }
+    console.log('\npeak memory (VmHWM over the whole table):');
+    console.log('  ' + servers.map((server) => {
+      const peak = peakRssBytes(server.pid);
+      return `${server.name} ${peak === undefined ? '?' : (peak / 2 ** 20).toFixed(0)} MiB`;
+    }).join('   '));
+  } finally {
+    for (const server of servers) await server.stop().catch(() => undefined);
+  }
+}
