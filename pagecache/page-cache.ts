@@ -3,7 +3,7 @@ import { errorAction } from '../blockdev/error-policy.js';
 import { alignDown, alignUp } from '../blockdev/range.js';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import type { EventSink } from '../blockdev/events.js';
-import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../blockdev/types.js';
+import { type BlockDevice, type DeviceCapabilities, type Extent, finishedNow, type WriteFlags, type ZeroFlags } from '../blockdev/types.js';
 import { type Clock, type ClockTimer, systemClock } from '../sys/clock.js';
 import { DirtyThrottle, type NoSpacePolicy } from './dirty-throttle.js';
 import { overlayData } from './extent-overlay.js';
@@ -182,10 +182,24 @@ export class PageCache implements BlockDevice {
     }
   }
 
-  async read(offsetBytes: number, target: Buffer): Promise<void> {
-    this.checkUsable('read');
-    if (target.length === 0) return;
+  read(offsetBytes: number, target: Buffer): Promise<void> {
+    try {
+      this.checkUsable('read');
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (target.length === 0) return finishedNow;
     const [first, last] = this.pages.pagesOf(offsetBytes, target.length);
+    if (this.pages.noneCachedIn(first, last)) {
+      // Nothing cached: the read is the device's, and a read it finishes at once (a page-cache hit
+      // on the event loop) stays finished at once, so the reply goes out in the same turn.
+      this.stats.readMisses += 1;
+      return this.below.read(offsetBytes, target);
+    }
+    return this.readThrough(offsetBytes, target, first, last);
+  }
+
+  private async readThrough(offsetBytes: number, target: Buffer, first: number, last: number): Promise<void> {
     // Pages are captured now: one written back and evicted while we read below
     // still supplies its bytes, so a read never goes back to older data.
     const captured: Page[] = [];
@@ -233,19 +247,8 @@ export class PageCache implements BlockDevice {
       const end = offsetBytes + data.length;
       const aroundStart = alignUp(offsetBytes, this.pageBytes);
       const aroundEnd = end === this.sizeBytes ? end : alignDown(end, this.pageBytes);
-      if (aroundEnd > aroundStart) {
-        // The partial pages at either end are cached: only whole pages can be superseded below.
-        const parts = [this.straightBelow.writeAround(aroundStart, data.subarray(aroundStart - offsetBytes, aroundEnd - offsetBytes), flags)];
-        if (aroundStart > offsetBytes) parts.push(this.cachedWrite(offsetBytes, data.subarray(0, aroundStart - offsetBytes), flags));
-        if (end > aroundEnd) parts.push(this.cachedWrite(aroundEnd, data.subarray(aroundEnd - offsetBytes), flags));
-        await Promise.all(parts);
-        return;
-      }
+      if (aroundEnd > aroundStart) return this.writeAroundWithEnds(offsetBytes, data, flags, aroundStart, aroundEnd);
     }
-    await this.cachedWrite(offsetBytes, data, flags);
-  }
-
-  private async cachedWrite(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     const [first, last] = this.pages.pagesOf(offsetBytes, data.length);
     const reserved = await this.throttle.makeRoom(first, last);
     try {
@@ -254,6 +257,16 @@ export class PageCache implements BlockDevice {
       this.throttle.release(reserved);
     }
     if (flags.fua) await this.writeback.writeBack(this.pages.dirtyIndicesIn(first, last), true);
+  }
+
+  /** The whole pages go around the cache; a partial page at either end is cached (only whole pages can be superseded below). */
+  private async writeAroundWithEnds(offsetBytes: number, data: Buffer, flags: WriteFlags, aroundStart: number, aroundEnd: number):
+    Promise<void> {
+    const end = offsetBytes + data.length;
+    const parts = [this.straightBelow.writeAround(aroundStart, data.subarray(aroundStart - offsetBytes, aroundEnd - offsetBytes), flags)];
+    if (aroundStart > offsetBytes) parts.push(this.write(offsetBytes, data.subarray(0, aroundStart - offsetBytes), flags));
+    if (end > aroundEnd) parts.push(this.write(aroundEnd, data.subarray(aroundEnd - offsetBytes), flags));
+    await Promise.all(parts);
   }
 
   private async fillAndApply(offsetBytes: number, data: Buffer, first: number, last: number): Promise<void> {

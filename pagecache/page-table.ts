@@ -166,6 +166,17 @@ export class PageTable {
     page.versionAtWriteback = undefined;
   }
 
+  /** Whether no page in [first, last] is cached (loading or not). */
+  noneCachedIn(first: number, last: number): boolean {
+    if (this.pages.size === 0) return true;
+    if (last - first + 1 > this.pages.size) {
+      for (const index of this.pages.keys()) if (index >= first && index <= last) return false;
+      return true;
+    }
+    for (let index = first; index <= last; index += 1) if (this.pages.has(index)) return false;
+    return true;
+  }
+
   /** The cached pages in [first, last]. */
   pagesIn(first: number, last: number): Page[] {
     const found: Page[] = [];

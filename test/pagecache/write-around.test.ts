@@ -3,7 +3,6 @@ import path from 'node:path';
 import test from 'ava';
 import { FileLeg } from '../../backends/file-leg.js';
 import type { BlockDevice, Extent, WriteFlags, ZeroFlags } from '../../blockdev/types.js';
-import { FaultDevice } from '../../faults/fault-device.js';
 import { PowerCutDevice, PowerCutRegistry } from '../../faults/power-cut-device.js';
 import { PageCache } from '../../pagecache/page-cache.js';
 import { cacheOptions, cacheOverMirror, cacheStackSizeBytes, fill, readBack, shutDown } from '../helpers/cache-stack.js';

@@ -49,3 +49,17 @@ test('serve --help lists every flag of the settings table with the key it sets',
     t.true(help.stdout.includes(`(${setting.key})`), `${flag} names ${setting.key}`);
   }
 });
+
+test('cache.writeAroundSize: 64 KiB in the default file and when absent, 0 caches every write', (t) => {
+  const base = YAML.parse(defaultConfigText()) as Record<string, Record<string, unknown>>;
+  t.is(parseConfig(base, '/tmp').cache?.writeAroundBytes, 64 * 1024);
+  const absent = structuredClone(base);
+  delete absent.cache.writeAroundSize;
+  t.is(parseConfig(absent, '/tmp').cache?.writeAroundBytes, 64 * 1024);
+  const off = structuredClone(base);
+  off.cache.writeAroundSize = 0;
+  t.is(parseConfig(off, '/tmp').cache?.writeAroundBytes, 0);
+  const large = structuredClone(base);
+  large.cache.writeAroundSize = '1MiB';
+  t.is(parseConfig(large, '/tmp').cache?.writeAroundBytes, 1024 * 1024);
+});
