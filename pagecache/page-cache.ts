@@ -219,11 +219,12 @@ export class PageCache implements BlockDevice {
       if (missing.length > 0) {
         this.stats.readMisses += 1;
         const end = offsetBytes + target.length;
-        await Promise.all(missing.map(([from, to]) => {
-          const start = Math.max(offsetBytes, from * this.pageBytes);
-          const stop = Math.min(end, (to + 1) * this.pageBytes);
-          return this.below.read(start, target.subarray(start - offsetBytes, stop - offsetBytes));
-        }));
+        // One read from the first missing page to the last, cached pages between included (they are copied
+        // over it below): reads around scattered cached pages were split into a request per gap, and a
+        // 1 MiB read over pages left by random 4k writes went at a quarter of the speed of one request.
+        const start = Math.max(offsetBytes, missing[0][0] * this.pageBytes);
+        const stop = Math.min(end, (missing[missing.length - 1][1] + 1) * this.pageBytes);
+        await this.below.read(start, target.subarray(start - offsetBytes, stop - offsetBytes));
       } else {
         this.stats.readHits += 1;
       }
