@@ -70,6 +70,9 @@ export class StraightBelow {
       this.pages.seq += 1;
       const now = this.clock.now();
       for (const page of this.pages.pagesIn(first, last)) {
+        // A fill of a page the range covers only in part waits at the gate (its own range is the whole
+        // page): it reads the result of this operation. Dropping it would strand its writer.
+        if (page.loading) continue;
         const pageStart = page.index * this.pages.pageBytes;
         const whole = offsetBytes <= pageStart && end >= pageStart + page.data.length;
         if (whole || !page.dirty) {
