@@ -159,3 +159,27 @@ test('ENOSPC during a write around: the write fails as ENOSPC, older dirty pages
     t.true((await legContents(leg, cacheStackSizeBytes)).subarray(0, 256 * KiB).equals(fill(2, 256 * KiB)));
   }
 });
+
+test('a write to the uncovered part of a partly trimmed page waits at the gate and lands after the trim', async (t) => {
+  t.timeout(30_000);
+  const s = await cacheOverMirror(t);
+  const { cache, faults } = s;
+  await cache.write(4096, fill(1, 4096), { fua: false });
+  const releases = faults.map((fault) => fault.holdWrites());
+  t.teardown(() => { for (const release of releases) release(); });
+  // The flush's writeback of page 1 is in flight, so the trim waits for it while holding its range.
+  const flushing = cache.flush();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  const trimming = cache.trim(2048, 4096, { fua: false });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  // Page 0 is half inside the trim: this write's fill of it waits at the gate until the trim lands.
+  const writing = cache.write(0, fill(2, 1024), { fua: false });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  for (const release of releases) release();
+  await Promise.all([flushing, trimming, writing]);
+  const expected = Buffer.concat([fill(2, 1024), Buffer.alloc(1024 + 4096), fill(1, 2048)]);
+  t.true((await readBack(cache, 0, 8192)).equals(expected));
+  await cache.flush();
+  t.true((await readBack(s.mirror.device, 0, 8192)).equals(expected));
+  await shutDown(s);
+});
