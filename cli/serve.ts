@@ -92,6 +92,7 @@ export async function startServer(config: Config, logger: Logger, options: Start
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
       inFlightRequestsMax: config.limits.inFlightRequestsMax,
       inFlightBytesMax: config.limits.inFlightBytesMax,
+      fileReplyBytesMin: config.limits.sendfileReplyBytes > 0 ? config.limits.sendfileReplyBytes : Infinity,
       inputPoll: new InputPoll(config.limits.pollMaxMicroseconds),
       requestStats,
     },

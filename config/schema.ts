@@ -52,6 +52,8 @@ export interface Config {
     handshakeTimeoutMs: number;
     inFlightRequestsMax: number;
     inFlightBytesMax: number;
+    /** Reads at least this large from a plain file leg are sent with sendfile; 0: never. */
+    sendfileReplyBytes: number;
     /** After input, the event loop polls up to this long before sleeping (adaptive; 0: never). */
     pollMaxMicroseconds: number;
   };
@@ -172,7 +174,7 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
     'resyncRate', 'force'], 'storage');
   const limits = objectAt(root.limits, 'limits');
   rejectUnknownKeys(limits, ['maxConnections', 'handshakeTimeoutMs', 'inFlightRequestsMax', 'inFlightBytesMax',
-    'pollMaxMicroseconds'], 'limits');
+    'pollMaxMicroseconds', 'sendfileReplyBytes'], 'limits');
   const log = objectAt(root.log, 'log');
   rejectUnknownKeys(log, ['level'], 'log');
 
@@ -274,6 +276,8 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
       inFlightBytesMax: limits.inFlightBytesMax === undefined ? 256 * 1024 * 1024
         : parseSize(limits.inFlightBytesMax, 'limits.inFlightBytesMax'),
       pollMaxMicroseconds: integerSetting(limits.pollMaxMicroseconds, 'limits.pollMaxMicroseconds'),
+      sendfileReplyBytes: limits.sendfileReplyBytes === undefined || limits.sendfileReplyBytes === 0 ? 0
+        : parseSize(limits.sendfileReplyBytes, 'limits.sendfileReplyBytes'),
     },
     log: { level: level as Config['log']['level'] },
     crash: parseCrash(root.crash),

@@ -102,6 +102,7 @@ export const settings: readonly Setting[] = [
     flag: { spec: '--handshake-timeout-ms <n>', help: 'disconnect clients that do not finish negotiating', integer: true } },
   { key: 'limits.inFlightRequestsMax', bounds: inFlightRequestsBounds, yaml: {} },
   { key: 'limits.inFlightBytesMax' },
+  { key: 'limits.sendfileReplyBytes' },
   { key: 'limits.pollMaxMicroseconds', override: 'pollMaxMicroseconds', bounds: pollMaxBounds,
     yaml: { comment: 'after input, poll up to this long before sleeping (adaptive, like QEMU\'s poll-max-ns; 0: never)' },
     flag: { spec: '--poll-max-us <n>', help: 'after input, poll up to this many microseconds before sleeping (adaptive; 0: never)', integer: true } },

@@ -36,7 +36,8 @@ export async function startLegServer(t: ExecutionContext, options: {
     tcp: options.unix ? undefined : { host: '127.0.0.1', port: 0 },
     unixPath: options.unix ? path.join(dir, 'nbd.sock') : undefined,
     maxConnections: 8,
-    connection: { ...defaultConnectionOptions, ...options.connection },
+    // The sendfile path is off in the server's defaults; the tests that serve a leg directly exercise it.
+    connection: { ...defaultConnectionOptions, fileReplyBytesMin: 128 * 1024, ...options.connection },
     logger: pino({ level: 'silent' }),
   });
   const addresses = await server.listen();

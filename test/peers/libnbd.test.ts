@@ -24,7 +24,11 @@ for (const mode of ['off', 'on'] as const) {
 
 test('without the cache (large reads of the leg go out by sendfile) every command still behaves', async (t) => {
   const dir = makeTempDir('libnbd-no-cache');
-  const server = await startServerProcess(['--leg', path.join(dir, 'leg.img'), '--size', '256MiB', '--no-unix', '--no-cache']);
+  // sendfile replies are off by default (copied reads are faster now); this turns them on for reads of 128 KiB or more.
+  const config = path.join(dir, 'config.yaml');
+  fs.writeFileSync(config, 'limits: { sendfileReplyBytes: 128KiB }\nstorage: { legs: [ { path: unused.img } ] }\n');
+  const server = await startServerProcess(['--config', config, '--leg', path.join(dir, 'leg.img'), '--size', '256MiB', '--no-unix',
+    '--no-cache']);
   try {
     for (const mode of ['off', 'on']) {
       const result = await run('/usr/bin/python3', [script, server.uri(), mode], { timeoutMs: 120_000 });
