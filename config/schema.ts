@@ -98,6 +98,12 @@ export function parseSize(value: unknown, key: string): number {
   return bytes;
 }
 
+/** A size where 0 means off, and `absent` when the key is not given. */
+function sizeOrZero(value: unknown, key: string, absent: number): number {
+  if (value === undefined) return absent;
+  return value === 0 ? 0 : parseSize(value, key);
+}
+
 export function parseHostPort(value: unknown, key: string): { host: string; port: number } {
   if (typeof value !== 'string' && typeof value !== 'number') throw new ConfigError(key, 'must be "host:port", e.g. "127.0.0.1:10809"');
   const text = typeof value === 'number' ? String(value) : value;
@@ -276,8 +282,7 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
       inFlightBytesMax: limits.inFlightBytesMax === undefined ? 256 * 1024 * 1024
         : parseSize(limits.inFlightBytesMax, 'limits.inFlightBytesMax'),
       pollMaxMicroseconds: integerSetting(limits.pollMaxMicroseconds, 'limits.pollMaxMicroseconds'),
-      sendfileReplyBytes: limits.sendfileReplyBytes === undefined || limits.sendfileReplyBytes === 0 ? 0
-        : parseSize(limits.sendfileReplyBytes, 'limits.sendfileReplyBytes'),
+      sendfileReplyBytes: sizeOrZero(limits.sendfileReplyBytes, 'limits.sendfileReplyBytes', 0),
     },
     log: { level: level as Config['log']['level'] },
     crash: parseCrash(root.crash),
@@ -328,8 +333,7 @@ function parseThin(raw: unknown, key: string): ThinSpec {
     throw new ConfigError(`${key}.chunkSize`, `${chunkSizeBytes} must be a power of two from 4KiB to 64MiB`);
   }
   if (poolBytes < chunkSizeBytes) throw new ConfigError(`${key}.poolSize`, `${poolBytes} is smaller than one chunk (${chunkSizeBytes})`);
-  const lowWaterBytes = thin.lowWater === undefined ? Math.floor(poolBytes / 8)
-    : thin.lowWater === 0 ? 0 : parseSize(thin.lowWater, `${key}.lowWater`);
+  const lowWaterBytes = sizeOrZero(thin.lowWater, `${key}.lowWater`, Math.floor(poolBytes / 8));
   return { poolBytes, chunkSizeBytes, lowWaterBytes };
 }
 
@@ -355,8 +359,7 @@ function parseCache(raw: unknown): CacheConfig | undefined {
     writebackIntervalMs: integerSetting(cache.writebackIntervalMs, 'cache.writebackIntervalMs'),
     noSpacePolicy,
     noSpaceTimeoutMs: integerSetting(cache.noSpaceTimeoutMs, 'cache.noSpaceTimeoutMs'),
-    writeAroundBytes: cache.writeAroundSize === undefined ? writeAroundBytesDefault
-      : cache.writeAroundSize === 0 ? 0 : parseSize(cache.writeAroundSize, 'cache.writeAroundSize'),
+    writeAroundBytes: sizeOrZero(cache.writeAroundSize, 'cache.writeAroundSize', writeAroundBytesDefault),
   };
 }
 

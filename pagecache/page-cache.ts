@@ -99,7 +99,7 @@ export class PageCache implements BlockDevice {
   private readonly clock: Clock;
   readonly stats = {
     readHits: 0, readMisses: 0, writes: 0, writebacks: 0, writebackBytes: 0, writebackFailures: 0,
-    throttledWrites: 0, noSpaceRejects: 0, evictions: 0, writesAround: 0, writeAroundBytes: 0,
+    throttledWrites: 0, noSpaceRejects: 0, evictions: 0, writesAround: 0, bytesWrittenAround: 0,
   };
 
   constructor(readonly below: BlockDevice, private readonly options: PageCacheOptions) {

@@ -14,7 +14,7 @@ export interface StraightBelowHost {
   enterFailed(error: BlockError): void;
   /** Pages were dropped or a range was released: throttled writers look again. */
   progressMade(): void;
-  readonly stats: { writesAround: number; writeAroundBytes: number };
+  readonly stats: { writesAround: number; bytesWrittenAround: number };
 }
 
 /**
@@ -42,7 +42,7 @@ export class StraightBelow {
     const { pageBytes } = this.pages;
     const end = offsetBytes + data.length;
     const [first, last] = this.pages.pagesOf(offsetBytes, data.length);
-    if (offsetBytes % pageBytes !== 0 || end !== first * pageBytes + (last - first) * pageBytes + this.pages.pageLength(last)) {
+    if (offsetBytes % pageBytes !== 0 || end !== last * pageBytes + this.pages.pageLength(last)) {
       assert.fail(`write around [${offsetBytes}, ${end}) is not whole pages`);
     }
     await this.exclusive('write', offsetBytes, end, () => this.below.write(offsetBytes, data, flags), () => {
@@ -53,7 +53,7 @@ export class StraightBelow {
         this.pages.drop(page);
       }
       this.host.stats.writesAround += 1;
-      this.host.stats.writeAroundBytes += data.length;
+      this.host.stats.bytesWrittenAround += data.length;
     });
   }
 
@@ -93,7 +93,7 @@ export class StraightBelow {
    * its success. A failure below is classified: a fatal one fails the cache.
    */
   private async exclusive(what: string, start: number, end: number, apply: () => Promise<void>, landed: () => void): Promise<void> {
-    this.host.checkUsable(what);
+    // The cache checked it was usable before calling; it is checked again once the waits are over.
     const release = await this.gate.enter(start, end);
     try {
       const [first, last] = this.pages.pagesOf(start, end - start);

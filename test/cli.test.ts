@@ -114,6 +114,7 @@ test('malformed configuration is refused with the key and the problem', async (t
     ['storage:\n  legs:\n    - path: a.img\ncache: { size: 64MiB, dirtyLimit: 1GiB }\n', /cache\.dirtyLimit: 1073741824 exceeds cache\.size/],
     ['storage:\n  legs:\n    - path: a.img\ncache: { noSpacePolicy: wait }\n', /cache\.noSpacePolicy: must be error .* or queue/],
     ['storage:\n  legs:\n    - path: a.img\ncache: { writeAroundSize: -1 }\n', /cache\.writeAroundSize: size -1 must be a positive integer/],
+    ['storage:\n  legs:\n    - path: a.img\nlimits: { sendfileReplyBytes: lots }\n', /limits\.sendfileReplyBytes: "lots" is not a size/],
     ['storage:\n  legs:\n    - path: a.img\ncache: { dirtyLimt: 1GiB }\n', /cache\.dirtyLimt: unknown key/],
     ['storage:\n  legs:\n    - path: a.img\n      powerCut: { policy: maybe }\n', /storage\.legs\[0\]\.powerCut\.policy: must be one of keep, drop, torn/],
     ['storage:\n  legs:\n    - path: a.img\n      powerCut: { sectorBytes: 1000 }\n', /storage\.legs\[0\]\.powerCut\.sectorBytes: must be a power of two from 512 to 65536/],

@@ -54,7 +54,7 @@ test('a large write goes around the cache, supersedes older cached pages of its 
   // [2048, 133120): whole pages [4096, 131072) go around; [2048, 4096) and [131072, 133120) are cached.
   await cache.write(2048, fill(2, 128 * KiB), { fua: false });
   t.is(cache.stats.writesAround, 1);
-  t.is(cache.stats.writeAroundBytes, 131072 - 4096);
+  t.is(cache.stats.bytesWrittenAround, 131072 - 4096);
   t.is(cache.status().dirtyBytes, 2 * 4096, 'only the two partial end pages are dirty; the older pages inside were dropped');
   const expected = Buffer.concat([Buffer.alloc(2048), fill(2, 128 * KiB), Buffer.alloc(2048)]);
   t.true((await readBack(cache, 0, expected.length)).equals(expected), 'reads return the large write, not the older cached pages');
