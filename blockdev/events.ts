@@ -18,7 +18,9 @@ export type MirrorEvent =
   | { event: 'low-water'; path: string; below: boolean; freeBytes: number; lowWaterBytes: number }
   | { event: 'cache-failed'; message: string }
   | { event: 'mirror-failed'; message: string }
-  | { event: 'client-attached' | 'client-detached'; id: number; remote: string };
+  | { event: 'client-attached' | 'client-detached'; id: number; remote: string }
+  /** Refused at accept (allow list, per-address cap, full house), or dropped while negotiating to admit a newer client. */
+  | { event: 'client-refused'; reason: string; remote: string };
 
 export type EventSink = (event: MirrorEvent) => void;
 

@@ -13,6 +13,8 @@ import { InputPoll } from '../nbd/input-poll.js';
 import type { ExportEntry, ExportTable } from '../nbd/negotiation.js';
 import { RequestStats } from '../nbd/request-stats.js';
 import { type ListenAddresses, NbdServer } from '../nbd/server.js';
+import { AllowList } from '../nbd/admission.js';
+import { loadTlsServer, type TlsServer, TlsSetupError } from '../nbd/tls-credentials.js';
 import { EventBus } from '../observe/event-bus.js';
 import { buildRegistry, MetricsServer } from '../observe/metrics.js';
 import { openStorageStack, type StorageStack } from '../stack/storage-stack.js';
@@ -81,13 +83,18 @@ export async function startServer(config: Config, logger: Logger, options: Start
   if (config.export.readOnly && config.storage.log !== undefined) {
     throw new ConfigError('export.readOnly', 'a mirror is served read-write (resync and the sweeper write); serve one leg read-only instead');
   }
+  const tls = checkTls(config, options.configSource);
   const events = new EventBus();
   const requestStats = config.listen.metrics ? new RequestStats() : undefined;
   const server = new NbdServer(undefined, {
     tcp: config.listen.tcp,
     unixPath: config.listen.unix,
     maxConnections: config.limits.maxConnections,
+    negotiatingMax: config.limits.negotiatingMax,
+    perAddressMax: config.limits.perAddressMax,
+    allow: config.listen.allow === undefined ? undefined : new AllowList(config.listen.allow),
     connection: {
+      tls,
       ...defaultConnectionOptions,
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
       inFlightRequestsMax: config.limits.inFlightRequestsMax,
@@ -99,6 +106,7 @@ export async function startServer(config: Config, logger: Logger, options: Start
     logger,
   });
   server.onClient = (change, client) => events.emit({ event: change === 'attached' ? 'client-attached' : 'client-detached', ...client });
+  server.onRefusal = (reason, remote) => events.emit({ event: 'client-refused', reason, remote });
   const admin = config.listen.admin === undefined ? undefined : new AdminServer(logger, events);
   let registry: ReturnType<typeof buildRegistry> | undefined;
   const metrics = config.listen.metrics === undefined ? undefined : new MetricsServer(() => registry);
@@ -159,6 +167,16 @@ export async function startServer(config: Config, logger: Logger, options: Start
     await stack.close();
   })());
   return { server, device, mirror, cache, sweeper, addresses, events, stop };
+}
+
+/** Credentials are read and checked before any listener is bound, so a bad file stops the start with its name. */
+function checkTls(config: Config, source: string | undefined): TlsServer | undefined {
+  try {
+    return loadTlsServer(config.tls);
+  } catch (error) {
+    if (error instanceof TlsSetupError) throw new ConfigError(error.key, error.problem, source);
+    throw error;
+  }
 }
 
 /** How to attach, printed once listening. */

@@ -6,6 +6,8 @@ import type { DeviceWrap } from '../faults/device-wrap.js';
 import { type CutPolicy, cutPolicies, defaultSectorBytes, validSectorBytes } from '../faults/power-cut-device.js';
 import type { ReadPolicy } from '../mirror/mirror-device.js';
 import { type PageCacheOptions, writeAroundBytesDefault } from '../pagecache/page-cache.js';
+import { AllowList, AllowListError } from '../nbd/admission.js';
+import { type TlsSettings, tlsModes } from '../nbd/tls-credentials.js';
 import { boundsOf, defaultConfigText, logLevels } from './settings.js';
 
 /**
@@ -23,7 +25,10 @@ export interface Config {
     admin: string | undefined;
     /** Prometheus endpoint "host:port" (GET /metrics), or undefined (the default: off). */
     metrics: { host: string; port: number } | undefined;
+    /** TCP clients allowed (addresses or CIDR networks); undefined: any. */
+    allow: string[] | undefined;
   };
+  tls: TlsSettings;
   export: {
     name: string;
     description: string;
@@ -49,6 +54,8 @@ export interface Config {
   cache: CacheConfig | undefined;
   limits: {
     maxConnections: number;
+    negotiatingMax: number;
+    perAddressMax: number;
     handshakeTimeoutMs: number;
     inFlightRequestsMax: number;
     inFlightBytesMax: number;
@@ -170,16 +177,16 @@ function integerAt(value: unknown, key: string, fallback: number, minimum: numbe
 /** Builds a Config from parsed YAML; relative paths are resolved against baseDir. */
 export function parseConfig(raw: unknown, baseDir: string): Config {
   const root = objectAt(raw, '(top level)');
-  rejectUnknownKeys(root, ['listen', 'export', 'storage', 'cache', 'limits', 'log', 'crash'], '');
+  rejectUnknownKeys(root, ['listen', 'tls', 'export', 'storage', 'cache', 'limits', 'log', 'crash'], '');
   const listen = objectAt(root.listen, 'listen');
-  rejectUnknownKeys(listen, ['tcp', 'unix', 'admin', 'metrics'], 'listen');
+  rejectUnknownKeys(listen, ['tcp', 'unix', 'admin', 'metrics', 'allow'], 'listen');
   const exported = objectAt(root.export, 'export');
   rejectUnknownKeys(exported, ['name', 'description', 'readOnly'], 'export');
   const storage = objectAt(root.storage, 'storage');
   rejectUnknownKeys(storage, ['sizeBytes', 'legs', 'log', 'regionSize', 'readPolicy', 'preferredLeg', 'sweepIntervalMs',
     'resyncRate', 'force'], 'storage');
   const limits = objectAt(root.limits, 'limits');
-  rejectUnknownKeys(limits, ['maxConnections', 'handshakeTimeoutMs', 'inFlightRequestsMax', 'inFlightBytesMax',
+  rejectUnknownKeys(limits, ['maxConnections', 'negotiatingMax', 'perAddressMax', 'handshakeTimeoutMs', 'inFlightRequestsMax', 'inFlightBytesMax',
     'pollMaxMicroseconds', 'sendfileReplyBytes'], 'limits');
   const log = objectAt(root.log, 'log');
   rejectUnknownKeys(log, ['level'], 'log');
@@ -255,7 +262,8 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   const metrics = listen.metrics === undefined || listen.metrics === null || listen.metrics === false ? undefined
     : parseHostPort(listen.metrics, 'listen.metrics');
   return {
-    listen: { tcp, unix, admin, metrics },
+    listen: { tcp, unix, admin, metrics, allow: parseAllow(listen.allow) },
+    tls: parseTls(root.tls, baseDir),
     export: {
       name: exportName,
       description: stringAt(exported.description, 'export.description', 'nbd-mirror export'),
@@ -277,6 +285,8 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
     cache: parseCache(root.cache),
     limits: {
       maxConnections: integerSetting(limits.maxConnections, 'limits.maxConnections'),
+      negotiatingMax: integerSetting(limits.negotiatingMax, 'limits.negotiatingMax'),
+      perAddressMax: integerSetting(limits.perAddressMax, 'limits.perAddressMax'),
       handshakeTimeoutMs: integerSetting(limits.handshakeTimeoutMs, 'limits.handshakeTimeoutMs'),
       inFlightRequestsMax: integerSetting(limits.inFlightRequestsMax, 'limits.inFlightRequestsMax'),
       inFlightBytesMax: limits.inFlightBytesMax === undefined ? 256 * 1024 * 1024
@@ -286,6 +296,42 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
     },
     log: { level: level as Config['log']['level'] },
     crash: parseCrash(root.crash),
+  };
+}
+
+/** A list, or one comma-separated string (the --allow flag); each entry is checked here. */
+function parseAllow(raw: unknown): string[] | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  const entries = typeof raw === 'string' ? raw.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '') : raw;
+  if (!Array.isArray(entries) || entries.some((entry) => typeof entry !== 'string')) {
+    throw new ConfigError('listen.allow', 'must be a list of addresses or networks, e.g. [127.0.0.1, 10.0.0.0/8]');
+  }
+  if (entries.length === 0) throw new ConfigError('listen.allow', 'is empty: no client could connect over TCP (null allows any)');
+  try {
+    new AllowList(entries as string[]);
+  } catch (error) {
+    if (error instanceof AllowListError) throw new ConfigError(`listen.allow[${error.index}]`, error.problem);
+    throw error;
+  }
+  return entries as string[];
+}
+
+function parseTls(raw: unknown, baseDir: string): TlsSettings {
+  if (raw === undefined || raw === null) return { mode: 'off', certificates: undefined, verifyPeer: false, psk: undefined };
+  const tls = objectAt(raw, 'tls');
+  rejectUnknownKeys(tls, ['mode', 'certificates', 'verifyPeer', 'psk'], 'tls');
+  // YAML 1.1 readers turn a bare off/on into booleans; take them as the mode they spell.
+  const mode = tls.mode === false ? 'off' : tls.mode === true ? 'on' : tls.mode ?? 'off';
+  if (typeof mode !== 'string' || !(tlsModes as readonly string[]).includes(mode)) {
+    throw new ConfigError('tls.mode', `must be one of ${tlsModes.join(', ')}`);
+  }
+  const optionalPath = (value: unknown, key: string): string | undefined =>
+    value === undefined || value === null ? undefined : path.resolve(baseDir, stringAt(value, key, undefined, false));
+  return {
+    mode: mode as TlsSettings['mode'],
+    certificates: optionalPath(tls.certificates, 'tls.certificates'),
+    verifyPeer: booleanAt(tls.verifyPeer, 'tls.verifyPeer', false),
+    psk: optionalPath(tls.psk, 'tls.psk'),
   };
 }
 

@@ -1,7 +1,9 @@
 import { sweepIntervalBounds } from '../mirror/mirror-settings.js';
+import { negotiatingMaxBounds, perAddressMaxBounds } from '../nbd/admission.js';
 import { handshakeTimeoutBounds, inFlightRequestsBounds } from '../nbd/connection-options.js';
 import { pollMaxBounds } from '../nbd/input-poll.js';
 import { maxConnectionsBounds } from '../nbd/server.js';
+import { tlsModes } from '../nbd/tls-credentials.js';
 import { dirtyExpireBounds, noSpaceTimeoutBounds, writebackIntervalBounds } from '../pagecache/page-cache.js';
 
 /** Settings given on the command line; they override the file, key by key. */
@@ -22,7 +24,14 @@ export interface ConfigOverrides {
   cache?: boolean;
   sizeBytes?: string;
   maxConnections?: number;
+  negotiatingMax?: number;
+  perAddressMax?: number;
+  allow?: string;
   handshakeTimeoutMs?: number;
+  tlsMode?: string;
+  tlsCertificates?: string;
+  tlsVerifyPeer?: boolean;
+  tlsPsk?: string;
   pollMaxMicroseconds?: number;
   logLevel?: string;
   /** point[@hit][:kill|power-cut] (crash-injection testing). */
@@ -70,6 +79,18 @@ export const settings: readonly Setting[] = [
     flag: { spec: '--admin <path>', help: 'admin socket for nbd-mirror status/re-add/replace/check' } },
   { key: 'listen.metrics', override: 'metrics', yaml: { value: 'null', comment: 'Prometheus endpoint, e.g. 127.0.0.1:9710 (GET /metrics); null: off' },
     flag: { spec: '--metrics <host:port>', help: 'serve Prometheus metrics at http://HOST:PORT/metrics' } },
+  { key: 'listen.allow', override: 'allow',
+    yaml: { value: 'null', comment: 'TCP clients allowed, e.g. [127.0.0.1, 10.0.0.0/8, "::1"]; null: any' },
+    flag: { spec: '--allow <list>', help: 'comma-separated client addresses or networks allowed over TCP, e.g. 10.0.0.0/8,::1' } },
+  { key: 'tls.mode', override: 'tlsMode', yaml: { value: 'off', comment: 'off, on (offer STARTTLS) or require (refuse plaintext)' },
+    flag: { spec: '--tls <mode>', help: 'TLS: off, on (offered) or require', choices: tlsModes } },
+  { key: 'tls.certificates', override: 'tlsCertificates', path: true,
+    yaml: { value: 'null', comment: 'x509 folder: ca-cert.pem, server-cert.pem, server-key.pem (as qemu and nbdkit)' },
+    flag: { spec: '--tls-certificates <dir>', help: 'x509 folder with ca-cert.pem, server-cert.pem, server-key.pem' } },
+  { key: 'tls.verifyPeer', override: 'tlsVerifyPeer', yaml: { value: 'false', comment: 'x509: clients need a certificate signed by ca-cert.pem' },
+    flag: { spec: '--tls-verify-peer', help: 'x509: require a client certificate signed by ca-cert.pem' } },
+  { key: 'tls.psk', override: 'tlsPsk', path: true, yaml: { value: 'null', comment: 'PSK file of username:hexkey lines (psktool), instead of x509' },
+    flag: { spec: '--tls-psk <file>', help: 'pre-shared keys file (psktool format), instead of certificates' } },
   { key: 'export.name', override: 'exportName', yaml: { value: 'disk' }, flag: { spec: '-n, --export-name <name>', help: 'export name' } },
   { key: 'export.description', override: 'description', yaml: { value: 'nbd-mirror default export' },
     flag: { spec: '--description <text>', help: 'export description' } },
@@ -98,6 +119,11 @@ export const settings: readonly Setting[] = [
   { key: 'cache.writeAroundSize', yaml: { value: '64KiB', comment: 'writes this large go straight to the legs, not into the cache; 0: never' } },
   { key: 'limits.maxConnections', override: 'maxConnections', bounds: maxConnectionsBounds, yaml: {},
     flag: { spec: '--max-connections <n>', help: 'maximum simultaneous clients', integer: true } },
+  { key: 'limits.negotiatingMax', override: 'negotiatingMax', bounds: negotiatingMaxBounds,
+    yaml: { comment: 'clients still negotiating at once; past it the oldest is dropped' },
+    flag: { spec: '--negotiating-max <n>', help: 'clients still negotiating at once (past it the oldest is dropped)', integer: true } },
+  { key: 'limits.perAddressMax', override: 'perAddressMax', bounds: perAddressMaxBounds, yaml: { comment: 'TCP connections from one address' },
+    flag: { spec: '--per-address-max <n>', help: 'TCP connections from one client address at once', integer: true } },
   { key: 'limits.handshakeTimeoutMs', override: 'handshakeTimeoutMs', bounds: handshakeTimeoutBounds, yaml: {},
     flag: { spec: '--handshake-timeout-ms <n>', help: 'disconnect clients that do not finish negotiating', integer: true } },
   { key: 'limits.inFlightRequestsMax', bounds: inFlightRequestsBounds, yaml: {} },

@@ -4,6 +4,7 @@ import type { Clock } from '../sys/clock.js';
 import type { InputPoll } from './input-poll.js';
 import type { RequestStats } from './request-stats.js';
 import { defaultSocketReaderOptions, type SocketReaderOptions } from './socket-reader.js';
+import type { TlsServer } from './tls-credentials.js';
 
 export interface ConnectionOptions {
   /** A client that has not reached transmission by then is disconnected. */
@@ -39,6 +40,8 @@ export interface ConnectionOptions {
   inputPoll: InputPoll | undefined;
   /** Per-command counts and latencies for the metrics endpoint; undefined when metrics are off. */
   requestStats?: RequestStats;
+  /** STARTTLS is offered (tls.mode on) or required (require); undefined: off. */
+  tls?: TlsServer;
   /** Time for the handshake deadline and the closing grace (tests step it). */
   clock?: Clock;
   logger: Logger;

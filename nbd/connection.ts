@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import type net from 'node:net';
+import tls from 'node:tls';
 import { isBlockError } from '../blockdev/errors.js';
 import type { PooledBuffer } from '../blockdev/buffer-pool.js';
 import { RangeOrder, type Ticket } from '../blockdev/range-order.js';
@@ -40,9 +41,10 @@ export class Connection {
   private drainThen: (() => void) | undefined;
   /** A WRITE whose payload is arriving; `filledBytes` of it are in `target` already. */
   private pendingWrite: PendingWrite | undefined;
-  private readonly socket: net.Socket;
+  /** The accepted socket, or after STARTTLS the TLS socket over it. */
+  private socket: net.Socket;
   private readonly reader: SocketReader;
-  private readonly writer: ReplyWriter;
+  private writer: ReplyWriter;
   private device: BlockDevice | undefined;
   private commands: CommandRunner | undefined;
   private transmissionFlags = 0;
@@ -84,21 +86,13 @@ export class Connection {
         options.inputPoll?.inputArrived();
         this.onDirectBytes(byteCount);
       },
-    }, options.reader, options.directReads);
+      // TLS wraps the accepted socket's own handle, which a transferred socket no longer has.
+    }, options.reader, options.directReads && options.tls === undefined);
     const socket = this.reader.socket;
     this.socket = socket;
-    this.writer = new ReplyWriter(socket, {
-      // More replies are coming: others are in flight, or requests wait in the input (a write
-      // answered inside pump() is no longer counted in flight by the time the next one is read).
-      shouldCork: () => this.inFlightRequests > 1 || this.input.length > 0,
-      flowChanged: () => this.updateFlow(),
-      broken: (reason) => this.hardDisconnect(reason),
-    }, { bufferPool: options.bufferPool, fileStallMs: options.fileReplyStallMs });
+    this.writer = this.writerFor(socket, true);
     socket.setNoDelay?.(true);
-    socket.on('drain', () => this.updateFlow());
-    socket.on('error', (error) => this.options.logger.debug({ err: error }, 'socket error'));
-    socket.on('close', () => this.onClose());
-    socket.on('end', () => this.onPeerEnd());
+    this.listenTo(socket);
     this.handshakeTimer = this.clock.setTimeout(() => {
       this.hardDisconnect(`handshake not finished within ${this.options.handshakeTimeoutMs} ms`);
     }, this.options.handshakeTimeoutMs, { unref: true });
@@ -107,6 +101,23 @@ export class Connection {
     greeting.writeBigUInt64BE(IHAVEOPT, 8);
     greeting.writeUInt16BE(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES, 16);
     socket.write(greeting);
+  }
+
+  private writerFor(socket: net.Socket, sendFiles: boolean): ReplyWriter {
+    return new ReplyWriter(socket, {
+      // More replies are coming: others are in flight, or requests wait in the input (a write
+      // answered inside pump() is no longer counted in flight by the time the next one is read).
+      shouldCork: () => this.inFlightRequests > 1 || this.input.length > 0,
+      flowChanged: () => this.updateFlow(),
+      broken: (reason) => this.hardDisconnect(reason),
+    }, { bufferPool: this.options.bufferPool, fileStallMs: this.options.fileReplyStallMs, sendFiles });
+  }
+
+  private listenTo(socket: net.Socket): void {
+    socket.on('drain', () => this.updateFlow());
+    socket.on('error', (error) => this.options.logger.debug({ err: error }, 'socket error'));
+    socket.on('close', () => this.onClose());
+    socket.on('end', () => this.onPeerEnd());
   }
 
   /** Payload bytes received straight into their buffers (see socket-reader.ts). */
@@ -121,6 +132,16 @@ export class Connection {
 
   get inTransmission(): boolean {
     return this.phase === 'transmission';
+  }
+
+  /** Still negotiating: options or the TLS handshake (the admission budget's concern). */
+  get negotiating(): boolean {
+    return this.phase === 'client-flags' || this.phase === 'options' || this.phase === 'tls-handshake';
+  }
+
+  /** Ends the connection now (admission made room for a newer client). */
+  drop(reason: string): void {
+    this.hardDisconnect(reason);
   }
 
   /** Stops reading new requests, lets in-flight ones finish, then closes. */
@@ -146,8 +167,11 @@ export class Connection {
         then?.();
         continue;
       }
+      // During the TLS handshake the TLS layer owns the bytes; ours resume once it is secure.
+      if (this.phase === 'tls-handshake') return;
       const progressed = this.phase === 'transmission' ? this.readRequest()
-        : this.takeHandshakeStep(this.phase === 'client-flags' ? readClientFlags(this.input) : this.optionReader!.next(this.input));
+        : this.takeHandshakeStep(this.phase === 'client-flags' ? readClientFlags(this.input, this.options.tls?.mode)
+          : this.optionReader!.next(this.input));
       if (!progressed) return;
     }
   }
@@ -170,6 +194,9 @@ export class Connection {
         };
         return true;
       }
+      case 'starttls':
+        this.startTls();
+        return false;
       case 'transmission':
         this.enterTransmission(step.entry, step.flags);
         return true;
@@ -181,6 +208,48 @@ export class Connection {
         this.hardDisconnect(step.reason);
         return false;
     }
+  }
+
+  /**
+   * STARTTLS was acknowledged: the TLS layer takes the socket over. The ACK
+   * went out in plaintext before (Node hands each write to the handle at
+   * once, and TLS writes queue behind it). The handshake deadline keeps
+   * running: a client stalled in the TLS handshake is dropped like one
+   * stalled in options.
+   */
+  private startTls(): void {
+    // The spec forbids sending anything between STARTTLS and its reply: bytes already here broke that.
+    if (this.input.length > 0) {
+      this.hardDisconnect(`${this.input.length} bytes sent after NBD_OPT_STARTTLS before its reply`);
+      return;
+    }
+    const server = this.options.tls!;
+    this.enterPhase('tls-handshake');
+    const plain = this.reader.release();
+    const secure = new tls.TLSSocket(plain, server.socketOptions);
+    this.socket = secure;
+    // sendfile would put plaintext on the wire under the TLS stream: never over TLS.
+    this.writer = this.writerFor(secure, false);
+    this.listenTo(secure);
+    secure.on('data', (chunk: Buffer) => {
+      this.options.inputPoll?.inputArrived();
+      this.input.push(chunk);
+      this.pump();
+    });
+    // A failed handshake (wrong key, wrong CA, garbage for a ClientHello) ends this connection only.
+    secure.on('error', (error) => this.hardDisconnect(`TLS: ${error.message.split('\n')[0]}`));
+    secure.once('secure', () => {
+      if (this.phase !== 'tls-handshake') return;
+      const refusal = server.refusePeer?.(secure.getPeerX509Certificate());
+      if (refusal !== undefined) {
+        this.hardDisconnect(`TLS: ${refusal}`);
+        return;
+      }
+      this.optionReader!.restartAfterTls();
+      this.enterPhase('options');
+      this.options.logger.debug({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'TLS established');
+      this.pump();
+    });
   }
 
   private enterPhase(next: Phase): void {

@@ -63,6 +63,8 @@ export const Limits = {
   stringBytesMax: 4096,
   /** Option payloads beyond this are a DoS and are not read into memory. */
   optionBytesMax: 65536,
+  /** Longer options are skipped unread up to this; beyond it no option is plausible and the client is dropped. */
+  optionSkipBytesMax: 16 * 1024 * 1024,
   /** Largest READ/WRITE payload we accept and advertise (qemu and the kernel use 32 MiB). */
   payloadBytesMax: 32 * 1024 * 1024,
   optionsPerConnectionMax: 1024,

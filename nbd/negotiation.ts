@@ -3,6 +3,7 @@ import {
   BASE_ALLOCATION, BASE_ALLOCATION_ID, ClientFlag, Info, Limits, Option, OptionReply, TransmissionFlag,
 } from './constants.js';
 import { optionReply } from './replies.js';
+import type { TlsMode } from './tls-credentials.js';
 
 /** What a client can attach to. The device is captured at GO time (a generation). */
 export interface ExportEntry {
@@ -25,18 +26,59 @@ export interface Negotiation {
   /** base:allocation negotiated with SET_META_CONTEXT for the export named here. */
   metaContextExport: string | undefined;
   optionsSeen: number;
+  /** The server's TLS mode, fixed for the connection's life (the spec requires one mode per connection). */
+  tls: TlsMode;
+  /** STARTTLS succeeded: everything negotiated before it was forgotten. */
+  tlsActive: boolean;
 }
 
 export type OptionOutcome =
   | { next: 'options'; replies: Buffer[] }
   | { next: 'transmission'; replies: Buffer[]; entry: ExportEntry; flags: number }
-  | { next: 'close'; replies: Buffer[]; reason: string };
+  | { next: 'close'; replies: Buffer[]; reason: string }
+  /** The ACK is in `replies`; the connection starts the TLS handshake once it is sent. */
+  | { next: 'starttls'; replies: Buffer[] };
 
 /** Minimum, preferred and maximum block sizes we advertise (NBD_INFO_BLOCK_SIZE). */
 export const advertisedBlockSizes = { minimum: 1, preferred: 4096, maximum: Limits.payloadBytesMax } as const;
 
-export function newNegotiation(clientFlags: number): Negotiation {
-  return { clientFlags, structuredReplies: false, metaContextExport: undefined, optionsSeen: 0 };
+export function newNegotiation(clientFlags: number, tls: TlsMode = 'off'): Negotiation {
+  return { clientFlags, structuredReplies: false, metaContextExport: undefined, optionsSeen: 0, tls, tlsActive: false };
+}
+
+/** After the TLS handshake, negotiation starts over: nothing said in plaintext carries into the session. */
+export function negotiationAfterTls(before: Negotiation): Negotiation {
+  return { ...newNegotiation(before.clientFlags, before.tls), optionsSeen: before.optionsSeen, tlsActive: true };
+}
+
+/** Options this server implements; any other is answered ERR_UNSUP (after TLS, under require). */
+const knownOptions: ReadonlySet<number> = new Set([Option.EXPORT_NAME, Option.ABORT, Option.LIST, Option.STARTTLS,
+  Option.INFO, Option.GO, Option.STRUCTURED_REPLY, Option.LIST_META_CONTEXT, Option.SET_META_CONTEXT]);
+
+/**
+ * The answer to an option whose data is not read (too long to buffer): the
+ * same one it would get read, where that does not depend on the data.
+ */
+export function answerUnreadOption(state: Negotiation, option: number, lengthBytes: number, shuttingDown: boolean,
+): { reply: Buffer } | { disconnect: string } {
+  if (option === Option.EXPORT_NAME) return { disconnect: `NBD_OPT_EXPORT_NAME of ${lengthBytes} bytes` };
+  if (shuttingDown && option !== Option.ABORT) return { reply: errorReply(option, OptionReply.ERR_SHUTDOWN, 'server is shutting down') };
+  if (option === Option.ABORT) return { disconnect: 'client sent NBD_OPT_ABORT (with data)' };
+  if (tlsRequiredFirst(state) && option !== Option.STARTTLS) return { reply: tlsRequired(option) };
+  if (!knownOptions.has(option)) return { reply: unsupported(option) };
+  return { reply: errorReply(option, OptionReply.ERR_TOO_BIG, `option length ${lengthBytes} is too large`) };
+}
+
+function tlsRequiredFirst(state: Negotiation): boolean {
+  return state.tls === 'require' && !state.tlsActive;
+}
+
+function tlsRequired(option: number): Buffer {
+  return errorReply(option, OptionReply.ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
+}
+
+function unsupported(option: number): Buffer {
+  return errorReply(option, OptionReply.ERR_UNSUP, `option ${option} is not supported by this server`);
 }
 
 /** Transmission flags for an export, as this connection negotiated it. */
@@ -80,6 +122,12 @@ export function handleOption(
     if (option === Option.EXPORT_NAME) return { next: 'close', replies: [], reason: 'server is shutting down' };
     return { next: 'options', replies: [errorReply(option, OptionReply.ERR_SHUTDOWN, 'server is shutting down')] };
   }
+  if (option === Option.STARTTLS) return startTls(state, payload);
+  if (tlsRequiredFirst(state) && option !== Option.ABORT) {
+    // EXPORT_NAME cannot carry an error: the spec says to end the session.
+    if (option === Option.EXPORT_NAME) return { next: 'close', replies: [], reason: 'NBD_OPT_EXPORT_NAME before TLS; this server requires TLS' };
+    return { next: 'options', replies: [tlsRequired(option)] };
+  }
   switch (option) {
     case Option.EXPORT_NAME: return exportName(state, exports, payload);
     case Option.ABORT:
@@ -95,12 +143,19 @@ export function handleOption(
     case Option.LIST_META_CONTEXT:
     case Option.SET_META_CONTEXT: return metaContext(state, exports, option, payload);
     default:
-      // STARTTLS and EXTENDED_HEADERS land here too: libnbd asks, hears ERR_UNSUP, and goes on.
-      return {
-        next: 'options',
-        replies: [errorReply(option, OptionReply.ERR_UNSUP, `option ${option} is not supported by this server`)],
-      };
+      // EXTENDED_HEADERS lands here too: libnbd asks, hears ERR_UNSUP, and goes on.
+      return { next: 'options', replies: [unsupported(option)] };
   }
+}
+
+function startTls(state: Negotiation, payload: Buffer): OptionOutcome {
+  // The spec allows ERR_POLICY or ERR_UNSUP here; UNSUP is what a server without TLS says, and clients that allow TLS go on in plaintext.
+  if (state.tls === 'off') {
+    return { next: 'options', replies: [errorReply(Option.STARTTLS, OptionReply.ERR_UNSUP, 'TLS is off on this server (tls.mode)')] };
+  }
+  if (state.tlsActive) return invalid(Option.STARTTLS, 'TLS is already negotiated on this connection');
+  if (payload.length !== 0) return invalid(Option.STARTTLS, 'NBD_OPT_STARTTLS takes no payload');
+  return { next: 'starttls', replies: [optionReply(Option.STARTTLS, OptionReply.ACK)] };
 }
 
 function exportName(state: Negotiation, exports: ExportTable, payload: Buffer): OptionOutcome {
@@ -197,6 +252,10 @@ function metaContext(state: Negotiation, exports: ExportTable, option: number, p
   const name = readString(payload.subarray(4, 4 + nameBytes), 'export name');
   if (typeof name !== 'string') return invalid(option, `${what}: ${name.error}`);
   const queryCount = payload.readUInt32BE(4 + nameBytes);
+  // Each query takes at least its 4-byte length: a count the option cannot hold is malformed, not merely many.
+  if (queryCount > (payload.length - 8 - nameBytes) / 4) {
+    return invalid(option, `${what}: ${queryCount} queries cannot fit in the option's ${payload.length} bytes`);
+  }
   if (queryCount > Limits.metaQueriesMax) {
     return { next: 'options', replies: [errorReply(option, OptionReply.ERR_TOO_BIG, `${what}: too many queries`)] };
   }

@@ -31,6 +31,8 @@ export interface ReplyWriterOptions {
    * wait for the socket without holding a thread.
    */
   fileStallMs: number;
+  /** false: never sendfile (a TLS socket, whose bytes must pass through the TLS layer). */
+  sendFiles?: boolean;
 }
 
 type Held =
@@ -104,6 +106,7 @@ export class ReplyWriter {
 
   /** Whether sendFile can be used on this socket (the addon has sendfile and the socket a descriptor). */
   get canSendFiles(): boolean {
+    if (this.options.sendFiles === false) return false;
     if (this.socketFd === undefined) this.socketFd = this.duplicateSocketFd();
     return this.socketFd !== null && !this.closed;
   }

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import type { Logger } from 'pino';
+import { type Admitted, AdmissionPolicy, type AllowList, type RefusalReason } from './admission.js';
 import { Connection, type ConnectionOptions } from './connection.js';
 import type { ExportTable } from './negotiation.js';
 import { addFileReplyStats, emptyFileReplyStats, type FileReplyStats } from './reply-writer.js';
@@ -12,6 +13,12 @@ export interface ServerOptions {
   /** Unix socket path; undefined to skip. */
   unixPath: string | undefined;
   maxConnections: number;
+  /** Connections still negotiating at once; the oldest is dropped for a newcomer past it (see admission.ts). */
+  negotiatingMax?: number;
+  /** TCP connections from one address at once. */
+  perAddressMax?: number;
+  /** TCP clients must come from these addresses or networks; undefined: any. */
+  allow?: AllowList;
   connection: Omit<ConnectionOptions, 'logger'>;
   logger: Logger;
 }
@@ -32,7 +39,9 @@ export class NbdServer {
   private readonly listeners: net.Server[] = [];
   /** The unix socket this server created, to remove at shutdown. */
   private boundUnixPath: string | undefined;
-  private readonly connections = new Set<Connection>();
+  /** In accept order: admission drops the oldest negotiating one first. */
+  private readonly clients = new Set<Client>();
+  private readonly admission: AdmissionPolicy<Client>;
   private shuttingDown = false;
   private nextConnectionId = 1;
   private directBytesOfClosed = 0;
@@ -43,6 +52,8 @@ export class NbdServer {
   private exports: ExportTable | undefined;
   /** Called once per client that finished connecting, and once when it is gone (events, metrics). */
   onClient: ((change: 'attached' | 'detached', client: { id: number; remote: string }) => void) | undefined;
+  /** Called once per refused or dropped client, after it was logged (events). */
+  onRefusal: ((reason: RefusalReason, remote: string) => void) | undefined;
 
   /**
    * Without `exports` the listeners can be bound (so a port in use or an
@@ -52,6 +63,17 @@ export class NbdServer {
   constructor(exports: ExportTable | undefined, private readonly options: ServerOptions) {
     assert(options.maxConnections > 0);
     this.exports = exports;
+    this.admission = new AdmissionPolicy({
+      maxConnections: options.maxConnections,
+      negotiatingMax: options.negotiatingMax ?? options.maxConnections,
+      perAddressMax: options.perAddressMax ?? options.maxConnections,
+      allow: options.allow,
+    });
+  }
+
+  /** Clients refused or dropped so far, by reason (metrics). */
+  get refusals(): Readonly<Record<RefusalReason, number>> {
+    return this.admission.refusals;
   }
 
   /** Starts serving the export; clients that connected meanwhile are taken in order. */
@@ -62,19 +84,19 @@ export class NbdServer {
   }
 
   get connectionCount(): number {
-    return this.connections.size;
+    return this.clients.size;
   }
 
   get requestsInFlight(): number {
     let total = 0;
-    for (const connection of this.connections) total += connection.requestsInFlight;
+    for (const { connection } of this.clients) total += connection.requestsInFlight;
     return total;
   }
 
   /** WRITE payload bytes the kernel copied straight into their buffers, over all connections so far. */
   get directBytesReceived(): number {
     let total = this.directBytesOfClosed;
-    for (const connection of this.connections) total += connection.directBytesReceived;
+    for (const { connection } of this.clients) total += connection.directBytesReceived;
     return total;
   }
 
@@ -82,7 +104,7 @@ export class NbdServer {
   get fileReplyStats(): FileReplyStats {
     const total = emptyFileReplyStats();
     addFileReplyStats(total, this.fileRepliesOfClosed);
-    for (const connection of this.connections) addFileReplyStats(total, connection.fileReplyStats);
+    for (const { connection } of this.clients) addFileReplyStats(total, connection.fileReplyStats);
     return total;
   }
 
@@ -115,7 +137,7 @@ export class NbdServer {
     // so it is awaited after the connections are shut down.
     const listenersClosed = this.listeners.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
     for (const socket of this.waiting.splice(0)) socket.destroy();
-    await Promise.all([...this.connections].map((connection) => connection.shutdown()));
+    await Promise.all([...this.clients].map(({ connection }) => connection.shutdown()));
     await Promise.all(listenersClosed);
     // Only a socket this server bound: a path it was refused belongs to another server.
     if (this.boundUnixPath !== undefined) removeOwnSocket(this.boundUnixPath);
@@ -138,29 +160,51 @@ export class NbdServer {
 
   private accept(socket: net.Socket): void {
     const id = this.nextConnectionId++;
-    const logger = this.options.logger.child({ connection: id, remote: socket.remoteAddress ?? 'unix' });
+    // A unix socket has no remote address: those clients share the socket's permissions, not a per-address cap.
+    const address = socket.remoteAddress;
+    const remote = address === undefined ? 'unix' : `${address}:${socket.remotePort}`;
+    const logger = this.options.logger.child({ connection: id, remote: address ?? 'unix' });
     if (this.shuttingDown) {
       socket.destroy();
       return;
     }
-    if (this.connections.size >= this.options.maxConnections) {
-      logger.warn({ limit: this.options.maxConnections }, 'connection refused: too many connections');
+    const verdict = this.admission.decide(address, this.clients);
+    if (!verdict.admit) {
+      logger.warn({ reason: verdict.reason }, `connection refused: ${verdict.detail}`);
+      this.onRefusal?.(verdict.reason, remote);
       socket.destroy();
       return;
     }
+    if (verdict.drop !== undefined) {
+      const dropped = verdict.drop;
+      dropped.logger.warn({ reason: 'negotiating-dropped', for: remote },
+        'connection dropped: the oldest still negotiating, to admit a newer client (limits.negotiatingMax)');
+      this.onRefusal?.('negotiating-dropped', dropped.remote);
+      dropped.connection.drop('dropped for a newer client');
+    }
     const connection = new Connection(socket, this.exports!, { ...this.options.connection, logger },
       () => this.shuttingDown);
-    this.connections.add(connection);
-    const client = { id, remote: socket.remoteAddress === undefined ? 'unix' : `${socket.remoteAddress}:${socket.remotePort}` };
+    const client = new Client(connection, address, remote, logger);
+    this.clients.add(client);
+    const event = { id, remote };
     logger.debug('connected');
-    this.onClient?.('attached', client);
+    this.onClient?.('attached', event);
     void connection.closed.then(() => {
       this.directBytesOfClosed += connection.directBytesReceived;
       addFileReplyStats(this.fileRepliesOfClosed, connection.fileReplyStats);
-      this.connections.delete(connection);
+      this.clients.delete(client);
       logger.debug('disconnected');
-      this.onClient?.('detached', client);
+      this.onClient?.('detached', event);
     });
+  }
+}
+
+class Client implements Admitted {
+  constructor(readonly connection: Connection, readonly address: string | undefined, readonly remote: string,
+    readonly logger: Logger) {}
+
+  get negotiating(): boolean {
+    return this.connection.negotiating;
   }
 }
 

@@ -80,6 +80,8 @@ export class SocketReader {
   private headerReadsLeft = 0;
   /** Payload bytes the kernel copied straight into their buffers (tests check the path ran). */
   directBytes = 0;
+  /** The listener of a socket left as Node made it (not transferred). */
+  private onData: ((chunk: Buffer) => void) | undefined;
 
   constructor(accepted: net.Socket, private readonly sink: ReadSink, private readonly options: SocketReaderOptions,
     transfer = true) {
@@ -87,7 +89,8 @@ export class SocketReader {
     const handle = (accepted as unknown as { _handle?: unknown })._handle;
     if (!transfer || typeof handle !== 'object' || handle === null || accepted.destroyed) {
       this.socket = accepted;
-      accepted.on('data', (chunk: Buffer) => sink.onChunk(chunk));
+      this.onData = (chunk: Buffer) => sink.onChunk(chunk);
+      accepted.on('data', this.onData);
       if (accepted.isPaused()) accepted.resume();
       return;
     }
@@ -99,6 +102,19 @@ export class SocketReader {
       handle, readable: true, writable: true,
       onread: { buffer: () => this.nextBuffer(), callback: (count: number, buffer: Uint8Array) => this.onRead(count, buffer) },
     } as net.SocketConstructorOpts);
+  }
+
+  /**
+   * Stops handing this socket's bytes to the sink: a TLS layer takes the
+   * socket over after STARTTLS. Only a socket left as Node made it can be
+   * handed over (TLS wraps its handle); a transferred one reads into our
+   * buffers below any TLS layer, so servers with TLS on never transfer.
+   */
+  release(): net.Socket {
+    if (this.onData === undefined) throw new Error('a transferred socket cannot be handed to TLS');
+    this.socket.off('data', this.onData);
+    this.onData = undefined;
+    return this.socket;
   }
 
   private nextBuffer(): Buffer {

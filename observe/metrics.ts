@@ -114,6 +114,8 @@ export function buildRegistry(sources: MetricsSources): client.Registry {
   });
   counterFromEvents('nbd_mirror_enospc_total', 'Times writeback ran out of space (a thin pool full)', [],
     (event) => (event.event === 'enospc' ? {} : undefined));
+  counterFromEvents('nbd_mirror_connections_refused_total', 'Clients refused at accept or dropped while negotiating, by reason', ['reason'],
+    (event) => (event.event === 'client-refused' ? { reason: String(event.reason) } : undefined));
   counterFromEvents('nbd_mirror_leg_failures_total', 'Times a leg was marked faulty', [],
     (event) => (event.event === 'leg-faulty' ? {} : undefined));
 

@@ -56,6 +56,8 @@ const testTools = [
   ['qemu-img', 'qemu-utils'], ['qemu-io', 'qemu-utils'], ['fio', 'fio'], ['mkfs.ext4', 'e2fsprogs'],
   ['e2fsck', 'e2fsprogs'], ['fusermount3', 'fuse3'], ['losetup', 'mount'], ['nbdkit', 'nbdkit'],
   ['qemu-system-x86_64', 'qemu-system-x86'], ['cpio', 'cpio'],
+  // TLS tests make their certificates and PSK keys with GnuTLS's tools, as nbdkit's and qemu's docs do.
+  ['certtool', 'gnutls-bin'], ['psktool', 'gnutls-bin'],
 ];
 
 function hasCommand(name) {

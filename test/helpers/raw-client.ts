@@ -1,4 +1,5 @@
 import net from 'node:net';
+import tls from 'node:tls';
 
 /**
  * A byte-level NBD client for tests that must send what real clients never
@@ -11,11 +12,13 @@ export class RawClient {
   private ended = false;
   readonly closed: Promise<void>;
 
-  private constructor(readonly socket: net.Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      this.buffered = Buffer.concat([this.buffered, chunk]);
-      this.waiter?.();
-    });
+  private readonly onData = (chunk: Buffer): void => {
+    this.buffered = Buffer.concat([this.buffered, chunk]);
+    this.waiter?.();
+  };
+
+  private constructor(public socket: net.Socket) {
+    socket.on('data', this.onData);
     this.closed = new Promise((resolve) => socket.on('close', () => {
       this.ended = true;
       this.waiter?.();
@@ -24,10 +27,30 @@ export class RawClient {
     socket.on('error', () => undefined);
   }
 
+  /**
+   * After STARTTLS's ACK: runs a TLS handshake on this connection (Node's
+   * OpenSSL client, not GnuTLS: the tests see a second implementation).
+   * Rejects with the handshake's error.
+   */
+  async startTls(options: tls.ConnectionOptions): Promise<void> {
+    if (this.buffered.length > 0) throw new Error(`${this.buffered.length} unread bytes before the TLS handshake`);
+    this.socket.off('data', this.onData);
+    const secure = tls.connect({ ...options, socket: this.socket });
+    secure.on('error', () => undefined);
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secureConnect', () => resolve());
+      secure.once('error', reject);
+      secure.once('close', () => reject(new Error('closed during the TLS handshake')));
+    });
+    secure.on('data', this.onData);
+    this.socket = secure;
+  }
+
   /** A TCP port on 127.0.0.1, or a unix socket path. */
-  static connect(where: number | string): Promise<RawClient> {
+  static connect(where: number | string, localAddress?: string): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const options = typeof where === 'number' ? { host: '127.0.0.1', port: where } : { path: where };
+      // Any 127.x.y.z is this machine: a test can be many client addresses at once.
+      const options = typeof where === 'number' ? { host: '127.0.0.1', port: where, localAddress } : { path: where };
       const socket = net.connect(options, () => resolve(new RawClient(socket)));
       socket.once('error', reject);
     });
