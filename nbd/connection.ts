@@ -237,7 +237,7 @@ export class Connection {
       this.pump();
     });
     // A failed handshake (wrong key, wrong CA, garbage for a ClientHello) ends this connection only.
-    secure.on('error', (error) => this.hardDisconnect(`TLS: ${error.message.split('\n')[0]}`));
+    secure.on('error', (error: Error & { reason?: string }) => this.hardDisconnect(`TLS: ${error.reason ?? error.message}`));
     secure.once('secure', () => {
       if (this.phase !== 'tls-handshake') return;
       const refusal = server.refusePeer?.(secure.getPeerX509Certificate());

@@ -18,7 +18,7 @@ export type Phase = 'client-flags' | 'options' | 'tls-handshake' | 'transmission
 export const phaseTable: Record<Phase, { reads: string; next: readonly Phase[] }> = {
   'client-flags': { reads: 'the 4 bytes of client flags', next: ['options', 'closing', 'closed'] },
   options: { reads: 'option headers (16 bytes) and their data', next: ['tls-handshake', 'transmission', 'closing', 'closed'] },
-  'tls-handshake': { reads: 'nothing of ours (the TLS layer reads the client\'s handshake)', next: ['options', 'closed'] },
+  'tls-handshake': { reads: 'nothing of ours (the TLS layer reads the client\'s handshake)', next: ['options', 'closing', 'closed'] },
   transmission: { reads: 'request headers (28 bytes) and write payloads', next: ['closing', 'closed'] },
   closing: { reads: 'nothing (replies drain, then the socket ends)', next: ['closed'] },
   closed: { reads: 'nothing', next: [] },

@@ -105,19 +105,39 @@ test.serial('lengths are bounded: huge name lengths, long names, oversized optio
   await client.sendOption(6, unknown);
   t.is((await client.readOptionReply()).type, ERR_UNKNOWN, 'INFO for an unknown 4096-byte name');
   await client.sendOption(99, Buffer.alloc(100 * 1024));
-  t.is((await client.readOptionReply()).type, ERR_TOO_BIG, 'a 100 KiB option is skipped, not buffered');
+  t.is((await client.readOptionReply()).type, ERR_UNSUP, 'an unknown 100 KiB option is skipped, not buffered, and unsupported');
+  await client.sendOption(6, Buffer.alloc(100 * 1024));
+  t.is((await client.readOptionReply()).type, ERR_TOO_BIG, 'a known option of 100 KiB is skipped and too big');
+  await client.sendOption(8, Buffer.alloc(0));
+  t.is((await client.readOptionReply()).type, 1, 'structured replies');
+  for (const [count, queries] of [[2, 0], [0x40000000, 1], [200, 200]]) {
+    // A meta-context request whose query count cannot fit its length is malformed (ERR_INVALID), never "too big".
+    const name = Buffer.from('');
+    const body = Buffer.alloc(8 + queries * 4);
+    body.writeUInt32BE(name.length, 0);
+    body.writeUInt32BE(count, 4);
+    await client.sendOption(10, body);
+    const expected = count * 4 > queries * 4 ? ERR_INVALID : ERR_TOO_BIG;
+    t.is((await client.readOptionReply()).type, expected, `${count} queries in ${body.length} bytes`);
+  }
   t.is((await client.go()).sizeBytes, sizeBytes, 'negotiation continues after each');
   client.destroy();
 
-  // A 4 GiB option length: the server must not allocate it; it skips what arrives.
+  // A 4 GiB option length: the server must not allocate it, nor read 4 GiB to skip it.
   const before = (await run('ps', ['-o', 'rss=', '-p', String(server.pid)])).stdout.trim();
   const greedy = await RawClient.connect(server.port);
   await greedy.greet();
   await greedy.sendOption(3, Buffer.alloc(1024 * 1024), 0xffffffff);
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.true(await greedy.closedWithin(3000), 'an option over 16 MiB is taken as an attack');
   const after = (await run('ps', ['-o', 'rss=', '-p', String(server.pid)])).stdout.trim();
   t.true(Number(after) - Number(before) < 64 * 1024, `RSS grew from ${before} KiB to ${after} KiB`);
   greedy.destroy();
+  // Just under the bound, an unknown option is read off and answered like any other.
+  const patient = await RawClient.connect(server.port);
+  await patient.greet();
+  await patient.sendOption(77, Buffer.alloc(8 * 1024 * 1024));
+  t.is((await patient.readOptionReply()).type, ERR_UNSUP, 'an 8 MiB unknown option');
+  patient.destroy();
 });
 
 test.serial('EXPORT_NAME for an unknown export ends the session; a known one enters transmission', async (t) => {
