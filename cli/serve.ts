@@ -183,16 +183,30 @@ function checkTls(config: Config, source: string | undefined): TlsServer | undef
 export function attachHints(config: Config, addresses: ListenAddresses): string[] {
   const name = encodeURIComponent(config.export.name);
   const hints: string[] = [];
+  const { mode, psk } = config.tls;
+  // libnbd's URI parameters and qemu's tls-creds objects name the client's own credentials, not the server's folder.
+  const tlsQuery = psk !== undefined ? 'tls-psk-file=KEYS.psk' : 'tls-certificates=CLIENT-DIR';
+  const tlsUser = psk !== undefined ? 'USER@' : '';
+  const qemuCreds = psk !== undefined ? 'tls-creds-psk,id=tls0,dir=KEYS-DIR,username=USER,endpoint=client'
+    : 'tls-creds-x509,id=tls0,dir=CLIENT-DIR,endpoint=client';
   if (addresses.tcp !== undefined) {
     const { host, port } = addresses.tcp;
     // An IPv6 address needs brackets in a URI (RFC 3986); nbd-client takes it bare.
     const uriHost = host.includes(':') ? `[${host}]` : host;
-    hints.push(`nbdinfo nbd://${uriHost}:${port}/${name}`);
-    hints.push(`qemu-img info nbd://${uriHost}:${port}/${name}`);
-    hints.push(`nbd-client ${host} ${port} /dev/nbd0 -N '${config.export.name}'`);
+    if (mode !== 'off') {
+      hints.push(`nbdinfo 'nbds://${tlsUser}${uriHost}:${port}/${name}?${tlsQuery}'`);
+      hints.push(`qemu-img info --object ${qemuCreds} --image-opts driver=nbd,host=${host},port=${port},export=${config.export.name},tls-creds=tls0`);
+    }
+    if (mode !== 'require') {
+      hints.push(`nbdinfo nbd://${uriHost}:${port}/${name}`);
+      hints.push(`qemu-img info nbd://${uriHost}:${port}/${name}`);
+      hints.push(`nbd-client ${host} ${port} /dev/nbd0 -N '${config.export.name}'`);
+    }
   }
   if (addresses.unixPath !== undefined) {
-    hints.push(`nbdinfo 'nbd+unix:///${name}?socket=${path.resolve(addresses.unixPath)}'`);
+    const socket = path.resolve(addresses.unixPath);
+    if (mode !== 'off') hints.push(`nbdinfo 'nbds+unix://${tlsUser}/${name}?socket=${socket}&${tlsQuery}'`);
+    if (mode !== 'require') hints.push(`nbdinfo 'nbd+unix:///${name}?socket=${socket}'`);
   }
   return hints;
 }
