@@ -58,6 +58,8 @@ const testTools = [
   ['qemu-system-x86_64', 'qemu-system-x86'], ['cpio', 'cpio'],
   // TLS tests make their certificates and PSK keys with GnuTLS's tools, as nbdkit's and qemu's docs do.
   ['certtool', 'gnutls-bin'], ['psktool', 'gnutls-bin'],
+  // The kernel client's userspace negotiator; the TLS tests run its STARTTLS (the host has no nbd.ko to attach).
+  ['nbd-client', 'nbd-client'],
 ];
 
 function hasCommand(name) {

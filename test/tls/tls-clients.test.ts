@@ -109,3 +109,16 @@ test.serial('tls on: a plaintext client and a TLS client are both served', async
   const io = await run('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${offered.port}/disk`, '-c', 'write -P 0x44 0 64k', '-c', 'read -P 0x44 0 64k']);
   t.is(io.code, 0, io.stderr);
 });
+
+test.serial('Debian\'s nbd-client (the kernel client\'s negotiator) lists and negotiates GO over TLS', async (t) => {
+  const tlsFlags = ['-cacertfile', path.join(pki.clientDir, 'ca-cert.pem'), '-certfile', path.join(pki.clientDir, 'client-cert.pem'),
+    '-keyfile', path.join(pki.clientDir, 'client-key.pem'), '-tlshostname', 'localhost'];
+  const listed = await run('nbd-client', ['-l', '127.0.0.1', String(x509.port), ...tlsFlags], { timeoutMs: 20_000 });
+  t.is(listed.code, 0, listed.stderr);
+  t.regex(listed.stdout, /^disk: /m);
+  const attachedBefore = x509.logs.filter((entry) => entry.msg === 'client attached').length;
+  // Negotiation finishes (GO inside TLS, "size = 64MB"); handing the socket to the kernel then fails: no such device (and no nbd.ko here).
+  const attach = await run('nbd-client', ['127.0.0.1', String(x509.port), '/dev/nbd-no-such-device', '-N', 'disk', ...tlsFlags], { timeoutMs: 20_000 });
+  t.regex(attach.stdout + attach.stderr, /size = 64MB/);
+  t.is(x509.logs.filter((entry) => entry.msg === 'client attached').length, attachedBefore + 1, 'the server saw it attach');
+});
