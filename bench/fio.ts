@@ -52,9 +52,11 @@ export function roundOrder<T>(servers: readonly T[], round: number): T[] {
 /**
  * Runs one time-based fio job with the nbd engine against `uri`. `files` are
  * the server's backing files: they are put in the same page-cache state
- * before every run (see file-cache.ts).
+ * before every run (see file-cache.ts). `env` is fio's (HOME names libnbd's
+ * TLS credentials: fio's engine refuses URIs that name local files).
  */
-export async function runFio(uri: string, job: FioJob, seconds: number, sizeBytes: number, files: string[]): Promise<FioResult> {
+export async function runFio(uri: string, job: FioJob, seconds: number, sizeBytes: number, files: string[],
+  env?: NodeJS.ProcessEnv): Promise<FioResult> {
   await settleFiles(files, job.rw.includes('read'));
   const args = [
     '--name', job.name, '--ioengine=nbd', `--uri=${uri}`, `--rw=${job.rw}`, `--bs=${job.blockSize}`,
@@ -66,7 +68,7 @@ export async function runFio(uri: string, job: FioJob, seconds: number, sizeByte
   // A write job flushes when it ends, so its dirty pages are written back on
   // its own time, not during the next server's run (which they slowed by up to 2x).
   if (job.rw.includes('write')) args.push('--end_fsync=1');
-  const result = await run('fio', args, { timeoutMs: (seconds + 60) * 1000 });
+  const result = await run('fio', args, { timeoutMs: (seconds + 60) * 1000, env });
   if (result.code !== 0) throw new Error(`fio ${job.name} failed: ${result.stderr}`);
   const parsed = JSON.parse(result.stdout.slice(result.stdout.indexOf('{'))) as {
     jobs: Array<{ read: FioSide; write: FioSide }>;

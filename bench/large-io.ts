@@ -6,13 +6,13 @@
  * job, rounds interleaved and rotated. For each: the figure, the server's
  * CPU per request, the p99 latency, and at the end the peak memory.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { peakRssBytes, projectRoot, startServerProcess } from '../test/helpers/server-process.js';
 import { freePort, run } from '../test/helpers/tools.js';
-import { figure, type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+import { figure, type FioJob } from './fio.js';
 import { fill, mirrorArgs, mirrorLegs } from './mirror.js';
+import { type BenchServer, measureJob, startPeer } from './side-by-side.js';
 
 export const largeIoJobs: FioJob[] = [
   { name: '1m-seqwrite-qd8', rw: 'write', blockSize: '1m', iodepth: 8 },
@@ -24,13 +24,7 @@ export const largeIoJobs: FioJob[] = [
 
 type ServerName = 'cache' | 'no-cache' | 'plain' | 'nbdkit' | 'nbdkit-cache' | 'c-mirror';
 
-interface Server {
-  name: ServerName;
-  uri: string;
-  pid: number;
-  files: string[];
-  stop(): Promise<void>;
-}
+type Server = BenchServer<ServerName>;
 
 /** The ratios the issue's goals are stated in: [numerator, denominator]. */
 const ratios: Array<[ServerName, ServerName]> = [
@@ -38,34 +32,9 @@ const ratios: Array<[ServerName, ServerName]> = [
   ['nbdkit-cache', 'nbdkit'],
 ];
 
-const rampSeconds = 1;
-
-/** User and system CPU of a whole process (every thread), in seconds. */
-function cpuSeconds(pid: number): number {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  // utime and stime are fields 14 and 15 of stat(5), counted after "pid (comm) ".
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
 async function startNbdkit(name: ServerName, args: string[], files: string[]): Promise<Server> {
   const port = await freePort();
-  const child: ChildProcess = spawn('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), ...args], { stdio: ['ignore', 'ignore', 'inherit'] });
-  const uri = `nbd://127.0.0.1:${port}`;
-  for (let attempt = 0; attempt < 100; attempt += 1) {
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    if ((await run('nbdinfo', ['--size', uri], { timeoutMs: 5000 })).code === 0) {
-      return {
-        name, uri, pid: child.pid!, files,
-        stop: async () => {
-          const exited = new Promise((resolve) => child.once('exit', resolve));
-          child.kill('SIGTERM');
-          await exited;
-        },
-      };
-    }
-  }
-  child.kill('SIGKILL');
-  throw new Error(`nbdkit ${args.join(' ')} did not start`);
+  return startPeer(name, 'nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), ...args], `nbd://127.0.0.1:${port}`, files);
 }
 
 /** Builds the C reference plugin; undefined (with the reason printed) when it cannot be built here. */
@@ -106,11 +75,6 @@ async function startServers(dir: string, sizeBytes: number): Promise<Server[]> {
   return servers;
 }
 
-interface Measured {
-  result: FioResult;
-  cpuPerRequestUs: number;
-}
-
 export async function benchLargeIo(options: { dir: string; sizeBytes: number; seconds: number; rounds: number; jobs?: string[] }): Promise<void> {
   const { dir, sizeBytes, seconds, rounds } = options;
   console.log('\nlarge I/O: default config (mirror + cache) | mirror --no-cache | one plain leg --no-cache | nbdkit file | ' +
@@ -120,17 +84,7 @@ export async function benchLargeIo(options: { dir: string; sizeBytes: number; se
   try {
     for (const server of servers) await fill(server.uri, sizeBytes);
     for (const job of largeIoJobs.filter((candidate) => options.jobs?.includes(candidate.name) ?? true)) {
-      const best = new Map<ServerName, Measured>();
-      for (let round = 0; round < rounds; round += 1) {
-        for (const server of roundOrder(servers, round)) {
-          const cpuBefore = cpuSeconds(server.pid);
-          const result = await runFio(server.uri, job, seconds, sizeBytes, server.files);
-          const requests = result.ios * (seconds + rampSeconds) / seconds;
-          const measured = { result, cpuPerRequestUs: (cpuSeconds(server.pid) - cpuBefore) * 1e6 / Math.max(1, requests) };
-          const previous = best.get(server.name);
-          if (previous === undefined || result.iops > previous.result.iops) best.set(server.name, measured);
-        }
-      }
+      const best = await measureJob(servers, job, { seconds, rounds, sizeBytes });
       console.log(`\n${job.name}`);
       for (const server of servers) {
         const { result, cpuPerRequestUs } = best.get(server.name)!;

@@ -29,9 +29,9 @@ export function mirrorLegs(dir: string, name: string): string[] {
   return [path.join(dir, `${name}-0.img`), path.join(dir, `${name}-1.img`)];
 }
 
-export async function fill(uri: string, sizeBytes: number): Promise<void> {
+export async function fill(uri: string, sizeBytes: number, env?: NodeJS.ProcessEnv): Promise<void> {
   const result = await run('fio', ['--name=fill', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1m', '--iodepth=8',
-    `--size=${sizeBytes}`], { timeoutMs: 600_000 });
+    `--size=${sizeBytes}`], { timeoutMs: 600_000, env });
   if (result.code !== 0) throw new Error(`fill failed: ${result.stderr}`);
 }
 

@@ -1,0 +1,75 @@
+/**
+ * What the bench tables share: peer servers started as child processes on
+ * loopback (ended by their PID), and the loop that runs each job on every
+ * server in rotated, interleaved rounds, keeping each server's best run with
+ * its CPU per request.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import { run } from '../test/helpers/tools.js';
+import { type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+
+export interface BenchServer<Name extends string = string> {
+  name: Name;
+  /** What fio's nbd engine connects to (nbds:// with its TLS parameters for TLS servers). */
+  uri: string;
+  pid: number;
+  /** Backing files, put in the same page-cache state before every run. */
+  files: string[];
+  /** The client's environment (HOME for libnbd's default TLS credentials folder). */
+  clientEnv?: NodeJS.ProcessEnv;
+  stop(): Promise<void>;
+}
+
+export interface Measured {
+  result: FioResult;
+  cpuPerRequestUs: number;
+}
+
+const rampSeconds = 1;
+
+/** User and system CPU of a whole process (every thread), in seconds. */
+export function cpuSeconds(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  // utime and stime are fields 14 and 15 of stat(5), counted after "pid (comm) ".
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** Starts a peer (nbdkit, qemu-nbd) and waits until nbdinfo can read `uri`'s size. */
+export async function startPeer<Name extends string>(name: Name, command: string, args: string[], uri: string, files: string[],
+  clientEnv?: NodeJS.ProcessEnv): Promise<BenchServer<Name>> {
+  const child: ChildProcess = spawn(command, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  for (let attempt = 0; attempt < 100; attempt += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    if ((await run('nbdinfo', ['--size', uri], { timeoutMs: 5000, env: clientEnv })).code === 0) {
+      return {
+        name, uri, pid: child.pid!, files, clientEnv,
+        stop: async () => {
+          if (child.exitCode !== null || child.signalCode !== null) return;
+          const exited = new Promise((resolve) => child.once('exit', resolve));
+          child.kill('SIGTERM');
+          await exited;
+        },
+      };
+    }
+  }
+  child.kill('SIGKILL');
+  throw new Error(`${command} ${args.join(' ')} did not start`);
+}
+
+/** Runs `job` on every server, `rounds` times in rotated order; each server's best run. */
+export async function measureJob<Name extends string>(servers: Array<BenchServer<Name>>, job: FioJob,
+  options: { seconds: number; rounds: number; sizeBytes: number }): Promise<Map<Name, Measured>> {
+  const best = new Map<Name, Measured>();
+  for (let round = 0; round < options.rounds; round += 1) {
+    for (const server of roundOrder(servers, round)) {
+      const cpuBefore = cpuSeconds(server.pid);
+      const result = await runFio(server.uri, job, options.seconds, options.sizeBytes, server.files, server.clientEnv);
+      const requests = result.ios * (options.seconds + rampSeconds) / options.seconds;
+      const measured = { result, cpuPerRequestUs: (cpuSeconds(server.pid) - cpuBefore) * 1e6 / Math.max(1, requests) };
+      const previous = best.get(server.name);
+      if (previous === undefined || result.iops > previous.result.iops) best.set(server.name, measured);
+    }
+  }
+  return best;
+}
