@@ -231,11 +231,13 @@ export class Connection {
     // sendfile would put plaintext on the wire under the TLS stream: never over TLS.
     this.writer = this.writerFor(secure, false);
     this.listenTo(secure);
-    secure.on('data', (chunk: Buffer) => {
-      this.options.inputPoll?.inputArrived();
-      this.input.push(chunk);
-      this.pump();
-    });
+    if (!(this.options.directReads && this.reader.adoptTls(secure))) {
+      secure.on('data', (chunk: Buffer) => {
+        this.options.inputPoll?.inputArrived();
+        this.input.push(chunk);
+        this.pump();
+      });
+    }
     // A failed handshake (wrong key, wrong CA, garbage for a ClientHello) ends this connection only.
     secure.on('error', (error: Error & { reason?: string }) => this.hardDisconnect(`TLS: ${error.reason ?? error.message}`));
     secure.once('secure', () => {

@@ -1,8 +1,14 @@
 import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type tls from 'node:tls';
 import { defaultConnectionOptions } from '../nbd/connection.js';
+import { loadTlsServer } from '../nbd/tls-credentials.js';
 import { type LegServer, startLegServer } from './helpers/leg-server.js';
-import { attachClient, type RawClient, READ, requestHeader, WRITE } from './helpers/raw-client.js';
+import { attachClient, attachTlsClient, type RawClient, READ, requestHeader, WRITE } from './helpers/raw-client.js';
+import { makePki } from './helpers/tls-files.js';
+import { makeTempDir } from './helpers/tools.js';
 
 /**
  * WRITE payloads reach the device by three paths: a view of a received slab,
@@ -13,18 +19,31 @@ import { attachClient, type RawClient, READ, requestHeader, WRITE } from './help
  */
 const sizeBytes = 32 * 1024 * 1024;
 
-type Harness = LegServer;
+type Harness = LegServer & { attach(): Promise<RawClient> };
 
-function startServer(t: ExecutionContext,
-  options: { directReads: boolean; inFlightRequestsMax?: number; unix?: boolean }): Promise<Harness> {
-  return startLegServer(t, {
+/** With `tls`, the server requires TLS and clients attach through STARTTLS (x509, Node's client). */
+async function startServer(t: ExecutionContext,
+  options: { directReads: boolean; inFlightRequestsMax?: number; unix?: boolean; tls?: boolean }): Promise<Harness> {
+  let clientTls: tls.ConnectionOptions | undefined;
+  let serverTls: ReturnType<typeof loadTlsServer>;
+  if (options.tls) {
+    const dir = makeTempDir('receive-tls');
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const pki = await makePki(dir);
+    serverTls = loadTlsServer({ mode: 'require', certificates: pki.serverDir, verifyPeer: false, psk: undefined });
+    clientTls = { ca: fs.readFileSync(pki.caCert), servername: 'localhost',
+      cert: fs.readFileSync(path.join(pki.clientDir, 'client-cert.pem')), key: fs.readFileSync(path.join(pki.clientDir, 'client-key.pem')) };
+  }
+  const harness = await startLegServer(t, {
     sizeBytes,
     unix: options.unix,
     connection: {
       directReads: options.directReads,
       inFlightRequestsMax: options.inFlightRequestsMax ?? defaultConnectionOptions.inFlightRequestsMax,
+      tls: serverTls,
     },
   });
+  return { ...harness, attach: () => (clientTls === undefined ? attachClient(harness.address) : attachTlsClient(harness.address, clientTls)) };
 }
 
 /** Deterministic sizes around every boundary the receive paths have. */
@@ -53,7 +72,7 @@ function seededRandom(seed: number): () => number {
 async function pipelinedWritesReadBack(t: ExecutionContext, harness: Harness, seed: number): Promise<void> {
   const random = seededRandom(seed);
   const model = Buffer.alloc(sizeBytes);
-  const client = await attachClient(harness.address);
+  const client = await harness.attach();
   const parts: Buffer[] = [];
   let cookie = 1n;
   // Overlapping writes on one connection apply in order, so the model is the last writer's bytes.
@@ -87,6 +106,22 @@ for (const directReads of [true, false]) {
     else t.is(harness.server.directBytesReceived, 0);
   });
 }
+
+for (const directReads of [true, false]) {
+  const mode = directReads ? 'decrypted straight into payload buffers' : 'decrypted into \'data\' events';
+  test(`over TLS, fragmented, pipelined writes of every size arrive intact (${mode})`, async (t) => {
+    const harness = await startServer(t, { directReads, tls: true });
+    await pipelinedWritesReadBack(t, harness, directReads ? 15 : 16);
+    if (directReads) t.true(harness.server.directBytesReceived > 0, 'no payload took the direct path');
+    else t.is(harness.server.directBytesReceived, 0);
+  });
+}
+
+test('over TLS, flow control pausing mid-payload loses nothing (two requests in flight at most)', async (t) => {
+  const harness = await startServer(t, { directReads: true, inFlightRequestsMax: 2, tls: true });
+  await pipelinedWritesReadBack(t, harness, 17);
+  t.true(harness.server.directBytesReceived > 0);
+});
 
 test('a unix socket client gets the same receive paths', async (t) => {
   const harness = await startServer(t, { directReads: true, unix: true });

@@ -165,3 +165,15 @@ export async function attachClient(address: number | string): Promise<RawClient>
   await client.go();
   return client;
 }
+
+/** A raw client past STARTTLS (Node's TLS client) and NBD_OPT_GO inside TLS. */
+export async function attachTlsClient(address: number | string, options: tls.ConnectionOptions): Promise<RawClient> {
+  const client = await RawClient.connect(address);
+  await client.greet();
+  await client.sendOption(5, Buffer.alloc(0));
+  const reply = await client.readOptionReply();
+  if (reply.type !== 1) throw new Error(`NBD_OPT_STARTTLS answered 0x${reply.type.toString(16)}`);
+  await client.startTls(options);
+  await client.go();
+  return client;
+}
