@@ -87,7 +87,7 @@ export class Connection {
         this.onDirectBytes(byteCount);
       },
       // TLS wraps the accepted socket's own handle, which a transferred socket no longer has.
-    }, options.reader, options.directReads && options.tls === undefined);
+    }, options.reader, !options.directReads ? 'events' : options.tls === undefined ? 'transfer' : 'in-place');
     const socket = this.reader.socket;
     this.socket = socket;
     this.writer = this.writerFor(socket, true);

@@ -84,11 +84,22 @@ export class SocketReader {
   /** The listener of a socket left as Node made it (not transferred). */
   private onData: ((chunk: Buffer) => void) | undefined;
 
+  /**
+   * `placement`: 'transfer' moves the handle to a socket built with onread;
+   * 'in-place' sets the same up on the accepted socket itself (see
+   * adoptTls), so that a TLS layer can still wrap its handle after STARTTLS;
+   * 'events' reads Node's 'data' events (every byte through onChunk).
+   */
   constructor(accepted: net.Socket, private readonly sink: ReadSink, private readonly options: SocketReaderOptions,
-    transfer = true) {
+    placement: 'transfer' | 'in-place' | 'events' = 'transfer') {
     this.slab = Buffer.allocUnsafeSlow(options.slabBytes);
     const handle = (accepted as unknown as { _handle?: unknown })._handle;
-    if (!transfer || typeof handle !== 'object' || handle === null || accepted.destroyed) {
+    if (placement === 'in-place' && this.readIntoOwnBuffers(accepted)) {
+      this.socket = accepted;
+      if (accepted.isPaused()) accepted.resume();
+      return;
+    }
+    if (placement !== 'transfer' || typeof handle !== 'object' || handle === null || accepted.destroyed) {
       this.socket = accepted;
       this.onData = (chunk: Buffer) => sink.onChunk(chunk);
       accepted.on('data', this.onData);
@@ -107,15 +118,20 @@ export class SocketReader {
 
   /**
    * Stops handing this socket's bytes to the sink: a TLS layer takes the
-   * socket over after STARTTLS. Only a socket left as Node made it can be
-   * handed over (TLS wraps its handle); a transferred one reads into our
-   * buffers below any TLS layer, so servers with TLS on never transfer.
+   * socket over after STARTTLS and sits on top of its handle, so the
+   * handle's reads go to TLS from then on. A transferred socket cannot be
+   * handed over (its handle left the accepted socket), so servers with TLS
+   * on never transfer.
    */
   release(): net.Socket {
-    if (this.onData === undefined) throw new Error('a transferred socket cannot be handed to TLS');
-    this.socket.off('data', this.onData);
+    if (this.transferred) throw new Error('a transferred socket cannot be handed to TLS');
+    if (this.onData !== undefined) this.socket.off('data', this.onData);
     this.onData = undefined;
     return this.socket;
+  }
+
+  private get transferred(): boolean {
+    return this.onData === undefined && !this.inPlace;
   }
 
   /**
@@ -132,15 +148,22 @@ export class SocketReader {
    * caller then reads 'data' events.
    */
   adoptTls(secure: tls.TLSSocket): boolean {
+    return this.readIntoOwnBuffers(secure);
+  }
+
+  private inPlace = false;
+
+  private readIntoOwnBuffers(socket: net.Socket): boolean {
     const symbols = userBufferSymbols();
-    const handle = (secure as unknown as { _handle?: { useUserBuffer?: unknown } })._handle;
-    if (symbols === undefined || typeof handle?.useUserBuffer !== 'function') return false;
+    const handle = (socket as unknown as { _handle?: { useUserBuffer?: unknown } })._handle;
+    if (symbols === undefined || typeof handle?.useUserBuffer !== 'function' || socket.destroyed) return false;
     const first = this.nextBuffer();
-    const fields = secure as unknown as Record<symbol, unknown>;
+    const fields = socket as unknown as Record<symbol, unknown>;
     fields[symbols.buffer] = first;
     fields[symbols.callback] = (count: number, buffer: Uint8Array) => this.onRead(count, buffer);
     fields[symbols.generator] = () => this.nextBuffer();
     (handle.useUserBuffer as (buffer: Uint8Array) => void).call(handle, first);
+    this.inPlace = true;
     return true;
   }
 

@@ -21,17 +21,20 @@ const sizeBytes = 32 * 1024 * 1024;
 
 type Harness = LegServer & { attach(): Promise<RawClient> };
 
-/** With `tls`, the server requires TLS and clients attach through STARTTLS (x509, Node's client). */
+/**
+ * `tls: 'require'`: clients attach through STARTTLS (x509, Node's client).
+ * `tls: 'offered'`: the server offers TLS and the client stays in plaintext.
+ */
 async function startServer(t: ExecutionContext,
-  options: { directReads: boolean; inFlightRequestsMax?: number; unix?: boolean; tls?: boolean }): Promise<Harness> {
+  options: { directReads: boolean; inFlightRequestsMax?: number; unix?: boolean; tls?: 'require' | 'offered' }): Promise<Harness> {
   let clientTls: tls.ConnectionOptions | undefined;
   let serverTls: ReturnType<typeof loadTlsServer>;
   if (options.tls) {
     const dir = makeTempDir('receive-tls');
     t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
     const pki = await makePki(dir);
-    serverTls = loadTlsServer({ mode: 'require', certificates: pki.serverDir, verifyPeer: false, psk: undefined });
-    clientTls = { ca: fs.readFileSync(pki.caCert), servername: 'localhost',
+    serverTls = loadTlsServer({ mode: options.tls === 'require' ? 'require' : 'on', certificates: pki.serverDir, verifyPeer: false, psk: undefined });
+    if (options.tls === 'require') clientTls = { ca: fs.readFileSync(pki.caCert), servername: 'localhost',
       cert: fs.readFileSync(path.join(pki.clientDir, 'client-cert.pem')), key: fs.readFileSync(path.join(pki.clientDir, 'client-key.pem')) };
   }
   const harness = await startLegServer(t, {
@@ -110,7 +113,7 @@ for (const directReads of [true, false]) {
 for (const directReads of [true, false]) {
   const mode = directReads ? 'decrypted straight into payload buffers' : 'decrypted into \'data\' events';
   test(`over TLS, fragmented, pipelined writes of every size arrive intact (${mode})`, async (t) => {
-    const harness = await startServer(t, { directReads, tls: true });
+    const harness = await startServer(t, { directReads, tls: 'require' });
     await pipelinedWritesReadBack(t, harness, directReads ? 15 : 16);
     if (directReads) t.true(harness.server.directBytesReceived > 0, 'no payload took the direct path');
     else t.is(harness.server.directBytesReceived, 0);
@@ -118,9 +121,15 @@ for (const directReads of [true, false]) {
 }
 
 test('over TLS, flow control pausing mid-payload loses nothing (two requests in flight at most)', async (t) => {
-  const harness = await startServer(t, { directReads: true, inFlightRequestsMax: 2, tls: true });
+  const harness = await startServer(t, { directReads: true, inFlightRequestsMax: 2, tls: 'require' });
   await pipelinedWritesReadBack(t, harness, 17);
   t.true(harness.server.directBytesReceived > 0);
+});
+
+test('a plaintext client of a server offering TLS gets the direct path too (the socket is read in place, not transferred)', async (t) => {
+  const harness = await startServer(t, { directReads: true, tls: 'offered' });
+  await pipelinedWritesReadBack(t, harness, 18);
+  t.true(harness.server.directBytesReceived > 0, 'no payload took the direct path');
 });
 
 test('a unix socket client gets the same receive paths', async (t) => {
