@@ -167,7 +167,7 @@ function reloadSettings(running: RunningServer, logger: Logger, configFile: stri
   running.mirror?.setResyncRate(config.storage.resyncBytesPerSecond);
   running.sweeper.setInterval(config.storage.sweepIntervalMs);
   logger.info({ logLevel: config.log.level, resyncRate: config.storage.resyncBytesPerSecond,
-    sweepIntervalMs: config.storage.sweepIntervalMs }, 'settings reloaded; listeners, storage and cache need a restart to change');
+    sweepIntervalMs: config.storage.sweepIntervalMs }, 'settings reloaded; listeners, TLS credentials, admission limits, storage and cache need a restart to change');
 }
 
 /**

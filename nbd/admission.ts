@@ -41,8 +41,6 @@ export type Verdict<T extends Admitted> =
  * refuses strangers before they cost anything.
  */
 export class AdmissionPolicy<T extends Admitted> {
-  readonly refusals: Record<RefusalReason, number> = { 'not-allowed': 0, 'per-address-limit': 0, 'too-many-connections': 0, 'negotiating-dropped': 0 };
-
   constructor(private readonly options: AdmissionOptions) {}
 
   /** `current` in accept order, oldest first. */
@@ -70,12 +68,10 @@ export class AdmissionPolicy<T extends Admitted> {
     if (oldestNegotiating === undefined) {
       return this.refuse('too-many-connections', `${total} clients attached (limits.maxConnections)`);
     }
-    this.refusals['negotiating-dropped'] += 1;
     return { admit: true, drop: oldestNegotiating };
   }
 
   private refuse(reason: RefusalReason, detail: string): Verdict<T> {
-    this.refusals[reason] += 1;
     return { admit: false, reason, detail };
   }
 }

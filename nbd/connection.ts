@@ -139,9 +139,9 @@ export class Connection {
     return this.phase === 'client-flags' || this.phase === 'options' || this.phase === 'tls-handshake';
   }
 
-  /** Ends the connection now (admission made room for a newer client). */
-  drop(reason: string): void {
-    this.hardDisconnect(reason);
+  /** Ends the connection now (admission made room for a newer client, and logged why). */
+  drop(): void {
+    this.hardDisconnect('dropped for a newer client', false);
   }
 
   /** Stops reading new requests, lets in-flight ones finish, then closes. */
@@ -268,6 +268,7 @@ export class Connection {
     const metaExport = negotiated.metaContextExport;
     this.blockStatusNegotiated = metaExport !== undefined && this.exports.find(metaExport) === entry;
     this.commands = new CommandRunner(entry.device, this.writer, this.structured, this.options, this.options.logger);
+    this.reader.useFullSlabs();
     this.optionReader = undefined;
     this.enterPhase('transmission');
     this.options.logger.info({ export: entry.name, flags, structuredReplies: this.structured }, 'client attached');
@@ -443,9 +444,9 @@ export class Connection {
     this.clock.setTimeout(() => this.socket.destroy(), 5000, { unref: true });
   }
 
-  private hardDisconnect(reason: string): void {
+  private hardDisconnect(reason: string, log = true): void {
     if (this.phase === 'closed') return;
-    this.options.logger.warn({ reason }, 'disconnecting client');
+    if (log) this.options.logger.warn({ reason }, 'disconnecting client');
     this.socket.destroy();
     this.onClose();
   }

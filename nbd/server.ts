@@ -52,7 +52,7 @@ export class NbdServer {
   private exports: ExportTable | undefined;
   /** Called once per client that finished connecting, and once when it is gone (events, metrics). */
   onClient: ((change: 'attached' | 'detached', client: { id: number; remote: string }) => void) | undefined;
-  /** Called once per refused or dropped client, after it was logged (events). */
+  /** Called once per refused or dropped client, after it was logged (events, and through them the refusal counter). */
   onRefusal: ((reason: RefusalReason, remote: string) => void) | undefined;
 
   /**
@@ -71,10 +71,6 @@ export class NbdServer {
     });
   }
 
-  /** Clients refused or dropped so far, by reason (metrics). */
-  get refusals(): Readonly<Record<RefusalReason, number>> {
-    return this.admission.refusals;
-  }
 
   /** Starts serving the export; clients that connected meanwhile are taken in order. */
   serve(exports: ExportTable): void {
@@ -180,7 +176,7 @@ export class NbdServer {
       dropped.logger.warn({ reason: 'negotiating-dropped', for: remote },
         'connection dropped: the oldest still negotiating, to admit a newer client (limits.negotiatingMax)');
       this.onRefusal?.('negotiating-dropped', dropped.remote);
-      dropped.connection.drop('dropped for a newer client');
+      dropped.connection.drop();
     }
     const connection = new Connection(socket, this.exports!, { ...this.options.connection, logger },
       () => this.shuttingDown);
@@ -208,11 +204,19 @@ class Client implements Admitted {
   }
 }
 
+/**
+ * The kernel's accept queue holds connections the event loop has not taken
+ * yet; when it is full, a new client's SYN is dropped and retried a second
+ * later. Node's default of 511 is what a flood of idle connections fills
+ * first; the kernel caps this at net.core.somaxconn (4096 since Linux 5.4), as nbdkit asks with SOMAXCONN.
+ */
+const acceptBacklog = 4096;
+
 function listenOn(server: net.Server, options: net.ListenOptions): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (error: Error): void => reject(error);
     server.once('error', onError);
-    server.listen(options, () => {
+    server.listen({ backlog: acceptBacklog, ...options }, () => {
       server.off('error', onError);
       resolve();
     });
