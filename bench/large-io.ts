@@ -8,11 +8,11 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { peakRssBytes, projectRoot, startServerProcess } from '../test/helpers/server-process.js';
+import { projectRoot, startServerProcess } from '../test/helpers/server-process.js';
 import { freePort, run } from '../test/helpers/tools.js';
-import { figure, type FioJob } from './fio.js';
+import type { FioJob } from './fio.js';
 import { fill, mirrorArgs, mirrorLegs } from './mirror.js';
-import { type BenchServer, measureJob, startPeer } from './side-by-side.js';
+import { type BenchServer, measureJob, printJob, printPeakMemory, startPeer } from './side-by-side.js';
 
 export const largeIoJobs: FioJob[] = [
   { name: '1m-seqwrite-qd8', rw: 'write', blockSize: '1m', iodepth: 8 },
@@ -85,26 +85,14 @@ export async function benchLargeIo(options: { dir: string; sizeBytes: number; se
     for (const server of servers) await fill(server.uri, sizeBytes);
     for (const job of largeIoJobs.filter((candidate) => options.jobs?.includes(candidate.name) ?? true)) {
       const best = await measureJob(servers, job, { seconds, rounds, sizeBytes });
-      console.log(`\n${job.name}`);
-      for (const server of servers) {
-        const { result, cpuPerRequestUs } = best.get(server.name)!;
-        console.log(`  ${server.name.padEnd(13)} ${figure(job, result).padStart(12)}   cpu/req ${cpuPerRequestUs.toFixed(0).padStart(5)} us   ` +
-          `p99 ${(result.latencyP99Us / 1000).toFixed(2).padStart(7)} ms`);
-      }
-      const shown = ratios.filter(([a, b]) => best.has(a) && best.has(b))
-        .map(([a, b]) => `${a}/${b} ${(best.get(a)!.result.iops / best.get(b)!.result.iops).toFixed(2)}x`);
-      console.log(`  ratios: ${shown.join('   ')}`);
+      printJob(job, servers, best, ratios);
       const cpu = (name: ServerName): number | undefined => best.get(name)?.cpuPerRequestUs;
       if (cpu('cache') !== undefined && cpu('nbdkit') !== undefined) {
         console.log(`  cpu/req against nbdkit file: cache ${(cpu('cache')! / cpu('nbdkit')!).toFixed(2)}x   ` +
           `plain ${(cpu('plain')! / cpu('nbdkit')!).toFixed(2)}x`);
       }
     }
-    console.log('\npeak memory (VmHWM over the whole table):');
-    console.log('  ' + servers.map((server) => {
-      const peak = peakRssBytes(server.pid);
-      return `${server.name} ${peak === undefined ? '?' : (peak / 2 ** 20).toFixed(0)} MiB`;
-    }).join('   '));
+    printPeakMemory(servers);
   } finally {
     for (const server of servers) await server.stop().catch(() => undefined);
   }

@@ -6,8 +6,9 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import { peakRssBytes } from '../test/helpers/server-process.js';
 import { run } from '../test/helpers/tools.js';
-import { type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+import { figure, type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
 
 export interface BenchServer<Name extends string = string> {
   name: Name;
@@ -72,4 +73,26 @@ export async function measureJob<Name extends string>(servers: Array<BenchServer
     }
   }
   return best;
+}
+
+/** One job's rows (figure, CPU per request, p99) and the ratios named, where both sides ran. */
+export function printJob<Name extends string>(job: FioJob, servers: Array<BenchServer<Name>>, best: Map<Name, Measured>,
+  ratios: Array<[Name, Name]>): void {
+  console.log(`\n${job.name}`);
+  for (const server of servers) {
+    const { result, cpuPerRequestUs } = best.get(server.name)!;
+    console.log(`  ${server.name.padEnd(13)} ${figure(job, result).padStart(12)}   cpu/req ${cpuPerRequestUs.toFixed(0).padStart(5)} us   ` +
+      `p99 ${(result.latencyP99Us / 1000).toFixed(2).padStart(7)} ms`);
+  }
+  const shown = ratios.filter(([a, b]) => best.has(a) && best.has(b))
+    .map(([a, b]) => `${a}/${b} ${(best.get(a)!.result.iops / best.get(b)!.result.iops).toFixed(2)}x`);
+  console.log(`  ratios: ${shown.join('   ')}`);
+}
+
+export function printPeakMemory(servers: BenchServer[]): void {
+  console.log('\npeak memory (VmHWM over the whole table):');
+  console.log('  ' + servers.map((server) => {
+    const peak = peakRssBytes(server.pid);
+    return `${server.name} ${peak === undefined ? '?' : (peak / 2 ** 20).toFixed(0)} MiB`;
+  }).join('   '));
 }

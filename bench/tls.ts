@@ -7,12 +7,12 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { peakRssBytes, startServerProcess } from '../test/helpers/server-process.js';
+import { startServerProcess } from '../test/helpers/server-process.js';
 import { makePki } from '../test/helpers/tls-files.js';
 import { freePort } from '../test/helpers/tools.js';
-import { figure, type FioJob } from './fio.js';
+import type { FioJob } from './fio.js';
 import { fill } from './mirror.js';
-import { type BenchServer, measureJob, startPeer } from './side-by-side.js';
+import { type BenchServer, measureJob, printJob, printPeakMemory, startPeer } from './side-by-side.js';
 
 export const tlsJobs: FioJob[] = [
   { name: '4k-randread-qd32', rw: 'randread', blockSize: '4k', iodepth: 32 },
@@ -74,20 +74,9 @@ export async function benchTls(options: { dir: string; sizeBytes: number; second
   try {
     for (const server of servers) await fill(server.uri, sizeBytes, server.clientEnv);
     for (const job of tlsJobs.filter((candidate) => options.jobs?.includes(candidate.name) ?? true)) {
-      const best = await measureJob(servers, job, { seconds, rounds, sizeBytes });
-      console.log(`\n${job.name}`);
-      for (const server of servers) {
-        const { result, cpuPerRequestUs } = best.get(server.name)!;
-        console.log(`  ${server.name.padEnd(13)} ${figure(job, result).padStart(12)}   cpu/req ${cpuPerRequestUs.toFixed(0).padStart(5)} us   ` +
-          `p99 ${(result.latencyP99Us / 1000).toFixed(2).padStart(7)} ms`);
-      }
-      console.log(`  ratios: ${ratios.map(([a, b]) => `${a}/${b} ${(best.get(a)!.result.iops / best.get(b)!.result.iops).toFixed(2)}x`).join('   ')}`);
+      printJob(job, servers, await measureJob(servers, job, { seconds, rounds, sizeBytes }), ratios);
     }
-    console.log('\npeak memory (VmHWM over the whole table):');
-    console.log('  ' + servers.map((server) => {
-      const peak = peakRssBytes(server.pid);
-      return `${server.name} ${peak === undefined ? '?' : (peak / 2 ** 20).toFixed(0)} MiB`;
-    }).join('   '));
+    printPeakMemory(servers);
   } finally {
     for (const server of servers) await server.stop().catch(() => undefined);
   }
