@@ -153,12 +153,19 @@ function handleSignals(running: RunningServer, logger: Logger, pidFile: string |
   });
 }
 
-/** What SIGHUP re-reads: the log level, the resync rate and the sweep interval. */
+/**
+ * What SIGHUP re-reads: the log level, the resync rate, the sweep interval,
+ * and for clients that connect from now on the TLS settings (a renewed
+ * certificate), the allow list and the admission limits. All or nothing: a
+ * configuration or credential error keeps every running setting.
+ */
 function reloadSettings(running: RunningServer, logger: Logger, configFile: string | undefined, dataDir: string,
   overrides: ConfigOverrides): void {
   let config;
+  let source: string;
   try {
-    config = loadConfigOrDefault(configFile, dataDir, overrides).config;
+    ({ config, source } = loadConfigOrDefault(configFile, dataDir, overrides));
+    running.reconfigureClients(config, source);
   } catch (error) {
     logger.error({ err: (error as Error).message }, 'reload refused: the configuration has an error; the running settings stay');
     return;
@@ -167,7 +174,8 @@ function reloadSettings(running: RunningServer, logger: Logger, configFile: stri
   running.mirror?.setResyncRate(config.storage.resyncBytesPerSecond);
   running.sweeper.setInterval(config.storage.sweepIntervalMs);
   logger.info({ logLevel: config.log.level, resyncRate: config.storage.resyncBytesPerSecond,
-    sweepIntervalMs: config.storage.sweepIntervalMs }, 'settings reloaded; listeners, TLS credentials, admission limits, storage and cache need a restart to change');
+    sweepIntervalMs: config.storage.sweepIntervalMs, tls: config.tls.mode, allow: config.listen.allow ?? 'any' },
+  'settings reloaded (TLS and admission for new clients); listeners, storage and cache need a restart to change');
 }
 
 /**

@@ -30,6 +30,12 @@ export interface RunningServer {
   sweeper: Sweeper;
   addresses: ListenAddresses & { metrics?: { host: string; port: number } };
   events: EventBus;
+  /**
+   * SIGHUP: TLS credentials and mode, the allow list and the admission limits
+   * apply to clients that connect from now on. Throws (changing nothing)
+   * when the new credentials do not check out.
+   */
+  reconfigureClients(config: Config, source?: string): void;
   /** Graceful stop: no new clients, in-flight requests finish, flush, close. */
   stop(): Promise<void>;
 }
@@ -83,18 +89,18 @@ export async function startServer(config: Config, logger: Logger, options: Start
   if (config.export.readOnly && config.storage.log !== undefined) {
     throw new ConfigError('export.readOnly', 'a mirror is served read-write (resync and the sweeper write); serve one leg read-only instead');
   }
-  const tls = checkTls(config, options.configSource);
+  const clients = clientSettings(config, options.configSource);
   const events = new EventBus();
   const requestStats = config.listen.metrics ? new RequestStats() : undefined;
   const server = new NbdServer(undefined, {
     tcp: config.listen.tcp,
     unixPath: config.listen.unix,
-    maxConnections: config.limits.maxConnections,
-    negotiatingMax: config.limits.negotiatingMax,
-    perAddressMax: config.limits.perAddressMax,
-    allow: config.listen.allow === undefined ? undefined : new AllowList(config.listen.allow),
+    maxConnections: clients.maxConnections,
+    negotiatingMax: clients.negotiatingMax,
+    perAddressMax: clients.perAddressMax,
+    allow: clients.allow,
     connection: {
-      tls,
+      tls: clients.tls,
       ...defaultConnectionOptions,
       handshakeTimeoutMs: config.limits.handshakeTimeoutMs,
       inFlightRequestsMax: config.limits.inFlightRequestsMax,
@@ -166,17 +172,32 @@ export async function startServer(config: Config, logger: Logger, options: Start
     await closeListeners();
     await stack.close();
   })());
-  return { server, device, mirror, cache, sweeper, addresses, events, stop };
+  const reconfigureClients = (next: Config, source?: string): void => server.reconfigure(clientSettings(next, source));
+  return { server, device, mirror, cache, sweeper, addresses, events, reconfigureClients, stop };
 }
 
-/** Credentials are read and checked before any listener is bound, so a bad file stops the start with its name. */
-function checkTls(config: Config, source: string | undefined): TlsServer | undefined {
+/**
+ * Who may connect and how they are served: TLS credentials (read and checked
+ * here, before any listener is bound or on SIGHUP before anything changes,
+ * so a bad file is reported with its name) and the admission limits.
+ */
+function clientSettings(config: Config, source: string | undefined): {
+  tls: TlsServer | undefined; allow: AllowList | undefined; maxConnections: number; negotiatingMax: number; perAddressMax: number;
+} {
+  let tls: TlsServer | undefined;
   try {
-    return loadTlsServer(config.tls);
+    tls = loadTlsServer(config.tls);
   } catch (error) {
     if (error instanceof TlsSetupError) throw new ConfigError(error.key, error.problem, source);
     throw error;
   }
+  return {
+    tls,
+    allow: config.listen.allow === undefined ? undefined : new AllowList(config.listen.allow),
+    maxConnections: config.limits.maxConnections,
+    negotiatingMax: config.limits.negotiatingMax,
+    perAddressMax: config.limits.perAddressMax,
+  };
 }
 
 /** How to attach, printed once listening. */

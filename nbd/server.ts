@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import type { Logger } from 'pino';
-import { type Admitted, AdmissionPolicy, type AllowList, type RefusalReason } from './admission.js';
+import { type Admitted, type AdmissionOptions, AdmissionPolicy, type AllowList, type RefusalReason } from './admission.js';
 import { Connection, type ConnectionOptions } from './connection.js';
 import type { ExportTable } from './negotiation.js';
 import { addFileReplyStats, emptyFileReplyStats, type FileReplyStats } from './reply-writer.js';
@@ -41,7 +41,9 @@ export class NbdServer {
   private boundUnixPath: string | undefined;
   /** In accept order: admission drops the oldest negotiating one first. */
   private readonly clients = new Set<Client>();
-  private readonly admission: AdmissionPolicy<Client>;
+  /** Replaced whole by reconfigure(); a connection keeps the options it was accepted with. */
+  private admission: AdmissionPolicy<Client>;
+  private connectionOptions: Omit<ConnectionOptions, 'logger'>;
   private shuttingDown = false;
   private nextConnectionId = 1;
   private directBytesOfClosed = 0;
@@ -63,12 +65,21 @@ export class NbdServer {
   constructor(exports: ExportTable | undefined, private readonly options: ServerOptions) {
     assert(options.maxConnections > 0);
     this.exports = exports;
-    this.admission = new AdmissionPolicy({
-      maxConnections: options.maxConnections,
-      negotiatingMax: options.negotiatingMax ?? options.maxConnections,
-      perAddressMax: options.perAddressMax ?? options.maxConnections,
-      allow: options.allow,
-    });
+    this.admission = new AdmissionPolicy(admissionOptions(options));
+    this.connectionOptions = options.connection;
+  }
+
+  /**
+   * New clients are admitted and served with these from now on (SIGHUP: a
+   * renewed certificate, a changed allow list). Connections already open
+   * keep the TLS session and settings they started with, and a tightened
+   * allow list does not end them: nothing in flight changes under them.
+   */
+  reconfigure(change: Pick<ServerOptions, 'maxConnections' | 'negotiatingMax' | 'perAddressMax' | 'allow'> &
+    { tls: ConnectionOptions['tls'] }): void {
+    assert(change.maxConnections > 0);
+    this.admission = new AdmissionPolicy(admissionOptions(change));
+    this.connectionOptions = { ...this.connectionOptions, tls: change.tls };
   }
 
 
@@ -178,7 +189,7 @@ export class NbdServer {
       this.onRefusal?.('negotiating-dropped', dropped.remote);
       dropped.connection.drop();
     }
-    const connection = new Connection(socket, this.exports!, { ...this.options.connection, logger },
+    const connection = new Connection(socket, this.exports!, { ...this.connectionOptions, logger },
       () => this.shuttingDown);
     const client = new Client(connection, address, remote, logger);
     this.clients.add(client);
@@ -193,6 +204,15 @@ export class NbdServer {
       this.onClient?.('detached', event);
     });
   }
+}
+
+function admissionOptions(options: Pick<ServerOptions, 'maxConnections' | 'negotiatingMax' | 'perAddressMax' | 'allow'>): AdmissionOptions {
+  return {
+    maxConnections: options.maxConnections,
+    negotiatingMax: options.negotiatingMax ?? options.maxConnections,
+    perAddressMax: options.perAddressMax ?? options.maxConnections,
+    allow: options.allow,
+  };
 }
 
 class Client implements Admitted {
