@@ -92,8 +92,10 @@ export class SocketReader {
   private headerReadsLeft = 0;
   /** Payload bytes the kernel copied straight into their buffers (tests check the path ran). */
   directBytes = 0;
-  /** The listener of a socket left as Node made it (not transferred). */
+  /** The listener of a socket read through 'data' events. */
   private onData: ((chunk: Buffer) => void) | undefined;
+  /** How the accepted socket is read: the placement asked for, or 'events' where it could not be had. */
+  private mode: 'transfer' | 'in-place' | 'events' = 'events';
 
   /**
    * `placement`: 'transfer' moves the handle to a socket built with onread;
@@ -106,6 +108,7 @@ export class SocketReader {
     this.slab = Buffer.allocUnsafe(negotiationSlabBytes);
     const handle = (accepted as unknown as { _handle?: unknown })._handle;
     if (placement === 'in-place' && this.readIntoOwnBuffers(accepted)) {
+      this.mode = 'in-place';
       this.socket = accepted;
       if (accepted.isPaused()) accepted.resume();
       return;
@@ -121,6 +124,7 @@ export class SocketReader {
     // socket (which keeps the server's connection count right) cannot close it.
     (accepted as unknown as { _handle: unknown })._handle = null;
     accepted.destroy();
+    this.mode = 'transfer';
     this.socket = new net.Socket({
       handle, readable: true, writable: true,
       onread: { buffer: () => this.nextBuffer(), callback: (count: number, buffer: Uint8Array) => this.onRead(count, buffer) },
@@ -140,14 +144,10 @@ export class SocketReader {
    * on never transfer.
    */
   release(): net.Socket {
-    if (this.transferred) throw new Error('a transferred socket cannot be handed to TLS');
+    if (this.mode === 'transfer') throw new Error('a transferred socket cannot be handed to TLS');
     if (this.onData !== undefined) this.socket.off('data', this.onData);
     this.onData = undefined;
     return this.socket;
-  }
-
-  private get transferred(): boolean {
-    return this.onData === undefined && !this.inPlace;
   }
 
   /**
@@ -167,8 +167,6 @@ export class SocketReader {
     return this.readIntoOwnBuffers(secure);
   }
 
-  private inPlace = false;
-
   private readIntoOwnBuffers(socket: net.Socket): boolean {
     const symbols = userBufferSymbols();
     const handle = (socket as unknown as { _handle?: { useUserBuffer?: unknown } })._handle;
@@ -179,7 +177,6 @@ export class SocketReader {
     fields[symbols.callback] = (count: number, buffer: Uint8Array) => this.onRead(count, buffer);
     fields[symbols.generator] = () => this.nextBuffer();
     (handle.useUserBuffer as (buffer: Uint8Array) => void).call(handle, first);
-    this.inPlace = true;
     return true;
   }
 
