@@ -320,7 +320,7 @@ function parseTls(raw: unknown, baseDir: string): TlsSettings {
   if (raw === undefined || raw === null) return { mode: 'off', certificates: undefined, verifyPeer: false, psk: undefined };
   const tls = objectAt(raw, 'tls');
   rejectUnknownKeys(tls, ['mode', 'certificates', 'verifyPeer', 'psk'], 'tls');
-  // YAML 1.1 readers turn a bare off/on into booleans; take them as the mode they spell.
+  // `mode: false` and `mode: true` (YAML booleans) are taken as off and on.
   const mode = tls.mode === false ? 'off' : tls.mode === true ? 'on' : tls.mode ?? 'off';
   if (typeof mode !== 'string' || !(tlsModes as readonly string[]).includes(mode)) {
     throw new ConfigError('tls.mode', `must be one of ${tlsModes.join(', ')}`);

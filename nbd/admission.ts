@@ -15,8 +15,7 @@ export interface AdmissionOptions {
 export const negotiatingMaxBounds = { min: 1, max: 65536, default: 32 };
 export const perAddressMaxBounds = { min: 1, max: 65536, default: 32 };
 
-export const refusalReasons = ['not-allowed', 'per-address-limit', 'too-many-connections', 'negotiating-dropped'] as const;
-export type RefusalReason = typeof refusalReasons[number];
+export type RefusalReason = 'not-allowed' | 'per-address-limit' | 'too-many-connections' | 'negotiating-dropped';
 
 /** A connection the policy can see: where it came from, and whether it is past negotiation. */
 export interface Admitted {
@@ -46,7 +45,7 @@ export class AdmissionPolicy<T extends Admitted> {
   /** `current` in accept order, oldest first. */
   decide(address: string | undefined, current: Iterable<T>): Verdict<T> {
     if (address !== undefined && this.options.allow !== undefined && !this.options.allow.allows(address)) {
-      return this.refuse('not-allowed', `${address} is not in listen.allow`);
+      return { admit: false, reason: 'not-allowed', detail: `${address} is not in listen.allow` };
     }
     let total = 0;
     let fromAddress = 0;
@@ -61,18 +60,14 @@ export class AdmissionPolicy<T extends Admitted> {
       }
     }
     if (address !== undefined && fromAddress >= this.options.perAddressMax) {
-      return this.refuse('per-address-limit', `${address} already has ${fromAddress} connections (limits.perAddressMax)`);
+      return { admit: false, reason: 'per-address-limit', detail: `${address} already has ${fromAddress} connections (limits.perAddressMax)` };
     }
     const full = negotiating >= this.options.negotiatingMax || total >= this.options.maxConnections;
     if (!full) return { admit: true, drop: undefined };
     if (oldestNegotiating === undefined) {
-      return this.refuse('too-many-connections', `${total} clients attached (limits.maxConnections)`);
+      return { admit: false, reason: 'too-many-connections', detail: `${total} clients attached (limits.maxConnections)` };
     }
     return { admit: true, drop: oldestNegotiating };
-  }
-
-  private refuse(reason: RefusalReason, detail: string): Verdict<T> {
-    return { admit: false, reason, detail };
   }
 }
 
@@ -88,7 +83,7 @@ export class AllowList {
   private readonly list = new net.BlockList();
 
   /** Throws with the entry's index and what is wrong with it. */
-  constructor(readonly entries: readonly string[]) {
+  constructor(entries: readonly string[]) {
     entries.forEach((entry, index) => {
       const [address, prefix, extra] = entry.trim().split('/');
       const family = net.isIP(address);
