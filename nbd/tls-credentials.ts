@@ -47,7 +47,7 @@ export class TlsSetupError extends Error {
  * PSK server speaks TLS 1.2, which the NBD spec makes the version every
  * implementation MUST support; GnuTLS clients (libnbd, qemu) negotiate it.
  */
-const pskCiphers = [
+export const pskCiphers = [
   'ECDHE-PSK-CHACHA20-POLY1305', 'DHE-PSK-AES256-GCM-SHA384', 'DHE-PSK-AES128-GCM-SHA256',
   'PSK-AES256-GCM-SHA384', 'PSK-AES128-GCM-SHA256', 'PSK-CHACHA20-POLY1305',
 ].join(':');

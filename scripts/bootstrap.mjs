@@ -60,6 +60,8 @@ const testTools = [
   ['certtool', 'gnutls-bin'], ['psktool', 'gnutls-bin'],
   // The kernel client's userspace negotiator; the TLS tests run its STARTTLS (the host has no nbd.ko to attach).
   ['nbd-client', 'nbd-client'],
+  // Remote legs are tested against each standard NBD server, not only our own.
+  ['qemu-nbd', 'qemu-utils'], ['nbd-server', 'nbd-server'],
 ];
 
 function hasCommand(name) {

@@ -24,16 +24,20 @@ export async function startLegServer(t: ExecutionContext, options: {
   /** Bytes the leg file starts with (else it is created empty). */
   contents?: Buffer;
   unix?: boolean;
+  /** Serve this file (kept on close) instead of a new one. */
+  existingPath?: string;
+  /** Listen on this TCP port instead of any free one (a restarted server keeps its address). */
+  port?: number;
   connection?: Partial<Omit<ConnectionOptions, 'logger'>>;
 }): Promise<LegServer> {
   const dir = makeTempDir('leg-server');
-  const legPath = path.join(dir, 'leg.img');
+  const legPath = options.existingPath ?? path.join(dir, 'leg.img');
   if (options.contents !== undefined) fs.writeFileSync(legPath, options.contents);
   const leg = await FileLeg.open({ path: legPath, createSizeBytes: options.sizeBytes });
   const entry = { name: '', description: '', device: leg, readOnly: false };
   const exports: ExportTable = { find: () => entry, list: () => [entry] };
   const server = new NbdServer(exports, {
-    tcp: options.unix ? undefined : { host: '127.0.0.1', port: 0 },
+    tcp: options.unix ? undefined : { host: '127.0.0.1', port: options.port ?? 0 },
     unixPath: options.unix ? path.join(dir, 'nbd.sock') : undefined,
     maxConnections: 8,
     // The sendfile path is off in the server's defaults; the tests that serve a leg directly exercise it.
