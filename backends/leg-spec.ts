@@ -8,6 +8,8 @@ import { CheckedDevice } from '../blockdev/checked-device.js';
 import type { WriteLogDevice } from '../faults/write-log-device.js';
 import type { FaultDevice } from '../faults/fault-device.js';
 import { FileLeg } from './file-leg.js';
+import type { RemoteSpec } from './nbd-client/remote-spec.js';
+import { RemoteLeg } from './nbd-client/remote-leg.js';
 import { ThinLeg } from './thin-leg.js';
 
 /** A thin leg's pool, as configured; the pool file's superblock is authoritative once created. */
@@ -17,11 +19,18 @@ export interface ThinSpec {
   lowWaterBytes: number;
 }
 
+export type { RemoteSpec } from './nbd-client/remote-spec.js';
+
 /** One leg as the configuration describes it, with any crash-toolkit devices under it. */
 export interface LegSpec extends DeviceWrap {
+  /** A file or block device path, or for a remote leg its NBD URI. */
   path: string;
   /** Set: the leg is a thin pool file; unset: a plain file or block device. */
   thin?: ThinSpec;
+  /** Set: the leg is an NBD export on another server (path is its URI). */
+  remote?: RemoteSpec;
+  /** md's write-mostly: reads go to other in-sync legs and come here only when none is left. */
+  writeMostly?: boolean;
 }
 
 export interface OpenedLeg {
@@ -31,6 +40,8 @@ export interface OpenedLeg {
   powerCut?: PowerCutDevice;
   writeLog?: WriteLogDevice;
   thin?: ThinLeg;
+  /** The remote leg's own connection (its label lies beyond the data the device serves). */
+  remote?: RemoteLeg;
 }
 
 /**
@@ -41,7 +52,13 @@ export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logge
   options: { readOnly?: boolean; createSizeBytes?: number; name?: string; events?: EventSink; powerCuts?: PowerCutRegistry } = {}): Promise<OpenedLeg> {
   let device: BlockDevice;
   let thin: ThinLeg | undefined;
-  if (leg.thin) {
+  let remote: RemoteLeg | undefined;
+  if (leg.remote) {
+    if (options.readOnly) throw new Error(`${leg.path}: a remote leg cannot be opened read-only`);
+    remote = await RemoteLeg.connect({ address: leg.remote.address, name: options.name ?? leg.path, usableSizeBytes: sizeBytes,
+      requestTimeoutMs: leg.remote.failfastMs, connectTimeoutMs: leg.remote.connectTimeoutMs }, leg.remote.tls);
+    device = remote;
+  } else if (leg.thin) {
     if (options.createSizeBytes !== undefined && !fs.existsSync(leg.path)) {
       ThinLeg.create(leg.path, { virtualSizeBytes: options.createSizeBytes, poolBytes: leg.thin.poolBytes, chunkSizeBytes: leg.thin.chunkSizeBytes });
       logger.info({ path: leg.path, poolBytes: leg.thin.poolBytes }, 'created a thin pool');
@@ -68,5 +85,5 @@ export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logge
   const name = options.name ?? leg.path;
   // Checked at each link: the leg itself, and the top of the crash toolkit's devices over it.
   const wrapped = await wrapDevice(CheckedDevice.wrap(device, name), leg, name, options.powerCuts ?? new PowerCutRegistry());
-  return { ...wrapped, device: CheckedDevice.wrap(wrapped.device, name), thin };
+  return { ...wrapped, device: CheckedDevice.wrap(wrapped.device, name), thin, remote };
 }

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { isNbdUri } from '../backends/nbd-client/nbd-uri.js';
 import YAML from 'yaml';
 import { type Config, ConfigError, defaultConfigYaml, parseConfig } from './schema.js';
 import { type ConfigOverrides, flagName, settings } from './settings.js';
@@ -126,7 +127,7 @@ function section(raw: Record<string, unknown>, name: string): Record<string, unk
 function applyOverrides(raw: Record<string, unknown>, overrides: ConfigOverrides): Record<string, unknown> {
   const copy = structuredClone(raw);
   if (overrides.legs !== undefined) {
-    section(copy, 'storage').legs = overrides.legs.map((leg) => ({ path: path.resolve(leg) }));
+    section(copy, 'storage').legs = overrides.legs.map((leg) => ({ path: isNbdUri(leg) ? leg : path.resolve(leg) }));
     // Legs named on the command line do not belong to the file's log: only --log makes them a mirror.
     if (overrides.log === undefined) section(copy, 'storage').log = null;
     // Nor to the file's sockets, which the configured server may be using.

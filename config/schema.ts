@@ -1,6 +1,9 @@
 import path from 'node:path';
 import { type FaultOp, faultOps, type FaultPlan, type FaultRule } from '../faults/fault-device.js';
-import type { LegSpec, ThinSpec } from '../backends/leg-spec.js';
+import type { LegSpec, RemoteSpec, ThinSpec } from '../backends/leg-spec.js';
+import { isNbdUri } from '../backends/nbd-client/nbd-uri.js';
+import { remoteLegDefaults } from '../backends/nbd-client/remote-leg.js';
+import { remoteSpecFor } from '../backends/nbd-client/remote-spec.js';
 import { type CrashPlan, parseCrashPlan } from '../faults/crash-points.js';
 import type { DeviceWrap } from '../faults/device-wrap.js';
 import { type CutPolicy, cutPolicies, defaultSectorBytes, validSectorBytes } from '../faults/power-cut-device.js';
@@ -201,10 +204,19 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   const legs = legsRaw.map((leg, index) => {
     const key = `storage.legs[${index}]`;
     const entry = objectAt(leg, key);
-    rejectUnknownKeys(entry, ['path', 'thin', ...wrapKeys], key);
-    const spec: LegSpec = { path: path.resolve(baseDir, stringAt(entry.path, `${key}.path`, undefined, false)),
-      ...parseDeviceWrap(entry, key, baseDir) };
-    if (entry.thin !== undefined && entry.thin !== null) spec.thin = parseThin(entry.thin, `${key}.thin`);
+    rejectUnknownKeys(entry, ['path', 'thin', 'failfastMs', 'connectTimeoutMs', 'writeMostly', ...wrapKeys], key);
+    const where = stringAt(entry.path, `${key}.path`, undefined, false);
+    const remote = isNbdUri(where);
+    const spec: LegSpec = { path: remote ? where : path.resolve(baseDir, where), ...parseDeviceWrap(entry, key, baseDir) };
+    if (entry.thin !== undefined && entry.thin !== null) {
+      if (remote) throw new ConfigError(`${key}.thin`, 'applies to pool files; a remote leg is provisioned by its own server');
+      spec.thin = parseThin(entry.thin, `${key}.thin`);
+    }
+    if (remote) spec.remote = parseRemote(where, entry, key, baseDir);
+    else if (entry.failfastMs !== undefined || entry.connectTimeoutMs !== undefined) {
+      throw new ConfigError(`${key}.failfastMs`, 'applies to remote legs (nbd://, nbds://, nbd+unix://, nbds+unix://)');
+    }
+    if (booleanAt(entry.writeMostly, `${key}.writeMostly`, false)) spec.writeMostly = true;
     return spec;
   });
   let logPath: string | undefined;
@@ -366,6 +378,19 @@ function parseCrash(raw: unknown): CrashPlan | undefined {
     return parseCrashPlan(stringAt(crash.point, 'crash.point', undefined, false), 'crash.point');
   } catch (error) {
     throw new ConfigError('crash.point', (error as Error).message.replace(/^crash\.point: /, ''));
+  }
+}
+
+/** A remote leg: its URI checked and its TLS credentials read now (remote-spec.ts), errors named by key. */
+function parseRemote(uri: string, entry: Record<string, unknown>, key: string, baseDir: string): RemoteSpec {
+  const timeouts = {
+    failfastMs: integerAt(entry.failfastMs, `${key}.failfastMs`, remoteLegDefaults.requestTimeoutMs, 100, 600_000),
+    connectTimeoutMs: integerAt(entry.connectTimeoutMs, `${key}.connectTimeoutMs`, remoteLegDefaults.connectTimeoutMs, 100, 600_000),
+  };
+  try {
+    return remoteSpecFor(uri, timeouts, baseDir);
+  } catch (error) {
+    throw new ConfigError(`${key}.path`, (error as Error).message);
   }
 }
 

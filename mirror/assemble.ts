@@ -11,7 +11,9 @@ import { lockIfExists } from '../sys/file-lock.js';
 import { createMirror, MirrorSetupError } from './create.js';
 import type { MirrorLeg } from './generation.js';
 import { checkLeg } from './leg-check.js';
-import { labelAreaBytes, type LegLabel, relocateLabel, writeLabel } from './leg-label.js';
+import { labelAreaBytes, type LegLabel, relocateLabel } from './leg-label.js';
+import { writeLegLabel } from './leg-media.js';
+import type { RemoteLeg } from '../backends/nbd-client/remote-leg.js';
 import { applyLegEvent } from './leg-states.js';
 import type { MirrorSettings } from './mirror-settings.js';
 import { MirrorDevice } from './mirror-device.js';
@@ -39,7 +41,8 @@ fullRebuilds: number[];
 export async function assembleMirror(settings: MirrorSettings, logger: Logger): Promise<AssembledMirror> {
   const { logPath } = settings;
   if (!fs.existsSync(logPath)) {
-    const existingLegs = settings.legs.filter((leg) => fs.existsSync(leg.path)).map((leg) => leg.path);
+    // A remote export always exists; whether it holds a leg is for create to find out.
+    const existingLegs = settings.legs.filter((leg) => !leg.remote && fs.existsSync(leg.path)).map((leg) => leg.path);
     if (existingLegs.length > 0 || !settings.createIfMissing) {
       throw new MirrorSetupError(`region log ${logPath} does not exist` + (existingLegs.length > 0
         ? `, but ${existingLegs.join(', ')} do; refusing to guess. Restore the log, or run nbd-mirror create --force to start a new mirror (their data is lost)`
@@ -91,9 +94,9 @@ async function assembleFromLog(log: RegionLog, settings: MirrorSettings, logger:
         continue;
       }
       // Held from the label check on: another process must not change the leg under it.
-      const lock = lockIfExists(path, 'leg');
+      const lock = spec.remote ? undefined : lockIfExists(path, 'leg');
       try {
-        const verdict = checkLeg(path, slot, state, spec.thin !== undefined);
+        const verdict = await checkLeg(spec, slot, state);
         if (verdict.kind === 'missing') {
           logger.error({ slot, path, problem: verdict.problem }, 'leg missing: marked faulty, starting degraded');
           markFaulty(record);
@@ -107,12 +110,12 @@ async function assembleFromLog(log: RegionLog, settings: MirrorSettings, logger:
             throw new MirrorSetupError(`${verdict.problem}. ${verdict.hint ?? 'Start with --force to take it in and rebuild it fully from the other legs'}`);
           }
           logger.warn({ slot, path, problem: verdict.problem }, 'forced: taking the leg in and rebuilding it fully');
-          stampLeg(spec, state, slot, record.events);
+          await stampLeg(spec, state, slot, record.events);
           applyLegEvent(record, 'forced');
         }
         const leg = await openLeg(spec, state.deviceSizeBytes, logger, { name: `leg${slot}`, events: settings.events,
           powerCuts: log.crashPoints.powerCuts });
-        legs.push({ slot, path, device: leg.device, pendingReads: 0 });
+        legs.push(mirrorLeg(slot, spec, leg));
         opened.push(leg);
       } finally {
         lock?.release();
@@ -147,10 +150,15 @@ export function takeGrownLeg(path: string, slot: number, grown: { label: LegLabe
   relocateLabel(path, grown.label, grown.labelAtBytes);
 }
 
-/** Labels the leg as this mirror's leg in `slot`, at `events`. */
-export function stampLeg(leg: LegSpec, state: LogState, slot: number, events: bigint): void {
-  writeLabel(leg.path, { mirrorUuid: state.mirrorUuid, legUuid: state.legs[slot].uuid, slot, dataSizeBytes: state.deviceSizeBytes, events },
-    leg.thin !== undefined);
+/** Labels the leg as this mirror's leg in `slot`, at `events` (over `open`, a remote leg's running connection, if given). */
+export async function stampLeg(leg: LegSpec, state: LogState, slot: number, events: bigint, open?: RemoteLeg): Promise<void> {
+  await writeLegLabel(leg, { mirrorUuid: state.mirrorUuid, legUuid: state.legs[slot].uuid, slot, dataSizeBytes: state.deviceSizeBytes, events },
+    open);
+}
+
+/** The mirror's view of an opened leg. */
+export function mirrorLeg(slot: number, spec: LegSpec, opened: OpenedLeg): MirrorLeg {
+  return { slot, path: spec.path, device: opened.device, remote: opened.remote, writeMostly: spec.writeMostly, pendingReads: 0 };
 }
 
 function markFaulty(record: LegRecord): void {
@@ -173,7 +181,7 @@ async function bumpEvents(log: RegionLog, legs: Array<MirrorLeg | undefined>, sp
   for (const [slot, record] of state.legs.entries()) {
     const leg = legs[slot];
     if (!leg || record.state !== 'in_sync') continue;
-    stampLeg(specs[slot], state, slot, state.eventsCurrent);
+    await stampLeg(specs[slot], state, slot, state.eventsCurrent, leg.remote);
     record.events = state.eventsCurrent;
   }
   state.labelUpdatePending = false;

@@ -9,11 +9,13 @@ import { type EventSink, noEvents } from '../blockdev/events.js';
 import type { FaultDevice } from '../faults/fault-device.js';
 import { formatUuid, type LegRecord } from '../regionlog/format.js';
 import { fileIdentity, lockIfExists } from '../sys/file-lock.js';
-import { assembleMirror, stampLeg, takeGrownLeg } from './assemble.js';
+import { assembleMirror, mirrorLeg, stampLeg, takeGrownLeg } from './assemble.js';
 import { compareRegions, type CompareResult } from './compare.js';
 import { MirrorSetupError } from './create.js';
 import { checkLeg } from './leg-check.js';
-import { createLegFile } from './leg-label.js';
+import { prepareLeg } from './leg-media.js';
+import { isNbdUri } from '../backends/nbd-client/nbd-uri.js';
+import { LegUnreachableError, remoteLegSpec } from './remote-legs.js';
 import { applyLegEvent } from './leg-states.js';
 import { Rebuilds } from './rebuilds.js';
 import type { LastCheck, MirrorSettings, MirrorStatus } from './mirror-settings.js';
@@ -73,22 +75,24 @@ export class MirrorController {
     const { log } = this.device;
     const record = this.recordAt(slot);
     if (record.state !== 'faulty') throw new MirrorSetupError(`leg ${slot} is ${record.state}; only a faulty leg can be re-added`);
-    const spec: LegSpec = { ...this.settings.legs[slot], path: options.path ?? this.settings.legs[slot].path };
+    const slotSpec = this.settings.legs[slot];
+    const spec: LegSpec = options.path === undefined || options.path === slotSpec.path ? slotSpec
+      : isNbdUri(options.path) ? remoteLegSpec(options.path, slotSpec) : { ...slotSpec, path: options.path, remote: undefined };
     const { path } = spec;
     this.refuseOwnFile(slot, path, true);
     // The failed leg's own device may still be closing; its claim on a block device must go first.
     await this.device.detachedLegsClosed();
-    const lock = lockIfExists(path, 'leg');
+    const lock = spec.remote ? undefined : lockIfExists(path, 'leg');
     let mode: 'bitmap' | 'full' = 'bitmap';
     let opened: OpenedLeg;
     try {
-      const verdict = checkLeg(path, slot, { ...log.state, legs: log.state.legs.map((entry, index) =>
-        (index === slot ? { ...entry, state: 'rebuilding' } : entry)) }, spec.thin !== undefined);
-      if (verdict.kind === 'missing') throw new MirrorSetupError(verdict.problem);
+      const verdict = await checkLeg(spec, slot, { ...log.state, legs: log.state.legs.map((entry, index) =>
+        (index === slot ? { ...entry, state: 'rebuilding' } : entry)) });
+      if (verdict.kind === 'missing') throw new LegUnreachableError(verdict.problem);
       if (verdict.kind === 'ok' && verdict.grown) takeGrownLeg(path, slot, verdict.grown, this.logger);
       if (verdict.kind === 'refused') {
         if (!options.force) throw new MirrorSetupError(`${verdict.problem}. Use --force to rebuild it fully instead`);
-        stampLeg(spec, log.state, slot, 0n);
+        await stampLeg(spec, log.state, slot, 0n);
         mode = 'full';
       }
       opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}`, events: this.events,
@@ -97,7 +101,7 @@ export class MirrorController {
       lock?.release();
     }
     applyLegEvent(record, mode === 'full' ? 'forced' : 're_added');
-    await this.attach(slot, path, opened);
+    await this.attach(slot, spec, opened);
     if (mode === 'full') {
       this.events({ event: 'leg-rebuilding', slot, path, mode });
       this.rebuilds.startFull(slot);
@@ -120,20 +124,26 @@ export class MirrorController {
       throw new MirrorSetupError(`leg ${slot} is the last in-sync leg; it cannot be replaced`);
     }
     if (this.rebuilds.running) throw new MirrorSetupError('a rebuild is already running; wait for it to finish');
-    if (fs.existsSync(path) && !options.force) {
+    const remote = isNbdUri(path);
+    if (!remote && fs.existsSync(path) && !options.force) {
       throw new MirrorSetupError(`${path} exists; refusing to overwrite it (use --force)`);
     }
     this.refuseOwnFile(slot, path, false);
     const legUuid = randomBytes(16);
     // The new leg is of the slot's kind (a thin slot gets a new pool of the configured size), and keeps
-    // the crash-toolkit devices configured for the slot.
-    const spec: LegSpec = { ...this.settings.legs[slot], path };
+    // the crash-toolkit devices configured for the slot. A URI makes it a remote leg: replace is how a
+    // replica on another host is seeded.
+    const spec: LegSpec = remote ? remoteLegSpec(path, this.settings.legs[slot]) : { ...this.settings.legs[slot], path, remote: undefined };
     await this.device.detachedLegsClosed();
-    const lock = lockIfExists(path, 'leg');
+    const lock = remote ? undefined : lockIfExists(path, 'leg');
     let opened: OpenedLeg;
     try {
-      createLegFile(spec, log.state.deviceSizeBytes, { mirrorUuid: log.state.mirrorUuid, legUuid, slot,
-        dataSizeBytes: log.state.deviceSizeBytes, events: 0n }, { overwrite: options.force });
+      try {
+        await prepareLeg(spec, log.state.deviceSizeBytes, { mirrorUuid: log.state.mirrorUuid, legUuid, slot,
+          dataSizeBytes: log.state.deviceSizeBytes, events: 0n }, { overwrite: options.force });
+      } catch (error) {
+        throw error instanceof MirrorSetupError ? error : new MirrorSetupError((error as Error).message);
+      }
       opened = await openLeg(spec, log.state.deviceSizeBytes, this.logger, { name: `leg${slot}`, events: this.events,
         powerCuts: log.crashPoints.powerCuts });
     } finally {
@@ -144,14 +154,14 @@ export class MirrorController {
     record.uuid = legUuid;
     record.events = 0n;
     this.settings.legs[slot] = spec;
-    await this.attach(slot, path, opened);
+    await this.attach(slot, spec, opened);
     const note = this.onLegPathChanged?.(slot, path);
     this.events({ event: 'leg-rebuilding', slot, path, mode: 'full' });
     this.rebuilds.startFull(slot);
     return `leg ${slot} replaced by ${path}; full rebuild started${note ? `; ${note}` : ''}`;
   }
 
-  private async attach(slot: number, path: string, opened: OpenedLeg): Promise<void> {
+  private async attach(slot: number, spec: LegSpec, opened: OpenedLeg): Promise<void> {
     try {
       await this.device.log.commit();
     } catch (error) {
@@ -161,7 +171,7 @@ export class MirrorController {
     this.faults[slot] = opened.fault;
     this.pools[slot] = opened.thin;
     const legs = [...this.device.generation.legs];
-    legs[slot] = { slot, path, device: opened.device, pendingReads: 0 };
+    legs[slot] = mirrorLeg(slot, spec, opened);
     this.device.replaceGeneration(legs);
   }
 

@@ -4,7 +4,8 @@ import { RegionLog } from '../regionlog/region-log.js';
 import { type FileLock, lockIfExists } from '../sys/file-lock.js';
 import type { LegSpec } from '../backends/leg-spec.js';
 import { ThinLeg } from '../backends/thin-leg.js';
-import { blockDeviceTooSmall, createLegFile, isBlockDeviceLeg } from './leg-label.js';
+import { blockDeviceTooSmall, isBlockDeviceLeg } from './leg-label.js';
+import { prepareLeg } from './leg-media.js';
 
 export interface CreateMirrorParams {
   logPath: string;
@@ -33,8 +34,10 @@ export async function createMirror(params: CreateMirrorParams): Promise<{ mirror
   if (legPaths.length < 2) throw new MirrorSetupError(`a mirror needs at least 2 legs, ${legPaths.length} given`);
   if (new Set(legPaths).size !== legPaths.length) throw new MirrorSetupError('the same leg path is listed twice');
   if (sizeBytes % 4096 !== 0) throw new MirrorSetupError(`size ${sizeBytes} must be a multiple of 4096`);
+  const localLegs = legs.filter((leg) => !leg.remote);
   if (!params.force) {
-    const existing = [logPath, ...legPaths].filter((file) => fs.existsSync(file));
+    // A remote export always exists; prepareLeg refuses one that holds another mirror's leg.
+    const existing = [logPath, ...localLegs.map((leg) => leg.path)].filter((file) => fs.existsSync(file));
     if (existing.length > 0) {
       throw new MirrorSetupError(`refusing to overwrite ${existing.join(', ')} (use --force to reinitialise; their contents are lost)`);
     }
@@ -42,24 +45,29 @@ export async function createMirror(params: CreateMirrorParams): Promise<{ mirror
   // --force must not reinitialise files a running server (or another tool) is using.
   const locks: FileLock[] = [];
   try {
-    for (const [file, what] of [[logPath, 'region log'], ...legPaths.map((leg) => [leg, 'leg'])]) {
+    for (const [file, what] of [[logPath, 'region log'], ...localLegs.map((leg) => [leg.path, 'leg'])]) {
       const lock = lockIfExists(file, what);
       if (lock) locks.push(lock);
     }
     const mirrorUuid = randomBytes(16);
     const legUuids = legPaths.map(() => randomBytes(16));
-    const devices = legs.filter(isBlockDeviceLeg);
+    const devices = localLegs.filter(isBlockDeviceLeg);
     // Checked before anything is written, so a refusal leaves every leg as it was.
     for (const leg of legs) if (leg.thin) ThinLeg.refuseBlockDevice(leg.path);
     for (const device of devices) {
       const problem = blockDeviceTooSmall(device.path, sizeBytes);
       if (problem) throw new MirrorSetupError(problem);
     }
-    const legsMayDiffer = devices.length > 0;
-    legs.forEach((leg, slot) => {
-      createLegFile(leg, sizeBytes, { mirrorUuid, legUuid: legUuids[slot], slot, dataSizeBytes: sizeBytes, events: 1n },
-        { overwrite: params.force });
-    });
+    // A block device or a remote export keeps what it held: the legs differ until the first sync.
+    const legsMayDiffer = devices.length > 0 || localLegs.length < legs.length;
+    for (const [slot, leg] of legs.entries()) {
+      try {
+        await prepareLeg(leg, sizeBytes, { mirrorUuid, legUuid: legUuids[slot], slot, dataSizeBytes: sizeBytes, events: 1n },
+          { overwrite: params.force });
+      } catch (error) {
+        throw error instanceof MirrorSetupError ? error : new MirrorSetupError((error as Error).message);
+      }
+    }
     const log = await RegionLog.create(logPath, { deviceSizeBytes: sizeBytes, regionSizeBytes, legUuids, mirrorUuid, legsMayDiffer },
       { overwrite: params.force });
     await log.close();

@@ -1,6 +1,9 @@
 import fs from 'node:fs';
+import type { LegSpec } from '../backends/leg-spec.js';
+import type { RemoteLeg } from '../backends/nbd-client/remote-leg.js';
 import { formatUuid, type LegRecord, type LogState } from '../regionlog/format.js';
-import { labelAreaBytes, type LabelRead, type LegLabel, readLabel } from './leg-label.js';
+import { labelAreaBytes, type LabelRead, type LegLabel } from './leg-label.js';
+import { readLegLabel } from './leg-media.js';
 
 export type LegVerdict =
   /** `grown`: the leg is larger than when it was labelled, and its label was found at the old end (relocateLabel moves it). */
@@ -10,22 +13,25 @@ export type LegVerdict =
   | { kind: 'refused'; problem: string; hint?: string };
 
 /**
- * Decides whether the file at `path` is the leg the log expects in `slot`,
- * with a message an operator can act on when it is not.
+ * Decides whether the file or export `spec` names is the leg the log expects
+ * in `slot`, with a message an operator can act on when it is not. A remote
+ * that cannot be reached is missing, as a file that does not exist is.
  */
-export function checkLeg(path: string, slot: number, state: LogState, thin = false): LegVerdict {
-  if (!fs.existsSync(path)) return { kind: 'missing', problem: `leg ${slot} (${path}) does not exist` };
+export async function checkLeg(spec: LegSpec, slot: number, state: LogState, open?: RemoteLeg): Promise<LegVerdict> {
+  const { path } = spec;
+  const thin = spec.thin !== undefined;
+  if (!spec.remote && !fs.existsSync(path)) return { kind: 'missing', problem: `leg ${slot} (${path}) does not exist` };
   let read: LabelRead;
   try {
-    read = readLabel(path, thin, state.deviceSizeBytes);
+    read = await readLegLabel(spec, state.deviceSizeBytes, open);
   } catch (error) {
-    return { kind: 'missing', problem: `leg ${slot} (${path}) cannot be read: ${(error as Error).message}` };
+    return { kind: 'missing', problem: `leg ${slot} (${path}) cannot be ${spec.remote ? 'reached' : 'read'}: ${(error as Error).message}` };
   }
   const record: LegRecord = state.legs[slot];
   const label = read.label;
   if (!label) {
     const expectedBytes = state.deviceSizeBytes + labelAreaBytes;
-    if (!thin && read.fileSizeBytes > expectedBytes) {
+    if (!thin && !spec.remote && read.fileSizeBytes > expectedBytes) {
       // Not a rebuild case: a leg that only grew keeps its data at the start, and its label was not found.
       return { kind: 'refused', problem: `leg ${slot} (${path}) changed size: it is ${read.fileSizeBytes} bytes, and a leg of this ` +
         `mirror is ${expectedBytes} (${state.deviceSizeBytes} of data and the label at its end); no label was found at its end ` +

@@ -95,7 +95,7 @@ function placement(fd: number, path: string, thin: boolean): Placement {
   return { legBytes: superblock.virtualSizeBytes + labelAreaBytes, labelOffset: thinLabelOffset };
 }
 
-function newestLabel(area: Buffer): LegLabel | string {
+export function newestLabel(area: Buffer): LegLabel | string {
   const decoded = [decodeLabel(area.subarray(0, labelCopyBytes)), decodeLabel(area.subarray(labelCopyBytes))];
   const valid = decoded.filter((entry): entry is LegLabel => typeof entry !== 'string');
   if (valid.length === 0) return decoded.join('; ');

@@ -210,7 +210,7 @@ export class MirrorDevice implements BlockDevice {
       this.stats.sourceReads += 1;
       return source;
     }
-    const readable = avoiding === undefined ? generation.readable : generation.readable.filter((leg) => !avoiding.has(leg.slot));
+    const readable = avoiding === undefined ? generation.readPreferred : generation.readable.filter((leg) => !avoiding.has(leg.slot));
     if (readable.length === 0) throw new BlockError('EIO', 'no in-sync leg left to read from');
     this.stats.balancedReads += 1;
     return this.balancer.choose(readable);

@@ -41,7 +41,7 @@ export class Rebuilds {
   private async bringInSync(slot: number, leg: MirrorLeg): Promise<void> {
     const { log } = this.device;
     const record = log.state.legs[slot];
-    stampLeg(this.legSpecs[slot], log.state, slot, log.state.eventsCurrent);
+    await stampLeg(this.legSpecs[slot], log.state, slot, log.state.eventsCurrent, leg.remote);
     // The failure is history once the leg is back (failedAtMs cleared): status must not show it against an in-sync leg.
     applyLegEvent(record, 'caught_up', { events: log.state.eventsCurrent });
     await log.commit();

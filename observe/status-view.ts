@@ -4,7 +4,7 @@ import { FileLock } from '../sys/file-lock.js';
 import { ThinLeg, type PoolUsage } from '../backends/thin-leg.js';
 import type { Config } from '../config/schema.js';
 import type { LastCheck, MirrorController, MirrorStatus } from '../mirror/controller.js';
-import { readLabel } from '../mirror/leg-label.js';
+import { readLegLabel } from '../mirror/leg-media.js';
 import type { ResyncProgress } from '../mirror/resync.js';
 import type { PageCache, PageCacheStatus } from '../pagecache/page-cache.js';
 import { formatUuid, regionsSet } from '../regionlog/format.js';
@@ -115,14 +115,15 @@ export async function filesStatus(config: Config, logPath: string): Promise<Stat
       return null;
     }
   }));
-  const legs: LegReport[] = state.legs.map((record, slot) => {
-    const legPath = config.storage.legs[slot]?.path;
-    const thin = config.storage.legs[slot]?.thin !== undefined;
+  const legs: LegReport[] = await Promise.all(state.legs.map(async (record, slot) => {
+    const spec = config.storage.legs[slot];
+    const legPath = spec?.path;
     let labelProblem: string | null = null;
     if (record.state === 'in_sync' || record.state === 'rebuilding') {
-      if (!legPath || !fs.existsSync(legPath)) labelProblem = 'missing';
+      if (!spec || (!spec.remote && !fs.existsSync(spec.path))) labelProblem = 'missing';
       else {
-        const read = readLabel(legPath, thin, state.deviceSizeBytes);
+        const read = await readLegLabel(spec, state.deviceSizeBytes)
+          .catch((error: unknown) => ({ label: undefined, problem: `unreachable: ${(error as Error).message}`, movedFromBytes: undefined }));
         if (!read.label) labelProblem = read.problem ?? 'no label';
         else if (!read.label.legUuid.equals(record.uuid)) labelProblem = `holds leg ${formatUuid(read.label.legUuid)}, not this slot's`;
         else if (read.movedFromBytes !== undefined) labelProblem = `the leg changed size (label found at its old end, byte ${read.movedFromBytes})`;
@@ -130,7 +131,7 @@ export async function filesStatus(config: Config, logPath: string): Promise<Stat
     }
     return { slot, path: legPath ?? null, uuid: formatUuid(record.uuid), state: record.state, rebuildMode: record.rebuildMode,
       failedAt: record.failedAtMs ? new Date(record.failedAtMs).toISOString() : null, labelProblem, pool: pools[slot] ?? null };
-  });
+  }));
   const bitsSet = regionsSet(state.dirty, state.regionCount).length;
   const usable = legs.filter((leg) => leg.state === 'in_sync' && (leg.labelProblem === null || leg.labelProblem.startsWith('the leg changed size')));
   // A running server's log is unclean by design; only a stopped mirror's unclean log means a resync is due.

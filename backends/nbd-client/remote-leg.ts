@@ -161,6 +161,10 @@ export class RemoteLeg implements BlockDevice {
     return new RemoteLeg(options, remote);
   }
 
+  get uri(): string {
+    return this.options.address.uri;
+  }
+
   /** The export's whole size (the label sits in its last bytes). */
   get exportSizeBytes(): number {
     return this.remote.sizeBytes;
