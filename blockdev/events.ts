@@ -9,6 +9,10 @@ export type MirrorEvent =
   | { event: 'leg-rebuilding'; slot: number; path: string; mode: 'bitmap' | 'full'; regions?: number }
   | { event: 'leg-in-sync'; slot: number; path: string }
   | { event: 'leg-removed'; slot: number; path: string }
+  /** A remote leg answered again and was re-added by itself (mirror/remote-legs.ts). */
+  | { event: 'leg-reconnected'; slot: number; path: string; attempt: number }
+  /** A remote leg answered again but its label says it is not the leg that left: not written, left for the operator. */
+  | { event: 'leg-refused'; slot: number; path: string; reason: string }
   | { event: 'resync-started'; kind: string; regionsTotal: number }
   | { event: 'resync-progress'; kind: string; regionsDone: number; regionsTotal: number; bytesCopied: number }
   | { event: 'resync-finished'; kind: string; regionsDone: number; regionsTotal: number; bytesCopied: number; ms: number; error?: string }

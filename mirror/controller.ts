@@ -15,7 +15,7 @@ import { MirrorSetupError } from './create.js';
 import { checkLeg } from './leg-check.js';
 import { prepareLeg } from './leg-media.js';
 import { isNbdUri } from '../backends/nbd-client/nbd-uri.js';
-import { LegUnreachableError, remoteLegSpec } from './remote-legs.js';
+import { LegUnreachableError, RemoteReconnector, remoteLegSpec } from './remote-legs.js';
 import { applyLegEvent } from './leg-states.js';
 import { Rebuilds } from './rebuilds.js';
 import type { LastCheck, MirrorSettings, MirrorStatus } from './mirror-settings.js';
@@ -43,6 +43,7 @@ export class MirrorController {
   onLegPathChanged: ((slot: number, path: string) => string | undefined) | undefined;
   private lastCheck: LastCheck | undefined;
   private readonly events: EventSink;
+  private readonly reconnector: RemoteReconnector;
 
   private constructor(
     readonly device: MirrorDevice,
@@ -54,12 +55,29 @@ export class MirrorController {
   ) {
     this.events = settings.events ?? noEvents;
     this.rebuilds = new Rebuilds(device, resync, settings.legs, logger, this.events, () => this.stopping);
+    this.reconnector = new RemoteReconnector({ legState: (slot) => device.legState(slot), reAdd: (slot) => this.reAdd(slot) },
+      logger, this.events, settings.reconnect);
+  }
+
+  /** A remote leg that failed or was unreachable is brought back when it answers again (remote-legs.ts). */
+  watchRemote(slot: number): void {
+    const spec = this.settings.legs[slot];
+    if (spec?.remote && !this.stopping) this.reconnector.watch(slot, spec.path);
   }
 
   /** Assembles the mirror from its log and legs (mirror/assemble.ts), then starts what recovery and rebuilds need. */
   static async open(settings: MirrorSettings, logger: Logger): Promise<MirrorController> {
-    const assembled = await assembleMirror(settings, logger);
+    // The device reports a failed leg as an event; a remote one is then watched for its return.
+    let legFaulted: ((slot: number) => void) | undefined;
+    const events = settings.events ?? noEvents;
+    const watched: EventSink = (event) => {
+      events(event);
+      if (event.event === 'leg-faulty') legFaulted?.(event.slot);
+    };
+    const assembled = await assembleMirror({ ...settings, events: watched }, logger);
     const controller = new MirrorController(assembled.device, assembled.resync, settings, logger, assembled.recoveryRegions);
+    legFaulted = (slot) => controller.watchRemote(slot);
+    for (const slot of assembled.missingAtStart) controller.watchRemote(slot);
     controller.faults.push(...assembled.opened.map((leg) => leg?.fault));
     controller.pools.push(...assembled.opened.map((leg) => leg?.thin));
     controller.logFault = assembled.logFault;
@@ -101,6 +119,7 @@ export class MirrorController {
       lock?.release();
     }
     applyLegEvent(record, mode === 'full' ? 'forced' : 're_added');
+    this.reconnector.released(slot);
     await this.attach(slot, spec, opened);
     if (mode === 'full') {
       this.events({ event: 'leg-rebuilding', slot, path, mode });
@@ -150,6 +169,7 @@ export class MirrorController {
       lock?.release();
     }
     applyLegEvent(record, 'replaced');
+    this.reconnector.released(slot);
     // A new leg: its identity, and no label events of this mirror yet.
     record.uuid = legUuid;
     record.events = 0n;
@@ -289,6 +309,7 @@ export class MirrorController {
     if (this.rebuilds.running && record.state === 'rebuilding') {
       this.logger.warn({ slot }, 'failing a leg being rebuilt: the rebuild stops');
     }
+    this.reconnector.heldByOperator(slot);
     await this.device.failLeg(leg, new BlockError('EIO', 'failed by the operator (nbd-mirror fail)'), 'operator_failed');
     return `leg ${slot} (${leg.path}) marked faulty; re-add it, or remove and replace it`;
   }
@@ -304,6 +325,7 @@ export class MirrorController {
     }
     const path = this.settings.legs[slot].path;
     applyLegEvent(record, 'removed');
+    this.reconnector.released(slot);
     await this.device.log.commit();
     this.faults[slot] = undefined;
     this.pools[slot] = undefined;
@@ -379,6 +401,7 @@ export class MirrorController {
    */
   async shutdown(options: { upperFlushed?: boolean } = {}): Promise<void> {
     this.stopping = true;
+    this.reconnector.stop();
     await this.resync.stop();
     await this.rebuilds.running;
     await this.device.shutdown(options.upperFlushed ?? true);

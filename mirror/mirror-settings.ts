@@ -4,6 +4,7 @@ import type { PoolUsage } from '../backends/thin-leg.js';
 import type { CrashPoints } from '../faults/crash-points.js';
 import type { DeviceWrap } from '../faults/device-wrap.js';
 import type { MirrorDevice, ReadPolicy } from './mirror-device.js';
+import type { ReconnectPolicy } from './remote-legs.js';
 import type { ResyncProgress } from './resync.js';
 
 /** storage.sweepIntervalMs: how often the mirror's quiet regions are synced and cleared (0: never). */
@@ -30,6 +31,8 @@ export interface MirrorSettings {
   events?: EventSink;
   /** The server's crash points and power-cut devices; a fresh, unarmed set when not given. */
   crashPoints?: CrashPoints;
+  /** How a failed remote leg is retried (remote-legs.ts); defaults when not given. */
+  reconnect?: ReconnectPolicy;
 }
 
 /** The last check's outcome, kept for status as md keeps mismatch_cnt. */

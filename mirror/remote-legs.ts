@@ -1,4 +1,6 @@
+import type { Logger } from 'pino';
 import type { LegSpec } from '../backends/leg-spec.js';
+import type { EventSink } from '../blockdev/events.js';
 import { remoteSpecFor } from '../backends/nbd-client/remote-spec.js';
 import { MirrorSetupError } from './create.js';
 
@@ -17,5 +19,103 @@ export function remoteLegSpec(uri: string, slotSpec: LegSpec): LegSpec {
       remote: remoteSpecFor(uri, { failfastMs: slotSpec.remote?.failfastMs, connectTimeoutMs: slotSpec.remote?.connectTimeoutMs }) };
   } catch (error) {
     throw new MirrorSetupError((error as Error).message);
+  }
+}
+
+export interface ReconnectPolicy {
+  /** First wait after a remote leg fails, doubled after each failed attempt up to maxDelayMs. */
+  firstDelayMs: number;
+  maxDelayMs: number;
+}
+
+export const reconnectDefaults: ReconnectPolicy = { firstDelayMs: 500, maxDelayMs: 30_000 };
+
+/** What the reconnector needs from the controller (kept narrow so it can be driven in tests). */
+export interface ReAddTarget {
+  legState(slot: number): string;
+  reAdd(slot: number): Promise<string>;
+}
+
+/**
+ * Brings remote legs back by themselves (md needs an operator for this; a
+ * network partition heals on its own far more often than a disk does). After
+ * a remote leg fails, re-add is tried with exponential backoff: the label is
+ * checked first, so the same leg returns with only the regions written while
+ * it was away copied, and an export that comes back as something else (wiped,
+ * another mirror's leg, stale) is refused, never written, and left for the
+ * operator. A leg the operator failed is not brought back.
+ */
+export class RemoteReconnector {
+  private readonly timers = new Map<number, NodeJS.Timeout>();
+  private readonly operatorFailed = new Set<number>();
+  private stopped = false;
+
+  constructor(private readonly target: ReAddTarget, private readonly logger: Logger, private readonly events: EventSink,
+    private readonly policy: ReconnectPolicy = reconnectDefaults) {}
+
+  /** The operator failed this leg on purpose: it stays out until they act. */
+  heldByOperator(slot: number): void {
+    this.operatorFailed.add(slot);
+    this.cancel(slot);
+  }
+
+  /** The operator acted on the slot (re-add, replace, remove): the hold ends. */
+  released(slot: number): void {
+    this.operatorFailed.delete(slot);
+  }
+
+  /** A remote leg in `slot` failed (or was unreachable at start): start trying to bring it back. */
+  watch(slot: number, path: string): void {
+    if (this.stopped || this.operatorFailed.has(slot) || this.timers.has(slot)) return;
+    this.schedule(slot, path, this.policy.firstDelayMs, 1);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const slot of [...this.timers.keys()]) this.cancel(slot);
+  }
+
+  private cancel(slot: number): void {
+    clearTimeout(this.timers.get(slot));
+    this.timers.delete(slot);
+  }
+
+  private schedule(slot: number, path: string, delayMs: number, attempt: number): void {
+    const timer = setTimeout(() => {
+      void this.attempt(slot, path, delayMs, attempt);
+    }, delayMs);
+    timer.unref();
+    this.timers.set(slot, timer);
+  }
+
+  private async attempt(slot: number, path: string, delayMs: number, attempt: number): Promise<void> {
+    if (this.stopped || this.operatorFailed.has(slot) || this.target.legState(slot) !== 'faulty') {
+      this.timers.delete(slot);
+      return;
+    }
+    try {
+      const outcome = await this.target.reAdd(slot);
+      this.timers.delete(slot);
+      this.logger.info({ slot, path, attempt }, `remote leg is back: ${outcome}`);
+      this.events({ event: 'leg-reconnected', slot, path, attempt });
+    } catch (error) {
+      const message = (error as Error).message;
+      if (error instanceof LegUnreachableError) {
+        const next = Math.min(delayMs * 2, this.policy.maxDelayMs);
+        // Logged at the first attempts and then at most about once a minute, so a long outage does not flood the log.
+        if (attempt <= 3 || attempt % Math.max(1, Math.round(60_000 / this.policy.maxDelayMs)) === 0) {
+          this.logger.warn({ slot, path, attempt, nextInMs: next, problem: message }, 'remote leg still unreachable; retrying');
+        }
+        this.timers.delete(slot);
+        if (!this.stopped) this.schedule(slot, path, next, attempt + 1);
+        return;
+      }
+      this.timers.delete(slot);
+      // The operator (or another attempt) acted on the slot meanwhile: nothing was refused.
+      if (this.target.legState(slot) !== 'faulty') return;
+      this.logger.error({ slot, path, problem: message },
+        'remote leg answered but was refused: it is not written to; an operator must re-add --force, replace or remove it');
+      this.events({ event: 'leg-refused', slot, path, reason: message });
+    }
   }
 }
