@@ -27,7 +27,10 @@ export interface RemoteExport {
  * NBD server on 127.0.0.1 or a unix socket, and waits until it greets.
  * Teardown stops it.
  */
-export async function serveRemote(t: ExecutionContext, kind: RemoteServerKind, options: { sizeBytes: number; file?: string; unix?: boolean }): Promise<RemoteExport> {
+export async function serveRemote(t: ExecutionContext, kind: RemoteServerKind, options: { sizeBytes: number; file?: string; unix?: boolean;
+  /** TLS required (nbdkit and qemu-nbd): x509 from a server folder (clients verified with verifyPeer), or a psktool file. */
+  tls?: { certificates?: string; verifyPeer?: boolean; psk?: string } }): Promise<RemoteExport> {
+  if (options.tls && kind !== 'nbdkit' && kind !== 'qemu-nbd') throw new Error(`serveRemote: TLS is set up for nbdkit and qemu-nbd only, not ${kind}`);
   const dir = makeTempDir(`remote-${kind}`);
   const file = options.file ?? path.join(dir, 'export.img');
   if (!fs.existsSync(file)) fs.writeFileSync(file, '');
@@ -83,10 +86,16 @@ export async function serveRemote(t: ExecutionContext, kind: RemoteServerKind, o
     }
     let args: string[];
     if (kind === 'nbdkit') {
-      args = ['--foreground', '--exit-with-parent', ...(unix ? ['-U', socketPath] : ['-i', '127.0.0.1', '-p', String(port)]), 'file', file];
+      const tlsArgs = !options.tls ? [] : ['--tls=require', ...(options.tls.psk ? [`--tls-psk=${options.tls.psk}`]
+        : [`--tls-certificates=${options.tls.certificates}`, ...(options.tls.verifyPeer ? ['--tls-verify-peer'] : [])])];
+      args = ['--foreground', '--exit-with-parent', ...tlsArgs, ...(unix ? ['-U', socketPath] : ['-i', '127.0.0.1', '-p', String(port)]), 'file', file];
       uri = unix ? `nbd+unix:///?socket=${socketPath}` : `nbd://127.0.0.1:${port}/`;
     } else if (kind === 'qemu-nbd') {
-      args = ['-f', 'raw', '--persistent', '--shared=8', '--cache=writeback', '--discard=unmap', '-x', 'disk',
+      const tls = options.tls;
+      const tlsArgs = !tls ? [] : ['--object', tls.psk
+        ? `tls-creds-psk,id=tls0,dir=${path.dirname(tls.psk)},endpoint=server`
+        : `tls-creds-x509,id=tls0,dir=${tls.certificates},endpoint=server,verify-peer=${tls.verifyPeer ? 'on' : 'off'}`, '--tls-creds', 'tls0'];
+      args = ['-f', 'raw', '--persistent', '--shared=8', '--cache=writeback', '--discard=unmap', '-x', 'disk', ...tlsArgs,
         ...(unix ? ['-k', socketPath] : ['-b', '127.0.0.1', '-p', String(port)]), file];
       uri = unix ? `nbd+unix:///disk?socket=${socketPath}` : `nbd://127.0.0.1:${port}/disk`;
     } else {
