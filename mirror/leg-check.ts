@@ -67,6 +67,14 @@ export async function checkLeg(spec: LegSpec, slot: number, state: LogState, ope
     return { kind: 'refused', problem: `leg ${slot} (${path}) is stale: its label says events ${label.events}, ` +
       `the log expects ${record.events}; it is an older copy of the leg. Re-add it (nbd-mirror re-add) to resync it` };
   }
+  if (record.state !== 'in_sync' && label.events > record.events && !(state.labelUpdatePending && label.events === state.eventsCurrent)) {
+    // Labels are stamped only while a leg is in sync with this log: a newer one was stamped by another
+    // mirror instance (a takeover on another host). Merging it would overwrite writes this log never saw.
+    return { kind: 'refused', problem: `leg ${slot} (${path}) was written elsewhere after it left this mirror: its label says events ` +
+      `${label.events}, this log last saw it at ${record.events} (a takeover on another host, a split brain); refusing to merge it`,
+    hint: 'decide which side is the one to keep. To keep this side, re-add --force rebuilds the leg from it (the leg\'s newer ' +
+      'writes are lost); to keep the other, stop this server and serve that side' };
+  }
   if (read.movedFromBytes !== undefined) {
     return { kind: 'ok', grown: { label, labelAtBytes: read.movedFromBytes, legBytes: read.fileSizeBytes } };
   }

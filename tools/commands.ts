@@ -1,11 +1,13 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { openLeg } from '../backends/leg-spec.js';
+import { isNbdUri } from '../backends/nbd-client/nbd-uri.js';
 import { ThinLeg, type PoolUsage } from '../backends/thin-leg.js';
 import { createLogger } from '../observe/logger.js';
 import { type Config, ConfigError, parseSize } from '../config/schema.js';
 import { compareRegions, type CompareResult } from '../mirror/compare.js';
 import { createMirror } from '../mirror/create.js';
+import { takeoverMirror } from '../mirror/takeover.js';
 import { formatUuid, regionsSet } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
 import { adminRequest } from './admin-client.js';
@@ -51,6 +53,11 @@ async function followToEnd(socket: string, options: TargetOptions, label: string
   process.exitCode = waited.waited.finished ? exitCodeFor(report.health) : 1;
 }
 
+/** A leg named on the command line: a file relative to here, or a remote leg's NBD URI as given. */
+function legLocation(value: string): string {
+  return isNbdUri(value) ? value : path.resolve(value);
+}
+
 function slotArgument(value: string): number {
   const slot = Number(value);
   if (!/^\d+$/.test(value) || !Number.isSafeInteger(slot)) throw new ToolError(`"${value}" is not a leg slot number (0, 1, ...)`);
@@ -74,6 +81,26 @@ export function registerTools(program: Command): void {
         () => `created mirror ${formatUuid(created.mirrorUuid)}: ${config.storage.legs.length} legs of ${config.storage.sizeBytes} bytes, ` +
           `log ${config.storage.log}, regions of ${config.storage.regionSizeBytes} bytes` +
           (created.initialSync ? '; a block device keeps its old contents, so the first start syncs every region from the source leg' : ''));
+    });
+
+  targetOptions(program.command('takeover')
+    .description('the primary\'s host is lost with its region log: write a new log from the surviving legs\' labels, ' +
+      'so this host serves them degraded (list every slot; lost legs by their old paths or URIs)'))
+    .option('--force', 'overwrite an existing log file (never the log of a running mirror)')
+    .action(async (options: TargetOptions & { force?: boolean }) => {
+      const config = targetConfig(options);
+      if (config.storage.log === undefined) throw new ToolError('a takeover writes a region log: give --log, or storage.log in the configuration');
+      const result = await takeoverMirror({ logPath: config.storage.log, legs: config.storage.legs,
+        regionSizeBytes: config.storage.regionSizeBytes, force: options.force });
+      print(options, { mirrorUuid: formatUuid(result.mirrorUuid), events: result.events.toString(), survivors: result.survivors,
+        stale: result.stale, emptied: result.emptied }, () => [
+        `took over mirror ${formatUuid(result.mirrorUuid)} in ${config.storage.log}: leg ${result.survivors.join(', ')} in sync ` +
+          `(events ${result.events})`,
+        ...result.stale.map((slot) => `leg ${slot}: an older copy, faulty (re-add copies every region)`),
+        ...result.emptied.map(({ slot, why }) => `leg ${slot}: empty, ${why}; fill it with nbd-mirror replace ${slot} PATH-OR-URI ` +
+          '(a returning old primary\'s leg needs --force: what only it held is discarded)'),
+        'start the server with this configuration; it runs degraded until the empty slots are replaced',
+      ].join('\n'));
     });
 
   targetOptions(program.command('status').description('legs, their states, dirty and out-of-sync regions, resync progress; ' +
@@ -140,19 +167,19 @@ export function registerTools(program: Command): void {
 
   targetOptions(program.command('re-add').description('bring a faulty leg back; only regions written meanwhile are resynced'))
     .argument('<slot>', 'leg slot number', slotArgument)
-    .option('--path <path>', 'the leg file, if it moved')
+    .option('--path <path>', 'the leg file (or a remote leg\'s NBD URI), if it moved')
     .option('--force', 'take the leg even if its label does not match, and rebuild it fully')
     .option('--wait', 'wait until the leg is in sync')
     .action((slot: number, options: TargetOptions & { path?: string; force?: boolean; wait?: boolean }) =>
-      runAndWait(options, 're-add', { command: 're-add', slot, path: options.path && path.resolve(options.path), force: options.force }, 're-add'));
+      runAndWait(options, 're-add', { command: 're-add', slot, path: options.path && legLocation(options.path), force: options.force }, 're-add'));
 
   targetOptions(program.command('replace').description('put a new, empty leg in a slot and rebuild it online'))
     .argument('<slot>', 'leg slot number', slotArgument)
-    .argument('<path>', 'new leg file (created) or block device')
+    .argument('<path>', 'new leg file (created), block device, or NBD URI of a remote export (seeds a replica on another host)')
     .option('--force', 'overwrite the new leg file if it exists')
     .option('--wait', 'wait until the new leg is in sync')
     .action((slot: number, legPath: string, options: TargetOptions & { force?: boolean; wait?: boolean }) =>
-      runAndWait(options, 'replace', { command: 'replace', slot, path: path.resolve(legPath), force: options.force }, 'rebuild'));
+      runAndWait(options, 'replace', { command: 'replace', slot, path: legLocation(legPath), force: options.force }, 'rebuild'));
 
   const slotCommands: Array<[string, string]> = [
     ['fail', 'mark a leg faulty (mdadm --fail): it gets no more I/O; re-add brings it back'],
