@@ -383,6 +383,7 @@ export class MirrorController {
         rebuildMode: record.rebuildMode,
         failedAt: record.failedAtMs ? new Date(record.failedAtMs).toISOString() : undefined,
         pool: this.pools[slot]?.usage(),
+        remote: this.settings.legs[slot].remote ? this.reconnector.linkStatus(slot, record.state === 'faulty') : undefined,
       })),
       regions: counts,
       resync: { ...this.resync.progress, bytesPerSecondLimit: this.resync.bytesPerSecond },

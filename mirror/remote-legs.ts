@@ -22,6 +22,14 @@ export function remoteLegSpec(uri: string, slotSpec: LegSpec): LegSpec {
   }
 }
 
+/** A remote leg's link as status shows it. */
+export interface RemoteLinkStatus {
+  /** connected: in use; reconnecting: away, retried with backoff; refused: answered as another leg; held: failed by the operator. */
+  link: 'connected' | 'reconnecting' | 'refused' | 'held';
+  attempts: number;
+  problem: string | null;
+}
+
 export interface ReconnectPolicy {
   /** First wait after a remote leg fails, doubled after each failed attempt up to maxDelayMs. */
   firstDelayMs: number;
@@ -48,6 +56,8 @@ export interface ReAddTarget {
 export class RemoteReconnector {
   private readonly timers = new Map<number, NodeJS.Timeout>();
   private readonly operatorFailed = new Set<number>();
+  /** Per slot while away: attempts so far and the last problem; refused ones stay until the operator acts. */
+  private readonly away = new Map<number, { attempts: number; problem: string | null; refused: boolean }>();
   private stopped = false;
 
   constructor(private readonly target: ReAddTarget, private readonly logger: Logger, private readonly events: EventSink,
@@ -62,11 +72,21 @@ export class RemoteReconnector {
   /** The operator acted on the slot (re-add, replace, remove): the hold ends. */
   released(slot: number): void {
     this.operatorFailed.delete(slot);
+    this.away.delete(slot);
+  }
+
+  /** The link of a remote leg in `slot` for status (`faulty`: its state in the log). */
+  linkStatus(slot: number, faulty: boolean): RemoteLinkStatus {
+    if (this.operatorFailed.has(slot)) return { link: 'held', attempts: 0, problem: null };
+    const away = this.away.get(slot);
+    if (!faulty) return { link: 'connected', attempts: 0, problem: null };
+    return { link: away?.refused ? 'refused' : 'reconnecting', attempts: away?.attempts ?? 0, problem: away?.problem ?? null };
   }
 
   /** A remote leg in `slot` failed (or was unreachable at start): start trying to bring it back. */
   watch(slot: number, path: string): void {
     if (this.stopped || this.operatorFailed.has(slot) || this.timers.has(slot)) return;
+    this.away.set(slot, { attempts: 0, problem: null, refused: false });
     this.schedule(slot, path, this.policy.firstDelayMs, 1);
   }
 
@@ -93,13 +113,18 @@ export class RemoteReconnector {
       this.timers.delete(slot);
       return;
     }
+    const away = this.away.get(slot) ?? { attempts: 0, problem: null, refused: false };
+    this.away.set(slot, away);
+    away.attempts = attempt;
     try {
       const outcome = await this.target.reAdd(slot);
       this.timers.delete(slot);
+      this.away.delete(slot);
       this.logger.info({ slot, path, attempt }, `remote leg is back: ${outcome}`);
       this.events({ event: 'leg-reconnected', slot, path, attempt });
     } catch (error) {
       const message = (error as Error).message;
+      away.problem = message;
       if (error instanceof LegUnreachableError) {
         const next = Math.min(delayMs * 2, this.policy.maxDelayMs);
         // Logged at the first attempts and then at most about once a minute, so a long outage does not flood the log.
@@ -113,6 +138,7 @@ export class RemoteReconnector {
       this.timers.delete(slot);
       // The operator (or another attempt) acted on the slot meanwhile: nothing was refused.
       if (this.target.legState(slot) !== 'faulty') return;
+      away.refused = true;
       this.logger.error({ slot, path, problem: message },
         'remote leg answered but was refused: it is not written to; an operator must re-add --force, replace or remove it');
       this.events({ event: 'leg-refused', slot, path, reason: message });

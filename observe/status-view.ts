@@ -5,6 +5,7 @@ import { ThinLeg, type PoolUsage } from '../backends/thin-leg.js';
 import type { Config } from '../config/schema.js';
 import type { LastCheck, MirrorController, MirrorStatus } from '../mirror/controller.js';
 import { readLegLabel } from '../mirror/leg-media.js';
+import type { RemoteLinkStatus } from '../mirror/remote-legs.js';
 import type { ResyncProgress } from '../mirror/resync.js';
 import type { PageCache, PageCacheStatus } from '../pagecache/page-cache.js';
 import { formatUuid, regionsSet } from '../regionlog/format.js';
@@ -32,6 +33,8 @@ export interface LegReport {
   /** Offline only: why the leg's label does not match the log (null when it does, or online). */
   labelProblem: string | null;
   pool: PoolUsage | null;
+  /** A remote leg's link (online only; null for local legs and offline). */
+  remote: RemoteLinkStatus | null;
 }
 
 /**
@@ -85,7 +88,8 @@ export function serverStatus(target: AdminTarget): StatusReport {
       regionSizeBytes: status.regionSizeBytes, regionCount: status.regionCount, health,
       failure: failure ?? null, cleanShutdown: null, inUse: true, bitsSet: status.regions.bitsSet,
       legs: status.legs.map((leg) => ({ slot: leg.slot, path: leg.path, uuid: leg.uuid, state: leg.state,
-        rebuildMode: leg.rebuildMode, failedAt: leg.failedAt ?? null, labelProblem: null, pool: leg.pool ?? null })),
+        rebuildMode: leg.rebuildMode, failedAt: leg.failedAt ?? null, labelProblem: null, pool: leg.pool ?? null,
+        remote: leg.remote ?? null })),
       regions: status.regions, resync: status.resync, lastCheck: status.lastCheck ?? null, cache: target.cache?.status() ?? null,
       counters: { sweeps: status.sweeps, regionsCleared: status.regionsCleared, logCommits: status.logCommits, generation: status.generation },
     };
@@ -96,7 +100,7 @@ export function serverStatus(target: AdminTarget): StatusReport {
     source: 'server', kind: 'plain', mirrorUuid: null, sizeBytes: plain?.sizeBytes ?? 0, regionSizeBytes: null, regionCount: null,
     health: failure ? 'failed' : 'optimal', failure: failure ?? null, cleanShutdown: null, inUse: true, bitsSet: null,
     legs: [{ slot: 0, path: plain?.path ?? null, uuid: null, state: 'in_sync', rebuildMode: 'none', failedAt: null, labelProblem: null,
-      pool: plain?.pool?.usage() ?? null }],
+      pool: plain?.pool?.usage() ?? null, remote: null }],
     regions: null, resync: null, lastCheck: null, cache: cache?.status() ?? null, counters: null,
   };
 }
@@ -130,7 +134,7 @@ export async function filesStatus(config: Config, logPath: string): Promise<Stat
       }
     }
     return { slot, path: legPath ?? null, uuid: formatUuid(record.uuid), state: record.state, rebuildMode: record.rebuildMode,
-      failedAt: record.failedAtMs ? new Date(record.failedAtMs).toISOString() : null, labelProblem, pool: pools[slot] ?? null };
+      failedAt: record.failedAtMs ? new Date(record.failedAtMs).toISOString() : null, labelProblem, pool: pools[slot] ?? null, remote: null };
   }));
   const bitsSet = regionsSet(state.dirty, state.regionCount).length;
   const usable = legs.filter((leg) => leg.state === 'in_sync' && (leg.labelProblem === null || leg.labelProblem.startsWith('the leg changed size')));

@@ -334,11 +334,14 @@ export class RemoteLeg implements BlockDevice {
 
   private checkDeadlines(): void {
     const oldest = this.inFlight.values().next();
-    if (oldest.done) return;
-    const waitedMs = Date.now() - oldest.value.sentAtMs;
-    if (waitedMs >= this.requestTimeoutMs) {
-      this.lose(`no reply to a ${commandNames[oldest.value.command]} within ${this.requestTimeoutMs} ms (failfast)`);
-    }
+    if (oldest.done || Date.now() - oldest.value.sentAtMs < this.requestTimeoutMs) return;
+    // Timers run before the loop polls sockets: after our own process stalled (a busy loop, a starved CPU), the reply
+    // may be waiting unread. The verdict waits until the poll phase has run once, so only the remote's silence counts.
+    const suspect = oldest.value;
+    setImmediate(() => {
+      if (this.lostReason !== undefined || this.inFlight.values().next().value !== suspect) return;
+      this.lose(`no reply to a ${commandNames[suspect.command]} within ${this.requestTimeoutMs} ms (failfast)`);
+    });
   }
 
   /** The connection is gone: every request in flight or waiting fails with EIO, and so does every later one. */

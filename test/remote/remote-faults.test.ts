@@ -11,9 +11,9 @@ import { statusWhen } from '../helpers/wait.js';
 
 const MiB = 1024 * 1024;
 const sizeBytes = 64 * MiB;
-const failfastMs = 1000;
+const failfastMs = 2000;
 
-interface Status { health: string; legs: Array<{ state: string }>; regions: { bitsSet: number } }
+interface Status { health: string; legs: Array<{ state: string; remote: { link: string; attempts: number; problem: string | null } | null }>; regions: { bitsSet: number } }
 
 function writeConfig(dir: string, remoteUri: string): string {
   const file = path.join(dir, 'config.yaml');
@@ -66,6 +66,8 @@ test('a link that goes silent fails the remote leg within the failfast time; whe
   const degraded = await statusWhen<Status>(admin, (status) => status.legs[1].state === 'faulty', 5000, 50);
   t.is(degraded.legs[1].state, 'faulty');
   t.is(degraded.health, 'degraded');
+  t.is(degraded.legs[1].remote?.link, 'reconnecting');
+  t.falsy(degraded.legs[0].remote, 'a local leg has no link');
   const meanwhile = await qemuIo(server.uri(), ['write -P 0x33 32M 2M', 'flush']);
   t.is(meanwhile.code, 0);
   t.true(meanwhile.ms < 3000, `writes while the leg is away do not wait for it (${meanwhile.ms} ms)`);
@@ -78,7 +80,8 @@ test('a link that goes silent fails the remote leg within the failfast time; whe
   t.true((reAdd!.regions as number) >= 3 && (reAdd!.regions as number) <= 6,
     `only the regions written while it was away are copied (${String(reAdd!.regions)} of 64)`);
   t.true(server.logs.some((entry) => entry.msg?.toString().startsWith('remote leg is back')));
-  t.regex((await cli(['check', '--admin', admin])).stdout, /mismatch_cnt 0/);
+  const check = await cli(['check', '--admin', admin]);
+  t.regex(check.stdout, /mismatch_cnt 0/, check.stderr);
   t.is(await server.stop(), 0);
   const same = legsIdentical([path.join(dir, 'leg0.img'), remote.file], sizeBytes);
   t.true(same.identical, `legs differ at ${same.firstDifference}`);
@@ -122,6 +125,9 @@ test('a remote that comes back wiped is refused and never written, with a messag
   t.regex(String(refusal?.problem), /has no valid nbd-mirror label/);
   const status = JSON.parse((await cli(['status', '--admin', admin, '--json'])).stdout) as Status;
   t.is(status.legs[1].state, 'faulty');
+  t.is(status.legs[1].remote?.link, 'refused');
+  t.regex(status.legs[1].remote?.problem ?? '', /no valid nbd-mirror label/);
+  t.regex((await cli(['status', '--admin', admin])).stdout, /remote link: refused after \d+ attempts?: leg 1/);
   t.is(await server.stop(), 0);
   const contents = fs.readFileSync(remote.file);
   t.true(contents.every((byte) => byte === 0), 'nothing was written to the wiped export');
