@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { parseSize } from '../../config/schema.js';
 import { type CrashTestReport, formatBytes, newWorkloadState, runCrashTest } from './harness.js';
-import { type CrashKind, crashKinds, type CrashTestSettings, type FaultKind, faultKinds, type WorkloadKind, workloadKinds, pointText } from './plan.js';
+import { isLinkFault, type CrashKind, crashKinds, type CrashTestSettings, type FaultKind, faultKinds, type WorkloadKind, workloadKinds, pointText } from './plan.js';
 import { replayWriteLogs } from './replay.js';
 import { runExhaustive } from './exhaustive.js';
 
@@ -40,6 +40,8 @@ export function registerCrashTest(program: Command): void {
     .option('--first-iteration <n>', 'start at this iteration number (reruns a reported iteration on a fresh mirror)', '0')
     .option('--dir <dir>', 'work folder (default: a new temporary folder, removed after a passing run)')
     .option('--keep', 'keep the work folder even when everything passed')
+    .option('--remote-leg', 'leg1 is a remote leg: a plain export served by another nbd-mirror process, reached through a fault proxy ' +
+      '(link faults: link-cut, link-stall)')
     .option('--replay', 'record every leg in a write log, then rebuild each leg at every flush and FUA mark and check it')
     .option('--exhaustive', 'run every sequence of up to three operations over two regions, crashed after each step, in-process')
     .option('--json <file>', 'write the report as JSON too')
@@ -74,7 +76,11 @@ export function registerCrashTest(program: Command): void {
         regionSizeBytes: parseSize(String(options.regionSize), '--region-size'),
         workloadMs: Number(options.workloadMs),
         writeLogs: options.replay === true,
+        remoteLeg: options.remoteLeg === true,
       };
+      if (!settings.remoteLeg && settings.faults.some(isLinkFault)) {
+        throw new Error('--faults: link-cut and link-stall break a remote leg\'s link; add --remote-leg');
+      }
       if (settings.sizeBytes % (4 * 1024 * 1024) !== 0) throw new Error('--size: must be a multiple of 4MiB (the device is split in quarters)');
       if (settings.writeLogs && settings.faults.includes('leg-eio')) {
         throw new Error('--replay checks every leg at every mark, so it cannot run with leg-eio (a failed leg misses marks by design)');

@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { adminRequest } from '../admin-client.js';
 import type { MirrorStatus } from '../../mirror/controller.js';
-import { type CrashTestSettings, describePlan, type IterationPlan, pathsIn, type Paths, planIteration, pointText, writeConfig } from './plan.js';
+import { type FaultProxy, startFaultProxy } from './fault-proxy.js';
+import { type CrashTestSettings, describePlan, isLinkFault, type IterationPlan, pathsIn, type Paths, planIteration, pointText, writeConfig } from './plan.js';
 import { type ServerProcess, startServerProcess } from './server-process.js';
 import { needsPreparation, prepareWorkload, runWorkload, type WorkloadContext, type WorkloadState } from './workloads.js';
 
@@ -52,19 +53,24 @@ export async function runCrashTest(settings: CrashTestSettings, say: Say, state 
   say(`crash-test seed ${settings.seed}: up to ${settings.iterations} iterations or ${Math.round(settings.timeLimitMs / 1000)} s; ` +
     `replay with --seed ${settings.seed} and the same options`);
   const end = settings.firstIteration + settings.iterations;
-  for (let index = settings.firstIteration; index < end && Date.now() - started < settings.timeLimitMs; index += 1) {
-    const plan = planIteration(settings, index);
-    say(describePlan(plan));
-    const result = await runIteration(settings, plan, paths, state, say);
-    results.push(result);
-    const failed = Object.values(result.invariants).filter((verdict) => verdict.startsWith('fail'));
-    say(`  crashed: ${result.crashed}; recovery resynced ${result.recoveryRegions} regions (${formatBytes(result.resyncBytes)}); ` +
-      `invariants ${Object.entries(result.invariants).map(([key, verdict]) => `${key}:${verdict.split(':')[0]}`).join(' ')}`);
-    for (const note of result.notes) say(`  ${note}`);
-    if (failed.length > 0) {
-      for (const verdict of failed) say(`  FAIL ${verdict}`);
-      say(`  rerun this iteration alone: --seed ${settings.seed} --first-iteration ${index} (from a fresh mirror)`);
+  const link = settings.remoteLeg ? await startRemoteLeg(settings, say) : undefined;
+  try {
+    for (let index = settings.firstIteration; index < end && Date.now() - started < settings.timeLimitMs; index += 1) {
+      const plan = planIteration(settings, index);
+      say(describePlan(plan));
+      const result = await runIteration(settings, plan, paths, state, say, link);
+      results.push(result);
+      const failed = Object.values(result.invariants).filter((verdict) => verdict.startsWith('fail'));
+      say(`  crashed: ${result.crashed}; recovery resynced ${result.recoveryRegions} regions (${formatBytes(result.resyncBytes)}); ` +
+        `invariants ${Object.entries(result.invariants).map(([key, verdict]) => `${key}:${verdict.split(':')[0]}`).join(' ')}`);
+      for (const note of result.notes) say(`  ${note}`);
+      if (failed.length > 0) {
+        for (const verdict of failed) say(`  FAIL ${verdict}`);
+        say(`  rerun this iteration alone: --seed ${settings.seed} --first-iteration ${index} (from a fresh mirror)`);
+      }
     }
+  } finally {
+    await link?.stop();
   }
   return {
     seed: settings.seed,
@@ -76,9 +82,32 @@ export async function runCrashTest(settings: CrashTestSettings, say: Say, state 
   };
 }
 
+/** A remote leg's host for the whole run: its export outlives every crash of the primary, behind a link that can fail. */
+interface RemoteLink {
+  uri: string;
+  proxy: FaultProxy;
+  stop(): Promise<void>;
+}
+
+async function startRemoteLeg(settings: CrashTestSettings, say: Say): Promise<RemoteLink> {
+  const file = path.join(settings.workDir, 'remote-leg1.img');
+  // The export holds the data and the leg's label after it, as a local leg file does.
+  const remote = await startServerProcess(['--leg', file, '--size', String(settings.sizeBytes + 8192), '--no-unix', '--no-cache']);
+  const proxy = await startFaultProxy({ host: '127.0.0.1', port: remote.port });
+  const uri = `nbd://127.0.0.1:${proxy.port}/`;
+  say(`remote leg1: ${file} served by another nbd-mirror process (pid ${remote.pid}), reached as ${uri} through a fault proxy`);
+  return {
+    uri, proxy,
+    stop: async () => {
+      await proxy.close();
+      await remote.stop(60_000);
+    },
+  };
+}
+
 async function runIteration(settings: CrashTestSettings, plan: IterationPlan, paths: Paths, state: WorkloadState,
-  say: Say): Promise<IterationResult> {
-  writeConfig(settings, plan, paths);
+  say: Say, link: RemoteLink | undefined): Promise<IterationResult> {
+  writeConfig(settings, plan, paths, link?.uri);
   const result: IterationResult = {
     plan, crashed: '', pointStruck: false, recoveryRegions: 0, resyncBytes: 0, invariants: { 1: 'n/a', 2: 'n/a', 3: 'n/a', 4: 'n/a', 5: 'n/a' }, notes: [],
   };
@@ -94,7 +123,7 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
     }
   }
   const first = await startServerProcess(['--config', paths.config, ...pointArgs]);
-  const schedule = (): Promise<void> => crashOnSchedule(first, plan, paths, settings.workloadMs).then((ended) => {
+  const schedule = (): Promise<void> => crashOnSchedule(first, plan, paths, settings.workloadMs, link).then((ended) => {
     result.crashed = ended.crashed;
     result.pointStruck = ended.pointStruck;
   });
@@ -138,7 +167,13 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
     result.invariants[1] = await legsAgree(paths.admin, 'after recovery');
     const faulty = status.legs.filter((leg) => leg.state === 'faulty');
     for (const leg of faulty) {
-      await adminRequest(paths.admin, { command: 're-add', slot: leg.slot }, undefined, adminTimeoutMs);
+      try {
+        await adminRequest(paths.admin, { command: 're-add', slot: leg.slot }, undefined, adminTimeoutMs);
+      } catch (error) {
+        // A remote leg re-adds itself once its link is back; the harness may come second.
+        if (!/only a faulty leg can be re-added/.test((error as Error).message)) throw error;
+        result.notes.push(`leg${leg.slot} re-added itself before the harness asked`);
+      }
       const readded = await waitResync(paths.admin);
       result.notes.push(`leg${leg.slot} was faulty; re-added, ${readded.resync.regionsTotal} regions resynced`);
       const again = await legsAgree(paths.admin, `after re-adding leg${leg.slot}`);
@@ -155,11 +190,15 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
 const pointGraceMs = 2500;
 
 /** Ends the first server as planned; resolves with what happened, and whether a planned crash point struck. */
-async function crashOnSchedule(server: ServerProcess, plan: IterationPlan, paths: Paths, workloadMs: number):
+async function crashOnSchedule(server: ServerProcess, plan: IterationPlan, paths: Paths, workloadMs: number, link: RemoteLink | undefined):
   Promise<{ crashed: string; pointStruck: boolean }> {
   const ended = (crashed: string, pointStruck = false): { crashed: string; pointStruck: boolean } => ({ crashed, pointStruck });
   const crashAtMs = Math.round(plan.crashAt * workloadMs);
-  if (plan.fault !== 'none') {
+  if (isLinkFault(plan.fault)) {
+    // The link breaks mid-workload and heals before the crash, or, healed after it, while the primary is down.
+    void sleep(crashAtMs * 0.3).then(() => (plan.fault === 'link-cut' ? link!.proxy.cut() : link!.proxy.stall()));
+    void sleep(crashAtMs * 0.3 + (plan.seed % 2 === 0 ? crashAtMs * 0.6 : crashAtMs * 1.2)).then(() => link!.proxy.heal());
+  } else if (plan.fault !== 'none') {
     void sleep(crashAtMs * 0.4).then(() => adminRequest(paths.admin, { command: 'fault', slot: plan.faultSlot, action: 'trigger' }, undefined, 5000))
       .catch(() => undefined);
     if (plan.fault === 'leg-enospc') {

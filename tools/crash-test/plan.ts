@@ -7,10 +7,15 @@ import { randomBelow, seededRandom } from '../../faults/seeded-random.js';
 
 export type WorkloadKind = 'raw' | 'fio' | 'ext4';
 export type CrashKind = 'kill' | 'point' | 'power-cut';
-export type FaultKind = 'none' | 'leg-eio' | 'leg-enospc';
+/** Leg faults act on the leg's device; link faults (cut, stall) on a remote leg's network link (--remote-leg). */
+export type FaultKind = 'none' | 'leg-eio' | 'leg-enospc' | 'link-cut' | 'link-stall';
 export const workloadKinds: WorkloadKind[] = ['raw', 'fio', 'ext4'];
 export const crashKinds: CrashKind[] = ['kill', 'point', 'power-cut'];
-export const faultKinds: FaultKind[] = ['none', 'leg-eio', 'leg-enospc'];
+export const faultKinds: FaultKind[] = ['none', 'leg-eio', 'leg-enospc', 'link-cut', 'link-stall'];
+
+export function isLinkFault(fault: FaultKind): boolean {
+  return fault === 'link-cut' || fault === 'link-stall';
+}
 
 export interface CrashTestSettings {
   workDir: string;
@@ -31,6 +36,8 @@ export interface CrashTestSettings {
   workloadMs: number;
   /** Record every leg's writes in a write log (for --replay). */
   writeLogs: boolean;
+  /** leg1 is a remote leg: another server process (another host's export) reached through a fault proxy. */
+  remoteLeg: boolean;
 }
 
 /** Everything one iteration does, drawn from its own seed so a failing iteration can be named and rerun. */
@@ -75,6 +82,8 @@ export function planIteration(settings: CrashTestSettings, index: number): Itera
     crashAt: 0.2 + random() * 0.75,
     legSectorBytes: legSectorBytes(workload),
   };
+  // A link fault is on the remote leg's link, which is leg1's.
+  if (isLinkFault(fault)) plan.faultSlot = 1;
   if (crash === 'point') {
     const name = pick(crashPointNames);
     const action = random() < 0.5 ? 'kill' : 'power-cut';
@@ -128,8 +137,8 @@ export function pathsIn(workDir: string): Paths {
  * and resync is rate-limited, so crashes land in every phase and recovery
  * lasts long enough to be read from.
  */
-export function writeConfig(settings: CrashTestSettings, plan: IterationPlan, paths: Paths): void {
-  const legFaults = (slot: number): unknown => (plan.fault === 'none' || slot !== plan.faultSlot ? undefined : {
+export function writeConfig(settings: CrashTestSettings, plan: IterationPlan, paths: Paths, remoteLegUri?: string): void {
+  const legFaults = (slot: number): unknown => (plan.fault === 'none' || isLinkFault(plan.fault) || slot !== plan.faultSlot ? undefined : {
     rules: [{ ops: ['write'], error: plan.fault === 'leg-eio' ? 'EIO' : 'ENOSPC', armed: false, sticky: true }],
     seed: plan.seed,
   });
@@ -142,7 +151,13 @@ export function writeConfig(settings: CrashTestSettings, plan: IterationPlan, pa
       sweepIntervalMs: 150,
       resyncRate: '16MiB',
       log: { path: paths.log, powerCut: { policy: plan.cutPolicies[2], seed: plan.seed + 2 } },
-      legs: [0, 1].map((slot) => ({
+      legs: [0, 1].map((slot) => (slot === 1 && remoteLegUri !== undefined ? {
+        // Another host's export: the primary's power cut does not reach it, and a silent link fails it in a second.
+        path: remoteLegUri,
+        failfastMs: 1000,
+        faults: legFaults(slot),
+        writeLog: settings.writeLogs ? paths.writeLogs[slot] : undefined,
+      } : {
         path: paths.legs[slot],
         powerCut: { policy: plan.cutPolicies[slot], seed: plan.seed + slot, sectorBytes: plan.legSectorBytes },
         faults: legFaults(slot),
