@@ -14,6 +14,7 @@ import { benchMirror } from './mirror.js';
 import { benchMetrics } from './metrics.js';
 import { benchLargeIo, largeIoJobs } from './large-io.js';
 import { benchTls, tlsJobs } from './tls.js';
+import { benchRemote, remoteJobs } from './remote.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
@@ -36,18 +37,19 @@ async function startNbdkit(file: string): Promise<{ uri: string; child: ChildPro
 async function main(): Promise<void> {
   // Checked before 2 GiB of files are written for nothing.
   const picked = process.env.BENCH_JOBS?.split(',');
-  const known = [...jobs, ...largeIoJobs, ...tlsJobs].map((job) => job.name);
+  const known = [...jobs, ...largeIoJobs, ...tlsJobs, ...remoteJobs].map((job) => job.name);
   const unknown = picked?.filter((name) => !known.includes(name)) ?? [];
   if (unknown.length > 0) {
     throw new Error(`BENCH_JOBS: no job named ${unknown.join(', ')}; the jobs are ${[...new Set(known)].join(', ')}`);
   }
   const dir = makeTempDir('bench');
   const only = process.env.BENCH_ONLY;
-  if (only === 'large' || only === 'tls') {
+  if (only === 'large' || only === 'tls' || only === 'remote') {
     // These tables start their own servers on their own files.
     try {
       if (only === 'large') await benchLargeIo({ dir, sizeBytes, seconds, rounds, jobs: picked });
-      else await benchTls({ dir, sizeBytes, seconds, rounds, jobs: picked });
+      else if (only === 'tls') await benchTls({ dir, sizeBytes, seconds, rounds, jobs: picked });
+      else await benchRemote({ dir, sizeBytes, seconds, rounds, jobs: picked });
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
@@ -83,6 +85,7 @@ async function main(): Promise<void> {
     console.log(`nbd-mirror peak RSS: ${peak === undefined ? 'unknown' : `${(peak / 2 ** 20).toFixed(1)} MiB`}`);
     if (only === undefined) await benchLargeIo({ dir, sizeBytes, seconds, rounds, jobs: picked });
     if (only === undefined) await benchTls({ dir, sizeBytes, seconds, rounds, jobs: picked });
+    if (only === undefined) await benchRemote({ dir, sizeBytes, seconds, rounds, jobs: picked });
     if (only === undefined || only === 'mirror') {
       await benchMirror({ dir, singleUri: server.uri(), singleFile: ours, nbdkitUri: nbdkit.uri, nbdkitFile: theirs, sizeBytes, seconds, rounds });
     }

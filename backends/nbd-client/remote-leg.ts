@@ -109,6 +109,11 @@ export class RemoteLeg implements BlockDevice {
   private readonly bytesInFlightMax: number;
   private readonly lostListeners: Array<(reason: string) => void> = [];
   private readonly drainWaiters: Array<() => void> = [];
+  private corked = false;
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   private constructor(private readonly options: RemoteLegOptions, private readonly remote: RemoteExport) {
     this.requestTimeoutMs = options.requestTimeoutMs ?? remoteLegDefaults.requestTimeoutMs;
@@ -300,14 +305,14 @@ export class RemoteLeg implements BlockDevice {
         header.writeBigUInt64BE(cookie, 8);
         header.writeBigUInt64BE(BigInt(offsetBytes), 16);
         header.writeUInt32BE(lengthBytes, 24);
-        if (payload) {
+        // Requests sent in one turn of the loop leave in one writev: corked at the first, uncorked after the turn.
+        if (!this.corked) {
+          this.corked = true;
           this.socket.cork();
-          this.socket.write(header);
-          this.socket.write(payload);
-          this.socket.uncork();
-        } else {
-          this.socket.write(header);
+          process.nextTick(this.uncork);
         }
+        this.socket.write(header);
+        if (payload) this.socket.write(payload);
       };
       if (this.queue.length === 0 && this.hasRoom(bytes)) start();
       else this.queue.push({ bytes, start });
