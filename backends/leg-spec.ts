@@ -54,9 +54,8 @@ export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logge
   let thin: ThinLeg | undefined;
   let remote: RemoteLeg | undefined;
   if (leg.remote) {
-    if (options.readOnly) throw new Error(`${leg.path}: a remote leg cannot be opened read-only`);
     remote = await RemoteLeg.connect({ address: leg.remote.address, name: options.name ?? leg.path, usableSizeBytes: sizeBytes,
-      requestTimeoutMs: leg.remote.failfastMs, connectTimeoutMs: leg.remote.connectTimeoutMs }, leg.remote.tls);
+      requestTimeoutMs: leg.remote.failfastMs, connectTimeoutMs: leg.remote.connectTimeoutMs, readOnly: options.readOnly }, leg.remote.tls);
     device = remote;
   } else if (leg.thin) {
     if (options.createSizeBytes !== undefined && !fs.existsSync(leg.path)) {

@@ -289,7 +289,8 @@ async function offlineCheck(config: Config, onProgress: (done: number, total: nu
   const slots = state.legs.flatMap((record, slot) => (record.state === 'in_sync' ? [slot] : []));
   const logger = createLogger('silent');
   const legs = await Promise.all(slots.map(async (slot) => ({
-    slot, device: (await openLeg({ path: config.storage.legs[slot].path, thin: config.storage.legs[slot].thin }, state.deviceSizeBytes, logger, { readOnly: true })).device,
+    slot, device: (await openLeg({ path: config.storage.legs[slot].path, thin: config.storage.legs[slot].thin, remote: config.storage.legs[slot].remote },
+      state.deviceSizeBytes, logger, { readOnly: true })).device,
   })));
   try {
     return await compareRegions({ sizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes, legs }, onProgress);

@@ -24,6 +24,8 @@ export interface RemoteLegOptions {
   usableSizeBytes?: number;
   requestsInFlightMax?: number;
   bytesInFlightMax?: number;
+  /** Only read (offline check): a read-only export is then accepted, and the device refuses writes. */
+  readOnly?: boolean;
 }
 
 export const remoteLegDefaults = { requestTimeoutMs: 10_000, connectTimeoutMs: 10_000 } as const;
@@ -122,7 +124,7 @@ export class RemoteLeg implements BlockDevice {
     this.sizeBytes = options.usableSizeBytes ?? remote.sizeBytes;
     this.blockSizeBytes = Math.max(512, remote.minimumBlockBytes);
     this.capabilities = {
-      readOnly: false, flush: true, fua: true, trim: true, writeZeroes: true,
+      readOnly: options.readOnly ?? false, flush: true, fua: true, trim: true, writeZeroes: true,
       fastZero: hasFlag(remote.flags, TransmissionFlag.SEND_WRITE_ZEROES) && hasFlag(remote.flags, TransmissionFlag.SEND_FAST_ZERO),
       blockStatus: remote.baseAllocationId !== undefined,
       // Every request of ours goes through this one connection, so our flush covers all of them.
@@ -156,7 +158,7 @@ export class RemoteLeg implements BlockDevice {
       remote.socket.destroy();
       throw new NegotiationError(address.uri, problem);
     };
-    if (hasFlag(remote.flags, TransmissionFlag.READ_ONLY)) refuse('the export is read-only; a leg must be writable');
+    if (hasFlag(remote.flags, TransmissionFlag.READ_ONLY) && !options.readOnly) refuse('the export is read-only; a leg must be writable');
     if (!hasFlag(remote.flags, TransmissionFlag.SEND_FLUSH)) {
       refuse('the server does not offer flush, so nothing written there could be promised durable');
     }
