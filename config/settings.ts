@@ -160,6 +160,10 @@ const yamlAfter: Record<string, string[]> = {
     '    # A thin-provisioned leg instead (pool grows online with nbd-mirror pool grow):',
     '    # - path: leg1.thin',
     '    #   thin: { poolSize: 512MiB, chunkSize: 64KiB, lowWater: 64MiB }',
+    '    # Or a replica on another machine, an NBD export (docs/remote-legs.md):',
+    '    # - path: "nbds://replica.example/disk?tls-certificates=/etc/nbd-mirror/client"',
+    '    #   failfastMs: 10000',
+    '    #   writeMostly: true',
   ],
 };
 
