@@ -280,6 +280,13 @@ export class RemoteLeg implements BlockDevice {
   /** Sends one request when the in-flight bounds allow; resolves with it once its reply is complete. */
   private send(command: number, flags: number, offsetBytes: number, lengthBytes: number,
     payload: Buffer | undefined, target: Buffer | undefined): Promise<InFlight> {
+    const minimum = this.remote.minimumBlockBytes;
+    if (minimum > 1 && command !== Command.FLUSH && (offsetBytes % minimum !== 0 || lengthBytes % minimum !== 0)) {
+      // No read-modify-write here: the server promised nothing for such a request, and a guess could tear a block.
+      return Promise.reject(new BlockError('EIO', `${this.options.name}: ${commandNames[command]} of ${lengthBytes} bytes at ${offsetBytes} ` +
+        `is not aligned to the remote's minimum block size of ${minimum} bytes (the page cache sends whole pages; or serve the export ` +
+        'with a smaller minimum)'));
+    }
     if (this.lostReason !== undefined || this.closing) {
       return Promise.reject(new BlockError('EIO', `${this.options.name}: ${this.options.address.uri} is not connected (${this.lostReason ?? 'closing'})`));
     }

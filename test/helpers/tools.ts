@@ -49,6 +49,18 @@ export function writeRandomFile(file: string, sizeBytes: number, seed = 1): void
   }
 }
 
+/** `length` bytes of `file` from `offset` (zeroes past its end). */
+export function readFileRange(file: string, offset: number, length: number): Buffer {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buffer = Buffer.alloc(length);
+    fs.readSync(fd, buffer, 0, length, offset);
+    return buffer;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** How many descriptors a process has open (a leak shows as growth). */
 export function openDescriptorCount(pid: number | 'self' = 'self'): number {
   return fs.readdirSync(`/proc/${pid}/fd`).length;

@@ -61,6 +61,9 @@ test('block-size constraints are honoured: the leg reports the minimum, and larg
   t.true(back.equals(data));
   t.true(server.requests.every((request) => request.length <= 65536), 'no request longer than the maximum');
   t.is(server.requests.filter((request) => request.type === Command.WRITE).length, 4);
+  const sent = server.requests.length;
+  await t.throwsAsync(leg.write(512, Buffer.alloc(512), { fua: false }), { message: /not aligned to the remote's minimum block size of 4096/ });
+  t.is(server.requests.length, sent, 'an unaligned request never reaches the server');
 });
 
 test('structured replies: a read in chunks out of order with a hole, an error chunk, and ENOSPC kept retryable', async (t) => {

@@ -4,19 +4,10 @@ import fs from 'node:fs';
 import { RemoteLeg } from '../../backends/nbd-client/remote-leg.js';
 import { parseNbdUri } from '../../backends/nbd-client/nbd-uri.js';
 import { remoteServerKinds, serveRemote } from '../helpers/remote-exports.js';
+import { readFileRange } from '../helpers/tools.js';
 
 const sizeBytes = 64 * 1024 * 1024;
 
-function readFileRange(file: string, offset: number, length: number): Buffer {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buffer = Buffer.alloc(length);
-    fs.readSync(fd, buffer, 0, length, offset);
-    return buffer;
-  } finally {
-    fs.closeSync(fd);
-  }
-}
 
 for (const kind of remoteServerKinds) {
   for (const unix of [false, true]) {

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { cli } from '../helpers/cli.js';
 import { serveRemote } from '../helpers/remote-exports.js';
 import { startServerProcess } from '../helpers/server-process.js';
-import { freePort, makeTempDir, run } from '../helpers/tools.js';
+import { freePort, makeTempDir, readFileRange, run } from '../helpers/tools.js';
 import { statusWhen } from '../helpers/wait.js';
 
 const MiB = 1024 * 1024;
@@ -20,16 +20,6 @@ function mirrorConfig(dir: string, legs: string[], extra = ''): string {
   return file;
 }
 
-function fileRange(file: string, offset: number, length: number): Buffer {
-  const fd = fs.openSync(file, 'r');
-  try {
-    const buffer = Buffer.alloc(length);
-    fs.readSync(fd, buffer, 0, length, offset);
-    return buffer;
-  } finally {
-    fs.closeSync(fd);
-  }
-}
 
 test('takeover: the primary is killed; the replica\'s host serves it alone with every flushed write, and the old primary\'s leg is refused, not merged', async (t) => {
   const hostA = makeTempDir('takeover-a');
@@ -70,7 +60,7 @@ test('takeover: the primary is killed; the replica\'s host serves it alone with 
     t.is(verify.code, 0, `every acknowledged write is on the replica: ${verify.stdout}${verify.stderr}`);
     const read = await run('nbdcopy', [survivor.uri(), path.join(hostB, 'back.bin')], { timeoutMs: 60_000 });
     t.is(read.code, 0, read.stderr);
-    t.true(fileRange(path.join(hostB, 'back.bin'), 0, flushed.length).equals(flushed), 'the nbdcopy data with its final flush is there');
+    t.true(readFileRange(path.join(hostB, 'back.bin'), 0, flushed.length).equals(flushed), 'the nbdcopy data with its final flush is there');
     t.is((await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x99 20M 1M', '-c', 'flush', survivor.uri()])).code, 0);
 
     // The old primary's disk returns, served where its leg was: taking it back is refused, never merged.
@@ -83,7 +73,7 @@ test('takeover: the primary is killed; the replica\'s host serves it alone with 
     const replace = await cli(['replace', '0', oldPrimary.uri, '--admin', path.join(hostB, 'admin.sock')]);
     t.not(replace.code, 0);
     t.regex(replace.stderr, /already holds leg 0 of mirror .*refusing to take it over/);
-    t.true(fileRange(path.join(hostA, 'leg0.img'), 20 * MiB, MiB).every((byte) => byte === 0), 'the old primary\'s leg was not written');
+    t.true(readFileRange(path.join(hostA, 'leg0.img'), 20 * MiB, MiB).every((byte) => byte === 0), 'the old primary\'s leg was not written');
     await oldPrimary.stop();
 
     // A new replica is seeded by replacing the empty slot with a fresh remote export, rebuilt online.
@@ -93,7 +83,7 @@ test('takeover: the primary is killed; the replica\'s host serves it alone with 
     t.regex((await cli(['check', '--admin', path.join(hostB, 'admin.sock')])).stdout, /mismatch_cnt 0/);
     const afterSeed = await statusWhen<Status>(path.join(hostB, 'admin.sock'), () => true, 1000, 100);
     t.is(afterSeed.health, 'optimal');
-    t.true(fileRange(path.join(hostA, 'fresh.img'), 20 * MiB, MiB).every((byte) => byte === 0x99), 'the new replica holds the survivor\'s data');
+    t.true(readFileRange(path.join(hostA, 'fresh.img'), 20 * MiB, MiB).every((byte) => byte === 0x99), 'the new replica holds the survivor\'s data');
   } finally {
     t.is(await survivor.stop(), 0);
   }
@@ -139,6 +129,6 @@ test('split brain: a remote leg that was taken over elsewhere and written there 
   while (Date.now() < deadline && !refusedLine()) await new Promise((resolve) => setTimeout(resolve, 100));
   t.regex(String(refusedLine()?.problem), /written elsewhere after it left this mirror.*split brain/);
   t.is((await statusWhen<Status>(path.join(hostA, 'admin.sock'), () => true, 1000, 100)).legs[1].state, 'faulty');
-  t.true(fileRange(replicaFile, 0, MiB).every((byte) => byte === 0x20), 'the taken-over side\'s write is intact');
+  t.true(readFileRange(replicaFile, 0, MiB).every((byte) => byte === 0x20), 'the taken-over side\'s write is intact');
   t.is(await restarted.stop(), 0);
 });
