@@ -36,7 +36,8 @@ export interface ReconnectPolicy {
   maxDelayMs: number;
 }
 
-export const reconnectDefaults: ReconnectPolicy = { firstDelayMs: 500, maxDelayMs: 30_000 };
+// Capped at 5 s: a returning replica waits at most that long (one connect attempt per 5 s is cheap), where DRBD waits its connect-int of 10 s.
+export const reconnectDefaults: ReconnectPolicy = { firstDelayMs: 500, maxDelayMs: 5000 };
 
 /** What the reconnector needs from the controller (kept narrow so it can be driven in tests). */
 export interface ReAddTarget {
