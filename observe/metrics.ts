@@ -118,6 +118,13 @@ export function buildRegistry(sources: MetricsSources): client.Registry {
     (event) => (event.event === 'client-refused' ? { reason: String(event.reason) } : undefined));
   counterFromEvents('nbd_mirror_leg_failures_total', 'Times a leg was marked faulty', [],
     (event) => (event.event === 'leg-faulty' ? {} : undefined));
+  gauge('nbd_mirror_remote_leg_connected', 'Each remote leg: 1 while its link is up and in use, 0 while away, refused or held', ['slot'], (metric) => {
+    for (const leg of status().legs) if (leg.remote) metric.set({ slot: String(leg.slot) }, leg.remote.link === 'connected' ? 1 : 0);
+  });
+  counterFromEvents('nbd_mirror_remote_leg_reconnects_total', 'Times a remote leg came back by itself (re-added after its link returned)', ['slot'],
+    (event) => (event.event === 'leg-reconnected' ? { slot: String(event.slot) } : undefined));
+  counterFromEvents('nbd_mirror_remote_leg_refusals_total', 'Times a returning remote leg was refused (not the leg that left)', ['slot'],
+    (event) => (event.event === 'leg-refused' ? { slot: String(event.slot) } : undefined));
 
   const { requests } = sources;
   const ops = Object.entries(commandNames).filter(([command]) => Number(command) < requests.count.length);

@@ -44,7 +44,7 @@ async function setup(t: ExecutionContext) {
   const remote = await serveRemote(t, 'nbdkit', { sizeBytes: sizeBytes + MiB });
   const port = Number(new URL(remote.uri).port);
   const proxy = await startFaultProxy(t, { host: '127.0.0.1', port });
-  const server = await startServerProcess(['-c', writeConfig(dir, `nbd://127.0.0.1:${proxy.port}/`)]);
+  const server = await startServerProcess(['-c', writeConfig(dir, `nbd://127.0.0.1:${proxy.port}/`), '--metrics', '127.0.0.1:0']);
   t.teardown(() => server.kill());
   const admin = path.join(dir, 'admin.sock');
   // Optimal: every leg in sync and no region left to resync (the first start syncs the export in full).
@@ -80,6 +80,11 @@ test('a link that goes silent fails the remote leg within the failfast time; whe
   t.true((reAdd!.regions as number) >= 3 && (reAdd!.regions as number) <= 6,
     `only the regions written while it was away are copied (${String(reAdd!.regions)} of 64)`);
   t.true(server.logs.some((entry) => entry.msg?.toString().startsWith('remote leg is back')));
+  const metricsPort = (server.logs.find((entry) => entry.msg === 'listening')?.metrics as { port: number }).port;
+  const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  t.regex(metrics, /nbd_mirror_remote_leg_connected\{slot="1"\} 1/);
+  t.regex(metrics, /nbd_mirror_remote_leg_reconnects_total\{slot="1"\} 1/);
+  t.regex(metrics, /nbd_mirror_leg_failures_total 1/);
   const check = await cli(['check', '--admin', admin]);
   t.regex(check.stdout, /mismatch_cnt 0/, check.stderr);
   t.is(await server.stop(), 0);
