@@ -59,6 +59,27 @@ test('read policies: round-robin alternates, least-pending spreads concurrent re
   fixture.cleanup();
 });
 
+test('write-mostly: a leg marked so serves no read while another in-sync leg can, is never the source, and serves reads once it is the only one', async (t) => {
+  const fixture = mirrorFixture();
+  await stopMirror(await fixture.open());
+  fixture.legPaths.forEach((legPath, slot) => {
+    const fd = fs.openSync(legPath, 'r+');
+    fs.writeSync(fd, Buffer.alloc(4096, slot === 0 ? 0xa0 : 0xb1), 0, 4096, marked);
+    fs.closeSync(fd);
+  });
+  // Leg 0 is the write-mostly one here, so it would otherwise be the source (the first in-sync leg).
+  const controller = await fixture.open({ readPolicy: 'round-robin',
+    legs: fixture.settings.legs.map((leg, slot) => ({ ...leg, writeMostly: slot === 0 })) });
+  const slots: number[] = [];
+  for (let read = 0; read < 6; read += 1) slots.push(await servedBy(controller));
+  t.deepEqual(slots, [1, 1, 1, 1, 1, 1], 'round-robin skips the write-mostly leg');
+  t.is(controller.device.generation.source?.slot, 1, 'the source for regions that may differ is the other leg');
+  await controller.fail(1);
+  t.is(await servedBy(controller), 0, 'with no other in-sync leg, the write-mostly leg serves reads');
+  await stopMirror(controller);
+  fixture.cleanup();
+});
+
 test('resync keeps to storage.resyncRate: copying N bytes at R bytes per second takes about N/R', async (t) => {
   const fixture = mirrorFixture({ sizeBytes: 16 * 1024 * 1024, regionSizeBytes: 256 * 1024 });
   const bytesPerSecond = 4 * 1024 * 1024;

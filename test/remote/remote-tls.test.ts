@@ -51,7 +51,7 @@ for (const kind of ['nbdkit', 'qemu-nbd'] as const) {
   });
 }
 
-test('refusals name the cause: a wrong CA, a wrong PSK key, a plaintext-only remote asked for TLS, a TLS-only remote asked without', async (t) => {
+test('refusals name the cause: a wrong CA, a certificate for another name, a wrong PSK key, a plaintext-only remote asked for TLS, a TLS-only remote asked without', async (t) => {
   const [pki, other] = await pkis;
   const dir = makeTempDir('remote-tls-refusals');
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -59,6 +59,8 @@ test('refusals name the cause: a wrong CA, a wrong PSK key, a plaintext-only rem
   const tlsUri = x509.uri.replace(/^nbd:/, 'nbds:');
   await t.throwsAsync(connect(`${tlsUri}?tls-certificates=${other.clientDir}`), { message: /TLS handshake failed: .*certificate/ },
     'a server certificate from a CA the client does not trust');
+  await t.throwsAsync(connect(`${tlsUri}?tls-certificates=${pki.clientDir}&tls-hostname=replica.example`),
+    { message: /TLS handshake failed: .*(does not match|altnames)/ }, 'a certificate for another name (the server is localhost and 127.0.0.1)');
   await t.throwsAsync(connect(x509.uri), { message: /requires TLS .*use nbds:\/\//, name: 'NegotiationError' },
     'plaintext against a TLS-only remote');
 
