@@ -427,6 +427,7 @@ export class MirrorDevice implements BlockDevice {
     const failing = (async () => {
       const record = this.log.state.legs[leg.slot];
       const wasRebuilding = record.state === 'rebuilding';
+      if (wasRebuilding && record.rebuildMode === 'full') this.markUncopied(record.rebuildCheckpointBytes);
       applyLegEvent(record, event);
       this.stats.legFailures += 1;
       // The failed leg's device leaves the generation: once the requests that hold it drain it is closed,
@@ -445,6 +446,19 @@ export class MirrorDevice implements BlockDevice {
     this.legFailures.set(leg.slot, failing);
     void failing.finally(() => this.legFailures.delete(leg.slot));
     return failing;
+  }
+
+  /**
+   * A full rebuild stopped by a failure leaves the leg holding nothing
+   * reliable past its checkpoint. The faulty state does not say a rebuild
+   * was running, and a later re-add copies only set bits: so the bits of
+   * every region not yet copied are set, and stay set while the leg is away.
+   * A remote leg whose link blips while it is being seeded is re-added this
+   * way by itself.
+   */
+  private markUncopied(checkpointBytes: number): void {
+    const first = Math.floor(checkpointBytes / this.log.state.regionSizeBytes);
+    for (let region = first; region < this.log.state.regionCount; region += 1) this.log.setDirty(region);
   }
 
   enterFailed(error: BlockError): void {

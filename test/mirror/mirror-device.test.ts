@@ -159,6 +159,30 @@ test('replace puts an empty leg in and rebuilds it fully online while writes con
   fixture.cleanup();
 });
 
+test('a leg that fails mid full rebuild and is re-added gets every region it had not been given yet, not only the set bits', async (t) => {
+  const fixture = mirrorFixture({ sizeBytes: 8 << 20 });
+  // Slow enough that the rebuild is still running when the leg fails.
+  const controller = await fixture.open({ resyncBytesPerSecond: 2 << 20 });
+  const { device } = controller;
+  for (let region = 0; region < 128; region += 1) await device.write(region * regionSize, Buffer.alloc(regionSize, region + 1), { fua: false });
+  await device.sweep();
+  t.is(device.log.dirtyRegions().length, 0, 'every bit clear before the rebuild');
+  await controller.replace(1, path.join(fixture.dir, 'new-leg.img'));
+  await new Promise((resolve) => setTimeout(resolve, 600));
+  const checkpoint = device.log.state.legs[1].rebuildCheckpointBytes;
+  t.true(checkpoint < fixture.settings.sizeBytes, 'the rebuild had not finished');
+  await controller.fail(1);
+  t.true(device.log.dirtyRegions().length >= 128 - Math.floor(checkpoint / regionSize),
+    'every region past the checkpoint is marked, durably, while the leg is away');
+  controller.resync.setRate(0);
+  await controller.reAdd(1);
+  await until('re-add to finish', () => controller.status().health === 'optimal');
+  await stop(controller);
+  const same = legsIdentical([fixture.legPaths[0], path.join(fixture.dir, 'new-leg.img')], fixture.settings.sizeBytes);
+  t.true(same.identical, `the legs differ at ${same.firstDifference}`);
+  fixture.cleanup();
+});
+
 test('with no in-sync leg left every request fails with EIO, and the mirror stays failed', async (t) => {
   const fixture = mirrorFixture({ faults: [{ rules: [{ ops: ['write'], error: 'EIO' }] }, { rules: [{ ops: ['write'], error: 'EIO' }] }] });
   const controller = await fixture.open();
