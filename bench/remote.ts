@@ -36,7 +36,8 @@ function blank(file: string, sizeBytes: number): string {
 }
 
 /** A mirror server process over leg0 (local) and `leg1` (a path or a URI), no cache, admin socket beside. */
-async function startMirror(dir: string, name: string, sizeBytes: number, leg1: string): Promise<{ process: ServerProcess; admin: string; files: string[] }> {
+async function startMirror(dir: string, name: string, sizeBytes: number, leg1: string, remoteFile?: string):
+  Promise<{ process: ServerProcess; admin: string; files: string[] }> {
   const config = path.join(dir, `${name}.yaml`);
   const admin = path.join(dir, `${name}.sock`);
   const remote = leg1.startsWith('nbd');
@@ -46,7 +47,9 @@ async function startMirror(dir: string, name: string, sizeBytes: number, leg1: s
   const process = await startServerProcess(['-c', config, '--no-unix']);
   // A mirror over an existing export starts with a full sync: wait for it, so the figures are the steady state.
   await adminRequest(admin, { command: 'wait-resync' }, undefined, 600_000);
-  return { process, admin, files: [path.join(dir, `${name}-0.img`), ...(remote ? [] : [leg1])] };
+  // The remote's backing file too: its page-cache state decides as much as a local leg's (see file-cache.ts;
+  // left full of large folios by the fill, 4k writes into it ran about 3x slower, which first showed as 0.32x).
+  return { process, admin, files: [path.join(dir, `${name}-0.img`), remote ? remoteFile! : leg1] };
 }
 
 /** Mean round trip of a 28-byte message over loopback TCP to another process (what one NBD request's hop costs at least). */
@@ -94,14 +97,14 @@ export async function benchRemote(options: { dir: string; sizeBytes: number; sec
   const stops: Array<() => Promise<unknown>> = [() => remoteOurs.stop(), () => remoteNbdkit.stop(), () => remoteSlow.stop(), () => proxy.close()];
   try {
     const mirrors: Array<BenchServer<Name>> = [];
-    const add = async (name: Name, leg1: string): Promise<void> => {
-      const mirror = await startMirror(dir, name.replace(/\W/g, '-'), sizeBytes, leg1);
+    const add = async (name: Name, leg1: string, remoteFile?: string): Promise<void> => {
+      const mirror = await startMirror(dir, name.replace(/\W/g, '-'), sizeBytes, leg1, remoteFile);
       stops.push(() => mirror.process.stop());
       mirrors.push({ name, uri: mirror.process.uri(), pid: mirror.process.pid, files: mirror.files, stop: async () => { await mirror.process.stop(); } });
     };
     await add('local+local', path.join(dir, 'local-local-1.img'));
-    await add('local+ours', `nbd://127.0.0.1:${remoteOurs.port}/`);
-    await add('local+nbdkit', remoteNbdkit.uri);
+    await add('local+ours', `nbd://127.0.0.1:${remoteOurs.port}/`, path.join(dir, 'remote-ours.img'));
+    await add('local+nbdkit', remoteNbdkit.uri, nbdkitFile);
     for (const mirror of mirrors) await fill(mirror.uri, sizeBytes);
     const rtt = await loopbackRoundTripUs();
     console.log(`loopback TCP round trip between two processes: ${rtt.toFixed(0)} us (mean of 3000)`);
@@ -121,7 +124,7 @@ export async function benchRemote(options: { dir: string; sizeBytes: number; sec
 
     // The link slowed: 1 ms each way through the proxy, 2 ms more per round trip.
     proxy.setDelay(1);
-    await add('local+ours-2ms', `nbd://127.0.0.1:${proxy.port}/`);
+    await add('local+ours-2ms', `nbd://127.0.0.1:${proxy.port}/`, path.join(dir, 'remote-slow.img'));
     const slow = mirrors.filter((mirror) => mirror.name === 'local+ours-2ms' || mirror.name === 'local+local');
     console.log('\nthe remote link 2 ms slower per round trip (fault proxy, 1 ms each way; this kernel has no netem)');
     for (const job of remoteJobs.slice(0, 3)) {
