@@ -126,7 +126,9 @@ export class RemoteReconnector {
     } catch (error) {
       const message = (error as Error).message;
       away.problem = message;
-      if (error instanceof LegUnreachableError) {
+      // Only a MirrorSetupError is a verdict on the leg (its label refused); anything else (the link dropping
+      // between the label check and the open, a log commit that failed) is worth another try.
+      if (error instanceof LegUnreachableError || !(error instanceof MirrorSetupError)) {
         const next = Math.min(delayMs * 2, this.policy.maxDelayMs);
         // Logged at the first attempts and then at most about once a minute, so a long outage does not flood the log.
         if (attempt <= 3 || attempt % Math.max(1, Math.round(60_000 / this.policy.maxDelayMs)) === 0) {
