@@ -17,7 +17,7 @@ import { type ServerProcess, startServerProcess } from '../test/helpers/server-p
 import { freePort, run } from '../test/helpers/tools.js';
 import type { FioJob } from './fio.js';
 import { fill } from './mirror.js';
-import { type BenchServer, measureJob, printJob, printPeakMemory, startPeer } from './side-by-side.js';
+import { type BenchServer, blankFile, measureJob, printJob, printPeakMemory, startPeer } from './side-by-side.js';
 
 export const remoteJobs: FioJob[] = [
   { name: '4k-randwrite-qd1', rw: 'randwrite', blockSize: '4k', iodepth: 1 },
@@ -28,12 +28,6 @@ export const remoteJobs: FioJob[] = [
 
 type Name = 'local+local' | 'local+ours' | 'local+nbdkit' | 'local+ours-2ms';
 const labelBytes = 8192;
-
-function blank(file: string, sizeBytes: number): string {
-  fs.writeFileSync(file, '');
-  fs.truncateSync(file, sizeBytes);
-  return file;
-}
 
 /** A mirror server process over leg0 (local) and `leg1` (a path or a URI), no cache, admin socket beside. */
 async function startMirror(dir: string, name: string, sizeBytes: number, leg1: string, remoteFile?: string):
@@ -87,12 +81,12 @@ export async function benchRemote(options: { dir: string; sizeBytes: number; sec
   const { dir, sizeBytes, seconds, rounds } = options;
   console.log('\nremote legs: mirror of a local leg and a remote one (write-mostly, failfast 2 s) over loopback, served by our plain ' +
     'export and by nbdkit file, vs two local legs; no cache anywhere');
-  const remoteOurs = await startServerProcess(['--leg', blank(path.join(dir, 'remote-ours.img'), sizeBytes + labelBytes), '--no-unix', '--no-cache']);
+  const remoteOurs = await startServerProcess(['--leg', blankFile(path.join(dir, 'remote-ours.img'), sizeBytes + labelBytes), '--no-unix', '--no-cache']);
   const nbdkitPort = await freePort();
-  const nbdkitFile = blank(path.join(dir, 'remote-nbdkit.img'), sizeBytes + labelBytes);
+  const nbdkitFile = blankFile(path.join(dir, 'remote-nbdkit.img'), sizeBytes + labelBytes);
   const remoteNbdkit = await startPeer('nbdkit', 'nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(nbdkitPort), 'file', nbdkitFile],
     `nbd://127.0.0.1:${nbdkitPort}/`, [nbdkitFile]);
-  const remoteSlow = await startServerProcess(['--leg', blank(path.join(dir, 'remote-slow.img'), sizeBytes + labelBytes), '--no-unix', '--no-cache']);
+  const remoteSlow = await startServerProcess(['--leg', blankFile(path.join(dir, 'remote-slow.img'), sizeBytes + labelBytes), '--no-unix', '--no-cache']);
   const proxy = await startFaultProxy({ host: '127.0.0.1', port: remoteSlow.port });
   const stops: Array<() => Promise<unknown>> = [() => remoteOurs.stop(), () => remoteNbdkit.stop(), () => remoteSlow.stop(), () => proxy.close()];
   try {

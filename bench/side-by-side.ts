@@ -29,6 +29,13 @@ export interface Measured {
 
 const rampSeconds = 1;
 
+/** An empty (sparse) file of `sizeBytes` for a server to export. */
+export function blankFile(file: string, sizeBytes: number): string {
+  fs.writeFileSync(file, '');
+  fs.truncateSync(file, sizeBytes);
+  return file;
+}
+
 /** User and system CPU of a whole process (every thread), in seconds. */
 export function cpuSeconds(pid: number): number {
   const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');

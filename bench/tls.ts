@@ -12,7 +12,7 @@ import { makePki } from '../test/helpers/tls-files.js';
 import { freePort } from '../test/helpers/tools.js';
 import type { FioJob } from './fio.js';
 import { fill } from './mirror.js';
-import { type BenchServer, measureJob, printJob, printPeakMemory, startPeer } from './side-by-side.js';
+import { type BenchServer, blankFile, measureJob, printJob, printPeakMemory, startPeer } from './side-by-side.js';
 
 export const tlsJobs: FioJob[] = [
   { name: '4k-randread-qd32', rw: 'randread', blockSize: '4k', iodepth: 32 },
@@ -26,10 +26,7 @@ const ratios: Array<[ServerName, ServerName]> = [['ours-tls', 'nbdkit-tls'], ['o
   ['nbdkit-tls', 'nbdkit']];
 
 function blank(dir: string, name: string, sizeBytes: number): string {
-  const file = path.join(dir, name);
-  fs.writeFileSync(file, '');
-  fs.truncateSync(file, sizeBytes);
-  return file;
+  return blankFile(path.join(dir, name), sizeBytes);
 }
 
 async function startServers(dir: string, sizeBytes: number): Promise<Array<BenchServer<ServerName>>> {

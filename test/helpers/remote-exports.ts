@@ -162,7 +162,7 @@ function isZombie(pid: number): boolean {
 }
 
 /** Whether a server answers on the address with NBD's greeting. */
-function greets(address: net.NetConnectOpts): Promise<boolean> {
+export function greets(address: net.NetConnectOpts): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = net.connect(address);
     const done = (ok: boolean): void => {

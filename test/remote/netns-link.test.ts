@@ -1,11 +1,11 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { cli } from '../helpers/cli.js';
 import { legsIdentical } from '../helpers/mirror-fixture.js';
 import { makeTestHost, netnsUnavailable } from '../helpers/netns.js';
+import { greets } from '../helpers/remote-exports.js';
 import { startServerProcess } from '../helpers/server-process.js';
 import { makeTempDir, run, runOk } from '../helpers/tools.js';
 import { statusWhen, waitUntil } from '../helpers/wait.js';
@@ -22,15 +22,6 @@ const unavailable = await netnsUnavailable();
 const netnsTest = unavailable === undefined ? test : test.skip;
 if (unavailable !== undefined) console.log(`netns link tests skipped: ${unavailable}`);
 
-function reachable(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host, port });
-    socket.setTimeout(500, () => { socket.destroy(); resolve(false); });
-    socket.once('error', () => resolve(false));
-    socket.once('connect', () => { socket.destroy(); resolve(true); });
-  });
-}
-
 netnsTest('a remote leg on another network namespace: the link goes down mid-workload, the client never stalls past failfast, and only what changed is resynced when it comes back', async (t) => {
   const host = await makeTestHost(t);
   const dir = makeTempDir('netns-link');
@@ -45,7 +36,7 @@ netnsTest('a remote leg on another network namespace: the link goes down mid-wor
     if (remote.exitCode === null && remote.signalCode === null) remote.kill('SIGKILL');
     await remoteExited;
   });
-  t.true(await waitUntil(() => reachable(host.address, 10809), 10_000, 100), 'nbdkit answers in its namespace');
+  t.true(await waitUntil(() => greets({ host: host.address, port: 10809 }), 10_000, 100), 'nbdkit answers in its namespace');
 
   const config = path.join(dir, 'config.yaml');
   fs.writeFileSync(config, `listen:\n  admin: admin.sock\nstorage:\n  sizeBytes: 64MiB\n  regionSize: 1MiB\n  sweepIntervalMs: 300\n` +
