@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import test from 'ava';
 import { noFlags } from '../../blockdev/types.js';
 import type { MirrorController } from '../../mirror/controller.js';
-import { mirrorFixture, stopMirror } from '../helpers/mirror-fixture.js';
+import { type MirrorFixture, mirrorFixture, stopMirror } from '../helpers/mirror-fixture.js';
 import { waitUntil } from '../helpers/wait.js';
 
 const marked = 1024 * 1024;
@@ -20,7 +20,8 @@ async function servedBy(controller: MirrorController): Promise<number> {
   throw new Error(`read neither leg's marker: ${target.subarray(0, 8).toString('hex')}`);
 }
 
-test('read policies: round-robin alternates, least-pending spreads concurrent reads, preferred keeps to its leg; a region that may differ is read from the source leg even when another is preferred', async (t) => {
+/** A created, stopped mirror whose legs hold each its own marker at `marked` (see servedBy). */
+async function markedFixture(): Promise<MirrorFixture> {
   const fixture = mirrorFixture();
   await stopMirror(await fixture.open());
   fixture.legPaths.forEach((legPath, slot) => {
@@ -28,6 +29,11 @@ test('read policies: round-robin alternates, least-pending spreads concurrent re
     fs.writeSync(fd, Buffer.alloc(4096, slot === 0 ? 0xa0 : 0xb1), 0, 4096, marked);
     fs.closeSync(fd);
   });
+  return fixture;
+}
+
+test('read policies: round-robin alternates, least-pending spreads concurrent reads, preferred keeps to its leg; a region that may differ is read from the source leg even when another is preferred', async (t) => {
+  const fixture = await markedFixture();
 
   const roundRobin = await fixture.open({ readPolicy: 'round-robin' });
   const turns: number[] = [];
@@ -60,13 +66,7 @@ test('read policies: round-robin alternates, least-pending spreads concurrent re
 });
 
 test('write-mostly: a leg marked so serves no read while another in-sync leg can, is never the source, and serves reads once it is the only one', async (t) => {
-  const fixture = mirrorFixture();
-  await stopMirror(await fixture.open());
-  fixture.legPaths.forEach((legPath, slot) => {
-    const fd = fs.openSync(legPath, 'r+');
-    fs.writeSync(fd, Buffer.alloc(4096, slot === 0 ? 0xa0 : 0xb1), 0, 4096, marked);
-    fs.closeSync(fd);
-  });
+  const fixture = await markedFixture();
   // Leg 0 is the write-mostly one here, so it would otherwise be the source (the first in-sync leg).
   const controller = await fixture.open({ readPolicy: 'round-robin',
     legs: fixture.settings.legs.map((leg, slot) => ({ ...leg, writeMostly: slot === 0 })) });

@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -21,18 +21,24 @@ function mirrorConfig(dir: string, legs: string[], extra = ''): string {
 }
 
 
-test('takeover: the primary is killed; the replica\'s host serves it alone with every flushed write, and the old primary\'s leg is refused, not merged', async (t) => {
-  const hostA = makeTempDir('takeover-a');
-  const hostB = makeTempDir('takeover-b');
+/** Two hosts' folders: host B exports its disk (nbdkit), and host A's mirror writes it as leg 1. */
+async function primaryWithReplica(t: ExecutionContext, name: string) {
+  const hostA = makeTempDir(`${name}-a`);
+  const hostB = makeTempDir(`${name}-b`);
   t.teardown(() => {
     fs.rmSync(hostA, { recursive: true, force: true });
     fs.rmSync(hostB, { recursive: true, force: true });
   });
-  // Host B exports its disk; host A's mirror writes it as leg 1.
   const replicaFile = path.join(hostB, 'replica.img');
   const replica = await serveRemote(t, 'nbdkit', { sizeBytes: sizeBytes + MiB, file: replicaFile });
-  const primary = await startServerProcess(['-c', mirrorConfig(hostA, ['leg0.img', replica.uri])]);
+  const configA = mirrorConfig(hostA, ['leg0.img', replica.uri]);
+  const primary = await startServerProcess(['-c', configA]);
   t.teardown(() => primary.kill());
+  return { hostA, hostB, replicaFile, replica, configA, primary };
+}
+
+test('takeover: the primary is killed; the replica\'s host serves it alone with every flushed write, and the old primary\'s leg is refused, not merged', async (t) => {
+  const { hostA, hostB, replicaFile, replica, primary } = await primaryWithReplica(t, 'takeover');
   const flushed = crypto.randomBytes(4 * MiB);
   fs.writeFileSync(path.join(hostA, 'flushed.bin'), flushed);
   // Flushed writes (qemu-io writes, then flushes) and FUA writes (nbdcopy's last flush) must survive the primary.
@@ -98,17 +104,7 @@ test('takeover: the primary is killed; the replica\'s host serves it alone with 
 });
 
 test('split brain: a remote leg that was taken over elsewhere and written there is refused when it reconnects', async (t) => {
-  const hostA = makeTempDir('split-a');
-  const hostB = makeTempDir('split-b');
-  t.teardown(() => {
-    fs.rmSync(hostA, { recursive: true, force: true });
-    fs.rmSync(hostB, { recursive: true, force: true });
-  });
-  const replicaFile = path.join(hostB, 'replica.img');
-  const replica = await serveRemote(t, 'nbdkit', { sizeBytes: sizeBytes + MiB, file: replicaFile });
-  const configA = mirrorConfig(hostA, ['leg0.img', replica.uri]);
-  const primary = await startServerProcess(['-c', configA]);
-  t.teardown(() => primary.kill());
+  const { hostA, hostB, replicaFile, replica, configA, primary } = await primaryWithReplica(t, 'split');
   t.is((await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x10 0 1M', '-c', 'flush', primary.uri()])).code, 0);
   await primary.kill();
   await replica.stop(true);
