@@ -2,7 +2,7 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import { BlockError } from '../../blockdev/errors.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../../blockdev/types.js';
-import { Command, CommandFlag, REQUEST_HEADER_BYTES, REQUEST_MAGIC, ReplyType, StateFlag, TransmissionFlag } from '../../nbd/constants.js';
+import { Command, CommandFlag, commandNames as wireCommandNames, REQUEST_HEADER_BYTES, REQUEST_MAGIC, ReplyType, StateFlag, TransmissionFlag } from '../../nbd/constants.js';
 import { clientTlsOptions } from './client-tls.js';
 import { hasFlag, negotiate, NegotiationError, type RemoteExport } from './negotiate.js';
 import type { NbdAddress } from './nbd-uri.js';
@@ -38,7 +38,8 @@ class InFlight implements AwaitedReply {
 
   constructor(readonly command: number, readonly offsetBytes: number, readonly lengthBytes: number,
     readonly target: Buffer | undefined, private readonly settle: (error: BlockError | undefined) => void,
-    private readonly describe: (errno: number, message: string | undefined) => BlockError,
+    /** The leg's name, for the error a failed reply becomes. */
+    private readonly legName: string,
     private readonly baseAllocationId: number | undefined) {}
 
   onChunk(type: number, payload: Buffer): void {
@@ -62,7 +63,8 @@ class InFlight implements AwaitedReply {
 
   onDone(errno: number): void {
     if (errno !== 0) this.error ??= { errno, message: undefined };
-    this.settle(this.error ? this.describe(this.error.errno, this.error.message) : undefined);
+    this.settle(this.error ? remoteError(this.error.errno, this.error.message,
+      `${commandNames[this.command]} of ${this.lengthBytes} bytes at ${this.offsetBytes}`, this.legName) : undefined);
   }
 
   fail(error: BlockError): void {
@@ -75,10 +77,9 @@ interface Queued {
   start: () => void;
 }
 
-const commandNames: Record<number, string> = {
-  [Command.READ]: 'read', [Command.WRITE]: 'write', [Command.FLUSH]: 'flush', [Command.TRIM]: 'trim',
-  [Command.WRITE_ZEROES]: 'write-zeroes', [Command.BLOCK_STATUS]: 'block-status',
-};
+/** The wire names (nbd/constants.ts) as messages say them: READ as read, WRITE_ZEROES as write-zeroes. */
+const commandNames: Record<number, string> = Object.fromEntries(Object.entries(wireCommandNames)
+  .map(([command, name]) => [command, name.toLowerCase().replace('_', '-')]));
 const zeroChunkBytes = 1024 * 1024;
 /** Trim, zeroing and block status are sent in pieces no longer than this (the length field is 32 bits). */
 const rangeCommandBytesMax = 1024 * 1024 * 1024;
@@ -144,9 +145,10 @@ export class RemoteLeg implements BlockDevice {
     this.socket.on('error', (error) => this.lose(`connection error: ${error.message}`));
     this.socket.on('close', () => this.lose('the remote closed the connection'));
     this.socket.resume();
-    if (remote.leftover.length > 0) this.lose(`the remote sent ${remote.leftover.length} bytes no request asked for`);
     this.timer = setInterval(() => this.checkDeadlines(), Math.max(20, Math.floor(this.requestTimeoutMs / 5)));
     this.timer.unref();
+    // After the timer exists, so losing the connection here stops it too.
+    if (remote.leftover.length > 0) this.lose(`the remote sent ${remote.leftover.length} bytes no request asked for`);
   }
 
   /** Connects and negotiates; refuses a remote that cannot hold a leg (read-only, no flush, too small). */
@@ -302,8 +304,7 @@ export class RemoteLeg implements BlockDevice {
         const request: InFlight = new InFlight(command, offsetBytes, lengthBytes, target, (error) => {
           if (error) reject(error);
           else resolve(request);
-        }, (errno, message) => remoteError(errno, message, `${commandNames[command]} of ${lengthBytes} bytes at ${offsetBytes}`, this.options.name),
-        this.remote.baseAllocationId);
+        }, this.options.name, this.remote.baseAllocationId);
         request.sentAtMs = Date.now();
         this.inFlight.set(cookie, request);
         this.bytesInFlight += bytes;
