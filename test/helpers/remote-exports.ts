@@ -20,6 +20,12 @@ export interface RemoteExport {
   stop(abruptly?: boolean): Promise<void>;
   /** Serves the same file again on the same address (a restarted remote). */
   restart(): Promise<void>;
+  /**
+   * Stops the server process (SIGSTOP) and returns once every one of its
+   * threads is stopped, so nothing it was woken for is still answered;
+   * the returned function resumes it. Spawned servers only (nbdkit, qemu-nbd).
+   */
+  freeze(): Promise<() => void>;
 }
 
 /**
@@ -39,6 +45,7 @@ export async function serveRemote(t: ExecutionContext, kind: RemoteServerKind, o
   const socketPath = path.join(dir, 'nbd.sock');
   const unix = options.unix ?? false;
   let stopCurrent: ((abruptly: boolean) => Promise<void>) | undefined;
+  let spawnedPid: number | undefined;
   let uri = '';
 
   /**
@@ -82,6 +89,7 @@ export async function serveRemote(t: ExecutionContext, kind: RemoteServerKind, o
       const server = await startLegServer(t, { sizeBytes: options.sizeBytes, existingPath: file, unix, port });
       uri = unix ? `nbd+unix:///?socket=${server.address as string}` : `nbd://127.0.0.1:${server.address as number}/`;
       stopCurrent = () => server.close();
+      spawnedPid = undefined;
       return;
     }
     let args: string[];
@@ -100,6 +108,7 @@ export async function serveRemote(t: ExecutionContext, kind: RemoteServerKind, o
       uri = unix ? `nbd+unix:///disk?socket=${socketPath}` : `nbd://127.0.0.1:${port}/disk`;
     } else {
       await startNbdServer();
+      spawnedPid = undefined;
       return;
     }
     if (unix) fs.rmSync(socketPath, { force: true });
@@ -112,6 +121,7 @@ export async function serveRemote(t: ExecutionContext, kind: RemoteServerKind, o
       child.kill('SIGKILL');
       throw new Error(`${kind} did not start: ${stderr}`);
     }
+    spawnedPid = child.pid;
     stopCurrent = async (abruptly) => {
       if (child.exitCode === null && child.signalCode === null) child.kill(abruptly ? 'SIGKILL' : 'SIGTERM');
       await exited;
@@ -133,7 +143,29 @@ export async function serveRemote(t: ExecutionContext, kind: RemoteServerKind, o
       await stop();
       await start();
     },
+    freeze: async () => {
+      const pid = spawnedPid;
+      if (pid === undefined) throw new Error(`serveRemote: freeze is for spawned servers, not ${kind}`);
+      process.kill(pid, 'SIGSTOP');
+      const resume = (): void => { try { process.kill(pid, 'SIGCONT'); } catch { /* already gone */ } };
+      t.teardown(resume);
+      // kill() returns before the stop reaches every thread: until then a
+      // thread woken by a request's bytes can still answer it.
+      if (!await waitUntil(() => allThreadsStopped(pid), 5000, 5)) throw new Error(`${kind} (pid ${pid}) did not stop within 5 s`);
+      return resume;
+    },
   };
+}
+
+function allThreadsStopped(pid: number): boolean {
+  const threads = fs.readdirSync(`/proc/${pid}/task`);
+  return threads.every((thread) => {
+    try {
+      return /^[Tt]/.test(fs.readFileSync(`/proc/${pid}/task/${thread}/stat`, 'latin1').replace(/^.*\) /, ''));
+    } catch {
+      return true;
+    }
+  });
 }
 
 /** Whether something listens on 127.0.0.1:port (from /proc, without connecting: nbd-server logs every aborted negotiation). */
