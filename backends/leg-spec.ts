@@ -55,7 +55,8 @@ export async function openLeg(leg: LegSpec, sizeBytes: number | undefined, logge
   let remote: RemoteLeg | undefined;
   if (leg.remote) {
     remote = await RemoteLeg.connect({ address: leg.remote.address, name: options.name ?? leg.path, usableSizeBytes: sizeBytes,
-      requestTimeoutMs: leg.remote.failfastMs, connectTimeoutMs: leg.remote.connectTimeoutMs, readOnly: options.readOnly }, leg.remote.tls);
+      requestTimeoutMs: leg.remote.failfastMs, connectTimeoutMs: leg.remote.connectTimeoutMs, connections: leg.remote.connections,
+      readOnly: options.readOnly }, leg.remote.tls);
     device = remote;
   } else if (leg.thin) {
     if (options.createSizeBytes !== undefined && !fs.existsSync(leg.path)) {

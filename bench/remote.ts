@@ -26,18 +26,18 @@ export const remoteJobs: FioJob[] = [
   { name: '4k-randread-qd32', rw: 'randread', blockSize: '4k', iodepth: 32 },
 ];
 
-type Name = 'local+local' | 'local+ours' | 'local+nbdkit' | 'local+ours-2ms';
+type Name = 'local+local' | 'local+ours' | 'local+nbdkit' | 'local+nbdkit-4conn' | 'local+ours-2ms';
 const labelBytes = 8192;
 
 /** A mirror server process over leg0 (local) and `leg1` (a path or a URI), no cache, admin socket beside. */
-async function startMirror(dir: string, name: string, sizeBytes: number, leg1: string, remoteFile?: string):
+async function startMirror(dir: string, name: string, sizeBytes: number, leg1: string, remoteFile?: string, connections = 1):
   Promise<{ process: ServerProcess; admin: string; files: string[] }> {
   const config = path.join(dir, `${name}.yaml`);
   const admin = path.join(dir, `${name}.sock`);
   const remote = leg1.startsWith('nbd');
   fs.writeFileSync(config, `listen:\n  admin: ${admin}\nstorage:\n  sizeBytes: ${sizeBytes}\n  log: ${path.join(dir, `${name}.log`)}\n` +
     `  legs:\n    - path: ${path.join(dir, `${name}-0.img`)}\n    - path: "${leg1}"\n` +
-    (remote ? '      writeMostly: true\n      failfastMs: 2000\n' : '') + 'cache:\n  enabled: false\n');
+    (remote ? `      writeMostly: true\n      failfastMs: 2000\n      connections: ${connections}\n` : '') + 'cache:\n  enabled: false\n');
   const process = await startServerProcess(['-c', config, '--no-unix']);
   // A mirror over an existing export starts with a full sync: wait for it, so the figures are the steady state.
   await adminRequest(admin, { command: 'wait-resync' }, undefined, 600_000);
@@ -91,23 +91,31 @@ export async function benchRemote(options: { dir: string; sizeBytes: number; sec
   const stops: Array<() => Promise<unknown>> = [() => remoteOurs.stop(), () => remoteNbdkit.stop(), () => remoteSlow.stop(), () => proxy.close()];
   try {
     const mirrors: Array<BenchServer<Name>> = [];
-    const add = async (name: Name, leg1: string, remoteFile?: string): Promise<void> => {
-      const mirror = await startMirror(dir, name.replace(/\W/g, '-'), sizeBytes, leg1, remoteFile);
+    const add = async (name: Name, leg1: string, remoteFile?: string, connections?: number): Promise<void> => {
+      const mirror = await startMirror(dir, name.replace(/\W/g, '-'), sizeBytes, leg1, remoteFile, connections);
       stops.push(() => mirror.process.stop());
       mirrors.push({ name, uri: mirror.process.uri(), pid: mirror.process.pid, files: mirror.files, stop: async () => { await mirror.process.stop(); } });
     };
     await add('local+local', path.join(dir, 'local-local-1.img'));
     await add('local+ours', `nbd://127.0.0.1:${remoteOurs.port}/`, path.join(dir, 'remote-ours.img'));
     await add('local+nbdkit', remoteNbdkit.uri, nbdkitFile);
+    // Multi-conn: the same nbdkit export over four connections (nbdkit advertises multi-conn for files).
+    const nbdkitFile4 = blankFile(path.join(dir, 'remote-nbdkit-4conn.img'), sizeBytes + labelBytes);
+    const nbdkitPort4 = await freePort();
+    const remoteNbdkit4 = await startPeer('nbdkit', 'nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(nbdkitPort4), 'file', nbdkitFile4],
+      `nbd://127.0.0.1:${nbdkitPort4}/`, [nbdkitFile4]);
+    stops.push(() => remoteNbdkit4.stop());
+    await add('local+nbdkit-4conn', remoteNbdkit4.uri, nbdkitFile4, 4);
     for (const mirror of mirrors) await fill(mirror.uri, sizeBytes);
     const rtt = await loopbackRoundTripUs();
     console.log(`loopback TCP round trip between two processes: ${rtt.toFixed(0)} us (mean of 3000)`);
     for (const job of remoteJobs.filter((candidate) => options.jobs?.includes(candidate.name) ?? true)) {
       const best = await measureJob(mirrors, job, { seconds, rounds, sizeBytes });
-      printJob(job, mirrors, best, [['local+ours', 'local+local'], ['local+nbdkit', 'local+local']]);
+      printJob(job, mirrors, best, [['local+ours', 'local+local'], ['local+nbdkit', 'local+local'], ['local+nbdkit-4conn', 'local+local'],
+        ['local+nbdkit-4conn', 'local+nbdkit']]);
       if (job.iodepth === 1) {
         const local = best.get('local+local')!.result.latencyMeanUs;
-        for (const name of ['local+ours', 'local+nbdkit'] as const) {
+        for (const name of ['local+ours', 'local+nbdkit', 'local+nbdkit-4conn'] as const) {
           const added = best.get(name)!.result.latencyMeanUs - local;
           console.log(`  ${name}: mean latency ${added.toFixed(0)} us above two local legs; budget one loopback round trip + 20 us = ` +
             `${(rtt + 20).toFixed(0)} us`);

@@ -2,7 +2,7 @@ import path from 'node:path';
 import { type FaultOp, faultOps, type FaultPlan, type FaultRule } from '../faults/fault-device.js';
 import type { LegSpec, RemoteSpec, ThinSpec } from '../backends/leg-spec.js';
 import { isNbdUri } from '../backends/nbd-client/nbd-uri.js';
-import { remoteLegDefaults } from '../backends/nbd-client/remote-leg.js';
+import { remoteConnectionsMax, remoteLegDefaults } from '../backends/nbd-client/remote-leg.js';
 import { remoteSpecFor } from '../backends/nbd-client/remote-spec.js';
 import { type CrashPlan, parseCrashPlan } from '../faults/crash-points.js';
 import type { DeviceWrap } from '../faults/device-wrap.js';
@@ -204,7 +204,7 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   const legs = legsRaw.map((leg, index) => {
     const key = `storage.legs[${index}]`;
     const entry = objectAt(leg, key);
-    rejectUnknownKeys(entry, ['path', 'thin', 'failfastMs', 'connectTimeoutMs', 'writeMostly', ...wrapKeys], key);
+    rejectUnknownKeys(entry, ['path', 'thin', 'failfastMs', 'connectTimeoutMs', 'connections', 'writeMostly', ...wrapKeys], key);
     const where = stringAt(entry.path, `${key}.path`, undefined, false);
     const remote = isNbdUri(where);
     const spec: LegSpec = { path: remote ? where : path.resolve(baseDir, where), ...parseDeviceWrap(entry, key, baseDir) };
@@ -213,8 +213,9 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
       spec.thin = parseThin(entry.thin, `${key}.thin`);
     }
     if (remote) spec.remote = parseRemote(where, entry, key, baseDir);
-    else if (entry.failfastMs !== undefined || entry.connectTimeoutMs !== undefined) {
-      throw new ConfigError(`${key}.failfastMs`, 'applies to remote legs (nbd://, nbds://, nbd+unix://, nbds+unix://)');
+    else {
+      const remoteOnly = ['failfastMs', 'connectTimeoutMs', 'connections'].find((name) => entry[name] !== undefined);
+      if (remoteOnly) throw new ConfigError(`${key}.${remoteOnly}`, 'applies to remote legs (nbd://, nbds://, nbd+unix://, nbds+unix://)');
     }
     if (booleanAt(entry.writeMostly, `${key}.writeMostly`, false)) spec.writeMostly = true;
     return spec;
@@ -386,6 +387,7 @@ function parseRemote(uri: string, entry: Record<string, unknown>, key: string, b
   const timeouts = {
     failfastMs: integerAt(entry.failfastMs, `${key}.failfastMs`, remoteLegDefaults.requestTimeoutMs, 100, 600_000),
     connectTimeoutMs: integerAt(entry.connectTimeoutMs, `${key}.connectTimeoutMs`, remoteLegDefaults.connectTimeoutMs, 100, 600_000),
+    connections: integerAt(entry.connections, `${key}.connections`, remoteLegDefaults.connections, 1, remoteConnectionsMax),
   };
   try {
     return remoteSpecFor(uri, timeouts, baseDir);

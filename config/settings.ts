@@ -163,6 +163,7 @@ const yamlAfter: Record<string, string[]> = {
     '    # Or a replica on another machine, an NBD export (docs/remote-legs.md):',
     '    # - path: "nbds://replica.example/disk?tls-certificates=/etc/nbd-mirror/client"',
     '    #   failfastMs: 10000',
+    '    #   connections: 4          # when the remote advertises multi-conn',
     '    #   writeMostly: true',
   ],
 };

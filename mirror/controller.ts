@@ -383,7 +383,11 @@ export class MirrorController {
         rebuildMode: record.rebuildMode,
         failedAt: record.failedAtMs ? new Date(record.failedAtMs).toISOString() : undefined,
         pool: this.pools[slot]?.usage(),
-        remote: this.settings.legs[slot].remote ? this.reconnector.linkStatus(slot, record.state === 'faulty') : undefined,
+        remote: this.settings.legs[slot].remote ? {
+          ...this.reconnector.linkStatus(slot, record.state === 'faulty'),
+          connections: this.device.generation.legs[slot]?.remote?.connectionCount ?? 0,
+          connectionsNote: this.device.generation.legs[slot]?.remote?.connectionsNote ?? null,
+        } : undefined,
       })),
       regions: counts,
       resync: { ...this.resync.progress, bytesPerSecondLimit: this.resync.bytesPerSecond },

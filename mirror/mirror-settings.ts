@@ -4,7 +4,7 @@ import type { PoolUsage } from '../backends/thin-leg.js';
 import type { CrashPoints } from '../faults/crash-points.js';
 import type { DeviceWrap } from '../faults/device-wrap.js';
 import type { MirrorDevice, ReadPolicy } from './mirror-device.js';
-import type { ReconnectPolicy, RemoteLinkStatus } from './remote-legs.js';
+import type { ReconnectPolicy, RemoteLegStatus } from './remote-legs.js';
 import type { ResyncProgress } from './resync.js';
 
 /** storage.sweepIntervalMs: how often the mirror's quiet regions are synced and cleared (0: never). */
@@ -54,7 +54,8 @@ export interface MirrorStatus {
   health: 'optimal' | 'degraded' | 'resyncing' | 'failed';
   failure?: string;
   legs: Array<{ slot: number; path: string; uuid: string; state: string; rebuildMode: string; failedAt?: string;
-    pool?: PoolUsage; remote?: RemoteLinkStatus }>;
+    pool?: PoolUsage;
+    remote?: RemoteLegStatus }>;
   regions: ReturnType<MirrorDevice['regions']['counts']>;
   resync: ResyncProgress & { bytesPerSecondLimit: number };
   lastCheck?: LastCheck;

@@ -16,7 +16,8 @@ export class LegUnreachableError extends MirrorSetupError {
 export function remoteLegSpec(uri: string, slotSpec: LegSpec): LegSpec {
   try {
     return { ...slotSpec, path: uri, thin: undefined,
-      remote: remoteSpecFor(uri, { failfastMs: slotSpec.remote?.failfastMs, connectTimeoutMs: slotSpec.remote?.connectTimeoutMs }) };
+      remote: remoteSpecFor(uri, { failfastMs: slotSpec.remote?.failfastMs, connectTimeoutMs: slotSpec.remote?.connectTimeoutMs,
+        connections: slotSpec.remote?.connections }) };
   } catch (error) {
     throw new MirrorSetupError((error as Error).message);
   }
@@ -28,6 +29,14 @@ export interface RemoteLinkStatus {
   link: 'connected' | 'reconnecting' | 'refused' | 'held';
   attempts: number;
   problem: string | null;
+}
+
+/** A remote leg in a running server's status: its link, and the connections open to it. */
+export interface RemoteLegStatus extends RemoteLinkStatus {
+  /** Open to the remote (0 while away); more than one only when it advertises multi-conn. */
+  connections: number;
+  /** Why fewer connections are open than configured, or null. */
+  connectionsNote: string | null;
 }
 
 export interface ReconnectPolicy {

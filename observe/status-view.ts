@@ -5,7 +5,7 @@ import { ThinLeg, type PoolUsage } from '../backends/thin-leg.js';
 import type { Config } from '../config/schema.js';
 import type { LastCheck, MirrorController, MirrorStatus } from '../mirror/controller.js';
 import { readLegLabel } from '../mirror/leg-media.js';
-import type { RemoteLinkStatus } from '../mirror/remote-legs.js';
+import type { RemoteLegStatus } from '../mirror/remote-legs.js';
 import type { ResyncProgress } from '../mirror/resync.js';
 import type { PageCache, PageCacheStatus } from '../pagecache/page-cache.js';
 import { formatUuid, regionsSet } from '../regionlog/format.js';
@@ -34,7 +34,7 @@ export interface LegReport {
   labelProblem: string | null;
   pool: PoolUsage | null;
   /** A remote leg's link (online only; null for local legs and offline). */
-  remote: RemoteLinkStatus | null;
+  remote: RemoteLegStatus | null;
 }
 
 /**

@@ -46,6 +46,7 @@ export function formatStatus(status: StatusReport): string {
       lines.push(`         remote link: ${leg.remote.link}${leg.remote.attempts > 0 ? ` after ${plural(leg.remote.attempts, 'attempt')}` : ''}` +
         `${leg.remote.problem ? `: ${leg.remote.problem}` : ''}`);
     }
+    if (leg.remote?.connectionsNote) lines.push(`         remote link: ${leg.remote.connectionsNote}`);
   }
   if (status.regions) {
     const r = status.regions;

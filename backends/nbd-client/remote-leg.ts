@@ -1,13 +1,11 @@
-import type net from 'node:net';
 import type tls from 'node:tls';
 import { BlockError } from '../../blockdev/errors.js';
 import type { BlockDevice, DeviceCapabilities, Extent, WriteFlags, ZeroFlags } from '../../blockdev/types.js';
-import { Command, CommandFlag, commandNames as wireCommandNames, REQUEST_HEADER_BYTES, REQUEST_MAGIC, ReplyType, StateFlag, TransmissionFlag } from '../../nbd/constants.js';
+import { Command, CommandFlag, TransmissionFlag } from '../../nbd/constants.js';
 import { clientTlsOptions } from './client-tls.js';
-import { hasFlag, negotiate, NegotiationError, type RemoteExport } from './negotiate.js';
 import type { NbdAddress } from './nbd-uri.js';
-import { remoteError } from './remote-errors.js';
-import { type AwaitedReply, ReplyParser } from './reply-parser.js';
+import { hasFlag, negotiate, NegotiationError, type RemoteExport } from './negotiate.js';
+import { commandNames, type InFlight, RemoteConnection } from './remote-connection.js';
 
 export interface RemoteLegOptions {
   address: NbdAddress;
@@ -26,60 +24,16 @@ export interface RemoteLegOptions {
   bytesInFlightMax?: number;
   /** Only read (offline check): a read-only export is then accepted, and the device refuses writes. */
   readOnly?: boolean;
+  /**
+   * Connections to open when the remote advertises multi-conn (its flush on
+   * one connection covers writes completed on all); one otherwise.
+   */
+  connections?: number;
 }
 
-export const remoteLegDefaults = { requestTimeoutMs: 10_000, connectTimeoutMs: 10_000 } as const;
+export const remoteLegDefaults = { requestTimeoutMs: 10_000, connectTimeoutMs: 10_000, connections: 1 } as const;
+export const remoteConnectionsMax = 16;
 
-/** A request on the wire, and what its reply fills in. */
-class InFlight implements AwaitedReply {
-  sentAtMs = 0;
-  extents: Extent[] | undefined;
-  private error: { errno: number; message: string | undefined } | undefined;
-
-  constructor(readonly command: number, readonly offsetBytes: number, readonly lengthBytes: number,
-    readonly target: Buffer | undefined, private readonly settle: (error: BlockError | undefined) => void,
-    /** The leg's name, for the error a failed reply becomes. */
-    private readonly legName: string,
-    private readonly baseAllocationId: number | undefined) {}
-
-  onChunk(type: number, payload: Buffer): void {
-    if (type !== ReplyType.BLOCK_STATUS || payload.length < 4 || payload.readUInt32BE(0) !== this.baseAllocationId) return;
-    const extents: Extent[] = [];
-    let at = this.offsetBytes;
-    const end = this.offsetBytes + this.lengthBytes;
-    for (let index = 4; index + 8 <= payload.length && at < end; index += 8) {
-      const length = Math.min(payload.readUInt32BE(index), end - at);
-      const flags = payload.readUInt32BE(index + 4);
-      if (length === 0) break;
-      extents.push({ offsetBytes: at, lengthBytes: length, hole: (flags & StateFlag.HOLE) !== 0, zero: (flags & StateFlag.ZERO) !== 0 });
-      at += length;
-    }
-    if (extents.length > 0) this.extents = extents;
-  }
-
-  onError(errno: number, message: string | undefined): void {
-    this.error ??= { errno, message };
-  }
-
-  onDone(errno: number): void {
-    if (errno !== 0) this.error ??= { errno, message: undefined };
-    this.settle(this.error ? remoteError(this.error.errno, this.error.message,
-      `${commandNames[this.command]} of ${this.lengthBytes} bytes at ${this.offsetBytes}`, this.legName) : undefined);
-  }
-
-  fail(error: BlockError): void {
-    this.settle(error);
-  }
-}
-
-interface Queued {
-  bytes: number;
-  start: () => void;
-}
-
-/** The wire names (nbd/constants.ts) as messages say them: READ as read, WRITE_ZEROES as write-zeroes. */
-const commandNames: Record<number, string> = Object.fromEntries(Object.entries(wireCommandNames)
-  .map(([command, name]) => [command, name.toLowerCase().replace('_', '-')]));
 const zeroChunkBytes = 1024 * 1024;
 /** Trim, zeroing and block status are sent in pieces no longer than this (the length field is 32 bits). */
 const rangeCommandBytesMax = 1024 * 1024 * 1024;
@@ -97,58 +51,35 @@ export class RemoteLeg implements BlockDevice {
   readonly sizeBytes: number;
   readonly blockSizeBytes: number;
   readonly capabilities: DeviceCapabilities;
-  /** Why the connection ended (undefined while it works); every request fails with it from then on. */
+  /** Why the leg's connections ended (undefined while they work); every request fails from then on. */
   lostReason: string | undefined;
-  private readonly socket: net.Socket;
-  private readonly parser: ReplyParser;
-  private readonly inFlight = new Map<bigint, InFlight>();
-  private readonly queue: Queued[] = [];
-  private nextCookie = 1n;
-  private bytesInFlight = 0;
-  private readonly timer: NodeJS.Timeout;
-  private closing = false;
-  private readonly requestTimeoutMs: number;
-  private readonly requestsInFlightMax: number;
-  private readonly bytesInFlightMax: number;
+  private readonly connections: RemoteConnection[];
   private readonly lostListeners: Array<(reason: string) => void> = [];
-  private readonly drainWaiters: Array<() => void> = [];
-  private corked = false;
-  private readonly uncork = (): void => {
-    this.corked = false;
-    this.socket.uncork();
-  };
+  private closing = false;
+  private nextConnection = 0;
 
-  private constructor(private readonly options: RemoteLegOptions, private readonly remote: RemoteExport) {
-    this.requestTimeoutMs = options.requestTimeoutMs ?? remoteLegDefaults.requestTimeoutMs;
-    this.requestsInFlightMax = options.requestsInFlightMax ?? 64;
-    this.bytesInFlightMax = options.bytesInFlightMax ?? 64 * 1024 * 1024;
+  private constructor(private readonly options: RemoteLegOptions, private readonly remote: RemoteExport, exports: RemoteExport[],
+    /** Why fewer connections than asked for were opened, for status. */
+    readonly connectionsNote: string | undefined) {
     this.sizeBytes = options.usableSizeBytes ?? remote.sizeBytes;
     this.blockSizeBytes = Math.max(512, remote.minimumBlockBytes);
     this.capabilities = {
       readOnly: options.readOnly ?? false, flush: true, fua: true, trim: true, writeZeroes: true,
       fastZero: hasFlag(remote.flags, TransmissionFlag.SEND_WRITE_ZEROES) && hasFlag(remote.flags, TransmissionFlag.SEND_FAST_ZERO),
       blockStatus: remote.baseAllocationId !== undefined,
-      // Every request of ours goes through this one connection, so our flush covers all of them.
+      // One connection, or several to a remote that promised multi-conn: either way our flush covers every request of ours.
       multiConn: true,
       rotational: hasFlag(remote.flags, TransmissionFlag.ROTATIONAL),
     };
-    this.socket = remote.socket;
-    this.parser = new ReplyParser((cookie) => this.inFlight.get(cookie), (cookie) => this.retire(cookie));
-    this.socket.setKeepAlive(true, 5000);
-    this.socket.on('data', (chunk: Buffer) => {
-      try {
-        this.parser.push(chunk);
-      } catch (error) {
-        this.lose((error as Error).message);
-      }
-    });
-    this.socket.on('error', (error) => this.lose(`connection error: ${error.message}`));
-    this.socket.on('close', () => this.lose('the remote closed the connection'));
-    this.socket.resume();
-    this.timer = setInterval(() => this.checkDeadlines(), Math.max(20, Math.floor(this.requestTimeoutMs / 5)));
-    this.timer.unref();
-    // After the timer exists, so losing the connection here stops it too.
-    if (remote.leftover.length > 0) this.lose(`the remote sent ${remote.leftover.length} bytes no request asked for`);
+    const limits = {
+      name: options.name, uri: options.address.uri,
+      requestTimeoutMs: options.requestTimeoutMs ?? remoteLegDefaults.requestTimeoutMs,
+      // The bounds are the leg's, shared out between its connections.
+      requestsInFlightMax: Math.max(1, Math.floor((options.requestsInFlightMax ?? 64) / exports.length)),
+      bytesInFlightMax: Math.max(1, Math.floor((options.bytesInFlightMax ?? 64 * 1024 * 1024) / exports.length)),
+    };
+    this.connections = [];
+    for (const negotiated of exports) this.connections.push(new RemoteConnection(negotiated, limits, (reason) => this.lose(reason)));
   }
 
   /** Connects and negotiates; refuses a remote that cannot hold a leg (read-only, no flush, too small). */
@@ -167,7 +98,31 @@ export class RemoteLeg implements BlockDevice {
     if (options.usableSizeBytes !== undefined && remote.sizeBytes < options.usableSizeBytes) {
       refuse(`the export is ${remote.sizeBytes} bytes, smaller than the ${options.usableSizeBytes} it must hold`);
     }
-    return new RemoteLeg(options, remote);
+    const wanted = options.connections ?? remoteLegDefaults.connections;
+    if (wanted <= 1) return new RemoteLeg(options, remote, [remote], undefined);
+    // Without multi-conn a flush on one connection need not cover writes sent on another, so one connection it is.
+    if (!hasFlag(remote.flags, TransmissionFlag.CAN_MULTI_CONN)) {
+      return new RemoteLeg(options, remote, [remote], `${wanted} connections asked for; the remote does not advertise multi-conn, so one is used`);
+    }
+    const more = await Promise.allSettled(Array.from({ length: wanted - 1 },
+      () => negotiate(address, credentials, { connectTimeoutMs: options.connectTimeoutMs ?? remoteLegDefaults.connectTimeoutMs })));
+    const opened = [remote, ...more.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []))];
+    const failed = more.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+    const differs = opened.find((other) => other.sizeBytes !== remote.sizeBytes || other.flags !== remote.flags
+      || other.minimumBlockBytes !== remote.minimumBlockBytes || other.maximumBlockBytes !== remote.maximumBlockBytes
+      || (other.baseAllocationId === undefined) !== (remote.baseAllocationId === undefined));
+    if (failed || differs) {
+      for (const each of opened) each.socket.destroy();
+      if (failed) throw failed.reason;
+      throw new NegotiationError(address.uri, `a second connection was offered a different export (${differs!.sizeBytes} bytes, ` +
+        `flags 0x${differs!.flags.toString(16)}) than the first (${remote.sizeBytes} bytes, flags 0x${remote.flags.toString(16)})`);
+    }
+    return new RemoteLeg(options, remote, opened, undefined);
+  }
+
+  /** Connections in use (more than one only when the remote advertises multi-conn). */
+  get connectionCount(): number {
+    return this.connections.length;
   }
 
   get uri(): string {
@@ -245,17 +200,9 @@ export class RemoteLeg implements BlockDevice {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    // Requests already sent finish (or fail fast) first; the deadline timer keeps running until then.
-    if (this.inFlight.size > 0 || this.queue.length > 0) await new Promise<void>((resolve) => this.drainWaiters.push(resolve));
-    clearInterval(this.timer);
-    if (this.lostReason === undefined) {
-      const disconnect = Buffer.alloc(REQUEST_HEADER_BYTES);
-      disconnect.writeUInt32BE(REQUEST_MAGIC, 0);
-      disconnect.writeUInt16BE(Command.DISC, 6);
-      await new Promise<void>((resolve) => this.socket.end(disconnect, resolve));
-    }
+    // Requests already sent finish (or fail fast) first.
+    await Promise.all(this.connections.map((connection) => connection.close()));
     this.lostReason ??= 'closed';
-    this.socket.destroy();
   }
 
   private async zero(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
@@ -279,7 +226,7 @@ export class RemoteLeg implements BlockDevice {
     if (flags.fua) await this.flush();
   }
 
-  /** Sends one request when the in-flight bounds allow; resolves with it once its reply is complete. */
+  /** Sends one request on the least busy connection; resolves with it once its reply is complete. */
   private send(command: number, flags: number, offsetBytes: number, lengthBytes: number,
     payload: Buffer | undefined, target: Buffer | undefined): Promise<InFlight> {
     const minimum = this.remote.minimumBlockBytes;
@@ -292,86 +239,28 @@ export class RemoteLeg implements BlockDevice {
     if (this.lostReason !== undefined || this.closing) {
       return Promise.reject(new BlockError('EIO', `${this.options.name}: ${this.options.address.uri} is not connected (${this.lostReason ?? 'closing'})`));
     }
-    const bytes = (payload?.length ?? 0) + (target?.length ?? 0);
-    return new Promise<InFlight>((resolve, reject) => {
-      const start = (): void => {
-        if (this.lostReason !== undefined) {
-          reject(new BlockError('EIO', `${this.options.name}: ${this.options.address.uri} is not connected (${this.lostReason})`));
-          return;
-        }
-        const cookie = this.nextCookie;
-        this.nextCookie += 1n;
-        const request: InFlight = new InFlight(command, offsetBytes, lengthBytes, target, (error) => {
-          if (error) reject(error);
-          else resolve(request);
-        }, this.options.name, this.remote.baseAllocationId);
-        request.sentAtMs = Date.now();
-        this.inFlight.set(cookie, request);
-        this.bytesInFlight += bytes;
-        const header = Buffer.allocUnsafe(REQUEST_HEADER_BYTES);
-        header.writeUInt32BE(REQUEST_MAGIC, 0);
-        header.writeUInt16BE(flags, 4);
-        header.writeUInt16BE(command, 6);
-        header.writeBigUInt64BE(cookie, 8);
-        header.writeBigUInt64BE(BigInt(offsetBytes), 16);
-        header.writeUInt32BE(lengthBytes, 24);
-        // Requests sent in one turn of the loop leave in one writev: corked at the first, uncorked after the turn.
-        if (!this.corked) {
-          this.corked = true;
-          this.socket.cork();
-          process.nextTick(this.uncork);
-        }
-        this.socket.write(header);
-        if (payload) this.socket.write(payload);
-      };
-      if (this.queue.length === 0 && this.hasRoom(bytes)) start();
-      else this.queue.push({ bytes, start });
-    });
+    return this.leastBusy().send(command, flags, offsetBytes, lengthBytes, payload, target);
   }
 
-  private hasRoom(bytes: number): boolean {
-    // One request always fits when nothing is in flight, whatever its size.
-    return this.inFlight.size === 0 || (this.inFlight.size < this.requestsInFlightMax && this.bytesInFlight + bytes <= this.bytesInFlightMax);
+  private leastBusy(): RemoteConnection {
+    const count = this.connections.length;
+    if (count === 1) return this.connections[0];
+    // Ties go round the connections, so a burst sent in one turn spreads over all of them.
+    let best = this.connections[this.nextConnection % count];
+    for (let step = 1; step < count; step++) {
+      const candidate = this.connections[(this.nextConnection + step) % count];
+      if (candidate.load < best.load) best = candidate;
+    }
+    this.nextConnection = (this.connections.indexOf(best) + 1) % count;
+    return best;
   }
 
-  private retire(cookie: bigint): void {
-    const request = this.inFlight.get(cookie);
-    if (!request) return;
-    this.inFlight.delete(cookie);
-    this.bytesInFlight -= (request.target?.length ?? 0) + (request.command === Command.WRITE ? request.lengthBytes : 0);
-    while (this.queue.length > 0 && this.hasRoom(this.queue[0].bytes)) this.queue.shift()!.start();
-    this.notifyIfDrained();
-  }
-
-  private notifyIfDrained(): void {
-    if (this.inFlight.size === 0 && this.queue.length === 0) for (const resolve of this.drainWaiters.splice(0)) resolve();
-  }
-
-  private checkDeadlines(): void {
-    const oldest = this.inFlight.values().next();
-    if (oldest.done || Date.now() - oldest.value.sentAtMs < this.requestTimeoutMs) return;
-    // Timers run before the loop polls sockets: after our own process stalled (a busy loop, a starved CPU), the reply
-    // may be waiting unread. The verdict waits until the poll phase has run once, so only the remote's silence counts.
-    const suspect = oldest.value;
-    setImmediate(() => {
-      if (this.lostReason !== undefined || this.inFlight.values().next().value !== suspect) return;
-      this.lose(`no reply to a ${commandNames[suspect.command]} within ${this.requestTimeoutMs} ms (failfast)`);
-    });
-  }
-
-  /** The connection is gone: every request in flight or waiting fails with EIO, and so does every later one. */
+  /** One connection is gone, so the leg is: the others end too, and every request on them fails with EIO. */
   private lose(reason: string): void {
     if (this.lostReason !== undefined) return;
     this.lostReason = reason;
-    clearInterval(this.timer);
-    this.socket.destroy();
-    const error = new BlockError('EIO', `${this.options.name}: ${this.options.address.uri}: ${reason}`);
-    const requests = [...this.inFlight.values()];
-    this.inFlight.clear();
-    this.bytesInFlight = 0;
-    for (const request of requests) request.fail(error);
-    for (const queued of this.queue.splice(0)) queued.start();
-    this.notifyIfDrained();
+    const others = this.connections.length > 1 ? `another connection to the remote was lost: ${reason}` : reason;
+    for (const connection of this.connections) connection.lose(others);
     if (!this.closing) for (const listener of this.lostListeners) listener(reason);
   }
 }

@@ -13,6 +13,8 @@ export interface RemoteSpec {
   /** Failfast: a request unanswered this long fails the leg. */
   failfastMs: number;
   connectTimeoutMs: number;
+  /** Connections to open when the remote advertises multi-conn. */
+  connections: number;
 }
 
 /**
@@ -20,7 +22,7 @@ export interface RemoteSpec {
  * a missing certificate is an error at configuration time, not a failed
  * connection later. Relative paths in the URI are taken from `baseDir`.
  */
-export function remoteSpecFor(uri: string, timeouts: Partial<Pick<RemoteSpec, 'failfastMs' | 'connectTimeoutMs'>> = {},
+export function remoteSpecFor(uri: string, timeouts: Partial<Pick<RemoteSpec, 'failfastMs' | 'connectTimeoutMs' | 'connections'>> = {},
   baseDir = process.cwd()): RemoteSpec {
   const address = parseNbdUri(uri);
   if (address.tlsCertificates !== undefined) address.tlsCertificates = path.resolve(baseDir, address.tlsCertificates);
@@ -38,5 +40,6 @@ export function remoteSpecFor(uri: string, timeouts: Partial<Pick<RemoteSpec, 'f
     address, tls: credentials,
     failfastMs: timeouts.failfastMs ?? remoteLegDefaults.requestTimeoutMs,
     connectTimeoutMs: timeouts.connectTimeoutMs ?? remoteLegDefaults.connectTimeoutMs,
+    connections: timeouts.connections ?? remoteLegDefaults.connections,
   };
 }

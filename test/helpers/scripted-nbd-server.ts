@@ -13,6 +13,8 @@ export interface ReceivedRequest {
   offset: number;
   length: number;
   payload: Buffer | undefined;
+  /** Which connection it came on, counted from 0 in the order they were accepted. */
+  connection: number;
 }
 
 /** What the scripted server does; every field has a well-behaved default. */
@@ -28,6 +30,8 @@ export interface Script {
   /** Block-size info sent with GO: [minimum, preferred, maximum]. */
   blockSizes?: [number, number, number];
   structuredReplies?: boolean;
+  /** The size offered on the connection accepted `index`-th (from 0), where it differs from sizeBytes. */
+  sizeOnConnection?(index: number): number;
   /** Answers a request; the default keeps bytes in memory and replies simply. */
   answer?(request: ReceivedRequest, socket: net.Socket, memory: Buffer): void;
 }
@@ -63,12 +67,23 @@ function optionReply(socket: net.Socket, option: number, type: number, data: Buf
  * An NBD server on 127.0.0.1 whose every answer a test can script, to show
  * how the remote leg meets servers that lack something or break the rules.
  */
-export async function startScriptedServer(t: ExecutionContext, script: Script): Promise<{ uri: string; requests: ReceivedRequest[] }> {
+export interface ScriptedServer {
+  uri: string;
+  requests: ReceivedRequest[];
+  /** Connections accepted so far, and those still open. */
+  accepted(): number;
+  open(): number;
+}
+
+export async function startScriptedServer(t: ExecutionContext, script: Script): Promise<ScriptedServer> {
   const sizeBytes = script.sizeBytes ?? 1024 * 1024;
   const memory = Buffer.alloc(sizeBytes);
   const requests: ReceivedRequest[] = [];
   const sockets = new Set<net.Socket>();
+  let accepted = 0;
   const server = net.createServer((socket) => {
+    const connection = accepted++;
+    const offeredBytes = script.sizeOnConnection?.(connection) ?? sizeBytes;
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => undefined);
@@ -87,7 +102,7 @@ export async function startScriptedServer(t: ExecutionContext, script: Script): 
     const exportInfo = (): Buffer => {
       const info = Buffer.alloc(12);
       info.writeUInt16BE(Info.EXPORT, 0);
-      info.writeBigUInt64BE(BigInt(sizeBytes), 2);
+      info.writeBigUInt64BE(BigInt(offeredBytes), 2);
       info.writeUInt16BE(flags, 10);
       return info;
     };
@@ -124,7 +139,7 @@ export async function startScriptedServer(t: ExecutionContext, script: Script): 
             }
           } else if (option === Option.EXPORT_NAME) {
             const reply = Buffer.alloc(10);
-            reply.writeBigUInt64BE(BigInt(sizeBytes), 0);
+            reply.writeBigUInt64BE(BigInt(offeredBytes), 0);
             reply.writeUInt16BE(flags, 8);
             socket.write(reply);
             phase = 'transmission';
@@ -137,7 +152,7 @@ export async function startScriptedServer(t: ExecutionContext, script: Script): 
         if (buffered.readUInt32BE(0) !== REQUEST_MAGIC) { socket.destroy(); return; }
         const request: ReceivedRequest = {
           flags: buffered.readUInt16BE(4), type: buffered.readUInt16BE(6), cookie: buffered.readBigUInt64BE(8),
-          offset: Number(buffered.readBigUInt64BE(16)), length: buffered.readUInt32BE(24), payload: undefined,
+          offset: Number(buffered.readBigUInt64BE(16)), length: buffered.readUInt32BE(24), payload: undefined, connection,
         };
         const payloadBytes = request.type === 1 ? request.length : 0;
         if (buffered.length < 28 + payloadBytes) return;
@@ -155,7 +170,7 @@ export async function startScriptedServer(t: ExecutionContext, script: Script): 
     for (const socket of sockets) socket.destroy();
     server.close(() => resolve());
   }));
-  return { uri: `nbd://127.0.0.1:${(server.address() as net.AddressInfo).port}/disk`, requests };
+  return { uri: `nbd://127.0.0.1:${(server.address() as net.AddressInfo).port}/disk`, requests, accepted: () => accepted, open: () => sockets.size };
 }
 
 export function defaultAnswer(request: ReceivedRequest, socket: net.Socket, memory: Buffer): void {
