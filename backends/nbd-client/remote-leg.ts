@@ -80,6 +80,8 @@ export class RemoteLeg implements BlockDevice {
     };
     this.connections = [];
     for (const negotiated of exports) this.connections.push(new RemoteConnection(negotiated, limits, (reason) => this.lose(reason)));
+    // One lost while the others were still being set up (stray bytes after negotiation) ends those opened after it too.
+    if (this.lostReason !== undefined) for (const connection of this.connections) connection.lose(this.lostReason);
   }
 
   /** Connects and negotiates; refuses a remote that cannot hold a leg (read-only, no flush, too small). */
