@@ -82,10 +82,13 @@ export async function benchRemote(options: { dir: string; sizeBytes: number; sec
   console.log('\nremote legs: mirror of a local leg and a remote one (write-mostly, failfast 2 s) over loopback, served by our plain ' +
     'export and by nbdkit file, vs two local legs; no cache anywhere');
   const remoteOurs = await startServerProcess(['--leg', blankFile(path.join(dir, 'remote-ours.img'), sizeBytes + labelBytes), '--no-unix', '--no-cache']);
-  const nbdkitPort = await freePort();
-  const nbdkitFile = blankFile(path.join(dir, 'remote-nbdkit.img'), sizeBytes + labelBytes);
-  const remoteNbdkit = await startPeer('nbdkit', 'nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(nbdkitPort), 'file', nbdkitFile],
-    `nbd://127.0.0.1:${nbdkitPort}/`, [nbdkitFile]);
+  /** `nbdkit file` over a blank file of its own, as a remote leg's export. */
+  const serveNbdkit = async (name: string): Promise<{ peer: BenchServer<'nbdkit'>; file: string }> => {
+    const port = await freePort();
+    const file = blankFile(path.join(dir, `${name}.img`), sizeBytes + labelBytes);
+    return { peer: await startPeer('nbdkit', 'nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), 'file', file], `nbd://127.0.0.1:${port}/`, [file]), file };
+  };
+  const { peer: remoteNbdkit, file: nbdkitFile } = await serveNbdkit('remote-nbdkit');
   const remoteSlow = await startServerProcess(['--leg', blankFile(path.join(dir, 'remote-slow.img'), sizeBytes + labelBytes), '--no-unix', '--no-cache']);
   const proxy = await startFaultProxy({ host: '127.0.0.1', port: remoteSlow.port });
   const stops: Array<() => Promise<unknown>> = [() => remoteOurs.stop(), () => remoteNbdkit.stop(), () => remoteSlow.stop(), () => proxy.close()];
@@ -100,10 +103,7 @@ export async function benchRemote(options: { dir: string; sizeBytes: number; sec
     await add('local+ours', `nbd://127.0.0.1:${remoteOurs.port}/`, path.join(dir, 'remote-ours.img'));
     await add('local+nbdkit', remoteNbdkit.uri, nbdkitFile);
     // Multi-conn: the same nbdkit export over four connections (nbdkit advertises multi-conn for files).
-    const nbdkitFile4 = blankFile(path.join(dir, 'remote-nbdkit-4conn.img'), sizeBytes + labelBytes);
-    const nbdkitPort4 = await freePort();
-    const remoteNbdkit4 = await startPeer('nbdkit', 'nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(nbdkitPort4), 'file', nbdkitFile4],
-      `nbd://127.0.0.1:${nbdkitPort4}/`, [nbdkitFile4]);
+    const { peer: remoteNbdkit4, file: nbdkitFile4 } = await serveNbdkit('remote-nbdkit-4conn');
     stops.push(() => remoteNbdkit4.stop());
     await add('local+nbdkit-4conn', remoteNbdkit4.uri, nbdkitFile4, 4);
     for (const mirror of mirrors) await fill(mirror.uri, sizeBytes);

@@ -384,13 +384,13 @@ function parseCrash(raw: unknown): CrashPlan | undefined {
 
 /** A remote leg: its URI checked and its TLS credentials read now (remote-spec.ts), errors named by key. */
 function parseRemote(uri: string, entry: Record<string, unknown>, key: string, baseDir: string): RemoteSpec {
-  const timeouts = {
+  const settings = {
     failfastMs: integerAt(entry.failfastMs, `${key}.failfastMs`, remoteLegDefaults.requestTimeoutMs, 100, 600_000),
     connectTimeoutMs: integerAt(entry.connectTimeoutMs, `${key}.connectTimeoutMs`, remoteLegDefaults.connectTimeoutMs, 100, 600_000),
     connections: integerAt(entry.connections, `${key}.connections`, remoteLegDefaults.connections, 1, remoteConnectionsMax),
   };
   try {
-    return remoteSpecFor(uri, timeouts, baseDir);
+    return remoteSpecFor(uri, settings, baseDir);
   } catch (error) {
     throw new ConfigError(`${key}.path`, (error as Error).message);
   }

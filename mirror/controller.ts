@@ -15,7 +15,7 @@ import { MirrorSetupError } from './create.js';
 import { checkLeg } from './leg-check.js';
 import { prepareLeg } from './leg-media.js';
 import { isNbdUri } from '../backends/nbd-client/nbd-uri.js';
-import { LegUnreachableError, RemoteReconnector, remoteLegSpec } from './remote-legs.js';
+import { LegUnreachableError, RemoteReconnector, type RemoteLegStatus, remoteLegSpec } from './remote-legs.js';
 import { applyLegEvent } from './leg-states.js';
 import { Rebuilds } from './rebuilds.js';
 import type { LastCheck, MirrorSettings, MirrorStatus } from './mirror-settings.js';
@@ -363,6 +363,12 @@ export class MirrorController {
     return result;
   }
 
+  /** A remote leg's link as the reconnector sees it, and the connections its open device holds. */
+  private remoteStatus(slot: number, faulty: boolean): RemoteLegStatus {
+    const open = this.device.generation.legs[slot]?.remote;
+    return { ...this.reconnector.linkStatus(slot, faulty), connections: open?.connectionCount ?? 0, connectionsNote: open?.connectionsNote ?? null };
+  }
+
   status(): MirrorStatus {
     const { log } = this.device;
     const counts = this.device.regions.counts();
@@ -383,11 +389,7 @@ export class MirrorController {
         rebuildMode: record.rebuildMode,
         failedAt: record.failedAtMs ? new Date(record.failedAtMs).toISOString() : undefined,
         pool: this.pools[slot]?.usage(),
-        remote: this.settings.legs[slot].remote ? {
-          ...this.reconnector.linkStatus(slot, record.state === 'faulty'),
-          connections: this.device.generation.legs[slot]?.remote?.connectionCount ?? 0,
-          connectionsNote: this.device.generation.legs[slot]?.remote?.connectionsNote ?? null,
-        } : undefined,
+        remote: this.settings.legs[slot].remote ? this.remoteStatus(slot, record.state === 'faulty') : undefined,
       })),
       regions: counts,
       resync: { ...this.resync.progress, bytesPerSecondLimit: this.resync.bytesPerSecond },

@@ -22,7 +22,7 @@ export interface RemoteSpec {
  * a missing certificate is an error at configuration time, not a failed
  * connection later. Relative paths in the URI are taken from `baseDir`.
  */
-export function remoteSpecFor(uri: string, timeouts: Partial<Pick<RemoteSpec, 'failfastMs' | 'connectTimeoutMs' | 'connections'>> = {},
+export function remoteSpecFor(uri: string, settings: Partial<Pick<RemoteSpec, 'failfastMs' | 'connectTimeoutMs' | 'connections'>> = {},
   baseDir = process.cwd()): RemoteSpec {
   const address = parseNbdUri(uri);
   if (address.tlsCertificates !== undefined) address.tlsCertificates = path.resolve(baseDir, address.tlsCertificates);
@@ -38,8 +38,8 @@ export function remoteSpecFor(uri: string, timeouts: Partial<Pick<RemoteSpec, 'f
   }
   return {
     address, tls: credentials,
-    failfastMs: timeouts.failfastMs ?? remoteLegDefaults.requestTimeoutMs,
-    connectTimeoutMs: timeouts.connectTimeoutMs ?? remoteLegDefaults.connectTimeoutMs,
-    connections: timeouts.connections ?? remoteLegDefaults.connections,
+    failfastMs: settings.failfastMs ?? remoteLegDefaults.requestTimeoutMs,
+    connectTimeoutMs: settings.connectTimeoutMs ?? remoteLegDefaults.connectTimeoutMs,
+    connections: settings.connections ?? remoteLegDefaults.connections,
   };
 }
