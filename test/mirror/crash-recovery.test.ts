@@ -2,9 +2,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { adminRequest } from '../../tools/admin-client.js';
+import { hammerScript } from '../helpers/cli.js';
 import { legsIdentical } from '../helpers/mirror-fixture.js';
 import { startServerProcess } from '../helpers/server-process.js';
 import { makeTempDir, run } from '../helpers/tools.js';
+import { waitUntil } from '../helpers/wait.js';
 
 /**
  * The dm-raid1 scenario: two connections hammer the same blocks while the
@@ -39,9 +41,11 @@ test(`kill -9 under overlapping writes from two connections, ${iterations} seede
       t.deepEqual(check.mismatchedRegions, [], `after the crash of seed ${seed - 1}, legs differ`);
       t.log(`seed ${seed - 1}: recovery resynced ${recovered} of ${sizeBytes / (256 * 1024)} regions; check: 0 mismatches`);
     }
-    const hammer = run('/usr/bin/python3', [path.join(import.meta.dirname, '..', '..', '..', 'test', 'python', 'hammer.py'),
-      server.uri(), String(seed), '30', String(hotBytes)], { timeoutMs: 60_000 });
-    // Crash somewhere between 0.3 and 1.5 s into the workload, mid-sweep or not.
+    const progressed = path.join(dir, `progress-${seed}`);
+    const hammer = run('/usr/bin/python3', [hammerScript, server.uri(), String(seed), '30', String(hotBytes), progressed], { timeoutMs: 60_000 });
+    // Crash somewhere between 0.3 and 1.5 s into the workload, mid-sweep or not: timed from its first completed
+    // request, since python and libnbd can take longer than 0.3 s to start on a loaded machine.
+    t.true(await waitUntil(() => fs.existsSync(progressed), 20_000, 10), `seed ${seed}: no request completed within 20 s`);
     await new Promise((resolve) => setTimeout(resolve, 300 + ((seed * 7919) % 1200)));
     await server.kill();
     const result = await hammer;

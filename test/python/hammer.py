@@ -1,7 +1,11 @@
 """Two connections hammer overlapping blocks with writes, FUA writes,
 trims, zeroes and flushes until the time runs out or the server dies
 (a crash test kills it). Exits 0 either way; prints how many requests
-completed."""
+completed. An optional fifth argument names a file created once the first
+request has completed, so a crash test can time its kill from real progress
+rather than from process start (python and libnbd start slowly on a loaded
+machine)."""
+import os
 import random
 import sys
 import time
@@ -9,6 +13,7 @@ import time
 import nbd
 
 uri, seed, seconds, hot_bytes = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+progress_file = sys.argv[5] if len(sys.argv) > 5 else None
 rng = random.Random(seed)
 handles = []
 for _ in range(2):
@@ -38,6 +43,8 @@ try:
             while h.aio_peek_command_completed():
                 h.aio_command_completed(h.aio_peek_command_completed())
                 done += 1
+                if done == 1 and progress_file:
+                    os.close(os.open(progress_file, os.O_CREAT | os.O_WRONLY))
         handles[0].poll(1)
 except nbd.Error:
     pass
