@@ -84,12 +84,12 @@ export async function serveRemote(t: ExecutionContext, kind: RemoteServerKind, o
   };
 
   const start = async (): Promise<void> => {
+    spawnedPid = undefined;
     if (kind === 'nbd-mirror') {
       // In process, over the file as a plain leg; the port is the one it was first given.
       const server = await startLegServer(t, { sizeBytes: options.sizeBytes, existingPath: file, unix, port });
       uri = unix ? `nbd+unix:///?socket=${server.address as string}` : `nbd://127.0.0.1:${server.address as number}/`;
       stopCurrent = () => server.close();
-      spawnedPid = undefined;
       return;
     }
     let args: string[];
@@ -108,7 +108,6 @@ export async function serveRemote(t: ExecutionContext, kind: RemoteServerKind, o
       uri = unix ? `nbd+unix:///disk?socket=${socketPath}` : `nbd://127.0.0.1:${port}/disk`;
     } else {
       await startNbdServer();
-      spawnedPid = undefined;
       return;
     }
     if (unix) fs.rmSync(socketPath, { force: true });
