@@ -40,8 +40,9 @@ const rangeCommandBytesMax = 1024 * 1024 * 1024;
 
 /**
  * A mirror leg that is an export on another NBD server (nbd-mirror, nbdkit,
- * qemu-nbd, nbd-server). Requests are pipelined on one connection, matched
- * to replies by cookie, and bounded in count and bytes. What the remote
+ * qemu-nbd, nbd-server). Requests are pipelined on its connections (one, or
+ * several to a remote that advertises multi-conn; remote-connection.ts),
+ * matched to replies by cookie, and bounded in count and bytes. What the remote
  * lacks is done another way so every leg reads the same bytes: FUA as write
  * then flush, write-zeroes as written zeroes, and trim always as
  * write-zeroes (a trimmed range on an NBD server reads back as whatever that
@@ -58,9 +59,14 @@ export class RemoteLeg implements BlockDevice {
   private closing = false;
   private nextConnection = 0;
 
-  private constructor(private readonly options: RemoteLegOptions, private readonly remote: RemoteExport, exports: RemoteExport[],
+  /** What the first connection negotiated; every other one was offered the same export. */
+  private readonly remote: RemoteExport;
+
+  private constructor(private readonly options: RemoteLegOptions, exports: RemoteExport[],
     /** Why fewer connections than asked for were opened, for status. */
     readonly connectionsNote: string | undefined) {
+    const remote = exports[0];
+    this.remote = remote;
     this.sizeBytes = options.usableSizeBytes ?? remote.sizeBytes;
     this.blockSizeBytes = Math.max(512, remote.minimumBlockBytes);
     this.capabilities = {
@@ -88,7 +94,8 @@ export class RemoteLeg implements BlockDevice {
   static async connect(options: RemoteLegOptions, tlsOptions?: tls.ConnectionOptions): Promise<RemoteLeg> {
     const { address } = options;
     const credentials = address.tls ? tlsOptions ?? clientTlsOptions(address) : undefined;
-    const remote = await negotiate(address, credentials, { connectTimeoutMs: options.connectTimeoutMs ?? remoteLegDefaults.connectTimeoutMs });
+    const negotiation = { connectTimeoutMs: options.connectTimeoutMs ?? remoteLegDefaults.connectTimeoutMs };
+    const remote = await negotiate(address, credentials, negotiation);
     const refuse = (problem: string): never => {
       remote.socket.destroy();
       throw new NegotiationError(address.uri, problem);
@@ -101,13 +108,12 @@ export class RemoteLeg implements BlockDevice {
       refuse(`the export is ${remote.sizeBytes} bytes, smaller than the ${options.usableSizeBytes} it must hold`);
     }
     const wanted = options.connections ?? remoteLegDefaults.connections;
-    if (wanted <= 1) return new RemoteLeg(options, remote, [remote], undefined);
+    if (wanted <= 1) return new RemoteLeg(options, [remote], undefined);
     // Without multi-conn a flush on one connection need not cover writes sent on another, so one connection it is.
     if (!hasFlag(remote.flags, TransmissionFlag.CAN_MULTI_CONN)) {
-      return new RemoteLeg(options, remote, [remote], `${wanted} connections asked for; the remote does not advertise multi-conn, so one is used`);
+      return new RemoteLeg(options, [remote], `${wanted} connections asked for; the remote does not advertise multi-conn, so one is used`);
     }
-    const more = await Promise.allSettled(Array.from({ length: wanted - 1 },
-      () => negotiate(address, credentials, { connectTimeoutMs: options.connectTimeoutMs ?? remoteLegDefaults.connectTimeoutMs })));
+    const more = await Promise.allSettled(Array.from({ length: wanted - 1 }, () => negotiate(address, credentials, negotiation)));
     const opened = [remote, ...more.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []))];
     const failed = more.find((result): result is PromiseRejectedResult => result.status === 'rejected');
     const differs = opened.find((other) => other.sizeBytes !== remote.sizeBytes || other.flags !== remote.flags
@@ -119,7 +125,7 @@ export class RemoteLeg implements BlockDevice {
       throw new NegotiationError(address.uri, `a second connection was offered a different export (${differs!.sizeBytes} bytes, ` +
         `flags 0x${differs!.flags.toString(16)}) than the first (${remote.sizeBytes} bytes, flags 0x${remote.flags.toString(16)})`);
     }
-    return new RemoteLeg(options, remote, opened, undefined);
+    return new RemoteLeg(options, opened, undefined);
   }
 
   /** Connections in use (more than one only when the remote advertises multi-conn). */
