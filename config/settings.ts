@@ -116,7 +116,7 @@ export const settings: readonly Setting[] = [
   { key: 'cache.writebackIntervalMs', bounds: writebackIntervalBounds },
   { key: 'cache.noSpacePolicy', yaml: { value: 'error', comment: 'out of space with the dirty limit reached: error (ENOSPC) or queue' } },
   { key: 'cache.noSpaceTimeoutMs', bounds: noSpaceTimeoutBounds, yaml: { comment: 'how long queue waits for space before ENOSPC' } },
-  { key: 'cache.writeAroundSize', yaml: { value: '64KiB', comment: 'writes this large go straight to the legs, not into the cache; 0: never' } },
+  { key: 'cache.writeAroundSize', yaml: { value: '64KiB', comment: 'writes this large go straight to the legs, smaller ones when the cache is busy and would gain nothing; 0: cache every write' } },
   { key: 'limits.maxConnections', override: 'maxConnections', bounds: maxConnectionsBounds, yaml: {},
     flag: { spec: '--max-connections <n>', help: 'maximum simultaneous clients', integer: true } },
   { key: 'limits.negotiatingMax', override: 'negotiatingMax', bounds: negotiatingMaxBounds,

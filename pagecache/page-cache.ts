@@ -10,6 +10,7 @@ import { overlayData } from './extent-overlay.js';
 import { type Page, PageTable } from './page-table.js';
 import { RangeGate } from './range-gate.js';
 import { StraightBelow } from './straight-below.js';
+import { WriteAroundPolicy } from './write-around-policy.js';
 import { Writeback } from './writeback.js';
 
 export type { NoSpacePolicy } from './dirty-throttle.js';
@@ -40,6 +41,8 @@ export interface PageCacheOptions {
    * instead of into pages (their whole pages; a partial page at either end
    * is cached): a large write gains nothing from the cache and paid a copy,
    * 256 page updates per MiB and a second copy into a writeback snapshot.
+   * Smaller whole-page writes go around while the cache is busy unless
+   * caching them saves work (write-around-policy.ts).
    * 0 or absent: every write is cached.
    */
   writeAroundBytes?: number;
@@ -92,14 +95,14 @@ export class PageCache implements BlockDevice {
   private readonly throttle: DirtyThrottle;
   private readonly writeback: Writeback;
   private readonly straightBelow: StraightBelow;
-  private readonly writeAroundBytes: number;
+  private readonly writeAround: WriteAroundPolicy;
   private failure: BlockError | undefined;
   private isClosed = false;
   private timer: ClockTimer | undefined;
   private readonly clock: Clock;
   readonly stats = {
     readHits: 0, readMisses: 0, writes: 0, writebacks: 0, writebackBytes: 0, writebackFailures: 0,
-    throttledWrites: 0, noSpaceRejects: 0, evictions: 0, writesAround: 0, bytesWrittenAround: 0,
+    throttledWrites: 0, noSpaceRejects: 0, evictions: 0, writesAround: 0, bytesWrittenAround: 0, smallWritesAround: 0,
   };
 
   constructor(readonly below: BlockDevice, private readonly options: PageCacheOptions) {
@@ -138,7 +141,9 @@ export class PageCache implements BlockDevice {
       progressMade: () => this.throttle.progressMade(),
       stats: this.stats,
     }, this.clock);
-    this.writeAroundBytes = options.writeAroundBytes ?? 0;
+    this.writeAround = new WriteAroundPolicy(this.pages, {
+      writeAroundBytes: options.writeAroundBytes ?? 0, dirtyLimitBytes: options.dirtyLimitBytes,
+    });
     this.scheduleBackgroundWriteback();
   }
 
@@ -244,13 +249,26 @@ export class PageCache implements BlockDevice {
   async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     this.checkUsable('write');
     if (data.length === 0) return;
-    if (this.writeAroundBytes > 0 && data.length >= this.writeAroundBytes) {
-      const end = offsetBytes + data.length;
+    const end = offsetBytes + data.length;
+    if (this.writeAround.isLarge(data.length)) {
       const aroundStart = alignUp(offsetBytes, this.pageBytes);
       const aroundEnd = end === this.sizeBytes ? end : alignDown(end, this.pageBytes);
       if (aroundEnd > aroundStart) return this.writeAroundWithEnds(offsetBytes, data, flags, aroundStart, aroundEnd);
     }
     const [first, last] = this.pages.pagesOf(offsetBytes, data.length);
+    const wholePages = offsetBytes % this.pageBytes === 0 && (end % this.pageBytes === 0 || end === this.sizeBytes);
+    if (wholePages && this.writeAround.smallWriteGoesAround(first, last, this.writeback.noSpace !== undefined)) {
+      this.stats.smallWritesAround += 1;
+      try {
+        return await this.straightBelow.writeAround(offsetBytes, data, flags);
+      } catch (error) {
+        const failure = toBlockError(error, `write at ${offsetBytes}`);
+        if (!failure.retryable) throw failure;
+        // Out of space below: this write is cached after all, as small writes were before the device filled,
+        // and writeback's no-space state keeps the next ones in the cache under the no-space policy.
+        this.writeback.retryableFailureBelow(failure);
+      }
+    }
     const reserved = await this.throttle.makeRoom(first, last);
     try {
       await this.fillAndApply(offsetBytes, data, first, last);

@@ -47,8 +47,11 @@ export class StraightBelow {
     }
     await this.exclusive('write', offsetBytes, end, () => this.below.write(offsetBytes, data, flags), () => {
       for (const page of this.pages.pagesIn(first, last)) {
+        // A fill that was still waiting at the gate when the range was entered (behind an older trim of its
+        // page) reads below after this write: it will hold these bytes, so it stays.
+        if (page.loading && !page.loadingPastGate) continue;
         const state = pageState(page);
-        // Nothing may load, write back or change a page while the range is held and the busy ones were waited for.
+        // Nothing else may load, write back or change a page while the range is held and the busy ones were waited for.
         if (state !== 'clean' && state !== 'dirty') assert.fail(`page ${page.index} is ${state} under a write around`);
         this.pages.drop(page);
       }

@@ -200,6 +200,20 @@ export class Writeback {
     }
   }
 
+  /**
+   * The device below failed a write with a retryable error (ENOSPC): the
+   * cache is out of space until a writeback succeeds (reported once, then
+   * retried by flushes and in the background).
+   */
+  retryableFailureBelow(error: BlockError): void {
+    if (!this.noSpace) {
+      this.options.logger.warn({ err: error.message, dirtyBytes: this.pages.dirtyBytes },
+        'writeback failed with a retryable error: dirty pages kept, retried by the next flush and in the background');
+      this.options.events?.({ event: 'enospc', layer: 'cache', message: error.message });
+    }
+    this.noSpace = error;
+  }
+
   /** Classifies a writeback failure: retryable keeps everything dirty; anything else fails the device. */
   private failed(error: BlockError): BlockError {
     const action = errorAction('cache-writeback', error);
@@ -214,12 +228,7 @@ export class Writeback {
       return error;
     }
     if (action === 'keep-dirty') {
-      if (!this.noSpace) {
-        this.options.logger.warn({ err: error.message, dirtyBytes: this.pages.dirtyBytes },
-          'writeback failed with a retryable error: dirty pages kept, retried by the next flush and in the background');
-        this.options.events?.({ event: 'enospc', layer: 'cache', message: error.message });
-      }
-      this.noSpace = error;
+      this.retryableFailureBelow(error);
       return error;
     }
     this.host.enterFailed(error);

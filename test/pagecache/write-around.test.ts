@@ -183,3 +183,117 @@ test('a write to the uncovered part of a partly trimmed page waits at the gate a
   t.true((await readBack(s.mirror.device, 0, 8192)).equals(expected));
   await shutDown(s);
 });
+
+/** Options for the small-write tests: the cache is busy once 64 KiB (16 pages) is dirty. */
+const busyAt = { writeAroundBytes: aroundFrom, dirtyLimitBytes: 256 * KiB, capacityBytes: 1024 * KiB };
+const page = 4096;
+
+/** Dirties 16 pages that neither continue each other nor sit next to each other: the cache is then busy. */
+async function makeBusy(cache: PageCache): Promise<void> {
+  for (let index = 0; index < 32; index += 2) await cache.write(index * page, fill(1, page), { fua: false });
+}
+
+test('small whole-page writes are cached while the cache is quiet; once it is busy one goes around unless caching it saves work', async (t) => {
+  t.timeout(30_000);
+  const s = await cacheOverMirror(t, { cache: busyAt });
+  const { cache, fixture } = s;
+  await makeBusy(cache);
+  t.is(cache.stats.smallWritesAround, 0, 'below a quarter of the dirty limit every write is cached');
+  t.is(cache.status().dirtyBytes, 16 * page);
+  const onLegs = async (index: number): Promise<Buffer[]> =>
+    Promise.all(fixture.settings.legs.map(async (leg) => (await legContents(leg, cacheStackSizeBytes)).subarray(index * page, (index + 1) * page)));
+
+  await cache.write(100 * page, fill(2, page), { fua: false });
+  t.is(cache.stats.smallWritesAround, 1, 'an isolated write to a busy cache goes around');
+  t.is(cache.status().dirtyBytes, 16 * page);
+  for (const data of await onLegs(100)) t.true(data.equals(fill(2, page)), 'it reached every leg before the reply');
+
+  await cache.write(100 * page, fill(3, page), { fua: false });
+  t.is(cache.stats.smallWritesAround, 1, 'a second write to a page written around recently is cached (a hot page)');
+  t.is(cache.status().dirtyBytes, 17 * page);
+  for (const data of await onLegs(100)) t.true(data.equals(fill(2, page)), 'the cached rewrite is not on the legs yet');
+
+  await cache.write(101 * page, fill(4, page), { fua: false });
+  t.is(cache.stats.smallWritesAround, 1, 'a write starting where the last one ended is cached (a stream, coalesced by writeback)');
+  await cache.write(2 * page, fill(5, page), { fua: false });
+  t.is(cache.stats.smallWritesAround, 1, 'a write over a dirty page is cached (absorbed)');
+  await cache.write(200 * page + 1024, fill(6, 2048), { fua: false });
+  t.is(cache.stats.smallWritesAround, 1, 'a write of part of a page is cached');
+  await cache.write(300 * page, fill(7, 2 * page), { fua: true });
+  t.is(cache.stats.smallWritesAround, 2, 'another isolated write goes around, FUA passed down');
+  t.is(cache.status().dirtyBytes, 19 * page);
+
+  const expected = Buffer.alloc(302 * page);
+  for (let index = 0; index < 32; index += 2) fill(1, page).copy(expected, index * page);
+  fill(5, page).copy(expected, 2 * page);
+  fill(3, page).copy(expected, 100 * page);
+  fill(4, page).copy(expected, 101 * page);
+  fill(6, 2048).copy(expected, 200 * page + 1024);
+  fill(7, 2 * page).copy(expected, 300 * page);
+  t.true((await readBack(cache, 0, expected.length)).equals(expected), 'reads return the newest bytes of every path');
+  await cache.flush();
+  await shutDown(s);
+  t.true(legsIdentical(fixture.legPaths, cacheStackSizeBytes).identical);
+  for (const leg of fixture.settings.legs) {
+    t.true((await legContents(leg, cacheStackSizeBytes)).subarray(0, expected.length).equals(expected));
+  }
+});
+
+test('a small write around and a cached rewrite of its page: the rewrite waits at the gate, lands after it, and the flush covers both', async (t) => {
+  t.timeout(30_000);
+  const s = await cacheOverMirror(t);
+  const witness = new WriteWitness(s.mirror.device);
+  const cache = new PageCache(witness, cacheOptions(busyAt));
+  t.teardown(() => cache.close().catch(() => undefined));
+  await makeBusy(cache);
+  const releases = s.faults.map((fault) => fault.holdWrites());
+  t.teardown(() => { for (const release of releases) release(); });
+  const around = cache.write(100 * page, fill(2, page), { fua: false });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  t.deepEqual(witness.writesStarted, [[100 * page, page]], 'the first write went around and is held below');
+  const rewrite = cache.write(100 * page, fill(3, page), { fua: false });
+  const rewriteDone = settledYet(rewrite);
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  t.false(rewriteDone(), 'the cached rewrite waits while the write around holds its page');
+  for (const release of releases) release();
+  await Promise.all([around, rewrite]);
+  t.is(cache.stats.smallWritesAround, 1);
+  t.true((await readBack(cache, 100 * page, page)).equals(fill(3, page)), 'the rewrite wins');
+  await cache.flush();
+  const started = witness.writesStarted.filter(([offset]) => offset === 100 * page);
+  t.deepEqual(started, [[100 * page, page], [100 * page, page]], 'written around, then written back by the flush');
+  await cache.close();
+  await s.mirror.shutdown();
+  for (const leg of s.fixture.settings.legs) {
+    t.true((await legContents(leg, cacheStackSizeBytes)).subarray(100 * page, 101 * page).equals(fill(3, page)));
+  }
+  t.true(legsIdentical(s.fixture.legPaths, cacheStackSizeBytes).identical);
+});
+
+test('ENOSPC during a small write around: the write is cached and acknowledged instead, later small writes stay cached, and a flush succeeds once space is back', async (t) => {
+  t.timeout(30_000);
+  const s = await cacheOverMirror(t, { cache: busyAt });
+  const { cache, faults, fixture } = s;
+  await makeBusy(cache);
+  for (const fault of faults) fault.addRule({ ops: ['write'], error: 'ENOSPC', rangeBytes: [100 * page, 101 * page] });
+  await cache.write(100 * page, fill(2, page), { fua: false });
+  t.is(cache.stats.smallWritesAround, 1, 'it went around first');
+  t.is(cache.status().dirtyBytes, 17 * page, 'and was cached after the device below ran out of space');
+  t.truthy(cache.status().noSpace, 'the cache reports it is out of space');
+  await cache.write(300 * page, fill(3, page), { fua: false });
+  t.is(cache.stats.smallWritesAround, 1, 'while out of space, small writes stay in the cache under the no-space policy');
+  const failure = await t.throwsAsync(cache.flush());
+  t.is((failure as { code?: string }).code, 'ENOSPC');
+  t.true((await readBack(cache, 100 * page, page)).equals(fill(2, page)), 'reads return the acknowledged bytes');
+  for (const fault of faults) fault.heal();
+  await cache.flush();
+  t.is(cache.status().noSpace, undefined);
+  t.is(cache.status().dirtyBytes, 0);
+  await shutDown(s);
+  t.true(legsIdentical(fixture.legPaths, cacheStackSizeBytes).identical);
+  for (const leg of fixture.settings.legs) {
+    const data = await legContents(leg, cacheStackSizeBytes);
+    t.true(data.subarray(100 * page, 101 * page).equals(fill(2, page)));
+    t.true(data.subarray(300 * page, 301 * page).equals(fill(3, page)));
+  }
+});
