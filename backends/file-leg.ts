@@ -46,7 +46,16 @@ export interface FileLegOptions {
   usableSizeBytes?: number;
 }
 
-const inlineTurnBytesMax = 1024 * 1024;
+/**
+ * Inline bytes per leg per event-loop turn: 8 MiB, about 1-2 ms of copies
+ * into the page cache. At 1 MiB a mirror's QD8 burst of 1 MiB writes sent
+ * most of them to the pool, and on 2 vCPUs each hand-off woke a pool thread
+ * that took the CPU from the loop (perf: a sixth of the cycles in context
+ * switches); 64 KiB mixed I/O on the mirror ran 10-30% faster at 8 MiB in 5
+ * of 5 side-by-side pairs; 1 MiB writes stayed within noise (0.8-1.15x in 6
+ * pairs, with 7% less server CPU on the mirror without the cache).
+ */
+const inlineTurnBytesMax = 8 * 1024 * 1024;
 const inlineWriteBytesMaxDefault = 1024 * 1024;
 
 /** Zero-filling falls back to plain writes of this chunk size. */

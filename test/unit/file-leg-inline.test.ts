@@ -44,3 +44,26 @@ test('FileLeg: small writes and cached reads finish before returning; FUA and wr
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('FileLeg: one event-loop turn writes at most 8 MiB inline per leg; the rest of the burst goes to the pool', async (t) => {
+  const dir = makeTempDir('file-leg-inline-turn');
+  const leg = await FileLeg.open({ path: path.join(dir, 'leg.img'), createSizeBytes: 16 * MiB });
+  try {
+    // A slow inline write (a loaded machine) pauses inline writes for a while: try again a bounded number of times.
+    let inTurnCounts: boolean[] = [];
+    for (let attempt = 0; attempt < 20; attempt += 1) {
+      const writes = Array.from({ length: 10 }, (_, index) => leg.write(index * MiB, Buffer.alloc(MiB, 1 + index), { fua: false }));
+      inTurnCounts = writes.map((writing) => writing === finishedNow);
+      await Promise.all(writes);
+      if (inTurnCounts.slice(0, 8).every(Boolean)) break;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    t.deepEqual(inTurnCounts, [true, true, true, true, true, true, true, true, false, false],
+      'eight 1 MiB writes in the turn, then the pool until the next turn');
+    const image = fs.readFileSync(path.join(dir, 'leg.img'));
+    for (let index = 0; index < 10; index += 1) t.true(image.subarray(index * MiB, (index + 1) * MiB).equals(Buffer.alloc(MiB, 1 + index)));
+  } finally {
+    await leg.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
