@@ -17,6 +17,7 @@ interface Report {
 
 test('resync --wait returns only once the resync it asked for has finished, and prints the final state', async (t) => {
   const dir = makeTempDir('ops-resync');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   // 64 regions at 16 MiB/s: the resync takes about four seconds, far longer than the request.
   const server = await startConfiguredMirror(dir, [], 'cache: { enabled: false }\n');
   try {
@@ -40,6 +41,7 @@ test('resync --wait returns only once the resync it asked for has finished, and 
 
 test('read-only tools in a folder with no mirror create nothing and say where they looked (exit 4)', async (t) => {
   const dir = makeTempDir('ops-empty');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   for (const args of [['status'], ['check'], ['resync'], ['re-add', '1'], ['pool', 'grow', '--by', '1MiB'], ['repair'], ['fail', '1']]) {
     const result = await cliIn(dir, args);
     t.is(result.code, 4, `${args.join(' ')}: ${result.stderr}`);

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { cli } from '../helpers/cli.js';
@@ -9,6 +10,7 @@ const MiB = 1024 ** 2;
 
 test('a faulted block-device leg is re-added online, and replace onto a block device works online (mdadm --re-add)', async (t) => {
   const dir = makeTempDir('ops-bdev-readd');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const loops: string[] = [];
   try {
     for (const name of ['a', 'b', 'c']) loops.push(await makeLoopDevice(dir, name, 40 * MiB));

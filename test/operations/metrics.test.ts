@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import test from 'ava';
@@ -29,6 +30,7 @@ function value(samples: Sample[], name: string, labels: Record<string, string> =
 
 test('metrics move with a workload, a failed leg and a resync, and parse as Prometheus exposition', async (t) => {
   const dir = makeTempDir('ops-metrics');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const server = await startConfiguredMirror(dir, ['--metrics', '127.0.0.1:0']);
   try {
     const port = (server.logs.find((entry) => entry.msg === 'listening')?.metrics as { port: number }).port;
