@@ -64,7 +64,7 @@ export interface PageCacheStatus {
   dirtyBytes: number;
   capacityBytes: number;
   dirtyLimitBytes: number;
-  /** The last writeback failed with a retryable error and nothing succeeded since. */
+  /** The last writeback (or small write around) failed with a retryable error and no writeback succeeded since. */
   noSpace?: string;
   failed?: string;
   stats: PageCache['stats'];

@@ -208,7 +208,7 @@ export class Writeback {
   retryableFailureBelow(error: BlockError): void {
     if (!this.noSpace) {
       this.options.logger.warn({ err: error.message, dirtyBytes: this.pages.dirtyBytes },
-        'writeback failed with a retryable error: dirty pages kept, retried by the next flush and in the background');
+        'a write below the cache failed with a retryable error: dirty pages kept, retried by the next flush and in the background');
       this.options.events?.({ event: 'enospc', layer: 'cache', message: error.message });
     }
     this.noSpace = error;
