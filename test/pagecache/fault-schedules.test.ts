@@ -168,8 +168,10 @@ async function runSchedule(steps: Step[], writeAround: boolean): Promise<void> {
     fixture.cleanup();
   }
   if (problems.length > 0) throw new Error(problems.slice(0, 5).join('\n'));
-  if (writeAround) checked.writesAround += cache.stats.writesAround;
-  if (writeAround) checked.smallWritesAround += cache.stats.smallWritesAround;
+  if (writeAround) {
+    checked.writesAround += cache.stats.writesAround;
+    checked.smallWritesAround += cache.stats.smallWritesAround;
+  }
 }
 
 test('no flush succeeds over data that is not on every in-sync leg, and reads return the newest acknowledged bytes', async (t) => {
