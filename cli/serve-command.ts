@@ -9,6 +9,7 @@ import { flagName, settings } from '../config/settings.js';
 import { recordLegPath } from '../config/update.js';
 import { createLogger } from '../observe/logger.js';
 import { attachHints, type RunningServer, startServer } from './serve.js';
+import { missingServerNodeFlags } from '../sys/node-flags.js';
 
 function parseInteger(value: string, flag: string): number {
   const number = Number(value);
@@ -104,6 +105,11 @@ async function serve(options: Record<string, unknown>): Promise<void> {
     metrics: running.addresses.metrics, cache: running.cache !== undefined, export: config.export.name,
     recoveryRegions: running.mirror?.recoveryRegions, sizeBytes: running.device.sizeBytes, config: loaded.source, pid: process.pid }, 'listening');
   for (const hint of attachHints(config, running.addresses)) logger.info(`attach with: ${hint}`);
+  const missingFlags = missingServerNodeFlags();
+  if (missingFlags.length > 0) {
+    logger.warn({ missing: missingFlags }, `node was started without ${missingFlags.join(' ')}: after an idle spell, small ` +
+      'requests can run a third slower (see sys/node-flags.ts); bin/nbd-mirror.js and npm start pass it');
+  }
   handleSignals(running, logger, pidFile, () => reloadSettings(running, logger, configFile, dataDir, overrides));
   if (options.exitWithParent === true) exitWithParent(logger);
 }

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { serverNodeFlags } from '../../sys/node-flags.js';
 
 export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const cliPath = path.join(projectRoot, 'dist', 'cli', 'main.js');
@@ -29,7 +30,7 @@ export interface ServerProcess {
 export async function startServerProcess(args: string[],
   options: { env?: NodeJS.ProcessEnv; readyTimeoutMs?: number; cwd?: string; /** another build's dist/cli/main.js (bench:compare) */ cli?: string } = {}):
   Promise<ServerProcess> {
-  const child = spawn(process.execPath, [options.cli ?? cliPath, 'serve', '--listen', '127.0.0.1:0', ...args], {
+  const child = spawn(process.execPath, [...serverNodeFlags, options.cli ?? cliPath, 'serve', '--listen', '127.0.0.1:0', ...args], {
     env: { ...process.env, NBD_MIRROR_LOG_JSON: '1', ...options.env },
     cwd: options.cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
