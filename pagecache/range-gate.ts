@@ -6,8 +6,16 @@
  * writeback it then superseded, would leave the cache and the device
  * disagreeing about which happened last.
  */
+interface GateEntry {
+  start: number;
+  end: number;
+  /** Made only when something waits: most operations run with nobody behind them. */
+  done: Promise<void> | undefined;
+  wake: (() => void) | undefined;
+}
+
 export class RangeGate {
-  private readonly active = new Set<{ start: number; end: number; done: Promise<void> }>();
+  private readonly active = new Set<GateEntry>();
 
   /** Waits until nothing overlapping [start, end) is in flight, then marks it busy until the returned release is called. */
   async enter(start: number, end: number): Promise<() => void> {
@@ -16,13 +24,21 @@ export class RangeGate {
     return this.enterNow(start, end);
   }
 
+  /**
+   * Enters [start, end) at once if nothing overlapping is in flight (the
+   * usual case), without the turn an `await` of enter() costs; undefined
+   * otherwise, and the caller awaits enter().
+   */
+  tryEnter(start: number, end: number): (() => void) | undefined {
+    return this.blocking(start, end) === undefined ? this.enterNow(start, end) : undefined;
+  }
+
   private enterNow(start: number, end: number): () => void {
-    let release!: () => void;
-    const entry = { start, end, done: new Promise<void>((resolve) => { release = resolve; }) };
+    const entry: GateEntry = { start, end, done: undefined, wake: undefined };
     this.active.add(entry);
     return () => {
       this.active.delete(entry);
-      release();
+      entry.wake?.();
     };
   }
 
@@ -36,7 +52,10 @@ export class RangeGate {
   blocking(start: number, end: number): Promise<void> | undefined {
     if (this.active.size === 0) return undefined;
     for (const entry of this.active) {
-      if (entry.start < end && start < entry.end) return entry.done;
+      if (entry.start < end && start < entry.end) {
+        entry.done ??= new Promise<void>((resolve) => { entry.wake = resolve; });
+        return entry.done;
+      }
     }
     return undefined;
   }

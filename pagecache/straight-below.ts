@@ -36,16 +36,18 @@ export class StraightBelow {
    * pages of the range are older than it: they are dropped once it has
    * landed, and kept (dirty and readable, lesson 3) if it fails. The range
    * must be whole pages. Acknowledged only once the device below has it, so
-   * the next flush covers it as it covers writebacks.
+   * the next flush covers it as it covers writebacks. Not itself async:
+   * most writes of a busy cache come here, and each async layer costs a
+   * promise and a microtask turn.
    */
-  async writeAround(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
+  writeAround(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
     const { pageBytes } = this.pages;
     const end = offsetBytes + data.length;
     const [first, last] = this.pages.pagesOf(offsetBytes, data.length);
     if (offsetBytes % pageBytes !== 0 || end !== last * pageBytes + this.pages.pageLength(last)) {
       assert.fail(`write around [${offsetBytes}, ${end}) is not whole pages`);
     }
-    await this.exclusive('write', offsetBytes, end, () => this.below.write(offsetBytes, data, flags), () => {
+    return this.exclusive('write', offsetBytes, end, () => this.below.write(offsetBytes, data, flags), () => {
       for (const page of this.pages.pagesIn(first, last)) {
         // A fill that was still waiting at the gate when the range was entered (behind an older trim of its
         // page) reads below after this write: it will hold these bytes, so it stays.
@@ -96,16 +98,13 @@ export class StraightBelow {
    * its success. A failure below is classified: a fatal one fails the cache.
    */
   private async exclusive(what: string, start: number, end: number, apply: () => Promise<void>, landed: () => void): Promise<void> {
-    // The cache checked it was usable before calling; it is checked again once the waits are over.
-    const release = await this.gate.enter(start, end);
+    const enteredAtOnce = this.gate.tryEnter(start, end);
+    const release = enteredAtOnce ?? await this.gate.enter(start, end);
     try {
-      const [first, last] = this.pages.pagesOf(start, end - start);
-      // Loads and writebacks that start from now on wait at the gate; only the
-      // ones already past it are waited for here (waiting for the others would deadlock).
-      const busy = this.pages.pagesIn(first, last).flatMap((page) => [page.loadingPastGate ? page.loading : undefined, page.writeback])
-        .filter((promise): promise is Promise<void> => promise !== undefined);
-      if (busy.length > 0) await Promise.allSettled(new Set(busy));
-      this.host.checkUsable(what);
+      const busy = this.busyIn(start, end);
+      if (busy !== undefined) await Promise.allSettled(busy);
+      // The cache checked it was usable before calling, in this turn unless a wait came between.
+      if (enteredAtOnce === undefined || busy !== undefined) this.host.checkUsable(what);
       try {
         await apply();
       } catch (error) {
@@ -118,5 +117,20 @@ export class StraightBelow {
       release();
       this.host.progressMade();
     }
+  }
+
+  /**
+   * The loads and writebacks of cached pages in [start, end) already past the
+   * gate, if any. Those that start from now on wait at the gate; waiting for
+   * them here would deadlock.
+   */
+  private busyIn(start: number, end: number): Set<Promise<void>> | undefined {
+    const [first, last] = this.pages.pagesOf(start, end - start);
+    let busy: Set<Promise<void>> | undefined;
+    for (const page of this.pages.pagesIn(first, last)) {
+      if (page.loadingPastGate && page.loading) (busy ??= new Set()).add(page.loading);
+      if (page.writeback) (busy ??= new Set()).add(page.writeback);
+    }
+    return busy;
   }
 }
