@@ -99,17 +99,17 @@ async function serve(options: Record<string, unknown>): Promise<void> {
   for (const [file, reason] of filesLeftUnlocked) {
     logger.warn({ path: file, reason }, 'file not locked: nothing stops a second server or a tool from writing it meanwhile');
   }
+  const missingFlags = missingServerNodeFlags();
+  if (missingFlags.length > 0) {
+    logger.warn({ missing: missingFlags }, `node was started without ${missingFlags.join(' ')}: after an idle spell, small ` +
+      'requests can run a third slower (see sys/node-flags.ts); bin/nbd-mirror.js and npm start pass it');
+  }
   const pidFile = typeof options.pidFile === 'string' ? path.resolve(options.pidFile) : undefined;
   if (pidFile) writePidFile(pidFile);
   logger.info({ tcp: running.addresses.tcp, unix: running.addresses.unixPath, admin: config.listen.admin,
     metrics: running.addresses.metrics, cache: running.cache !== undefined, export: config.export.name,
     recoveryRegions: running.mirror?.recoveryRegions, sizeBytes: running.device.sizeBytes, config: loaded.source, pid: process.pid }, 'listening');
   for (const hint of attachHints(config, running.addresses)) logger.info(`attach with: ${hint}`);
-  const missingFlags = missingServerNodeFlags();
-  if (missingFlags.length > 0) {
-    logger.warn({ missing: missingFlags }, `node was started without ${missingFlags.join(' ')}: after an idle spell, small ` +
-      'requests can run a third slower (see sys/node-flags.ts); bin/nbd-mirror.js and npm start pass it');
-  }
   handleSignals(running, logger, pidFile, () => reloadSettings(running, logger, configFile, dataDir, overrides));
   if (options.exitWithParent === true) exitWithParent(logger);
 }

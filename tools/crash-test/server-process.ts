@@ -28,9 +28,11 @@ export interface ServerProcess {
  * "listening" log line. Only this process (by PID) is ever signalled.
  */
 export async function startServerProcess(args: string[],
-  options: { env?: NodeJS.ProcessEnv; readyTimeoutMs?: number; cwd?: string; /** another build's dist/cli/main.js (bench:compare) */ cli?: string } = {}):
+  options: { env?: NodeJS.ProcessEnv; readyTimeoutMs?: number; cwd?: string; /** another build's dist/cli/main.js (bench:compare) */ cli?: string;
+    /** The command and its arguments before `serve`; default: node with the server's flags and the CLI. */ launcher?: string[] } = {}):
   Promise<ServerProcess> {
-  const child = spawn(process.execPath, [...serverNodeFlags, options.cli ?? cliPath, 'serve', '--listen', '127.0.0.1:0', ...args], {
+  const [command, ...launcherArgs] = options.launcher ?? [process.execPath, ...serverNodeFlags, options.cli ?? cliPath];
+  const child = spawn(command!, [...launcherArgs, 'serve', '--listen', '127.0.0.1:0', ...args], {
     env: { ...process.env, NBD_MIRROR_LOG_JSON: '1', ...options.env },
     cwd: options.cwd,
     stdio: ['ignore', 'pipe', 'pipe'],
