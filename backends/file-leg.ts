@@ -6,6 +6,7 @@ import { type BlockDevice, type DeviceCapabilities, type Extent, type FileRangeL
 import { FileLock } from '../sys/file-lock.js';
 import { closeFd, fdatasync, preadOrZeroes, pwriteAll, pwriteAllSync } from '../sys/fs-io.js';
 import { InlineWriteGate } from './inline-write-gate.js';
+import { KnownDataRange } from './known-data-range.js';
 import { blockDeviceSize } from '../sys/device-size.js';
 import {
   EAGAIN, ENXIO, EOPNOTSUPP, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
@@ -87,6 +88,7 @@ export class FileLeg implements BlockDevice {
   private leasesReturned: Array<() => void> = [];
   /** Keeps other processes off the file while it is open (see FileLock). */
   private lock: FileLock | undefined;
+  private readonly knownData = new KnownDataRange();
 
   private constructor(
     readonly path: string,
@@ -257,7 +259,9 @@ export class FileLeg implements BlockDevice {
     assert(lengthBytes > 0, 'block-status of an empty range');
     const endBytes = offsetBytes + lengthBytes;
     // A block device has no SEEK_DATA (lseek says EINVAL): like the portable build, all of it is data.
-    if (native === undefined || this.isBlockDevice) return [{ offsetBytes, lengthBytes, hole: false, zero: false }];
+    if (native === undefined || this.isBlockDevice || this.knownData.covers(offsetBytes, lengthBytes)) {
+      return [{ offsetBytes, lengthBytes, hole: false, zero: false }];
+    }
     const extents: Extent[] = [];
     let position = offsetBytes;
     while (position < endBytes && extents.length < extentsPerCallMax) {
@@ -276,6 +280,7 @@ export class FileLeg implements BlockDevice {
       const holeStart = native.seek(this.fd, position, SEEK_HOLE);
       if (holeStart < 0) throw fromNegativeErrno(holeStart, `block-status ${this.path}`);
       assert(holeStart > position, 'SEEK_HOLE went backwards');
+      this.knownData.learn(position, holeStart);
       const dataEnd = Math.min(holeStart, endBytes);
       pushExtent(extents, position, dataEnd, false);
       position = dataEnd;
@@ -311,6 +316,15 @@ export class FileLeg implements BlockDevice {
 
   private async zeroRange(offsetBytes: number, lengthBytes: number, mode: number, fast: boolean): Promise<void> {
     if (lengthBytes === 0) return;
+    this.knownData.forget();
+    try {
+      await this.fallocateOrWriteZeroes(offsetBytes, lengthBytes, mode, fast);
+    } finally {
+      this.knownData.forget();
+    }
+  }
+
+  private async fallocateOrWriteZeroes(offsetBytes: number, lengthBytes: number, mode: number, fast: boolean): Promise<void> {
     const endBytes = offsetBytes + lengthBytes;
     if (this.fallocateWorks && native !== undefined) {
       // A block device takes fallocate on whole logical blocks only (EINVAL otherwise, which would turn
