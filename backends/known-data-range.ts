@@ -10,6 +10,9 @@
  * punching or zeroing a range can make the memory wrong in the other
  * direction, so those forget it, before they start and after they finish
  * (a block status taken while the punch runs may have learnt the old state).
+ * QEMU's block layer keeps the same one-region cache for the nodes that
+ * reach a file (bdrv_bsc_is_data and friends, after lseek costs in qemu
+ * issue 307).
  */
 export class KnownDataRange {
   private startBytes = 0;
