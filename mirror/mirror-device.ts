@@ -249,8 +249,8 @@ export class MirrorDevice implements BlockDevice {
     if (lengthBytes === 0) return finishedNow;
     const ticket = this.order.acquire(offsetBytes, lengthBytes, true);
     const [first, last] = this.regionRange(offsetBytes, lengthBytes);
-    const began = ticket.ready === undefined ? this.regions.tryBeginWrite(first, last) : false;
-    if (began !== undefined || this.crashPoints.armed) return this.mutateAfterWaits(what, first, last, apply, ticket, began);
+    const began = ticket.ready === undefined ? this.regions.tryBeginWrite(first, last, offsetBytes, lengthBytes) : false;
+    if (began !== undefined || this.crashPoints.armed) return this.mutateAfterWaits(what, offsetBytes, lengthBytes, first, last, apply, ticket, began);
     // Taken in the same turn as the write was counted in, so a rebuild that
     // locks this region after a new leg joined waits for us to finish.
     const generation = this.enter();
@@ -278,18 +278,18 @@ export class MirrorDevice implements BlockDevice {
    * (ticket.ready), a region locked by resync (began false), or a region log
    * commit (began is that commit, the change already counted in).
    */
-  private async mutateAfterWaits(what: string, first: number, last: number, apply: (leg: MirrorLeg) => Promise<void>,
-    ticket: Ticket, began: false | Promise<void> | undefined): Promise<void> {
+  private async mutateAfterWaits(what: string, offsetBytes: number, lengthBytes: number, first: number, last: number,
+    apply: (leg: MirrorLeg) => Promise<void>, ticket: Ticket, began: false | Promise<void> | undefined): Promise<void> {
     try {
       if (ticket.ready) {
         await ticket.ready;
         this.checkUsable(what);
       }
-      let logged = began === false ? this.regions.tryBeginWrite(first, last) : began;
+      let logged = began === false ? this.regions.tryBeginWrite(first, last, offsetBytes, lengthBytes) : began;
       while (logged === false) {
         await this.regions.whenUnlocked(first, last);
         this.checkUsable(what);
-        logged = this.regions.tryBeginWrite(first, last);
+        logged = this.regions.tryBeginWrite(first, last, offsetBytes, lengthBytes);
       }
       await this.applyCounted(what, first, last, apply, logged);
     } finally {

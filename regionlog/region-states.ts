@@ -27,7 +27,7 @@ export type RegionEvent =
   | 'write_start'
   /** The last in-flight write to the region ended. */
   | 'writes_drained'
-  /** The bit was found set at start-up, or set by resync/repair, with no write in flight. */
+  /** The bit was found set at start-up, or set by resync/repair or ahead of a sequential writer, with no write in flight. */
   | 'bit_loaded'
   /** The sweeper picks the region as a candidate and a sync of every leg begins. */
   | 'sweep_begin'

@@ -250,6 +250,29 @@ test('concurrent overlapping writes reach every leg in the same order, so the le
   t.true(leg.subarray(4096).equals(Buffer.alloc(8192, 2)), 'the later write wins on the leg that was slow to take the first');
 });
 
+test('a sequential writer entering clean regions sets the next 16 MiB of bits in its commit; other writes set only their own; the sweeper clears both', async (t) => {
+  const MiB = 1024 * 1024;
+  const fixture = mirrorFixture({ sizeBytes: 64 * MiB, regionSizeBytes: MiB });
+  const controller = await fixture.open();
+  const { device } = controller;
+  const bitsOnDisk = (): number[] => {
+    const { state } = RegionLog.inspect(fixture.logPath);
+    return Array.from({ length: 64 }, (_, region) => region).filter((region) => ((state.dirty[region >> 3] >> (region & 7)) & 1) === 1);
+  };
+  const before = device.log.commitsRun;
+  for (let index = 0; index < 8; index += 1) await device.write(index * MiB, Buffer.alloc(MiB, index + 1), { fua: false });
+  t.is(device.log.commitsRun - before, 2, 'the first write, then the one that continued it into region 1 and set the bits ahead');
+  t.deepEqual(bitsOnDisk(), Array.from({ length: 18 }, (_, region) => region), 'regions 0-1 written, 2-17 set ahead');
+  await device.write(40 * MiB + 4096, Buffer.alloc(4096, 9), { fua: false });
+  t.is(bitsOnDisk().length, 19, 'a write that continues nothing sets its own region only');
+  t.true(bitsOnDisk().includes(40));
+  t.deepEqual(await device.sweep(), { candidates: 19, cleared: 19, synced: true });
+  t.deepEqual(bitsOnDisk(), []);
+  await stop(controller);
+  t.true(legsIdentical(fixture.legPaths, 64 * MiB).identical);
+  fixture.cleanup();
+});
+
 test('first writes to many clean regions at once share log commits (group commit), and every bit is on disk when they are acknowledged', async (t) => {
   const fixture = mirrorFixture();
   const controller = await fixture.open();
