@@ -10,17 +10,21 @@ import path from 'node:path';
 import { cliPath, startServerProcess } from '../test/helpers/server-process.js';
 import { makeTempDir } from '../test/helpers/tools.js';
 import { figure, type FioResult, roundOrder, runFio, standardJobs } from './fio.js';
+import { largeIoJobs } from './large-io.js';
 
 const baselineRoot = process.env.BENCH_BASELINE;
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const sizeBytes = Number(process.env.BENCH_SIZE_BYTES ?? 512 * 1024 ** 2);
-// The request-path jobs a change is most likely to move; BENCH_JOBS picks others from the standard set.
+// The request-path jobs a change is most likely to move; BENCH_JOBS picks others from the standard and large-I/O sets.
 const picked = process.env.BENCH_JOBS?.split(',') ?? ['4k-randread-qd32', '4k-randwrite-qd32', '4k-randwrite-qd1', '1m-seqwrite-qd8', '1m-seqread-qd8'];
-const jobs = standardJobs.filter((job) => picked.includes(job.name));
+const known = new Map([...standardJobs, ...largeIoJobs].map((job) => [job.name, job]));
+const jobs = picked.flatMap((name) => known.get(name) ?? []);
 
 async function main(): Promise<void> {
   if (!baselineRoot) throw new Error('BENCH_BASELINE must name another checkout of nbd-mirror, built (npm run build)');
+  const unknown = picked.filter((name) => !known.has(name));
+  if (unknown.length > 0) throw new Error(`BENCH_JOBS: no job named ${unknown.join(', ')}; the jobs are ${[...known.keys()].join(', ')}`);
   const baselineCli = path.join(path.resolve(baselineRoot), 'dist', 'cli', 'main.js');
   if (!fs.existsSync(baselineCli)) throw new Error(`${baselineCli} does not exist: run npm run build in ${baselineRoot}`);
   const dir = makeTempDir('bench-compare');
