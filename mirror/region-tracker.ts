@@ -1,6 +1,10 @@
 import type { RegionLog } from '../regionlog/region-log.js';
 import { nextRegionState, RegionState } from '../regionlog/region-states.js';
 
+/** See RegionTracker.dirtyAhead: this much of the device, in at most dirtyAheadRegionsMax regions. */
+const dirtyAheadBytes = 16 * 1024 * 1024;
+const dirtyAheadRegionsMax = 256;
+
 /**
  * Per-region bookkeeping for the mirror: the state machine, in-flight write
  * counts, the out-of-sync flag (legs may differ: read from the source leg, and
@@ -8,10 +12,6 @@ import { nextRegionState, RegionState } from '../regionlog/region-states.js';
  * apart. The write path costs a few array operations per region; it waits
  * only when a region is locked or its bit is not yet durable.
  */
-/** See RegionTracker.dirtyAhead: this much of the device, in at most dirtyAheadRegionsMax regions. */
-const dirtyAheadBytes = 16 * 1024 * 1024;
-const dirtyAheadRegionsMax = 256;
-
 export class RegionTracker {
   readonly states: Uint8Array;
   private readonly pending: Uint32Array;
@@ -47,10 +47,11 @@ export class RegionTracker {
   }
 
   /**
-   * Starts a write to regions first..last (the bytes at offsetBytes) unless
-   * one is locked (returns false: wait with whenUnlocked and try again). Otherwise
-   * counts the write in and returns the log commit to await before data may
-   * reach a leg, or undefined when every bit is already durable.
+   * Starts a write of lengthBytes at offsetBytes, in regions first..last,
+   * unless one is locked (returns false: wait with whenUnlocked and try
+   * again). Otherwise counts the write in and returns the log commit to
+   * await before data may reach a leg, or undefined when every bit is
+   * already durable.
    */
   tryBeginWrite(first: number, last: number, offsetBytes: number, lengthBytes: number): false | Promise<void> | undefined {
     for (let region = first; region <= last; region += 1) if (this.locked[region] !== 0) return false;
@@ -80,8 +81,8 @@ export class RegionTracker {
    * ended is a sequential writer crossing into clean ground: the regions
    * ahead of it are set in the same commit, so it waits for one commit per
    * dirtyAheadBytes instead of one per region. A 1 GiB sequential write at
-   * QD8 over clean 1 MiB regions took 277 commits and 681-735 ms before,
-   * 89 commits and 519-695 ms with 16 MiB ahead. An extra bit costs only a
+   * QD8 over clean 1 MiB regions took about 300 commits and 681-735 ms
+   * before, about 96 commits and 519-695 ms with 16 MiB ahead. An extra bit costs only a
    * resync of that region after a crash, and the sweeper clears it once
    * quiet; it goes through bit_loaded like a bit set by resync, so no write
    * is implied.
