@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { FileLeg } from '../../backends/file-leg.js';
@@ -41,5 +42,6 @@ test('FileLeg block status stays exact when ranges inside a remembered data exte
       'a write into a hole is data');
   } finally {
     await leg.close();
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
