@@ -250,7 +250,9 @@ export class MirrorDevice implements BlockDevice {
     const ticket = this.order.acquire(offsetBytes, lengthBytes, true);
     const [first, last] = this.regionRange(offsetBytes, lengthBytes);
     const began = ticket.ready === undefined ? this.regions.tryBeginWrite(first, last, offsetBytes, lengthBytes) : false;
-    if (began !== undefined || this.crashPoints.armed) return this.mutateAfterWaits(what, offsetBytes, lengthBytes, first, last, apply, ticket, began);
+    if (began !== undefined || this.crashPoints.armed) {
+      return this.mutateAfterWaits(what, offsetBytes, lengthBytes, first, last, apply, ticket, began);
+    }
     // Taken in the same turn as the write was counted in, so a rebuild that
     // locks this region after a new leg joined waits for us to finish.
     const generation = this.enter();

@@ -82,10 +82,10 @@ export class RegionTracker {
    * ahead of it are set in the same commit, so it waits for one commit per
    * dirtyAheadBytes instead of one per region. A 1 GiB sequential write at
    * QD8 over clean 1 MiB regions took 275-302 commits and 681-769 ms
-   * before, 87-92 commits and 518-609 ms with 16 MiB ahead. An extra bit costs only a
-   * resync of that region after a crash, and the sweeper clears it once
-   * quiet; it goes through bit_loaded like a bit set by resync, so no write
-   * is implied.
+   * before, 87-92 commits and 518-609 ms with 16 MiB ahead. An extra bit
+   * costs only a resync of that region after a crash, and the sweeper clears
+   * it once quiet; it goes through bit_loaded like a bit set by resync, so no
+   * write is implied.
    */
   private dirtyAhead(start: number): void {
     const end = Math.min(start + this.regionsDirtiedAhead, this.regionCount);
