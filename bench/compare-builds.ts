@@ -2,7 +2,8 @@
  * Two builds of nbd-mirror side by side: `BENCH_BASELINE=/path/to/other/checkout npm run bench:compare`
  * starts this checkout's server and the baseline's (built there with `npm run build`) on identical files,
  * in the same configurations, and runs each fio job on both in interleaved, rotated rounds. The ratio
- * this/baseline is what a change did to the request path; absolute figures drift on a shared machine.
+ * this/baseline, taken round by round (paired-ratio.ts), is what a change did to the request path;
+ * absolute figures drift on a shared machine.
  * BENCH_CONFIG=--cache or --no-cache keeps one configuration; BENCH_JOBS=name,... some jobs.
  */
 import fs from 'node:fs';
@@ -11,6 +12,7 @@ import { cliPath, startServerProcess } from '../test/helpers/server-process.js';
 import { makeTempDir } from '../test/helpers/tools.js';
 import { figure, type FioResult, roundOrder, runFio, standardJobs } from './fio.js';
 import { largeIoJobs } from './large-io.js';
+import { formatRatio, pairedRatio } from './paired-ratio.js';
 
 const baselineRoot = process.env.BENCH_BASELINE;
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
@@ -28,7 +30,7 @@ async function main(): Promise<void> {
   const baselineCli = path.join(path.resolve(baselineRoot), 'dist', 'cli', 'main.js');
   if (!fs.existsSync(baselineCli)) throw new Error(`${baselineCli} does not exist: run npm run build in ${baselineRoot}`);
   const dir = makeTempDir('bench-compare');
-  console.log(`compare: this checkout vs ${baselineRoot}; ${sizeBytes} bytes, ${seconds}s per job, ${rounds} rotated rounds (best of each kept)`);
+  console.log(`compare: this checkout vs ${baselineRoot}; ${sizeBytes} bytes, ${seconds}s per job, ${rounds} rotated rounds (best of each shown; ratio: median of the rounds' own, with their range)`);
   const configurations: Array<[string, string[]]> = [['mirror + cache (default)', ['--cache']], ['mirror, --no-cache', ['--no-cache']]];
   const only = process.env.BENCH_CONFIG;
   try {
@@ -44,14 +46,16 @@ async function main(): Promise<void> {
       try {
         for (const job of jobs) {
           const best: Record<string, FioResult | undefined> = {};
+          const roundIops: Record<string, number[]> = { this: [], baseline: [] };
           for (let round = 0; round < rounds; round += 1) {
             for (const side of roundOrder(sides, round)) {
               const result = await runFio(side.server.uri(), job, seconds, sizeBytes, side.legs);
               if (!best[side.name] || result.iops > best[side.name]!.iops) best[side.name] = result;
+              roundIops[side.name].push(result.iops);
             }
           }
           console.log(`${job.name.padEnd(20)} this ${figure(job, best.this!).padStart(12)}   baseline ${figure(job, best.baseline!).padStart(12)}   ` +
-            `ratio ${(best.this!.iops / best.baseline!.iops).toFixed(2)}x`);
+            `ratio ${formatRatio(pairedRatio(roundIops.this, roundIops.baseline)!)}`);
         }
       } finally {
         await Promise.all(sides.map((side) => side.server.stop()));

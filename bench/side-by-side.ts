@@ -2,13 +2,15 @@
  * What the bench tables share: peer servers started as child processes on
  * loopback (ended by their PID), and the loop that runs each job on every
  * server in rotated, interleaved rounds, keeping each server's best run with
- * its CPU per request.
+ * its CPU per request, and each round's figure for ratios taken round by
+ * round (paired-ratio.ts).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { peakRssBytes } from '../test/helpers/server-process.js';
 import { run } from '../test/helpers/tools.js';
 import { figure, type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+import { formatRatio, pairedRatio } from './paired-ratio.js';
 
 export interface BenchServer<Name extends string = string> {
   name: Name;
@@ -23,8 +25,11 @@ export interface BenchServer<Name extends string = string> {
 }
 
 export interface Measured {
+  /** The best run's. */
   result: FioResult;
   cpuPerRequestUs: number;
+  /** IOPS in every round, in round order. */
+  roundIops: number[];
 }
 
 const rampSeconds = 1;
@@ -65,7 +70,7 @@ export async function startPeer<Name extends string>(name: Name, command: string
   throw new Error(`${command} ${args.join(' ')} did not start`);
 }
 
-/** Runs `job` on every server, `rounds` times in rotated order; each server's best run. */
+/** Runs `job` on every server, `rounds` times in rotated order; each server's best run and every round's IOPS. */
 export async function measureJob<Name extends string>(servers: Array<BenchServer<Name>>, job: FioJob,
   options: { seconds: number; rounds: number; sizeBytes: number }): Promise<Map<Name, Measured>> {
   const best = new Map<Name, Measured>();
@@ -74,15 +79,21 @@ export async function measureJob<Name extends string>(servers: Array<BenchServer
       const cpuBefore = cpuSeconds(server.pid);
       const result = await runFio(server.uri, job, options.seconds, options.sizeBytes, server.files, server.clientEnv);
       const requests = result.ios * (options.seconds + rampSeconds) / options.seconds;
-      const measured = { result, cpuPerRequestUs: (cpuSeconds(server.pid) - cpuBefore) * 1e6 / Math.max(1, requests) };
+      const cpuPerRequestUs = (cpuSeconds(server.pid) - cpuBefore) * 1e6 / Math.max(1, requests);
       const previous = best.get(server.name);
-      if (previous === undefined || result.iops > previous.result.iops) best.set(server.name, measured);
+      const roundIops = [...previous?.roundIops ?? [], result.iops];
+      best.set(server.name, previous === undefined || result.iops > previous.result.iops
+        ? { result, cpuPerRequestUs, roundIops } : { ...previous, roundIops });
     }
   }
   return best;
 }
 
-/** One job's rows (figure, CPU per request, p99) and the ratios named, where both sides ran. */
+/**
+ * One job's rows (each server's best run: figure, CPU per request, p99) and
+ * the ratios named, where both sides ran: the median of the rounds' own
+ * ratios, with their range (paired-ratio.ts).
+ */
 export function printJob<Name extends string>(job: FioJob, servers: Array<BenchServer<Name>>, best: Map<Name, Measured>,
   ratios: Array<[Name, Name]>): void {
   console.log(`\n${job.name}`);
@@ -91,8 +102,10 @@ export function printJob<Name extends string>(job: FioJob, servers: Array<BenchS
     console.log(`  ${server.name.padEnd(13)} ${figure(job, result).padStart(12)}   cpu/req ${cpuPerRequestUs.toFixed(0).padStart(5)} us   ` +
       `p99 ${(result.latencyP99Us / 1000).toFixed(2).padStart(7)} ms`);
   }
-  const shown = ratios.filter(([a, b]) => best.has(a) && best.has(b))
-    .map(([a, b]) => `${a}/${b} ${(best.get(a)!.result.iops / best.get(b)!.result.iops).toFixed(2)}x`);
+  const shown = ratios.flatMap(([a, b]) => {
+    const ratio = best.has(a) && best.has(b) ? pairedRatio(best.get(a)!.roundIops, best.get(b)!.roundIops) : undefined;
+    return ratio === undefined ? [] : [`${a}/${b} ${formatRatio(ratio)}`];
+  });
   console.log(`  ratios: ${shown.join('   ')}`);
 }
 
