@@ -7,7 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { peakRssBytes, projectRoot, startServerProcess, type ServerProcess } from '../test/helpers/server-process.js';
 import { run } from '../test/helpers/tools.js';
-import { figure, type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+import { figure, type FioJob, roundOrder, runFio } from './fio.js';
+import { formatRatio, RoundResults } from './paired-ratio.js';
 import { fill, mirrorArgs, mirrorLegs } from './mirror.js';
 
 const dirtyLimitMiB = 64;
@@ -47,16 +48,13 @@ export async function benchCache(options: { dir: string; sizeBytes: number; seco
     await fill(without.uri(), sizeBytes);
     await fill(cached.uri(), sizeBytes);
     for (const job of cacheJobs) {
-      const best: { cached?: FioResult; without?: FioResult } = {};
+      const results = new RoundResults<'cached' | 'without'>();
       const sides = [['cached', cached.uri(), 'cached'], ['without', without.uri(), 'uncached']] as const;
       for (let round = 0; round < rounds; round += 1) {
-        for (const [key, uri, name] of roundOrder(sides, round)) {
-          const result = await runFio(uri, job, seconds, sizeBytes, mirrorLegs(dir, name));
-          if (!best[key] || result.iops > best[key]!.iops) best[key] = result;
-        }
+        for (const [key, uri, name] of roundOrder(sides, round)) results.add(key, await runFio(uri, job, seconds, sizeBytes, mirrorLegs(dir, name)));
       }
-      console.log(`${job.name.padEnd(26)} cache ${figure(job, best.cached!).padStart(12)}   no cache ${figure(job, best.without!).padStart(12)}   ` +
-        `ratio ${(best.cached!.iops / best.without!.iops).toFixed(2)}x`);
+      console.log(`${job.name.padEnd(26)} cache ${figure(job, results.best('cached')).padStart(12)}   ` +
+        `no cache ${figure(job, results.best('without')).padStart(12)}   ratio ${formatRatio(results.ratio('cached', 'without'))}`);
     }
     for (const pages of [4096, 16384]) {
       const withCache = await flushLatency(cached, pages);

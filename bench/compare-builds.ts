@@ -10,9 +10,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { cliPath, startServerProcess } from '../test/helpers/server-process.js';
 import { makeTempDir } from '../test/helpers/tools.js';
-import { figure, type FioResult, roundOrder, runFio, standardJobs } from './fio.js';
+import { figure, roundOrder, runFio, standardJobs } from './fio.js';
 import { largeIoJobs } from './large-io.js';
-import { formatRatio, pairedRatio } from './paired-ratio.js';
+import { formatRatio, RoundResults } from './paired-ratio.js';
 
 const baselineRoot = process.env.BENCH_BASELINE;
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
@@ -45,17 +45,12 @@ async function main(): Promise<void> {
       console.log(`\n${label}`);
       try {
         for (const job of jobs) {
-          const best: Record<string, FioResult | undefined> = {};
-          const roundIops: Record<string, number[]> = { this: [], baseline: [] };
+          const results = new RoundResults<string>();
           for (let round = 0; round < rounds; round += 1) {
-            for (const side of roundOrder(sides, round)) {
-              const result = await runFio(side.server.uri(), job, seconds, sizeBytes, side.legs);
-              if (!best[side.name] || result.iops > best[side.name]!.iops) best[side.name] = result;
-              roundIops[side.name].push(result.iops);
-            }
+            for (const side of roundOrder(sides, round)) results.add(side.name, await runFio(side.server.uri(), job, seconds, sizeBytes, side.legs));
           }
-          console.log(`${job.name.padEnd(20)} this ${figure(job, best.this!).padStart(12)}   baseline ${figure(job, best.baseline!).padStart(12)}   ` +
-            `ratio ${formatRatio(pairedRatio(roundIops.this, roundIops.baseline)!)}`);
+          console.log(`${job.name.padEnd(20)} this ${figure(job, results.best('this')).padStart(12)}   ` +
+            `baseline ${figure(job, results.best('baseline')).padStart(12)}   ratio ${formatRatio(results.ratio('this', 'baseline'))}`);
         }
       } finally {
         await Promise.all(sides.map((side) => side.server.stop()));

@@ -1,7 +1,8 @@
 import path from 'node:path';
 import { startServerProcess } from '../test/helpers/server-process.js';
 import { run, writeRandomFile } from '../test/helpers/tools.js';
-import { type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+import { type FioJob, roundOrder, runFio } from './fio.js';
+import { RoundResults } from './paired-ratio.js';
 
 const job: FioJob = { name: '4k-randread-qd32', rw: 'randread', blockSize: '4k', iodepth: 32 };
 
@@ -26,10 +27,8 @@ export async function benchMetrics(options: { dir: string; sizeBytes: number; se
     return { name, server, legs, metricsPort };
   }));
   try {
-    const best: Record<string, FioResult | undefined> = {};
-    const ratios: number[] = [];
+    const results = new RoundResults<string>();
     for (let round = 0; round < options.rounds; round += 1) {
-      const iops: Record<string, number> = {};
       for (const side of roundOrder(sides, round)) {
         let scrapes = 0;
         const scraper = side.metricsPort === undefined ? undefined : setInterval(() => {
@@ -38,16 +37,12 @@ export async function benchMetrics(options: { dir: string; sizeBytes: number; se
         const result = await runFio(side.server.uri(), job, options.seconds, options.sizeBytes, side.legs);
         clearInterval(scraper);
         if (side.metricsPort !== undefined && scrapes === 0) throw new Error('the metrics endpoint was never scraped');
-        iops[side.name] = result.iops;
-        if (!best[side.name] || result.iops > best[side.name]!.iops) best[side.name] = result;
+        results.add(side.name, result);
       }
-      ratios.push(iops.on / iops.off);
     }
-    // Each round runs both back to back, so its ratio sees the same machine; the median resists a noisy round.
-    const median = [...ratios].sort((a, b) => a - b)[Math.floor(ratios.length / 2)];
-    console.log(`metrics ${job.name.padEnd(18)} on ${Math.round(best.on!.iops)} IOPS   off ${Math.round(best.off!.iops)} IOPS   ` +
-      `best-of ratio ${(best.on!.iops / best.off!.iops).toFixed(3)}x, median of ${ratios.length} paired rounds ${median.toFixed(3)}x ` +
-      `(${ratios.map((ratio) => ratio.toFixed(2)).join(' ')}); target: at least 0.97x`);
+    const ratio = results.ratio('on', 'off');
+    console.log(`metrics ${job.name.padEnd(18)} on ${Math.round(results.best('on').iops)} IOPS   off ${Math.round(results.best('off').iops)} IOPS   ` +
+      `median of ${ratio.rounds} paired rounds ${ratio.median.toFixed(3)}x (${ratio.min.toFixed(2)}-${ratio.max.toFixed(2)}); target: at least 0.97x`);
   } finally {
     await Promise.all(sides.map((side) => side.server.stop()));
   }

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { adminRequest } from '../tools/admin-client.js';
 import { startServerProcess, type ServerProcess } from '../test/helpers/server-process.js';
 import { figure, type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
+import { formatRatio, RoundResults } from './paired-ratio.js';
 import { run } from '../test/helpers/tools.js';
 
 const mirrorJobs: FioJob[] = [
@@ -44,18 +45,15 @@ export async function benchMirror(options: { dir: string; singleUri: string; sin
   try {
     await fill(mirror.uri(), sizeBytes);
     for (const job of mirrorJobs) {
-      const best: Record<'mirror' | 'single' | 'nbdkit', FioResult | undefined> = { mirror: undefined, single: undefined, nbdkit: undefined };
+      const results = new RoundResults<'mirror' | 'single' | 'nbdkit'>();
       for (let round = 0; round < rounds; round += 1) {
         const servers = [['mirror', mirror.uri(), mirrorLegs(dir, 'mirror')], ['single', options.singleUri, [options.singleFile]],
           ['nbdkit', options.nbdkitUri, [options.nbdkitFile]]] as const;
-        for (const [key, uri, files] of roundOrder(servers, round)) {
-          const result = await runFio(uri, job, seconds, sizeBytes, [...files]);
-          if (!best[key] || result.iops > best[key]!.iops) best[key] = result;
-        }
+        for (const [key, uri, files] of roundOrder(servers, round)) results.add(key, await runFio(uri, job, seconds, sizeBytes, [...files]));
       }
-      console.log(`${job.name.padEnd(20)} mirror ${figure(job, best.mirror!).padStart(12)}   single ${figure(job, best.single!).padStart(12)}   ` +
-        `nbdkit ${figure(job, best.nbdkit!).padStart(12)}   mirror/single ${(best.mirror!.iops / best.single!.iops).toFixed(2)}x   ` +
-        `mirror/nbdkit ${(best.mirror!.iops / best.nbdkit!.iops).toFixed(2)}x`);
+      console.log(`${job.name.padEnd(20)} mirror ${figure(job, results.best('mirror')).padStart(12)}   ` +
+        `single ${figure(job, results.best('single')).padStart(12)}   nbdkit ${figure(job, results.best('nbdkit')).padStart(12)}   ` +
+        `mirror/single ${formatRatio(results.ratio('mirror', 'single'))}   mirror/nbdkit ${formatRatio(results.ratio('mirror', 'nbdkit'))}`);
     }
   } finally {
     await mirror.stop();

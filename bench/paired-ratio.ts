@@ -1,3 +1,5 @@
+import type { FioResult } from './fio.js';
+
 /**
  * A ratio between two servers taken round by round. Each round runs the two
  * within minutes of each other, while this machine changes speed between
@@ -31,4 +33,28 @@ export function pairedRatio(numerator: readonly number[], denominator: readonly 
 export function formatRatio(ratio: PairedRatio): string {
   const median = `${ratio.median.toFixed(2)}x`;
   return ratio.rounds === 1 ? median : `${median} (${ratio.min.toFixed(2)}-${ratio.max.toFixed(2)})`;
+}
+
+/** Each side's best run of a job and its IOPS round by round, for the rows and the paired ratios. */
+export class RoundResults<Side extends string> {
+  private readonly bestRuns = new Map<Side, FioResult>();
+  private readonly iopsByRound = new Map<Side, number[]>();
+
+  add(side: Side, result: FioResult): void {
+    const previous = this.bestRuns.get(side);
+    if (previous === undefined || result.iops > previous.iops) this.bestRuns.set(side, result);
+    this.iopsByRound.set(side, [...this.iopsByRound.get(side) ?? [], result.iops]);
+  }
+
+  best(side: Side): FioResult {
+    const result = this.bestRuns.get(side);
+    if (result === undefined) throw new Error(`no run of ${side}`);
+    return result;
+  }
+
+  ratio(numerator: Side, denominator: Side): PairedRatio {
+    const ratio = pairedRatio(this.iopsByRound.get(numerator) ?? [], this.iopsByRound.get(denominator) ?? []);
+    if (ratio === undefined) throw new Error(`no round ran both ${numerator} and ${denominator}`);
+    return ratio;
+  }
 }

@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { peakRssBytes, startServerProcess } from '../test/helpers/server-process.js';
 import { freePort, makeTempDir, run, writeRandomFile } from '../test/helpers/tools.js';
-import { figure, type FioResult, roundOrder, runFio, standardJobs } from './fio.js';
+import { figure, roundOrder, runFio, standardJobs } from './fio.js';
+import { formatRatio, RoundResults } from './paired-ratio.js';
 import { benchCache } from './cache.js';
 import { benchMirror } from './mirror.js';
 import { benchMetrics } from './metrics.js';
@@ -57,7 +58,7 @@ async function main(): Promise<void> {
   }
   const ours = path.join(dir, 'ours.img');
   const theirs = path.join(dir, 'nbdkit.img');
-  console.log(`bench: ${sizeBytes} byte files, ${seconds}s per job, ${rounds} interleaved rounds (best of each kept)`);
+  console.log(`bench: ${sizeBytes} byte files, ${seconds}s per job, ${rounds} interleaved rounds (best of each shown; ratio: median of the rounds' own)`);
   // Both files are written the same way: the page cache's state differs with
   // how a file was written (a copied file's large folios took 1 MiB writes
   // 1.6x faster than the 4 KiB-written original), which would skew every ratio.
@@ -68,17 +69,13 @@ async function main(): Promise<void> {
   const nbdkit = await startNbdkit(theirs);
   try {
     for (const job of only === undefined || only === 'plain' ? jobs.filter((j) => picked?.includes(j.name) ?? true) : []) {
-      const best: { ours?: FioResult; nbdkit?: FioResult } = {};
+      const results = new RoundResults<'ours' | 'nbdkit'>();
       const sides = [['ours', server.uri(), ours], ['nbdkit', nbdkit.uri, theirs]] as const;
       for (let round = 0; round < rounds; round += 1) {
-        for (const [key, uri, file] of roundOrder(sides, round)) {
-          const result = await runFio(uri, job, seconds, sizeBytes, [file]);
-          if (!best[key] || result.iops > best[key]!.iops) best[key] = result;
-        }
+        for (const [key, uri, file] of roundOrder(sides, round)) results.add(key, await runFio(uri, job, seconds, sizeBytes, [file]));
       }
-      const ratio = best.ours!.iops / best.nbdkit!.iops;
-      const row = `${job.name.padEnd(20)} nbd-mirror ${figure(job, best.ours!).padStart(12)}   ` +
-        `nbdkit ${figure(job, best.nbdkit!).padStart(12)}   ratio ${ratio.toFixed(2)}x`;
+      const row = `${job.name.padEnd(20)} nbd-mirror ${figure(job, results.best('ours')).padStart(12)}   ` +
+        `nbdkit ${figure(job, results.best('nbdkit')).padStart(12)}   ratio ${formatRatio(results.ratio('ours', 'nbdkit'))}`;
       console.log(row);
     }
     const peak = peakRssBytes(server.pid);
