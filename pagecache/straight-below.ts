@@ -96,6 +96,13 @@ export class StraightBelow {
    * Holds [start, end) in the gate, waits for the loads and writebacks of it
    * already under way, runs `apply` below, then `landed` in the same turn as
    * its success. A failure below is classified: a fatal one fails the cache.
+   *
+   * It answers with a promise even when the device below finished in the
+   * turn. Passing finishedNow up instead (the cache's write answering in the
+   * turn, as the legs and the mirror do) was built and measured twice: 4k
+   * random writes through the cache over the mirror ran at 24.5-31.4k IOPS
+   * against 28.1-33.3k (4 alternating pairs), with more CPU per request and
+   * a higher p99, though it cut scavenges by two fifths.
    */
   private async exclusive(what: string, start: number, end: number, apply: () => Promise<void>, landed: () => void): Promise<void> {
     const enteredAtOnce = this.gate.tryEnter(start, end);
