@@ -30,7 +30,8 @@ async function main(): Promise<void> {
   const baselineCli = path.join(path.resolve(baselineRoot), 'dist', 'cli', 'main.js');
   if (!fs.existsSync(baselineCli)) throw new Error(`${baselineCli} does not exist: run npm run build in ${baselineRoot}`);
   const dir = makeTempDir('bench-compare');
-  console.log(`compare: this checkout vs ${baselineRoot}; ${sizeBytes} bytes, ${seconds}s per job, ${rounds} rotated rounds (best of each shown; ratio: median of the rounds' own, with their range)`);
+  console.log(`compare: this checkout vs ${baselineRoot}; ${sizeBytes} bytes, ${seconds}s per job, ${rounds} rotated rounds ` +
+    '(best of each shown; ratio: median of the rounds\' own, with their range)');
   const configurations: Array<[string, string[]]> = [['mirror + cache (default)', ['--cache']], ['mirror, --no-cache', ['--no-cache']]];
   const only = process.env.BENCH_CONFIG;
   try {

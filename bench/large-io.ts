@@ -87,9 +87,9 @@ export async function benchLargeIo(options: { dir: string; sizeBytes: number; se
   try {
     for (const server of servers) await fill(server.uri, sizeBytes);
     for (const job of largeIoJobs.filter((candidate) => options.jobs?.includes(candidate.name) ?? true)) {
-      const best = await measureJob(servers, job, { seconds, rounds, sizeBytes });
-      printJob(job, servers, best, ratios);
-      const cpu = (name: ServerName): number | undefined => best.get(name)?.cpuPerRequestUs;
+      const results = await measureJob(servers, job, { seconds, rounds, sizeBytes });
+      printJob(job, servers, results, ratios);
+      const cpu = (name: ServerName): number | undefined => (results.ran(name) ? results.best(name).cpuPerRequestUs : undefined);
       if (cpu('cache') !== undefined && cpu('nbdkit') !== undefined) {
         console.log(`  cpu/req against nbdkit file: cache ${(cpu('cache')! / cpu('nbdkit')!).toFixed(2)}x   ` +
           `plain ${(cpu('plain')! / cpu('nbdkit')!).toFixed(2)}x`);

@@ -41,8 +41,9 @@ export async function benchMetrics(options: { dir: string; sizeBytes: number; se
       }
     }
     const ratio = results.ratio('on', 'off');
-    console.log(`metrics ${job.name.padEnd(18)} on ${Math.round(results.best('on').iops)} IOPS   off ${Math.round(results.best('off').iops)} IOPS   ` +
-      `median of ${ratio.rounds} paired rounds ${ratio.median.toFixed(3)}x (${ratio.min.toFixed(2)}-${ratio.max.toFixed(2)}); target: at least 0.97x`);
+    console.log(`metrics ${job.name.padEnd(18)} on ${Math.round(results.best('on').iops)} IOPS   ` +
+      `off ${Math.round(results.best('off').iops)} IOPS   median of ${ratio.rounds} paired rounds ${ratio.median.toFixed(3)}x ` +
+      `(${ratio.min.toFixed(2)}-${ratio.max.toFixed(2)}); target: at least 0.97x`);
   } finally {
     await Promise.all(sides.map((side) => side.server.stop()));
   }

@@ -35,18 +35,26 @@ export function formatRatio(ratio: PairedRatio): string {
   return ratio.rounds === 1 ? median : `${median} (${ratio.min.toFixed(2)}-${ratio.max.toFixed(2)})`;
 }
 
-/** Each side's best run of a job and its IOPS round by round, for the rows and the paired ratios. */
-export class RoundResults<Side extends string> {
-  private readonly bestRuns = new Map<Side, FioResult>();
+/**
+ * Each side's best run of a job and its IOPS round by round, for the rows
+ * and the paired ratios. A run is fio's result, or anything carrying its
+ * IOPS (the side-by-side tables add the server's CPU per request).
+ */
+export class RoundResults<Side extends string, Run extends { iops: number } = FioResult> {
+  private readonly bestRuns = new Map<Side, Run>();
   private readonly iopsByRound = new Map<Side, number[]>();
 
-  add(side: Side, result: FioResult): void {
+  add(side: Side, result: Run): void {
     const previous = this.bestRuns.get(side);
     if (previous === undefined || result.iops > previous.iops) this.bestRuns.set(side, result);
     this.iopsByRound.set(side, [...this.iopsByRound.get(side) ?? [], result.iops]);
   }
 
-  best(side: Side): FioResult {
+  ran(side: Side): boolean {
+    return this.bestRuns.has(side);
+  }
+
+  best(side: Side): Run {
     const result = this.bestRuns.get(side);
     if (result === undefined) throw new Error(`no run of ${side}`);
     return result;

@@ -110,13 +110,13 @@ export async function benchRemote(options: { dir: string; sizeBytes: number; sec
     const rtt = await loopbackRoundTripUs();
     console.log(`loopback TCP round trip between two processes: ${rtt.toFixed(0)} us (mean of 3000)`);
     for (const job of remoteJobs.filter((candidate) => options.jobs?.includes(candidate.name) ?? true)) {
-      const best = await measureJob(mirrors, job, { seconds, rounds, sizeBytes });
-      printJob(job, mirrors, best, [['local+ours', 'local+local'], ['local+nbdkit', 'local+local'], ['local+nbdkit-4conn', 'local+local'],
+      const results = await measureJob(mirrors, job, { seconds, rounds, sizeBytes });
+      printJob(job, mirrors, results, [['local+ours', 'local+local'], ['local+nbdkit', 'local+local'], ['local+nbdkit-4conn', 'local+local'],
         ['local+nbdkit-4conn', 'local+nbdkit']]);
       if (job.iodepth === 1) {
-        const local = best.get('local+local')!.result.latencyMeanUs;
+        const local = results.best('local+local').result.latencyMeanUs;
         for (const name of ['local+ours', 'local+nbdkit', 'local+nbdkit-4conn'] as const) {
-          const added = best.get(name)!.result.latencyMeanUs - local;
+          const added = results.best(name).result.latencyMeanUs - local;
           console.log(`  ${name}: mean latency ${added.toFixed(0)} us above two local legs; budget one loopback round trip + 20 us = ` +
             `${(rtt + 20).toFixed(0)} us`);
         }

@@ -58,7 +58,8 @@ async function main(): Promise<void> {
   }
   const ours = path.join(dir, 'ours.img');
   const theirs = path.join(dir, 'nbdkit.img');
-  console.log(`bench: ${sizeBytes} byte files, ${seconds}s per job, ${rounds} interleaved rounds (best of each shown; ratio: median of the rounds' own)`);
+  console.log(`bench: ${sizeBytes} byte files, ${seconds}s per job, ${rounds} interleaved rounds ` +
+    '(best of each shown; ratio: median of the rounds\' own)');
   // Both files are written the same way: the page cache's state differs with
   // how a file was written (a copied file's large folios took 1 MiB writes
   // 1.6x faster than the 4 KiB-written original), which would skew every ratio.

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import { peakRssBytes } from '../test/helpers/server-process.js';
 import { run } from '../test/helpers/tools.js';
 import { figure, type FioJob, type FioResult, roundOrder, runFio } from './fio.js';
-import { formatRatio, pairedRatio } from './paired-ratio.js';
+import { formatRatio, RoundResults } from './paired-ratio.js';
 
 export interface BenchServer<Name extends string = string> {
   name: Name;
@@ -24,12 +24,11 @@ export interface BenchServer<Name extends string = string> {
   stop(): Promise<void>;
 }
 
+/** One run of a job on one server: fio's result and the server's CPU per request. */
 export interface Measured {
-  /** The best run's. */
+  iops: number;
   result: FioResult;
   cpuPerRequestUs: number;
-  /** IOPS in every round, in round order. */
-  roundIops: number[];
 }
 
 const rampSeconds = 1;
@@ -70,23 +69,20 @@ export async function startPeer<Name extends string>(name: Name, command: string
   throw new Error(`${command} ${args.join(' ')} did not start`);
 }
 
-/** Runs `job` on every server, `rounds` times in rotated order; each server's best run and every round's IOPS. */
+/** Runs `job` on every server, `rounds` times in rotated order. */
 export async function measureJob<Name extends string>(servers: Array<BenchServer<Name>>, job: FioJob,
-  options: { seconds: number; rounds: number; sizeBytes: number }): Promise<Map<Name, Measured>> {
-  const best = new Map<Name, Measured>();
+  options: { seconds: number; rounds: number; sizeBytes: number }): Promise<RoundResults<Name, Measured>> {
+  const results = new RoundResults<Name, Measured>();
   for (let round = 0; round < options.rounds; round += 1) {
     for (const server of roundOrder(servers, round)) {
       const cpuBefore = cpuSeconds(server.pid);
       const result = await runFio(server.uri, job, options.seconds, options.sizeBytes, server.files, server.clientEnv);
       const requests = result.ios * (options.seconds + rampSeconds) / options.seconds;
       const cpuPerRequestUs = (cpuSeconds(server.pid) - cpuBefore) * 1e6 / Math.max(1, requests);
-      const previous = best.get(server.name);
-      const roundIops = [...previous?.roundIops ?? [], result.iops];
-      best.set(server.name, previous === undefined || result.iops > previous.result.iops
-        ? { result, cpuPerRequestUs, roundIops } : { ...previous, roundIops });
+      results.add(server.name, { iops: result.iops, result, cpuPerRequestUs });
     }
   }
-  return best;
+  return results;
 }
 
 /**
@@ -94,18 +90,15 @@ export async function measureJob<Name extends string>(servers: Array<BenchServer
  * the ratios named, where both sides ran: the median of the rounds' own
  * ratios, with their range (paired-ratio.ts).
  */
-export function printJob<Name extends string>(job: FioJob, servers: Array<BenchServer<Name>>, best: Map<Name, Measured>,
+export function printJob<Name extends string>(job: FioJob, servers: Array<BenchServer<Name>>, results: RoundResults<Name, Measured>,
   ratios: Array<[Name, Name]>): void {
   console.log(`\n${job.name}`);
   for (const server of servers) {
-    const { result, cpuPerRequestUs } = best.get(server.name)!;
+    const { result, cpuPerRequestUs } = results.best(server.name);
     console.log(`  ${server.name.padEnd(13)} ${figure(job, result).padStart(12)}   cpu/req ${cpuPerRequestUs.toFixed(0).padStart(5)} us   ` +
       `p99 ${(result.latencyP99Us / 1000).toFixed(2).padStart(7)} ms`);
   }
-  const shown = ratios.flatMap(([a, b]) => {
-    const ratio = best.has(a) && best.has(b) ? pairedRatio(best.get(a)!.roundIops, best.get(b)!.roundIops) : undefined;
-    return ratio === undefined ? [] : [`${a}/${b} ${formatRatio(ratio)}`];
-  });
+  const shown = ratios.filter(([a, b]) => results.ran(a) && results.ran(b)).map(([a, b]) => `${a}/${b} ${formatRatio(results.ratio(a, b))}`);
   console.log(`  ratios: ${shown.join('   ')}`);
 }
 
