@@ -90,11 +90,21 @@ export class RegionTracker {
   private dirtyAhead(start: number): void {
     const end = Math.min(start + this.regionsDirtiedAhead, this.regionCount);
     for (let region = start; region < end; region += 1) {
-      if (this.states[region] !== RegionState.CLEAN || this.locked[region] !== 0) continue;
+      if (this.states[region] === RegionState.CLEAN && this.locked[region] === 0) this.setBitWithoutWrite(region);
+    }
+  }
+
+  /**
+   * Sets a region's bit without counting a write in it: a clean region
+   * leaves CLEAN through bit_loaded, any other keeps its state. The caller
+   * commits.
+   */
+  private setBitWithoutWrite(region: number): void {
+    if (this.states[region] === RegionState.CLEAN) {
       this.states[region] = nextRegionState(RegionState.CLEAN, 'bit_loaded');
       this.notClean.add(region);
-      this.log.setDirty(region);
     }
+    this.log.setDirty(region);
   }
 
   endWrite(first: number, last: number): void {
@@ -164,11 +174,7 @@ export class RegionTracker {
       this.outOfSync[region] = 1;
       this.outOfSyncCount += 1;
     }
-    if (this.states[region] === RegionState.CLEAN) {
-      this.states[region] = nextRegionState(RegionState.CLEAN, 'bit_loaded');
-      this.notClean.add(region);
-    }
-    this.log.setDirty(region);
+    this.setBitWithoutWrite(region);
   }
 
   markInSync(region: number): void {
