@@ -325,6 +325,13 @@ export class MirrorDevice implements BlockDevice {
    * or request error fails the change, and if some leg applied it anyway the
    * regions are marked out of sync so resync makes the legs agree again.
    * Returns finishedNow when every leg finished it in this turn.
+   *
+   * File legs copy one after the other on the event loop. Overlapping them
+   * (every leg but the last sent to the thread pool, copying while the loop
+   * copies the last) was measured on 2 vCPUs: 1 MiB sequential writes ran
+   * at 0.94x (0.89-0.97) with the cache and 0.93x (0.87-1.00) without, in 4
+   * alternating pairs; the pool thread competes with the client and the
+   * loop for the second CPU, and the hand-off costs more than it overlaps.
    */
   private fanOut(generation: Generation, what: string, first: number, last: number,
     apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
