@@ -12,7 +12,8 @@ import { projectRoot, startServerProcess } from '../test/helpers/server-process.
 import { freePort, run } from '../test/helpers/tools.js';
 import type { FioJob } from './fio.js';
 import { fill, mirrorArgs, mirrorLegs } from './mirror.js';
-import { type BenchServer, measureJob, printJob, printPeakMemory, startPeer } from './side-by-side.js';
+import type { RoundResults } from './paired-ratio.js';
+import { type BenchServer, type Measured, measureJob, printJob, printPeakMemory, startPeer } from './side-by-side.js';
 
 export const largeIoJobs: FioJob[] = [
   { name: '1m-seqwrite-qd8', rw: 'write', blockSize: '1m', iodepth: 8 },
@@ -78,6 +79,15 @@ async function startServers(dir: string, sizeBytes: number): Promise<Server[]> {
   return servers;
 }
 
+/** One line of CPU per request as a multiple of `peer`'s, for the servers that ran beside it. */
+function printCpuAgainst(results: RoundResults<ServerName, Measured>, peer: ServerName, label: string, names: ServerName[]): void {
+  const ran = names.filter((name) => results.ran(name));
+  if (!results.ran(peer) || ran.length === 0) return;
+  const peerCpu = results.best(peer).cpuPerRequestUs;
+  console.log(`  cpu/req against ${label}: ` +
+    ran.map((name) => `${name} ${(results.best(name).cpuPerRequestUs / peerCpu).toFixed(2)}x`).join('   '));
+}
+
 export async function benchLargeIo(options: { dir: string; sizeBytes: number; seconds: number; rounds: number; jobs?: string[] }): Promise<void> {
   const { dir, sizeBytes, seconds, rounds } = options;
   console.log('\nlarge I/O: default config (mirror + cache) | mirror --no-cache | one plain leg --no-cache | one leg with the cache | nbdkit file | ' +
@@ -89,16 +99,9 @@ export async function benchLargeIo(options: { dir: string; sizeBytes: number; se
     for (const job of largeIoJobs.filter((candidate) => options.jobs?.includes(candidate.name) ?? true)) {
       const results = await measureJob(servers, job, { seconds, rounds, sizeBytes });
       printJob(job, servers, results, ratios);
-      const cpu = (name: ServerName): number | undefined => (results.ran(name) ? results.best(name).cpuPerRequestUs : undefined);
-      if (cpu('cache') !== undefined && cpu('nbdkit') !== undefined) {
-        console.log(`  cpu/req against nbdkit file: cache ${(cpu('cache')! / cpu('nbdkit')!).toFixed(2)}x   ` +
-          `plain ${(cpu('plain')! / cpu('nbdkit')!).toFixed(2)}x`);
-      }
+      printCpuAgainst(results, 'nbdkit', 'nbdkit file', ['cache', 'plain']);
       // The mirror writes every byte to two legs: its like-for-like CPU peer is the C mirror, not one file.
-      if (cpu('cache') !== undefined && cpu('c-mirror') !== undefined) {
-        console.log(`  cpu/req against the C mirror (two legs each): cache ${(cpu('cache')! / cpu('c-mirror')!).toFixed(2)}x   ` +
-          `no-cache ${(cpu('no-cache')! / cpu('c-mirror')!).toFixed(2)}x`);
-      }
+      printCpuAgainst(results, 'c-mirror', 'the C mirror (two legs each)', ['cache', 'no-cache']);
     }
     printPeakMemory(servers);
   } finally {
