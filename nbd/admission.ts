@@ -15,6 +15,9 @@ export interface AdmissionOptions {
 export const negotiatingMaxBounds = { min: 1, max: 65536, default: 32 };
 export const perAddressMaxBounds = { min: 1, max: 65536, default: 32 };
 
+/** The limit a dropped negotiating connection made room under. */
+export type DropReason = 'per-address' | 'negotiating' | 'total';
+
 export type RefusalReason = 'not-allowed' | 'per-address-limit' | 'too-many-connections' | 'negotiating-dropped';
 
 /** A connection the policy can see: where it came from, and whether it is past negotiation. */
@@ -24,7 +27,9 @@ export interface Admitted {
 }
 
 export type Verdict<T extends Admitted> =
-  | { admit: true; drop: T | undefined }
+  /** `dropReason`: which limit the dropped connection made room under. */
+  | { admit: true; drop: undefined }
+  | { admit: true; drop: T; dropReason: DropReason }
   | { admit: false; reason: RefusalReason; detail: string };
 
 /**
@@ -36,8 +41,10 @@ export type Verdict<T extends Admitted> =
  * must be outlasted by a budget's worth of newer connections; an idle one
  * is dropped as soon as that many arrive, so idle sockets can never hold the
  * door. Attached clients are never dropped for a newcomer. The per-address
- * cap keeps one host from filling the budget by itself, and the allow list
- * refuses strangers before they cost anything.
+ * cap keeps one host from filling the budget by itself; at it, that address's
+ * oldest negotiating connection is dropped the same way, and only an address
+ * whose connections are all attached is refused. The allow list refuses
+ * strangers before they cost anything.
  */
 export class AdmissionPolicy<T extends Admitted> {
   constructor(private readonly options: AdmissionOptions) {}
@@ -51,23 +58,32 @@ export class AdmissionPolicy<T extends Admitted> {
     let fromAddress = 0;
     let negotiating = 0;
     let oldestNegotiating: T | undefined;
+    let oldestNegotiatingFromAddress: T | undefined;
     for (const connection of current) {
       total += 1;
-      if (address !== undefined && connection.address === address) fromAddress += 1;
+      const sameAddress = address !== undefined && connection.address === address;
+      if (sameAddress) fromAddress += 1;
       if (connection.negotiating) {
         negotiating += 1;
         oldestNegotiating ??= connection;
+        if (sameAddress) oldestNegotiatingFromAddress ??= connection;
       }
     }
     if (address !== undefined && fromAddress >= this.options.perAddressMax) {
-      return { admit: false, reason: 'per-address-limit', detail: `${address} already has ${fromAddress} connections (limits.perAddressMax)` };
+      // Localhost, NAT and proxies put many clients behind one address: idle sockets from it must not lock out
+      // a client from it that negotiates promptly, so the cap drops that address's oldest negotiating one.
+      if (oldestNegotiatingFromAddress === undefined) {
+        return { admit: false, reason: 'per-address-limit',
+          detail: `${address} already has ${fromAddress} attached clients (limits.perAddressMax)` };
+      }
+      return { admit: true, drop: oldestNegotiatingFromAddress, dropReason: 'per-address' };
     }
     const full = negotiating >= this.options.negotiatingMax || total >= this.options.maxConnections;
     if (!full) return { admit: true, drop: undefined };
     if (oldestNegotiating === undefined) {
       return { admit: false, reason: 'too-many-connections', detail: `${total} clients attached (limits.maxConnections)` };
     }
-    return { admit: true, drop: oldestNegotiating };
+    return { admit: true, drop: oldestNegotiating, dropReason: negotiating >= this.options.negotiatingMax ? 'negotiating' : 'total' };
   }
 }
 

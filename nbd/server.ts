@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import type { Logger } from 'pino';
-import { type Admitted, type AdmissionOptions, AdmissionPolicy, type AllowList, type RefusalReason } from './admission.js';
+import { type Admitted, type AdmissionOptions, AdmissionPolicy, type AllowList, type DropReason, type RefusalReason } from './admission.js';
 import { Connection, type ConnectionOptions } from './connection.js';
 import type { ExportTable } from './negotiation.js';
 import { addFileReplyStats, emptyFileReplyStats, type FileReplyStats } from './reply-writer.js';
@@ -184,8 +184,7 @@ export class NbdServer {
     }
     if (verdict.drop !== undefined) {
       const dropped = verdict.drop;
-      dropped.logger.warn({ reason: 'negotiating-dropped', for: remote },
-        'connection dropped: the oldest still negotiating, to admit a newer client (limits.negotiatingMax)');
+      dropped.logger.warn({ reason: 'negotiating-dropped', for: remote }, `connection dropped: ${dropMessages[verdict.dropReason]}`);
       this.onRefusal?.('negotiating-dropped', dropped.remote);
       dropped.connection.drop();
     }
@@ -205,6 +204,12 @@ export class NbdServer {
     });
   }
 }
+
+const dropMessages: Record<DropReason, string> = {
+  'per-address': 'the oldest still negotiating from its address, to admit a newer client from it (limits.perAddressMax)',
+  negotiating: 'the oldest still negotiating, to admit a newer client (limits.negotiatingMax)',
+  total: 'the oldest still negotiating, to admit a newer client (limits.maxConnections)',
+};
 
 function admissionOptions(options: Pick<ServerOptions, 'maxConnections' | 'negotiatingMax' | 'perAddressMax' | 'allow'>): AdmissionOptions {
   return {

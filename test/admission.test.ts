@@ -99,7 +99,7 @@ test.serial('500 idle connections, and more arriving, never lock out a client th
   }
 });
 
-test.serial('a per-address cap refuses the connection over it and no other address', async (t) => {
+test.serial('a per-address cap of attached clients refuses the connection over it and no other address', async (t) => {
   const server = await serve('per-address', ['--per-address-max', '4']);
   const held: RawClient[] = [];
   try {
@@ -117,6 +117,30 @@ test.serial('a per-address cap refuses the connection over it and no other addre
     t.true(await attachAndRead(server.port) < 1000, 'a slot freed is a slot');
   } finally {
     for (const client of held) client.destroy();
+    await server.stop();
+  }
+});
+
+test.serial('idle sockets from one address never lock out a prompt client from the same address', async (t) => {
+  const server = await serve('shared-address', []);
+  const idle: net.Socket[] = [];
+  try {
+    // localhost, NAT and proxies put many clients behind one address: 100 idle from 127.0.0.1, over the cap of 32.
+    idle.push(...await Promise.all(Array.from({ length: 100 }, () => idleSocket(server.port, '127.0.0.1'))));
+    for (const deadline = Date.now() + 20_000; Date.now() < deadline && await refusedCount(server, 'negotiating-dropped') < 100 - 32;) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    const nbdinfo = await run('nbdinfo', ['--size', server.uri()]);
+    t.is(nbdinfo.stdout.trim(), String(sizeBytes), nbdinfo.stderr);
+    const copy = path.join(dir, 'shared-address.copy');
+    await run('nbdcopy', [server.uri(), copy]);
+    t.is(fs.statSync(copy).size, sizeBytes);
+    t.true(await attachAndRead(server.port, '127.0.0.1') < 1000);
+    t.is(await refusedCount(server, 'per-address-limit'), 0, 'nobody from 127.0.0.1 was refused');
+    t.true(refusalsLogged(server, 'negotiating-dropped').some((entry) => /from its address/.test(String(entry.msg))),
+      'the drops name the per-address cap');
+  } finally {
+    for (const socket of idle) socket.destroy();
     await server.stop();
   }
 });

@@ -30,6 +30,13 @@ test('a full house drops the oldest negotiating one, or refuses when all are att
   t.like(policy({ maxConnections: 4 }).decide('e', attached), { admit: false, reason: 'too-many-connections' });
 });
 
+test('at the per-address cap, that address\'s oldest negotiating connection is dropped, not another address\'s', (t) => {
+  const current = [client(1, '10.0.0.8', true), client(2, '10.0.0.7', false), client(3, '10.0.0.7', true), client(4, '10.0.0.7', true),
+    client(5, '10.0.0.7', false)];
+  const verdict = policy({ negotiatingMax: 8 }).decide('10.0.0.7', current);
+  t.deepEqual(verdict, { admit: true, drop: current[2], dropReason: 'per-address' });
+});
+
 test('the per-address cap refuses that address only, and never applies to unix-socket clients', (t) => {
   const current = [1, 2, 3, 4].map((id) => client(id, '10.0.0.7', false));
   t.like(policy({ negotiatingMax: 8 }).decide('10.0.0.7', current), { admit: false, reason: 'per-address-limit' });
