@@ -111,7 +111,7 @@ async function assembleFromLog(log: RegionLog, settings: MirrorSettings, logger:
         if (verdict.kind === 'ok' && verdict.grown) takeGrownLeg(path, slot, verdict.grown, logger);
         if (verdict.kind === 'refused') {
           if (!settings.force) {
-            throw new MirrorSetupError(`${verdict.problem}. ${verdict.hint ?? 'Start with --force to take it in and rebuild it fully from the other legs'}`);
+            throw new MirrorSetupError(`${verdict.problem}. ${verdict.hint ?? 'Start with --force to take it in and rebuild it fully from the other legs (whatever it holds now is overwritten)'}`);
           }
           logger.warn({ slot, path, problem: verdict.problem }, 'forced: taking the leg in and rebuilding it fully');
           await stampLeg(spec, state, slot, record.events);

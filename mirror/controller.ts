@@ -20,6 +20,7 @@ import { applyLegEvent } from './leg-states.js';
 import { Rebuilds } from './rebuilds.js';
 import type { LastCheck, MirrorSettings, MirrorStatus } from './mirror-settings.js';
 import type { MirrorDevice } from './mirror-device.js';
+import type { MirrorLeg } from './generation.js';
 import type { ResyncEngine, ResyncProgress } from './resync.js';
 
 export type { LastCheck, MirrorSettings, MirrorStatus } from './mirror-settings.js';
@@ -55,8 +56,24 @@ export class MirrorController {
   ) {
     this.events = settings.events ?? noEvents;
     this.rebuilds = new Rebuilds(device, resync, settings.legs, logger, this.events, () => this.stopping);
-    this.reconnector = new RemoteReconnector({ legState: (slot) => device.legState(slot), reAdd: (slot) => this.reAdd(slot) },
-      logger, this.events, settings.reconnect);
+    this.reconnector = new RemoteReconnector({ legState: (slot) => device.legState(slot),
+      legHeld: (slot) => device.log.state.legs[slot].heldByOperator, reAdd: (slot) => this.reAdd(slot) },
+    logger, this.events, settings.reconnect);
+  }
+
+  /**
+   * A remote leg's connection that ends while nothing is in flight (the
+   * remote killed or its host gone while the mirror is idle; a silent link
+   * caught by the idle probe) fails the leg at once, durably, as a request
+   * failing on it would, so status, metrics and the reconnector see it
+   * before any write could be answered without it.
+   */
+  private failWhenLost(slot: number, leg: MirrorLeg): void {
+    leg.remote?.onLost((reason) => {
+      // Only the leg still in use in that slot: a replaced or re-added device's late loss is no news.
+      if (this.stopping || this.device.generation.legs[slot] !== leg) return;
+      void this.device.failLeg(leg, new BlockError('EIO', `leg${slot}: ${leg.path}: the connection was lost: ${reason}`));
+    });
   }
 
   /** A remote leg that failed or was unreachable is brought back when it answers again (remote-legs.ts). */
@@ -77,7 +94,14 @@ export class MirrorController {
     const assembled = await assembleMirror({ ...settings, events: watched }, logger);
     const controller = new MirrorController(assembled.device, assembled.resync, settings, logger, assembled.recoveryRegions);
     legFaulted = (slot) => controller.watchRemote(slot);
-    for (const slot of assembled.missingAtStart) controller.watchRemote(slot);
+    // Faulty in the log, whether it went missing at this start or before the last stop (a cut link, a crash, both
+    // ends stopped at once): a remote leg comes back by itself unless the operator holds it.
+    assembled.device.log.state.legs.forEach((record, slot) => {
+      if (record.state === 'faulty') controller.watchRemote(slot);
+    });
+    assembled.device.generation.legs.forEach((leg, slot) => {
+      if (leg) controller.failWhenLost(slot, leg);
+    });
     controller.faults.push(...assembled.opened.map((leg) => leg?.fault));
     controller.pools.push(...assembled.opened.map((leg) => leg?.thin));
     controller.logFault = assembled.logFault;
@@ -109,7 +133,9 @@ export class MirrorController {
       if (verdict.kind === 'missing') throw new LegUnreachableError(verdict.problem);
       if (verdict.kind === 'ok' && verdict.grown) takeGrownLeg(path, slot, verdict.grown, this.logger);
       if (verdict.kind === 'refused') {
-        if (!options.force) throw new MirrorSetupError(`${verdict.problem}. Use --force to rebuild it fully instead`);
+        if (!options.force) {
+          throw new MirrorSetupError(`${verdict.problem}. ${verdict.hint ?? 'Use --force to rebuild it fully instead (whatever it holds now is overwritten)'}`);
+        }
         await stampLeg(spec, log.state, slot, 0n);
         mode = 'full';
       }
@@ -191,8 +217,10 @@ export class MirrorController {
     this.faults[slot] = opened.fault;
     this.pools[slot] = opened.thin;
     const legs = [...this.device.generation.legs];
-    legs[slot] = mirrorLeg(slot, spec, opened);
+    const leg = mirrorLeg(slot, spec, opened);
+    legs[slot] = leg;
     this.device.replaceGeneration(legs);
+    this.failWhenLost(slot, leg);
   }
 
   /**
@@ -300,7 +328,16 @@ export class MirrorController {
    */
   async fail(slot: number): Promise<string> {
     const record = this.recordAt(slot);
-    if (record.state === 'faulty' || record.state === 'empty') throw new MirrorSetupError(`leg ${slot} is already ${record.state}`);
+    if (record.state === 'faulty' && this.settings.legs[slot].remote && !record.heldByOperator) {
+      // Away and being reconnected: the operator wants it to stay out (a replica taken down for work).
+      applyLegEvent(record, 'held');
+      this.reconnector.heldByOperator(slot);
+      await this.device.log.commit();
+      return `leg ${slot} (${this.settings.legs[slot].path}) was already faulty; it is now held: not reconnected until re-add, replace or remove`;
+    }
+    if (record.state === 'faulty' || record.state === 'empty') {
+      throw new MirrorSetupError(`leg ${slot} is already ${record.state}${record.heldByOperator ? ' and held' : ''}`);
+    }
     const leg = this.device.generation.legs[slot];
     if (record.state === 'in_sync' && this.device.generation.readable.length < 2) {
       throw new MirrorSetupError(`leg ${slot} is the last in-sync leg; failing it would stop the mirror`);

@@ -59,10 +59,17 @@ export async function checkLeg(spec: LegSpec, slot: number, state: LogState, ope
   const acceptable = label.events === record.events || (state.labelUpdatePending && label.events === state.eventsCurrent);
   if (record.state === 'in_sync' && !acceptable) {
     if (label.events > record.events) {
-      // The leg went on after the log's last word about it: the log, not the leg, is the old copy.
+      // The leg went on after the log's last word about it. After a takeover the leg holds the newest writes,
+      // so the one wrong action is to rebuild it from here: the advice leads with that case, and --force comes
+      // only with what it destroys.
       return { kind: 'refused', problem: `leg ${slot} (${path}) is newer than the region log: its label says events ${label.events}, ` +
-        `the log expects ${record.events}; the log is an older copy (a restored backup, or a disk that lost writes it had ` +
-        'acknowledged) and its dirty bits may miss regions where the legs differ. Use the region log that belongs with these legs' };
+        `the log expects ${record.events}. Most likely another host took this leg over (nbd-mirror takeover) and wrote to it ` +
+        'since: a split brain, where that side holds writes this log never saw. Otherwise this log is an older copy ' +
+        '(a restored backup, or a disk that lost writes it had acknowledged) whose dirty bits may miss regions where the legs differ',
+      hint: 'Safe steps: after a takeover, keep serving the side that took over and do not start this server against its leg; ' +
+        'to make this host a replica again, seed it from the new primary (nbd-mirror replace there). If this log is an older ' +
+        `copy, use the region log that belongs with these legs. Do not use --force for this: it would rebuild leg ${slot} ` +
+        'fully from the other legs here, destroying every write made to it since' };
     }
     return { kind: 'refused', problem: `leg ${slot} (${path}) is stale: its label says events ${label.events}, ` +
       `the log expects ${record.events}; it is an older copy of the leg. Re-add it (nbd-mirror re-add) to resync it` };

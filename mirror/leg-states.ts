@@ -6,6 +6,9 @@ import type { LegRecord } from '../regionlog/format.js';
  * combination that means nothing (in sync "with a bitmap rebuild") cannot be
  * written. Remote legs will add in-memory states between faulty and
  * rebuilding (disconnected, reconnecting, catching up); they go in this table.
+ * A faulty leg failed by the operator carries a hold (heldByOperator), set
+ * by operator_failed, or by 'held' on a leg already faulty, and ended by any
+ * other event.
  */
 export type LegLifecycleState = 'empty' | 'in_sync' | 'faulty' | 'rebuilding_bitmap' | 'rebuilding_full';
 
@@ -23,10 +26,12 @@ export type LegEvent =
   /** The rebuild or re-add finished: every region copied and flushed. */
   | 'caught_up'
   /** nbd-mirror remove. */
-  | 'removed';
+  | 'removed'
+  /** nbd-mirror fail on a leg already faulty: it stays faulty, and now held (not brought back by the reconnector). */
+  | 'held';
 
 export const legStates: readonly LegLifecycleState[] = ['empty', 'in_sync', 'faulty', 'rebuilding_bitmap', 'rebuilding_full'];
-export const legEvents: readonly LegEvent[] = ['failed', 'operator_failed', 're_added', 'forced', 'replaced', 'caught_up', 'removed'];
+export const legEvents: readonly LegEvent[] = ['failed', 'operator_failed', 're_added', 'forced', 'replaced', 'caught_up', 'removed', 'held'];
 
 /** Every allowed edge; any other (state, event) pair is a bug and throws. docs/mirror.md shows this table. */
 export const legTransitions: ReadonlyArray<readonly [LegLifecycleState, LegEvent, LegLifecycleState]> = [
@@ -49,6 +54,7 @@ export const legTransitions: ReadonlyArray<readonly [LegLifecycleState, LegEvent
   ['rebuilding_bitmap', 'caught_up', 'in_sync'],
   ['rebuilding_full', 'caught_up', 'in_sync'],
   ['faulty', 'removed', 'empty'],
+  ['faulty', 'held', 'faulty'],
 ];
 
 const table = new Map(legTransitions.map(([from, event, to]) => [`${from} ${event}`, to]));
@@ -87,11 +93,14 @@ export function nextLegState(from: LegLifecycleState, event: LegEvent): LegLifec
  */
 export function applyLegEvent(record: LegRecord, event: LegEvent, stamp: { nowMs?: number; events?: bigint } = {}): LegLifecycleState {
   const to = nextLegState(lifecycleStateOf(record), event);
+  // Only the operator's own fail sets the hold; every other edge out of or into faulty ends it.
+  record.heldByOperator = event === 'operator_failed' || event === 'held';
   switch (to) {
     case 'faulty':
       record.state = 'faulty';
       record.rebuildMode = 'none';
-      record.failedAtMs = stamp.nowMs ?? Date.now();
+      // A hold put on a leg already faulty keeps when it failed.
+      if (event !== 'held') record.failedAtMs = stamp.nowMs ?? Date.now();
       break;
     case 'rebuilding_bitmap':
       record.state = 'rebuilding';

@@ -339,9 +339,24 @@ export class MirrorDevice implements BlockDevice {
     if (generation.readable.length === 0) return Promise.reject(new BlockError('EIO', `${what}: no in-sync leg left`));
     const applying = this.crashPoints.armed && legs.length > 1 ? crashBetweenLegs(this.crashPoints, legs, apply) : legs.map(apply);
     // Every leg taking the change is the common case; it needs no per-leg outcome.
-    if (allFinishedNow(applying) && anyInSync(generation, legs)) return finishedNow;
+    if (allFinishedNow(applying) && anyInSync(generation, legs)) {
+      return this.legFailures.size === 0 ? finishedNow : this.afterLegFailures(what);
+    }
     const settle = (): Promise<void> => this.settleFanOut(generation, what, first, last, legs, applying);
-    return Promise.all(applying).then(() => (anyInSync(generation, legs) ? undefined : settle()), settle);
+    return Promise.all(applying).then(() => (anyInSync(generation, legs) ? undefined : settle()), settle)
+      .then(() => (this.legFailures.size === 0 ? undefined : this.afterLegFailures(what)));
+  }
+
+  /**
+   * A leg leaving the in-sync set is out of the generation at once, but out
+   * of the log's in-sync set only when its commit lands. A change or flush
+   * that went without it is answered after that commit: acknowledged earlier,
+   * a crash could bring back a log that still calls the leg in sync, and
+   * recovery could then copy the region from it, over the acknowledged data.
+   */
+  private async afterLegFailures(what: string): Promise<void> {
+    await Promise.all(this.legFailures.values());
+    this.checkUsable(what);
   }
 
   private async settleFanOut(generation: Generation, what: string, first: number, last: number,
@@ -404,6 +419,7 @@ export class MirrorDevice implements BlockDevice {
         else passOn ??= error;
       }
       if (passOn) throw passOn;
+      if (this.legFailures.size > 0) await this.afterLegFailures('flush');
       this.checkUsable('flush');
       if (!legs.some((leg) => generation.isInSync(leg) && this.generations.current.readable.includes(leg))) {
         throw new BlockError('EIO', 'flush: no in-sync leg is durable');

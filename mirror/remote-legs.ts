@@ -25,8 +25,11 @@ export function remoteLegSpec(uri: string, slotSpec: LegSpec): LegSpec {
 
 /** A remote leg's link as status shows it. */
 export interface RemoteLinkStatus {
-  /** connected: in use; reconnecting: away, retried with backoff; refused: answered as another leg; held: failed by the operator. */
-  link: 'connected' | 'reconnecting' | 'refused' | 'held';
+  /**
+   * connected: in use; reconnecting: away, retried with backoff; refused: answered as another leg; held: failed by
+   * the operator; away: faulty and not being retried (the server is stopping).
+   */
+  link: 'connected' | 'reconnecting' | 'refused' | 'held' | 'away';
   attempts: number;
   problem: string | null;
 }
@@ -51,6 +54,8 @@ export const reconnectDefaults: ReconnectPolicy = { firstDelayMs: 500, maxDelayM
 /** What the reconnector needs from the controller (kept narrow so it can be driven in tests). */
 export interface ReAddTarget {
   legState(slot: number): string;
+  /** The operator failed the leg (durable in its log record): it is not brought back. */
+  legHeld(slot: number): boolean;
   reAdd(slot: number): Promise<string>;
 }
 
@@ -61,11 +66,12 @@ export interface ReAddTarget {
  * checked first, so the same leg returns with only the regions written while
  * it was away copied, and an export that comes back as something else (wiped,
  * another mirror's leg, stale) is refused, never written, and left for the
- * operator. A leg the operator failed is not brought back.
+ * operator. A leg the operator failed is not brought back: that hold is in
+ * the leg's log record, so it survives a restart, and a remote leg faulty in
+ * the log without it is watched from start.
  */
 export class RemoteReconnector {
   private readonly timers = new Map<number, NodeJS.Timeout>();
-  private readonly operatorFailed = new Set<number>();
   /** Per slot while away: attempts so far and the last problem; refused ones stay until the operator acts. */
   private readonly away = new Map<number, { attempts: number; problem: string | null; refused: boolean }>();
   private stopped = false;
@@ -73,29 +79,33 @@ export class RemoteReconnector {
   constructor(private readonly target: ReAddTarget, private readonly logger: Logger, private readonly events: EventSink,
     private readonly policy: ReconnectPolicy = reconnectDefaults) {}
 
-  /** The operator failed this leg on purpose: it stays out until they act. */
+  /** The operator failed this leg on purpose (the hold is in its log record): no more attempts. */
   heldByOperator(slot: number): void {
-    this.operatorFailed.add(slot);
     this.cancel(slot);
+    this.away.delete(slot);
   }
 
-  /** The operator acted on the slot (re-add, replace, remove): the hold ends. */
+  /** The operator acted on the slot (re-add, replace, remove): what was known of it while away is forgotten. */
   released(slot: number): void {
-    this.operatorFailed.delete(slot);
+    this.cancel(slot);
     this.away.delete(slot);
   }
 
   /** The link of a remote leg in `slot` for status (`faulty`: its state in the log). */
   linkStatus(slot: number, faulty: boolean): RemoteLinkStatus {
-    if (this.operatorFailed.has(slot)) return { link: 'held', attempts: 0, problem: null };
-    const away = this.away.get(slot);
     if (!faulty) return { link: 'connected', attempts: 0, problem: null };
-    return { link: away?.refused ? 'refused' : 'reconnecting', attempts: away?.attempts ?? 0, problem: away?.problem ?? null };
+    if (this.target.legHeld(slot)) return { link: 'held', attempts: 0, problem: null };
+    const away = this.away.get(slot);
+    if (away === undefined) {
+      // Status must not claim a reconnect nobody runs (a stopping server, or a slot nothing watches).
+      return { link: 'away', attempts: 0, problem: this.stopped ? 'the server is stopping' : 'not being reconnected' };
+    }
+    return { link: away.refused ? 'refused' : 'reconnecting', attempts: away.attempts, problem: away.problem };
   }
 
-  /** A remote leg in `slot` failed (or was unreachable at start): start trying to bring it back. */
+  /** A remote leg in `slot` failed (or is faulty in the log at start): start trying to bring it back. */
   watch(slot: number, path: string): void {
-    if (this.stopped || this.operatorFailed.has(slot) || this.timers.has(slot)) return;
+    if (this.stopped || this.target.legHeld(slot) || this.timers.has(slot)) return;
     this.away.set(slot, { attempts: 0, problem: null, refused: false });
     this.schedule(slot, path, this.policy.firstDelayMs, 1);
   }
@@ -119,7 +129,7 @@ export class RemoteReconnector {
   }
 
   private async attempt(slot: number, path: string, delayMs: number, attempt: number): Promise<void> {
-    if (this.stopped || this.operatorFailed.has(slot) || this.target.legState(slot) !== 'faulty') {
+    if (this.stopped || this.target.legHeld(slot) || this.target.legState(slot) !== 'faulty') {
       this.timers.delete(slot);
       return;
     }

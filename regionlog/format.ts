@@ -34,7 +34,16 @@ export interface LegRecord {
   rebuildCheckpointBytes: number;
   /** When the leg was marked faulty (ms since the epoch), 0 if never. */
   failedAtMs: number;
+  /**
+   * Failed by the operator (nbd-mirror fail): a remote leg so held is not
+   * brought back by the reconnector, across restarts too, until the operator
+   * re-adds, replaces or removes it.
+   */
+  heldByOperator: boolean;
 }
+
+/** Leg record flags (byte 18; written as zero by builds before it, so an older log reads as "no flags"). */
+const legFlagHeldByOperator = 1;
 
 export interface LogState {
   mirrorUuid: Buffer;
@@ -91,6 +100,7 @@ export function encodeCopy(state: LogState): Buffer {
     leg.uuid.copy(buffer, at, 0, 16);
     buffer.writeUInt8(legStateCodes.indexOf(leg.state), at + 16);
     buffer.writeUInt8(rebuildModeCodes.indexOf(leg.rebuildMode), at + 17);
+    buffer.writeUInt8(leg.heldByOperator ? legFlagHeldByOperator : 0, at + 18);
     buffer.writeBigUInt64LE(leg.events, at + 24);
     buffer.writeBigUInt64LE(BigInt(leg.rebuildCheckpointBytes), at + 32);
     buffer.writeBigUInt64LE(BigInt(leg.failedAtMs), at + 40);
@@ -118,7 +128,8 @@ function assertDecodesTo(buffer: Buffer, state: LogState): void {
   back.legs.forEach((leg, slot) => {
     const meant = state.legs[slot];
     assert(leg.uuid.equals(meant.uuid.subarray(0, 16)) && leg.state === meant.state && leg.rebuildMode === meant.rebuildMode &&
-      leg.events === meant.events && leg.rebuildCheckpointBytes === meant.rebuildCheckpointBytes && leg.failedAtMs === meant.failedAtMs,
+      leg.events === meant.events && leg.rebuildCheckpointBytes === meant.rebuildCheckpointBytes && leg.failedAtMs === meant.failedAtMs &&
+      leg.heldByOperator === meant.heldByOperator,
     `region log copy ${state.sequence}: leg slot ${slot} does not decode to what was encoded`);
   });
   assert(Buffer.from(back.dirty).equals(Buffer.from(state.dirty.buffer, state.dirty.byteOffset, bitmapBytes)),
@@ -178,6 +189,11 @@ export function decodeCopy(buffer: Buffer): LogState {
     const state = legStateCodes[copy.readUInt8(at + 16)];
     const rebuildMode = rebuildModeCodes[copy.readUInt8(at + 17)];
     if (state === undefined || rebuildMode === undefined) throw new LogFormatError(`leg slot ${slot}: unknown state`);
+    const flags = copy.readUInt8(at + 18);
+    if ((flags & ~legFlagHeldByOperator) !== 0) {
+      throw new LogFormatError(`leg slot ${slot}: unknown flags 0x${flags.toString(16)} (written by a newer build?)`);
+    }
+    if (flags !== 0 && state !== 'faulty') throw new LogFormatError(`leg slot ${slot}: held by the operator but ${state}`);
     legs.push({
       uuid: Buffer.from(copy.subarray(at, at + 16)),
       state,
@@ -185,6 +201,7 @@ export function decodeCopy(buffer: Buffer): LogState {
       events: copy.readBigUInt64LE(at + 24),
       rebuildCheckpointBytes: Number(copy.readBigUInt64LE(at + 32)),
       failedAtMs: Number(copy.readBigUInt64LE(at + 40)),
+      heldByOperator: (flags & legFlagHeldByOperator) !== 0,
     });
   }
   return {

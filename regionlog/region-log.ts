@@ -87,7 +87,7 @@ export class RegionLog {
       eventsCurrent: 1n,
       eventsPrevious: 1n,
       legs: legUuids.map((uuid): LegRecord => ({
-        uuid, state: 'in_sync', rebuildMode: 'none', events: 1n, rebuildCheckpointBytes: 0, failedAtMs: 0,
+        uuid, state: 'in_sync', rebuildMode: 'none', events: 1n, rebuildCheckpointBytes: 0, failedAtMs: 0, heldByOperator: false,
       })),
       dirty: new Uint8Array(bitmapBytesFor(regionCount)),
     };

@@ -42,7 +42,9 @@ export function formatStatus(status: StatusReport): string {
     lines.push(`  leg ${leg.slot}: ${leg.state}${rebuilding} ${leg.path ?? ''} ${leg.uuid ?? ''}${failed}` +
       `${leg.labelProblem ? ` label: ${leg.labelProblem}` : ''}`.trimEnd());
     if (leg.pool) lines.push(`         ${formatPool(leg.pool)}`);
-    if (leg.remote && leg.remote.link !== 'connected') {
+    if (leg.remote?.link === 'connected') {
+      lines.push(`         remote link: connected (${plural(leg.remote.connections, 'connection')})`);
+    } else if (leg.remote) {
       lines.push(`         remote link: ${leg.remote.link}${leg.remote.attempts > 0 ? ` after ${plural(leg.remote.attempts, 'attempt')}` : ''}` +
         `${leg.remote.problem ? `: ${leg.remote.problem}` : ''}`);
     }

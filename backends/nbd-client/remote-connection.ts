@@ -13,6 +13,8 @@ export const commandNames: Record<number, string> = Object.fromEntries(Object.en
 /** A request on the wire, and what its reply fills in. */
 export class InFlight implements AwaitedReply {
   sentAtMs = 0;
+  /** Failfast: unanswered this long, the connection is lost (an idle probe has a shorter deadline than a request). */
+  timeoutMs = 0;
   extents: Extent[] | undefined;
   private error: { errno: number; message: string | undefined } | undefined;
 
@@ -83,6 +85,10 @@ export class RemoteConnection {
   private readonly timer: NodeJS.Timeout;
   private closing = false;
   private readonly drainWaiters: Array<() => void> = [];
+  /** Deadline ticks in a row with nothing in flight and nothing sent (see probeIfIdle). */
+  private idleTicks = 0;
+  private cookieAtLastTick = 0n;
+  private readonly tickMs: number;
   private corked = false;
   private readonly uncork = (): void => {
     this.corked = false;
@@ -104,7 +110,8 @@ export class RemoteConnection {
     this.socket.on('error', (error) => this.lose(`connection error: ${error.message}`));
     this.socket.on('close', () => this.lose('the remote closed the connection'));
     this.socket.resume();
-    this.timer = setInterval(() => this.checkDeadlines(), Math.max(20, Math.floor(limits.requestTimeoutMs / 5)));
+    this.tickMs = Math.max(20, Math.floor(limits.requestTimeoutMs / 10));
+    this.timer = setInterval(() => this.tick(), this.tickMs);
     this.timer.unref();
     // After the timer exists, so losing the connection here stops it too.
     if (remote.leftover.length > 0) this.lose(`the remote sent ${remote.leftover.length} bytes no request asked for`);
@@ -117,7 +124,7 @@ export class RemoteConnection {
 
   /** Sends one request when the in-flight bounds allow; resolves with it once its reply is complete. */
   send(command: number, flags: number, offsetBytes: number, lengthBytes: number,
-    payload: Buffer | undefined, target: Buffer | undefined): Promise<InFlight> {
+    payload: Buffer | undefined, target: Buffer | undefined, timeoutMs = this.limits.requestTimeoutMs): Promise<InFlight> {
     if (this.lostReason !== undefined || this.closing) return Promise.reject(this.notConnected());
     const bytes = (payload?.length ?? 0) + (target?.length ?? 0);
     return new Promise<InFlight>((resolve, reject) => {
@@ -133,6 +140,7 @@ export class RemoteConnection {
           else resolve(request);
         }, this.limits.name, this.remote.baseAllocationId);
         request.sentAtMs = Date.now();
+        request.timeoutMs = timeoutMs;
         this.inFlight.set(cookie, request);
         this.bytesInFlight += bytes;
         const header = Buffer.allocUnsafe(REQUEST_HEADER_BYTES);
@@ -211,15 +219,47 @@ export class RemoteConnection {
     if (this.inFlight.size === 0 && this.queue.length === 0) for (const resolve of this.drainWaiters.splice(0)) resolve();
   }
 
+  private tick(): void {
+    this.probeIfIdle();
+    this.checkDeadlines();
+  }
+
+  /**
+   * NBD has no ping, and a remote that dies while we send nothing (a host
+   * gone without a FIN or RST, a link that went silent) would otherwise be
+   * noticed only by the next write, and status would say "connected" until
+   * then. After about 0.3 of the failfast time with nothing in flight and
+   * nothing sent, a one-block read is sent with half the failfast time to
+   * answer: silence is then noticed within the failfast time, as it is under
+   * load. Idleness is counted in timer ticks from the cookie counter, so the
+   * request path pays nothing for it. A reply with an error still proves
+   * the link alive; only silence or a broken connection loses it.
+   */
+  private probeIfIdle(): void {
+    if (this.closing || this.inFlight.size > 0 || this.queue.length > 0 || this.nextCookie !== this.cookieAtLastTick) {
+      this.cookieAtLastTick = this.nextCookie;
+      this.idleTicks = 0;
+      return;
+    }
+    this.idleTicks += 1;
+    if (this.idleTicks * this.tickMs < this.limits.requestTimeoutMs * 0.3) return;
+    this.idleTicks = 0;
+    const blockBytes = Math.max(512, this.remote.minimumBlockBytes);
+    this.send(Command.READ, 0, 0, blockBytes, undefined, Buffer.allocUnsafe(blockBytes), Math.floor(this.limits.requestTimeoutMs / 2))
+      .catch(() => undefined);
+    this.cookieAtLastTick = this.nextCookie;
+  }
+
   private checkDeadlines(): void {
     const oldest = this.inFlight.values().next();
-    if (oldest.done || Date.now() - oldest.value.sentAtMs < this.limits.requestTimeoutMs) return;
+    if (oldest.done || Date.now() - oldest.value.sentAtMs < oldest.value.timeoutMs) return;
     // Timers run before the loop polls sockets: after our own process stalled (a busy loop, a starved CPU), the reply
     // may be waiting unread. The verdict waits until the poll phase has run once, so only the remote's silence counts.
     const suspect = oldest.value;
     setImmediate(() => {
       if (this.lostReason !== undefined || this.inFlight.values().next().value !== suspect) return;
-      this.lose(`no reply to a ${commandNames[suspect.command]} within ${this.limits.requestTimeoutMs} ms (failfast)`);
+      this.lose(`no reply to a ${commandNames[suspect.command]}${suspect.timeoutMs < this.limits.requestTimeoutMs ? ' (idle probe)' : ''} ` +
+        `within ${suspect.timeoutMs} ms (failfast)`);
     });
   }
 }

@@ -143,7 +143,7 @@ test('a region log older than its legs is refused with its own message, and noth
   await stopMirror(controller);
   fs.copyFileSync(oldLog, fixture.logPath);
   const before = hashes([fixture.logPath, ...fixture.legPaths]);
-  await refusal(t, fixture, /leg 0 .* is newer than the region log: its label says events \d+, the log expects \d+; the log is an older copy/);
+  await refusal(t, fixture, /leg 0 .* is newer than the region log: its label says events \d+, the log expects \d+\. Most likely another host took this leg over .*split brain.*Otherwise this log is an older copy.*Safe steps: .*Do not use --force for this: it would rebuild leg 0 fully from the other legs here, destroying every write made to it since/);
   t.deepEqual(hashes([fixture.logPath, ...fixture.legPaths]), before);
   fixture.cleanup();
 });

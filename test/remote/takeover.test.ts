@@ -100,7 +100,9 @@ test('takeover: the primary is killed; the replica\'s host serves it alone with 
   fs.writeFileSync(path.join(hostA, 'config.yaml'), fs.readFileSync(path.join(hostA, 'config.yaml'), 'utf8').replace(replica.uri, replicaAgain.uri));
   const restart = await cli(['serve', '-c', path.join(hostA, 'config.yaml')]);
   t.not(restart.code, 0);
-  t.regex(restart.stderr, /leg 1 .* is newer than the region log/);
+  t.regex(restart.stderr, /leg 1 .* is newer than the region log.*Most likely another host took this leg over \(nbd-mirror takeover\).*split brain/);
+  t.regex(restart.stderr, /Safe steps: after a takeover, keep serving the side that took over/);
+  t.notRegex(restart.stderr, /Start with --force/, 'never the one wrong action as advice');
 });
 
 test('split brain: a remote leg that was taken over elsewhere and written there is refused when it reconnects', async (t) => {

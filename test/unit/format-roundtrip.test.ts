@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 import test from 'ava';
 import { encodeSuperblock } from '../../backends/thin-format.js';
 import { encodeLabel } from '../../mirror/leg-label.js';
@@ -12,7 +13,7 @@ function logState(): LogState {
     mirrorUuid: randomBytes(16), regionSizeBytes: 1 << 20, deviceSizeBytes: 64 << 20, regionCount: 64, sequence: 7n,
     cleanShutdown: false, labelUpdatePending: true, eventsCurrent: 5n, eventsPrevious: 4n,
     legs: [0, 1].map((slot) => ({ uuid: randomBytes(16), state: slot === 0 ? 'in_sync' : 'rebuilding', rebuildMode: slot === 0 ? 'none' : 'bitmap',
-      events: 5n, rebuildCheckpointBytes: 0, failedAtMs: 0 })),
+      events: 5n, rebuildCheckpointBytes: 0, failedAtMs: 0, heldByOperator: false })),
     dirty: Uint8Array.from([0b1010_0001, 0, 0, 0, 0, 0, 0, 0b1000_0000]),
   } as LogState;
 }
@@ -35,4 +36,25 @@ test('records that would not read back as written are refused at encode time', (
   t.notThrows(() => encodeSuperblock(superblock));
   t.throws(() => encodeSuperblock({ ...superblock, chunkSizeBytes: 65535 }), { name: 'AssertionError' }, 'a chunk size no reader accepts');
   t.throws(() => encodeSuperblock({ ...superblock, capacityChunks: 1 << 20 }), { name: 'AssertionError' }, 'a capacity beyond the virtual size');
+});
+
+test('the operator\'s hold on a faulty leg reads back; unknown leg flags, or a hold on a leg not faulty, are refused', (t) => {
+  const state = logState();
+  state.legs[1] = { ...state.legs[1], state: 'faulty', rebuildMode: 'none', failedAtMs: 1234, heldByOperator: true };
+  const copy = encodeCopy(state);
+  t.true(decodeCopy(copy).legs[1].heldByOperator);
+  t.false(decodeCopy(copy).legs[0].heldByOperator);
+  // Flags live at byte 18 of the leg record (128 + 64 * slot); the checksum is recomputed so only the field is wrong.
+  const withFlags = (slot: number, flags: number): Buffer => {
+    const changed = Buffer.from(copy);
+    changed.writeUInt8(flags, 128 + 64 * slot + 18);
+    changed.writeUInt32LE(0, 16);
+    changed.writeUInt32LE(crc32(changed), 16);
+    return changed;
+  };
+  t.throws(() => decodeCopy(withFlags(1, 0x81)), { message: /leg slot 1: unknown flags 0x81/ });
+  t.throws(() => decodeCopy(withFlags(0, 1)), { message: /leg slot 0: held by the operator but in_sync/ });
+  const torn = Buffer.from(copy);
+  torn.writeUInt8(0, 128 + 64 + 18);
+  t.throws(() => decodeCopy(torn), { message: /checksum mismatch/ }, 'a flag changed without its checksum');
 });

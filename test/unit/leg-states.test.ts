@@ -30,7 +30,7 @@ const expected = documented();
 function recordIn(state: LegLifecycleState): LegRecord {
   const [logState, rebuildMode] = state === 'rebuilding_bitmap' ? ['rebuilding', 'bitmap'] as const
     : state === 'rebuilding_full' ? ['rebuilding', 'full'] as const : [state, 'none'] as const;
-  return { uuid: Buffer.alloc(16, 1), state: logState, rebuildMode, events: 5n, rebuildCheckpointBytes: 4096, failedAtMs: state === 'faulty' ? 7 : 0 };
+  return { uuid: Buffer.alloc(16, 1), state: logState, rebuildMode, events: 5n, rebuildCheckpointBytes: 4096, failedAtMs: state === 'faulty' ? 7 : 0, heldByOperator: false };
 }
 
 for (const from of legStates) {
@@ -48,7 +48,10 @@ for (const from of legStates) {
       t.is(nextLegState(from, event), to);
       t.is(applyLegEvent(record, event, { nowMs: 1000, events: 9n }), to);
       t.is(lifecycleStateOf(record), to, 'the record\'s two fields say the new state');
-      if (to === 'faulty') t.is(record.failedAtMs, 1000, 'a failure is stamped with its time');
+      if (to === 'faulty') {
+        t.is(record.failedAtMs, event === 'held' ? 7 : 1000, event === 'held' ? 'a hold keeps when the leg failed' : 'a failure is stamped with its time');
+      }
+      t.is(record.heldByOperator, event === 'operator_failed' || event === 'held', 'only the operator\'s fail holds a leg');
       if (to === 'in_sync') {
         t.is(record.failedAtMs, 0, 'a leg back in sync carries no failure time');
         t.is(record.events, 9n);

@@ -14,7 +14,12 @@ function target(outcomes: Array<'ok' | Error>) {
   let attempts = 0;
   return {
     get attempts() { return attempts; },
+    /** The operator's hold, as the leg's log record carries it. */
+    held: false,
     legState: () => state,
+    legHeld(): boolean {
+      return this.held;
+    },
     reAdd: async () => {
       const outcome = outcomes[Math.min(attempts, outcomes.length - 1)];
       attempts += 1;
@@ -48,18 +53,36 @@ test('a leg whose label is refused is not retried, and status says refused with 
   t.like(events[0], { event: 'leg-refused', slot: 1 });
   t.like(reconnector.linkStatus(1, true), { link: 'refused', attempts: 1, problem: 'leg 1 has no valid nbd-mirror label' });
   reconnector.released(1);
-  t.like(reconnector.linkStatus(1, true), { link: 'reconnecting', attempts: 0 }, 'the operator acted: the refusal is history');
+  t.like(reconnector.linkStatus(1, true), { link: 'away', attempts: 0, problem: 'not being reconnected' },
+    'the operator acted: the refusal is history, and no reconnect is claimed that nobody runs');
+  reconnector.stop();
+});
+
+test('a hold put while attempts are running stops them', async (t) => {
+  const slot = target([new LegUnreachableError('cannot be reached')]);
+  const reconnector = new RemoteReconnector(slot, logger, () => undefined, policy);
+  reconnector.watch(1, 'nbd://replica/disk');
+  t.true(await waitUntil(() => slot.attempts >= 2, 2000, 5));
+  t.is(reconnector.linkStatus(1, true).link, 'reconnecting');
+  slot.held = true;
+  reconnector.heldByOperator(1);
+  const attemptsWhenHeld = slot.attempts;
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  t.is(slot.attempts, attemptsWhenHeld);
+  t.is(reconnector.linkStatus(1, true).link, 'held');
   reconnector.stop();
 });
 
 test('a leg the operator failed is left alone until they act', async (t) => {
   const slot = target(['ok']);
   const reconnector = new RemoteReconnector(slot, logger, () => undefined, policy);
+  slot.held = true;
   reconnector.heldByOperator(1);
   reconnector.watch(1, 'nbd://replica/disk');
   await new Promise((resolve) => setTimeout(resolve, 100));
   t.is(slot.attempts, 0);
   t.is(reconnector.linkStatus(1, true).link, 'held');
+  slot.held = false;
   reconnector.released(1);
   reconnector.watch(1, 'nbd://replica/disk');
   t.true(await waitUntil(() => slot.attempts === 1, 2000, 5));
