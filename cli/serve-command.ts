@@ -82,7 +82,7 @@ async function serve(options: Record<string, unknown>): Promise<void> {
   const logger = createLogger(config.log.level);
   const commandLineLegs = overrides.legs !== undefined;
   const running = await startServer(config, logger, {
-    configSource: loaded.source,
+    blame: loaded.blame,
     pendingDataDir: loaded.pendingDataDir,
     onLegPathChanged: (slot, legPath) => {
       if (!commandLineLegs) {
@@ -168,10 +168,10 @@ function handleSignals(running: RunningServer, logger: Logger, pidFile: string |
 function reloadSettings(running: RunningServer, logger: Logger, configFile: string | undefined, dataDir: string,
   overrides: ConfigOverrides): void {
   let config;
-  let source: string;
   try {
-    ({ config, source } = loadConfigOrDefault(configFile, dataDir, overrides));
-    running.reconfigureClients(config, source);
+    let blame;
+    ({ config, blame } = loadConfigOrDefault(configFile, dataDir, overrides));
+    running.reconfigureClients(config, blame);
   } catch (error) {
     logger.error({ err: (error as Error).message }, 'reload refused: the configuration has an error; the running settings stay');
     return;

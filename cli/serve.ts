@@ -6,6 +6,7 @@ import type { PageCache } from '../pagecache/page-cache.js';
 import { AdminServer } from '../tools/admin-server.js';
 import type { BlockDevice } from '../blockdev/types.js';
 import type { Config } from '../config/schema.js';
+import type { Blame } from '../config/load.js';
 import { ConfigError } from '../config/schema.js';
 import { ensureDefaultDataDir } from '../config/load.js';
 import { defaultConnectionOptions } from '../nbd/connection.js';
@@ -35,14 +36,14 @@ export interface RunningServer {
    * apply to clients that connect from now on. Throws (changing nothing)
    * when the new credentials do not check out.
    */
-  reconfigureClients(config: Config, source?: string): void;
+  reconfigureClients(config: Config, blame?: Blame): void;
   /** Graceful stop: no new clients, in-flight requests finish, flush, close. */
   stop(): Promise<void>;
 }
 
 export interface StartOptions {
-  /** Where the configuration came from (messages name it). */
-  configSource?: string;
+  /** Makes a bad setting's error name its flag, or its key and the file it came from. */
+  blame?: Blame;
   /** The embedded default's folder, written only once everything else checked out (see LoadedConfig). */
   pendingDataDir?: string;
   /** `replace` moved a leg: record it; the answer is added to the operator's reply. */
@@ -63,14 +64,14 @@ export function singleExport(config: Config, device: BlockDevice): ExportTable {
 }
 
 /** A listener that cannot be bound, reported against the key (and file) that named it, without a stack. */
-function listenError(error: unknown, key: string, address: string, source: string | undefined): Error {
+function listenError(error: unknown, key: string, address: string, blame: Blame | undefined): Error {
   const code = (error as NodeJS.ErrnoException).code;
   const problem = code === 'EADDRINUSE' ? `${address} is in use: another program listens there (choose another address)`
     : code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? `cannot resolve the host of ${address} (${code})`
       : code === 'EADDRNOTAVAIL' ? `${address} is not an address of this machine (EADDRNOTAVAIL)`
         : code === 'EACCES' ? `${address}: permission denied (ports below 1024 need privileges)`
           : `${address}: ${(error as Error).message}`;
-  return new ConfigError(key, problem, source);
+  return blame?.(key, problem) ?? new ConfigError(key, problem);
 }
 
 function formatAddress(address: { host: string; port: number }): string {
@@ -89,7 +90,7 @@ export async function startServer(config: Config, logger: Logger, options: Start
   if (config.export.readOnly && config.storage.log !== undefined) {
     throw new ConfigError('export.readOnly', 'a mirror is served read-write (resync and the sweeper write); serve one leg read-only instead');
   }
-  const clients = clientSettings(config, options.configSource);
+  const clients = clientSettings(config, options.blame);
   const events = new EventBus();
   const requestStats = config.listen.metrics ? new RequestStats() : undefined;
   const server = new NbdServer(undefined, {
@@ -123,18 +124,18 @@ export async function startServer(config: Config, logger: Logger, options: Start
     await admin?.close();
     await metrics?.close();
   };
-  const source = options.configSource;
+  const { blame } = options;
   try {
     try {
       addresses.tcp = await server.listenTcp();
     } catch (error) {
-      throw listenError(error, 'listen.tcp', formatAddress(config.listen.tcp!), source);
+      throw listenError(error, 'listen.tcp', formatAddress(config.listen.tcp!), blame);
     }
     if (metrics) {
       try {
         addresses.metrics = await metrics.listen(config.listen.metrics!);
       } catch (error) {
-        throw listenError(error, 'listen.metrics', formatAddress(config.listen.metrics!), source);
+        throw listenError(error, 'listen.metrics', formatAddress(config.listen.metrics!), blame);
       }
     }
     const pending = options.pendingDataDir;
@@ -172,7 +173,7 @@ export async function startServer(config: Config, logger: Logger, options: Start
     await closeListeners();
     await stack.close();
   })());
-  const reconfigureClients = (next: Config, source?: string): void => server.reconfigure(clientSettings(next, source));
+  const reconfigureClients = (next: Config, nextBlame?: Blame): void => server.reconfigure(clientSettings(next, nextBlame));
   return { server, device, mirror, cache, sweeper, addresses, events, reconfigureClients, stop };
 }
 
@@ -181,14 +182,14 @@ export async function startServer(config: Config, logger: Logger, options: Start
  * here, before any listener is bound or on SIGHUP before anything changes,
  * so a bad file is reported with its name) and the admission limits.
  */
-function clientSettings(config: Config, source: string | undefined): {
+function clientSettings(config: Config, blame: Blame | undefined): {
   tls: TlsServer | undefined; allow: AllowList | undefined; maxConnections: number; negotiatingMax: number; perAddressMax: number;
 } {
   let tls: TlsServer | undefined;
   try {
     tls = loadTlsServer(config.tls);
   } catch (error) {
-    if (error instanceof TlsSetupError) throw new ConfigError(error.key, error.problem, source);
+    if (error instanceof TlsSetupError) throw blame?.(error.key, error.problem) ?? new ConfigError(error.key, error.problem);
     throw error;
   }
   return {

@@ -18,6 +18,16 @@ export function loadConfig(file: string, overrides: ConfigOverrides = {}): Confi
   return configFromText(text, file, path.dirname(path.resolve(file)), overrides);
 }
 
+/** Makes the error for a bad setting, naming the flag when the command line gave it, else the key and its source. */
+export type Blame = (key: string, problem: string) => ConfigError;
+
+export function blameFor(source: string, overrides: ConfigOverrides): Blame {
+  return (key, problem) => {
+    const flag = flagBehind(key, overrides);
+    return flag !== undefined ? new ConfigError(flag, problem, 'command line') : new ConfigError(key, problem, source);
+  };
+}
+
 /** Names the built-in defaults where a file name would go (messages, the "listening" line). */
 const builtInDefaults = '(built-in defaults)';
 
@@ -26,6 +36,8 @@ export interface LoadedConfig {
   config: Config;
   /** The file read, or "(built-in defaults)". */
   source: string;
+  /** For errors found later (credentials, listeners): names the flag or the key in this source. */
+  blame: Blame;
   /**
    * Set when the embedded default has no config.yaml yet: the caller writes it
    * (ensureDefaultDataDir) once everything else has been validated. A tool that
@@ -46,16 +58,19 @@ export function loadDefaultConfig(dataDir: string, overrides: ConfigOverrides = 
   const file = path.join(dataDir, 'config.yaml');
   if (!fs.existsSync(file)) {
     const config = configFromText(defaultConfigYaml, builtInDefaults, dataDir, overrides);
-    if (overrides.legs !== undefined) return { config, source: builtInDefaults };
+    if (overrides.legs !== undefined) return { config, source: builtInDefaults, blame: blameFor(builtInDefaults, overrides) };
     // The file written later holds exactly that text, read from the same folder.
-    return { config, source: file, pendingDataDir: dataDir };
+    return { config, source: file, blame: blameFor(file, overrides), pendingDataDir: dataDir };
   }
-  return { config: loadConfig(file, overrides), source: file };
+  return { config: loadConfig(file, overrides), source: file, blame: blameFor(file, overrides) };
 }
 
 /** `--config FILE`, or without one the embedded default (loadDefaultConfig); `source` names where it came from. */
 export function loadConfigOrDefault(configFile: string | undefined, dataDir: string, overrides: ConfigOverrides = {}): LoadedConfig {
-  if (configFile !== undefined) return { config: loadConfig(configFile, overrides), source: path.resolve(configFile) };
+  if (configFile !== undefined) {
+    const source = path.resolve(configFile);
+    return { config: loadConfig(configFile, overrides), source, blame: blameFor(source, overrides) };
+  }
   return loadDefaultConfig(dataDir, overrides);
 }
 
@@ -92,9 +107,7 @@ function configFromText(text: string, source: string, baseDir: string, overrides
     return parseConfig(applyOverrides(raw as Record<string, unknown>, overrides), baseDir);
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
-    const flag = flagBehind(error.key, overrides);
-    if (flag !== undefined) throw new ConfigError(flag, error.problem, 'command line');
-    throw error.from(source);
+    throw blameFor(source, overrides)(error.key, error.problem);
   }
 }
 

@@ -13,6 +13,9 @@ import { AllowList, AllowListError } from '../nbd/admission.js';
 import { type TlsSettings, tlsModes } from '../nbd/tls-credentials.js';
 import { boundsOf, defaultConfigText, logLevels } from './settings.js';
 
+/** storage.resyncRate when the key is left out: the README's, the default config's and a hand-written config's alike. */
+export const resyncRateDefaultBytes = 256 * 1024 * 1024;
+
 /**
  * The server's configuration, as read from YAML and overridden by flags.
  * Every problem is reported with the key it concerns, e.g.
@@ -291,8 +294,9 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
       readPolicy: readPolicy as ReadPolicy,
       preferredLeg,
       sweepIntervalMs: integerSetting(storage.sweepIntervalMs, 'storage.sweepIntervalMs'),
-      resyncBytesPerSecond: storage.resyncRate === undefined || storage.resyncRate === null || storage.resyncRate === 0 ? 0
-        : parseSize(storage.resyncRate, 'storage.resyncRate'),
+      // Left out means the documented default, as every other key; 0 (or null) is the explicit "unlimited".
+      resyncBytesPerSecond: storage.resyncRate === undefined ? resyncRateDefaultBytes
+        : storage.resyncRate === null || storage.resyncRate === 0 ? 0 : parseSize(storage.resyncRate, 'storage.resyncRate'),
       force: booleanAt(storage.force, 'storage.force', false),
     },
     cache: parseCache(root.cache),

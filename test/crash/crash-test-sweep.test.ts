@@ -54,15 +54,18 @@ test('fio and ext4 through real clients (fio nbd engine, nbdfuse + loop + ext4) 
 
 const remoteIterations = Number(process.env.CRASH_TEST_REMOTE_ITERATIONS ?? 12);
 
-test('a remote leg (another server process behind a fault proxy): crashes of the primary with the link cut or stalled mid-workload', async (t) => {
+test('a remote leg (another server process behind a fault proxy): crashes of the primary with the link cut or stalled or the remote restarted mid-workload; the leg comes back by itself every time', async (t) => {
   t.timeout(8 * 60_000);
   const result = await crashTest(t, ['--iterations', String(remoteIterations), '--workloads', 'raw', '--crashes', 'kill,point,power-cut',
-    '--faults', 'link-cut,link-stall,none', '--cache', 'mixed', '--remote-leg'], 7 * 60_000);
+    '--faults', 'link-cut,link-stall,remote-restart', '--cache', 'mixed', '--remote-leg'], 7 * 60_000);
   t.is(result.code, 0, result.stdout.split('\n').filter((line) => line.includes('FAIL')).join('\n') + result.stderr);
   t.regex(result.stdout, new RegExp(`seed ${seed}: ${remoteIterations} crashes, ${remoteIterations} recoveries, 0 failing`));
   t.regex(result.stdout, /remote leg1: .* served by another nbd-mirror process/);
   t.regex(result.stdout, /fault link-cut on leg1/);
   t.regex(result.stdout, /fault link-stall on leg1/);
+  t.regex(result.stdout, /fault remote-restart on leg1/);
+  t.regex(result.stdout, /leg1 \(remote\) came back by itself in \d+ ms/);
+  t.notRegex(result.stdout, /re-added, \d+ regions resynced/, 'the harness never re-adds the remote leg');
 });
 
 test('--replay rebuilds each leg at every flush and FUA mark from its write log, and every state keeps its promises', async (t) => {

@@ -63,3 +63,14 @@ test('cache.writeAroundSize: 64 KiB in the default file and when absent, 0 cache
   large.cache.writeAroundSize = '1MiB';
   t.is(parseConfig(large, '/tmp').cache?.writeAroundBytes, 1024 * 1024);
 });
+
+test('storage.resyncRate left out of a hand-written file is the documented 256MiB; 0 and null mean unlimited', (t) => {
+  const handWritten = { storage: { log: 'mirror.log', legs: [{ path: 'leg0.img' }, { path: 'leg1.img' }] } };
+  t.is(parseConfig(handWritten, '/tmp').storage.resyncBytesPerSecond, 256 * 1024 * 1024);
+  const fromDefault = YAML.parse(defaultConfigText()) as Record<string, Record<string, unknown>>;
+  t.is(parseConfig(fromDefault, '/tmp').storage.resyncBytesPerSecond, 256 * 1024 * 1024, 'the same as the default file');
+  for (const unlimited of [0, null]) {
+    t.is(parseConfig({ storage: { ...handWritten.storage, resyncRate: unlimited } }, '/tmp').storage.resyncBytesPerSecond, 0);
+  }
+  t.is(parseConfig({ storage: { ...handWritten.storage, resyncRate: '32MiB' } }, '/tmp').storage.resyncBytesPerSecond, 32 * 1024 * 1024);
+});

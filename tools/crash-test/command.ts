@@ -41,7 +41,7 @@ export function registerCrashTest(program: Command): void {
     .option('--dir <dir>', 'work folder (default: a new temporary folder, removed after a passing run)')
     .option('--keep', 'keep the work folder even when everything passed')
     .option('--remote-leg', 'leg1 is a remote leg: a plain export served by another nbd-mirror process, reached through a fault proxy ' +
-      '(link faults: link-cut, link-stall)')
+      '(link faults: link-cut, link-stall, remote-restart)')
     .option('--replay', 'record every leg in a write log, then rebuild each leg at every flush and FUA mark and check it')
     .option('--exhaustive', 'run every sequence of up to three operations over two regions, crashed after each step, in-process')
     .option('--json <file>', 'write the report as JSON too')
@@ -79,7 +79,7 @@ export function registerCrashTest(program: Command): void {
         remoteLeg: options.remoteLeg === true,
       };
       if (!settings.remoteLeg && settings.faults.some(isLinkFault)) {
-        throw new Error('--faults: link-cut and link-stall break a remote leg\'s link; add --remote-leg');
+        throw new Error('--faults: link-cut, link-stall and remote-restart act on a remote leg; add --remote-leg');
       }
       if (settings.sizeBytes % (4 * 1024 * 1024) !== 0) throw new Error('--size: must be a multiple of 4MiB (the device is split in quarters)');
       if (settings.writeLogs && settings.faults.includes('leg-eio')) {
@@ -104,12 +104,12 @@ export function printTable(report: CrashTestReport, say: (line: string) => void)
   say('');
   say(`seed ${report.seed}: ${report.crashes} crashes, ${report.recoveries} recoveries, ${report.failures} failing, ` +
     `${Math.round(report.elapsedMs / 1000)} s`);
-  say('iter  workload  crash                                      fault       cache  resync              1     2     3     4     5');
+  say('iter  workload  crash                                      fault          cache  resync              1     2     3     4     5');
   for (const result of report.results) {
     const { plan } = result;
     const crash = plan.crash === 'point' ? pointText(plan) : plan.crash;
     const mark = (verdict: string): string => (verdict.startsWith('fail') ? 'FAIL' : verdict);
-    say(`${String(plan.index).padEnd(5)} ${plan.workload.padEnd(9)} ${crash.padEnd(42)} ${plan.fault.padEnd(11)} ` +
+    say(`${String(plan.index).padEnd(5)} ${plan.workload.padEnd(9)} ${crash.padEnd(42)} ${plan.fault.padEnd(14)} ` +
       `${(plan.cache ? 'on' : 'off').padEnd(6)} ${`${result.recoveryRegions} rg ${formatBytes(result.resyncBytes)}`.padEnd(19)} ` +
       `${[1, 2, 3, 4, 5].map((key) => mark(result.invariants[key as 1 | 2 | 3 | 4 | 5]).padEnd(5)).join(' ')}`);
   }

@@ -86,23 +86,48 @@ export async function runCrashTest(settings: CrashTestSettings, say: Say, state 
 interface RemoteLink {
   uri: string;
   proxy: FaultProxy;
+  /** Ends the remote's server, with SIGKILL or SIGTERM (a stop that marks nothing on the remote's side). */
+  stopRemote(abruptly: boolean): Promise<void>;
+  /** Serves the export again on the same port (no-op while it runs). */
+  startRemote(): Promise<void>;
+  /** Link faults scheduled for this iteration (heal, restart) run here, so recovery can wait for them. */
+  scheduled: Array<Promise<void>>;
+  /** Every scheduled action done, the link healed and the remote serving: the leg's way back is open. */
+  restore(): Promise<void>;
   stop(): Promise<void>;
 }
 
 async function startRemoteLeg(settings: CrashTestSettings, say: Say): Promise<RemoteLink> {
   const file = path.join(settings.workDir, 'remote-leg1.img');
   // The export holds the data and the leg's label after it, as a local leg file does.
-  const remote = await startServerProcess(['--leg', file, '--size', String(settings.sizeBytes + 8192), '--no-unix', '--no-cache']);
-  const proxy = await startFaultProxy({ host: '127.0.0.1', port: remote.port });
+  const serveArgs = ['--leg', file, '--size', String(settings.sizeBytes + 8192), '--no-unix', '--no-cache'];
+  let remote: ServerProcess | undefined = await startServerProcess(serveArgs);
+  const { port } = remote;
+  const proxy = await startFaultProxy({ host: '127.0.0.1', port });
   const uri = `nbd://127.0.0.1:${proxy.port}/`;
   say(`remote leg1: ${file} served by another nbd-mirror process (pid ${remote.pid}), reached as ${uri} through a fault proxy`);
-  return {
-    uri, proxy,
+  const link: RemoteLink = {
+    uri, proxy, scheduled: [],
+    stopRemote: async (abruptly) => {
+      const running = remote;
+      remote = undefined;
+      if (abruptly) await running?.kill();
+      else await running?.stop(60_000);
+    },
+    startRemote: async () => {
+      remote ??= await startServerProcess([...serveArgs, '--listen', `127.0.0.1:${port}`]);
+    },
+    restore: async () => {
+      await Promise.all(link.scheduled.splice(0));
+      proxy.heal();
+      await link.startRemote();
+    },
     stop: async () => {
       await proxy.close();
-      await remote.stop(60_000);
+      await remote?.stop(60_000);
     },
   };
+  return link;
 }
 
 async function runIteration(settings: CrashTestSettings, plan: IterationPlan, paths: Paths, state: WorkloadState,
@@ -165,15 +190,21 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
     const status = await waitResync(paths.admin);
     result.resyncBytes = status.resync.bytesCopied + status.resync.bytesZeroed;
     result.invariants[1] = await legsAgree(paths.admin, 'after recovery');
-    const faulty = status.legs.filter((leg) => leg.state === 'faulty');
-    for (const leg of faulty) {
-      try {
-        await adminRequest(paths.admin, { command: 're-add', slot: leg.slot }, undefined, adminTimeoutMs);
-      } catch (error) {
-        // A remote leg re-adds itself once its link is back; the harness may come second.
-        if (!/only a faulty leg can be re-added/.test((error as Error).message)) throw error;
-        result.notes.push(`leg${leg.slot} re-added itself before the harness asked`);
+    if (link) {
+      // The remote leg must come back by itself once its link and server are back, never through the harness:
+      // a leg left out after a restart, with status claiming a reconnect, is a failure of its own.
+      await link.restore();
+      const back = await remoteLegBack(paths.admin, remoteRejoinMs);
+      if (back.inSync) {
+        if (back.wasAway) result.notes.push(`leg1 (remote) came back by itself in ${back.ms} ms`);
+      } else {
+        result.invariants[1] = `fail: remote leg1 did not come back by itself within ${remoteRejoinMs} ms of its link and server ` +
+          `being back: ${JSON.stringify(back.leg)}`;
       }
+    }
+    const faulty = status.legs.filter((leg) => leg.state === 'faulty' && !(link && leg.slot === 1));
+    for (const leg of faulty) {
+      await adminRequest(paths.admin, { command: 're-add', slot: leg.slot }, undefined, adminTimeoutMs);
       const readded = await waitResync(paths.admin);
       result.notes.push(`leg${leg.slot} was faulty; re-added, ${readded.resync.regionsTotal} regions resynced`);
       const again = await legsAgree(paths.admin, `after re-adding leg${leg.slot}`);
@@ -195,9 +226,19 @@ async function crashOnSchedule(server: ServerProcess, plan: IterationPlan, paths
   const ended = (crashed: string, pointStruck = false): { crashed: string; pointStruck: boolean } => ({ crashed, pointStruck });
   const crashAtMs = Math.round(plan.crashAt * workloadMs);
   if (isLinkFault(plan.fault)) {
-    // The link breaks mid-workload and heals before the crash, or, healed after it, while the primary is down.
-    void sleep(crashAtMs * 0.3).then(() => (plan.fault === 'link-cut' ? link!.proxy.cut() : link!.proxy.stall()));
-    void sleep(crashAtMs * 0.3 + (plan.seed % 2 === 0 ? crashAtMs * 0.6 : crashAtMs * 1.2)).then(() => link!.proxy.heal());
+    // The link breaks (or the remote's server ends, killed or stopped) mid-workload and comes back before the
+    // crash, or after it, while the primary is down.
+    const backAtMs = crashAtMs * 0.3 + (plan.seed % 2 === 0 ? crashAtMs * 0.6 : crashAtMs * 1.2);
+    const breaking = sleep(crashAtMs * 0.3).then(async () => {
+      if (plan.fault === 'link-cut') link!.proxy.cut();
+      else if (plan.fault === 'link-stall') link!.proxy.stall();
+      else await link!.stopRemote(plan.seed % 4 < 2);
+    });
+    link!.scheduled.push(breaking, sleep(backAtMs).then(async () => {
+      await breaking;
+      link!.proxy.heal();
+      await link!.startRemote();
+    }));
   } else if (plan.fault !== 'none') {
     void sleep(crashAtMs * 0.4).then(() => adminRequest(paths.admin, { command: 'fault', slot: plan.faultSlot, action: 'trigger' }, undefined, 5000))
       .catch(() => undefined);
@@ -240,6 +281,25 @@ function crashLine(server: ServerProcess): string {
   if (!line) return 'no report';
   if (!line.powerCut || line.powerCut.length === 0) return 'killed';
   return line.powerCut.map((cut) => `${cut.name} kept ${cut.keptSectors} dropped ${cut.droppedSectors}`).join(', ');
+}
+
+/** How long a remote leg may take to come back by itself once its link and server are back (the reconnector's backoff is 5 s at most). */
+const remoteRejoinMs = 30_000;
+
+/** Waits for the remote leg (slot 1) to be in sync with nothing left to copy, without asking for it. */
+async function remoteLegBack(admin: string, timeoutMs: number): Promise<{ inSync: boolean; wasAway: boolean; ms: number; leg: unknown }> {
+  const started = Date.now();
+  let wasAway = false;
+  for (;;) {
+    const status = await adminRequest(admin, { command: 'status' }, undefined, adminTimeoutMs) as MirrorStatus;
+    const leg = status.legs[1];
+    if (leg.state === 'in_sync' && status.regions.outOfSync === 0 && !status.resync.running) {
+      return { inSync: true, wasAway, ms: Date.now() - started, leg };
+    }
+    wasAway = true;
+    if (Date.now() - started > timeoutMs) return { inSync: false, wasAway, ms: Date.now() - started, leg };
+    await sleep(200);
+  }
 }
 
 export async function waitResync(admin: string): Promise<MirrorStatus> {

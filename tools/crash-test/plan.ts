@@ -7,14 +7,17 @@ import { randomBelow, seededRandom } from '../../faults/seeded-random.js';
 
 export type WorkloadKind = 'raw' | 'fio' | 'ext4';
 export type CrashKind = 'kill' | 'point' | 'power-cut';
-/** Leg faults act on the leg's device; link faults (cut, stall) on a remote leg's network link (--remote-leg). */
-export type FaultKind = 'none' | 'leg-eio' | 'leg-enospc' | 'link-cut' | 'link-stall';
+/**
+ * Leg faults act on the leg's device; link faults on a remote leg (--remote-leg): its network link cut or stalled,
+ * or its server killed or stopped and started again (remote-restart).
+ */
+export type FaultKind = 'none' | 'leg-eio' | 'leg-enospc' | 'link-cut' | 'link-stall' | 'remote-restart';
 export const workloadKinds: WorkloadKind[] = ['raw', 'fio', 'ext4'];
 export const crashKinds: CrashKind[] = ['kill', 'point', 'power-cut'];
-export const faultKinds: FaultKind[] = ['none', 'leg-eio', 'leg-enospc', 'link-cut', 'link-stall'];
+export const faultKinds: FaultKind[] = ['none', 'leg-eio', 'leg-enospc', 'link-cut', 'link-stall', 'remote-restart'];
 
 export function isLinkFault(fault: FaultKind): boolean {
-  return fault === 'link-cut' || fault === 'link-stall';
+  return fault === 'link-cut' || fault === 'link-stall' || fault === 'remote-restart';
 }
 
 export interface CrashTestSettings {
