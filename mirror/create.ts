@@ -5,7 +5,7 @@ import { type FileLock, lockIfExists } from '../sys/file-lock.js';
 import type { LegSpec } from '../backends/leg-spec.js';
 import { ThinLeg } from '../backends/thin-leg.js';
 import { blockDeviceTooSmall, isBlockDeviceLeg } from './leg-label.js';
-import { prepareLeg } from './leg-media.js';
+import { checkRemoteExport, prepareLeg } from './leg-media.js';
 
 export interface CreateMirrorParams {
   logPath: string;
@@ -28,7 +28,9 @@ export class MirrorSetupError extends Error {
  * log; with a block-device leg, a log with every bit set, so the first start
  * syncs the legs from the source leg.
  */
-export async function createMirror(params: CreateMirrorParams): Promise<{ mirrorUuid: Buffer; legUuids: Buffer[]; initialSync: boolean }> {
+export async function createMirror(params: CreateMirrorParams): Promise<{ mirrorUuid: Buffer; legUuids: Buffer[]; initialSync: boolean;
+  /** Why the first start syncs every region: the kinds of leg that keep what they held (block devices, remote exports). */
+  keptContents: string[]; }> {
   const { logPath, legs, sizeBytes, regionSizeBytes } = params;
   const legPaths = legs.map((leg) => leg.path);
   if (legPaths.length < 2) throw new MirrorSetupError(`a mirror needs at least 2 legs, ${legPaths.length} given`);
@@ -59,19 +61,38 @@ export async function createMirror(params: CreateMirrorParams): Promise<{ mirror
       if (problem) throw new MirrorSetupError(problem);
     }
     // A block device or a remote export keeps what it held: the legs differ until the first sync.
-    const legsMayDiffer = devices.length > 0 || localLegs.length < legs.length;
-    for (const [slot, leg] of legs.entries()) {
+    const keptContents = [...(devices.length > 0 ? ['a block device'] : []), ...(localLegs.length < legs.length ? ['a remote export'] : [])];
+    const legsMayDiffer = keptContents.length > 0;
+    // Remote legs can fail for reasons outside this machine (unreachable, credentials, another mirror's leg):
+    // they are checked, without writing, before any local file exists. What this run created is removed if
+    // anything fails later, so a retry is not refused as "refusing to overwrite".
+    for (const leg of legs) {
+      if (!leg.remote) continue;
       try {
-        await prepareLeg(leg, sizeBytes, { mirrorUuid, legUuid: legUuids[slot], slot, dataSizeBytes: sizeBytes, events: 1n },
-          { overwrite: params.force });
+        await checkRemoteExport(leg, sizeBytes, { overwrite: params.force });
       } catch (error) {
-        throw error instanceof MirrorSetupError ? error : new MirrorSetupError((error as Error).message);
+        const message = (error as Error).message;
+        throw new MirrorSetupError(`${message.startsWith(leg.path) ? message : `${leg.path}: ${message}`}; nothing was created`);
       }
     }
-    const log = await RegionLog.create(logPath, { deviceSizeBytes: sizeBytes, regionSizeBytes, legUuids, mirrorUuid, legsMayDiffer },
-      { overwrite: params.force });
-    await log.close();
-    return { mirrorUuid, legUuids, initialSync: legsMayDiffer };
+    const created = [logPath, ...localLegs.map((leg) => leg.path)].filter((file) => !fs.existsSync(file));
+    try {
+      for (const [slot, leg] of legs.entries()) {
+        try {
+          await prepareLeg(leg, sizeBytes, { mirrorUuid, legUuid: legUuids[slot], slot, dataSizeBytes: sizeBytes, events: 1n },
+            { overwrite: params.force });
+        } catch (error) {
+          throw error instanceof MirrorSetupError ? error : new MirrorSetupError((error as Error).message);
+        }
+      }
+      const log = await RegionLog.create(logPath, { deviceSizeBytes: sizeBytes, regionSizeBytes, legUuids, mirrorUuid, legsMayDiffer },
+        { overwrite: params.force });
+      await log.close();
+    } catch (error) {
+      for (const file of created) fs.rmSync(file, { force: true });
+      throw error;
+    }
+    return { mirrorUuid, legUuids, initialSync: legsMayDiffer, keptContents };
   } finally {
     for (const lock of locks) lock.release();
   }

@@ -29,15 +29,29 @@ export async function prepareLeg(spec: LegSpec, dataSizeBytes: number, label: Om
   options: { overwrite?: boolean } = {}): Promise<LegLabel> {
   if (!spec.remote) return createLegFile(spec, dataSizeBytes, label, options);
   return withRemoteConnection(spec, async (leg) => {
-    if (leg.exportSizeBytes < dataSizeBytes + labelAreaBytes) {
-      throw new Error(`${spec.path} is ${leg.exportSizeBytes} bytes, fewer than the ${dataSizeBytes} of data plus the ` +
-        `${labelAreaBytes}-byte label at its end`);
-    }
-    const current = await readRemoteLabel(leg);
-    if (current.label && !options.overwrite) {
-      throw new Error(`${spec.path} already holds leg ${current.label.slot} of mirror ${formatUuid(current.label.mirrorUuid)}; ` +
-        'refusing to take it over (use --force; that leg\'s data is lost)');
-    }
+    await refuseUnfitExport(spec, leg, dataSizeBytes, options);
     return writeRemoteLabel(leg, label);
   });
+}
+
+/**
+ * Connects to a remote leg's export and checks, without writing, that
+ * prepareLeg would take it: reachable, the credentials accepted, large
+ * enough, and not holding a leg (unless overwriting). create runs it for
+ * every remote leg before it creates anything.
+ */
+export async function checkRemoteExport(spec: LegSpec, dataSizeBytes: number, options: { overwrite?: boolean } = {}): Promise<void> {
+  await withRemoteConnection(spec, (leg) => refuseUnfitExport(spec, leg, dataSizeBytes, options));
+}
+
+async function refuseUnfitExport(spec: LegSpec, leg: RemoteLeg, dataSizeBytes: number, options: { overwrite?: boolean }): Promise<void> {
+  if (leg.exportSizeBytes < dataSizeBytes + labelAreaBytes) {
+    throw new Error(`${spec.path} is ${leg.exportSizeBytes} bytes, fewer than the ${dataSizeBytes} of data plus the ` +
+      `${labelAreaBytes}-byte label at its end`);
+  }
+  const current = await readRemoteLabel(leg);
+  if (current.label && !options.overwrite) {
+    throw new Error(`${spec.path} already holds leg ${current.label.slot} of mirror ${formatUuid(current.label.mirrorUuid)}; ` +
+      'refusing to take it over (use --force; that leg\'s data is lost)');
+  }
 }

@@ -80,7 +80,8 @@ export function registerTools(program: Command): void {
       print(options, { mirrorUuid: formatUuid(created.mirrorUuid), legs: created.legUuids.map(formatUuid), initialSync: created.initialSync },
         () => `created mirror ${formatUuid(created.mirrorUuid)}: ${config.storage.legs.length} legs of ${config.storage.sizeBytes} bytes, ` +
           `log ${config.storage.log}, regions of ${config.storage.regionSizeBytes} bytes` +
-          (created.initialSync ? '; a block device keeps its old contents, so the first start syncs every region from the source leg' : ''));
+          (created.initialSync ? `; ${created.keptContents.join(' and ')} ${created.keptContents.length > 1 ? 'keep' : 'keeps'} ` +
+            'its old contents, so the first start syncs every region from the source leg' : ''));
     });
 
   targetOptions(program.command('takeover')

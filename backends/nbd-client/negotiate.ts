@@ -1,4 +1,6 @@
+import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import tls from 'node:tls';
 import {
   BASE_ALLOCATION, ClientFlag, HandshakeFlag, IHAVEOPT, Info, NBDMAGIC, Option, OPTION_REPLY_MAGIC, OptionReply,
@@ -50,6 +52,8 @@ const errorNames = new Map(Object.entries(OptionReply).filter(([, value]) => val
 export async function negotiate(address: NbdAddress, tlsOptions: tls.ConnectionOptions | undefined,
   options: { connectTimeoutMs: number }): Promise<RemoteExport> {
   let socket = await connectSocket(address, options.connectTimeoutMs);
+  /** From STARTTLS on: a reset or close then is most likely the server refusing our credentials. */
+  let inTls = false;
   const deadline = setTimeout(() => socket.destroy(new Error(`negotiation took longer than ${options.connectTimeoutMs} ms`)),
     options.connectTimeoutMs);
   try {
@@ -80,6 +84,7 @@ export async function negotiate(address: NbdAddress, tlsOptions: tls.ConnectionO
       const reply = await ask(Option.STARTTLS);
       if (reply.type !== OptionReply.ACK) fail(`${refusal(reply, 'STARTTLS')}; nbds never falls back to plaintext`);
       reader.detach();
+      inTls = true;
       socket = await startTls(socket, tlsOptions!, address);
       reader = new HandshakeReader(socket);
     }
@@ -113,9 +118,35 @@ export async function negotiate(address: NbdAddress, tlsOptions: tls.ConnectionO
   } catch (error) {
     clearTimeout(deadline);
     socket.destroy();
+    const message = (error as Error).message;
+    if (inTls && endedByPeer.test(message)) throw new NegotiationError(address.uri, credentialsRefused(address, message));
     if (error instanceof NegotiationError) throw error;
-    throw new NegotiationError(address.uri, (error as Error).message);
+    throw new NegotiationError(address.uri, message);
   }
+}
+
+/** How OpenSSL and Node say the server ended the connection under us. */
+const endedByPeer = /ECONNRESET|EPIPE|socket disconnected before secure TLS connection|closed the connection/;
+
+/**
+ * A server that refuses our credentials just ends the connection: with
+ * TLS 1.3 a required client certificate is checked after our side of the
+ * handshake is done, so the reset arrives at the first read; a PSK server
+ * whose key differs cannot finish the handshake. Say what most likely
+ * happened, not only "read ECONNRESET".
+ */
+function credentialsRefused(address: NbdAddress, message: string): string {
+  const problem = message.replace(`${address.uri}: `, '').replace(/^TLS handshake failed: /, '');
+  if (address.tlsPskFile !== undefined) {
+    const who = address.tlsUsername ?? 'the user';
+    return `TLS handshake failed: the server ended it (${problem}); most likely a key mismatch: the key for ${who} in ` +
+      `${address.tlsPskFile} is not the server's, or the server has no key for ${who}`;
+  }
+  const dir = address.tlsCertificates ?? '';
+  const hasClientCertificate = fs.existsSync(path.join(dir, 'client-cert.pem'));
+  return `the server ended the connection during or right after the TLS handshake (${problem}); ` + (hasClientCertificate
+    ? `it most likely does not accept our client certificate (${path.join(dir, 'client-cert.pem')}: is it signed by a CA the server trusts?)`
+    : `it most likely requires a client certificate: put client-cert.pem and client-key.pem, signed by a CA the server trusts, in ${dir}`);
 }
 
 async function go(socket: net.Socket, reader: HandshakeReader, address: NbdAddress, noZeroes: boolean,

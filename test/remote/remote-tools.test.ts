@@ -44,3 +44,20 @@ test('create, offline status and check, and online repair work with a remote leg
   t.is(away.health, 'degraded');
   t.regex(away.legs[1].labelProblem ?? '', /unreachable/);
 });
+
+test('create with a remote that is down creates nothing, says a remote export keeps its contents, and a retry succeeds', async (t) => {
+  const dir = makeTempDir('remote-create');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const remote = await serveRemote(t, 'nbdkit', { sizeBytes: 17 * MiB });
+  await remote.stop();
+  const legs = ['--leg', path.join(dir, 'leg0.img'), remote.uri, '--log', path.join(dir, 'm.log'), '--size', '16MiB'];
+  const down = await cli(['create', ...legs]);
+  t.not(down.code, 0);
+  t.regex(down.stderr, /nothing was created/);
+  t.deepEqual(fs.readdirSync(dir), [], 'no leg file and no log left behind');
+  await remote.restart();
+  const retry = await cli(['create', ...legs]);
+  t.is(retry.code, 0, retry.stderr);
+  t.regex(retry.stdout, /a remote export keeps its old contents, so the first start syncs every region/);
+  t.notRegex(retry.stdout, /block device/);
+});
