@@ -4,7 +4,7 @@ import { type Command, Option } from 'commander';
 import type { Logger } from 'pino';
 import { filesLeftUnlocked } from '../sys/file-lock.js';
 import { type ConfigOverrides, loadConfigOrDefault } from '../config/load.js';
-import { ConfigError } from '../config/schema.js';
+import { type Config, ConfigError } from '../config/schema.js';
 import { flagName, settings } from '../config/settings.js';
 import { recordLegPath } from '../config/update.js';
 import { createLogger } from '../observe/logger.js';
@@ -81,12 +81,19 @@ async function serve(options: Record<string, unknown>): Promise<void> {
   const { config } = loaded;
   const logger = createLogger(config.log.level);
   const commandLineLegs = overrides.legs !== undefined;
+  /** What the server runs with, for telling what a reload cannot apply; `replace` moves a leg while running. */
+  let runningConfig: Config = config;
   const running = await startServer(config, logger, {
     blame: loaded.blame,
     pendingDataDir: loaded.pendingDataDir,
     onLegPathChanged: (slot, legPath) => {
       if (!commandLineLegs) {
         const kept = recordLegPath(loaded.source, slot, legPath);
+        try {
+          runningConfig = { ...runningConfig, storage: { ...runningConfig.storage, legs: loadConfigOrDefault(configFile, dataDir, overrides).config.storage.legs } };
+        } catch {
+          // The file was just written by us; if it does not read back, the next reload reports that.
+        }
         logger.info({ slot, path: legPath, config: loaded.source, backup: kept.backup }, 'leg replaced: configuration updated');
         return `${loaded.source} now names ${kept.written} for leg ${slot} (the previous file is kept as ${kept.backup})`;
       }
@@ -110,7 +117,7 @@ async function serve(options: Record<string, unknown>): Promise<void> {
     metrics: running.addresses.metrics, cache: running.cache !== undefined, export: config.export.name,
     recoveryRegions: running.mirror?.recoveryRegions, sizeBytes: running.device.sizeBytes, config: loaded.source, pid: process.pid }, 'listening');
   for (const hint of attachHints(config, running.addresses)) logger.info(`attach with: ${hint}`);
-  handleSignals(running, logger, pidFile, () => reloadSettings(running, logger, configFile, dataDir, overrides));
+  handleSignals(running, logger, pidFile, () => reloadSettings(running, logger, configFile, dataDir, overrides, runningConfig));
   if (options.exitWithParent === true) exitWithParent(logger);
 }
 
@@ -166,7 +173,7 @@ function handleSignals(running: RunningServer, logger: Logger, pidFile: string |
  * configuration or credential error keeps every running setting.
  */
 function reloadSettings(running: RunningServer, logger: Logger, configFile: string | undefined, dataDir: string,
-  overrides: ConfigOverrides): void {
+  overrides: ConfigOverrides, runningWith: Config): void {
   let config;
   try {
     let blame;
@@ -176,12 +183,41 @@ function reloadSettings(running: RunningServer, logger: Logger, configFile: stri
     logger.error({ err: (error as Error).message }, 'reload refused: the configuration has an error; the running settings stay');
     return;
   }
+  // Against what the server runs with: what needs a restart keeps being reported until it has one.
+  const needRestart = changedSettings(runningWith, config).filter((key) => !appliedOnReload.some((applied) => key === applied || key.startsWith(`${applied}.`)));
+  if (needRestart.length > 0) {
+    // Not applied: said once, by name, so an operator who changed listen.tcp does not wait for a port that never opens.
+    logger.warn({ keys: needRestart }, `changed in the configuration but not applied until a restart: ${needRestart.join(', ')}`);
+  }
   logger.level = config.log.level;
   running.mirror?.setResyncRate(config.storage.resyncBytesPerSecond);
   running.sweeper.setInterval(config.storage.sweepIntervalMs);
   logger.info({ logLevel: config.log.level, resyncRate: config.storage.resyncBytesPerSecond,
     sweepIntervalMs: config.storage.sweepIntervalMs, tls: config.tls.mode, allow: config.listen.allow ?? 'any' },
   'settings reloaded (TLS and admission for new clients); listeners, storage and cache need a restart to change');
+}
+
+/** Parsed configuration keys SIGHUP applies (reloadSettings); a change to any other is logged as needing a restart. */
+const appliedOnReload = ['log.level', 'storage.resyncBytesPerSecond', 'storage.sweepIntervalMs', 'tls', 'listen.allow',
+  'limits.maxConnections', 'limits.negotiatingMax', 'limits.perAddressMax'];
+
+/** The `section.key` names whose values differ between two parsed configurations. */
+function changedSettings(before: Config, after: Config): string[] {
+  const changed: string[] = [];
+  const sections = new Set([...Object.keys(before), ...Object.keys(after)]);
+  for (const section of sections) {
+    const a = (before as unknown as Record<string, unknown>)[section];
+    const b = (after as unknown as Record<string, unknown>)[section];
+    const isSection = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+    if (!isSection(a) || !isSection(b)) {
+      if (JSON.stringify(a) !== JSON.stringify(b)) changed.push(section);
+      continue;
+    }
+    for (const key of new Set([...Object.keys(a), ...Object.keys(b)])) {
+      if (JSON.stringify(a[key]) !== JSON.stringify(b[key])) changed.push(`${section}.${key}`);
+    }
+  }
+  return changed;
 }
 
 /**

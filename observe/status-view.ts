@@ -11,7 +11,12 @@ import type { PageCache, PageCacheStatus } from '../pagecache/page-cache.js';
 import { formatUuid, regionsSet } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
 
-export type Health = 'optimal' | 'degraded' | 'resyncing' | 'failed';
+/**
+ * A running server's health, or from the files of a stopped mirror also
+ * `resync-pending`: it stopped uncleanly and the next start resyncs its set
+ * bits (nothing is resyncing now, so "resyncing" would be untrue).
+ */
+export type Health = 'optimal' | 'degraded' | 'resyncing' | 'failed' | 'resync-pending';
 
 /** What a running server exposes to its operators (admin socket, metrics): a mirror, or one plain leg; either may have a cache above it. */
 export interface AdminTarget {
@@ -142,7 +147,7 @@ export async function filesStatus(config: Config, logPath: string): Promise<Stat
   const inUse = FileLock.holder(logPath) === 'exclusive';
   const health: Health = usable.length === 0 ? 'failed'
     : legs.some((leg) => leg.state !== 'in_sync' || leg.labelProblem !== null) ? 'degraded'
-      : !inUse && !state.cleanShutdown && bitsSet > 0 ? 'resyncing' : 'optimal';
+      : !inUse && !state.cleanShutdown && bitsSet > 0 ? 'resync-pending' : 'optimal';
   return {
     source: 'files', kind: 'mirror', mirrorUuid: formatUuid(state.mirrorUuid), sizeBytes: state.deviceSizeBytes,
     regionSizeBytes: state.regionSizeBytes, regionCount: state.regionCount, health,

@@ -29,7 +29,9 @@ export function formatStatus(status: StatusReport): string {
   const lines = status.mirrorUuid === null ? [`plain export (${source})`, `  ${status.sizeBytes} bytes`]
     : [`mirror ${status.mirrorUuid} (${source})`,
       `  ${status.sizeBytes} bytes, ${plural(status.regionCount ?? 0, 'region')} of ${status.regionSizeBytes} bytes`];
-  lines.push(`  health: ${status.health}${status.failure ? ` (${status.failure})` : ''}`);
+  const pending = status.health === 'resync-pending'
+    ? ` (the last server stopped uncleanly; the next start resyncs the ${plural(status.bitsSet ?? 0, 'region')} whose bits are set)` : '';
+  lines.push(`  health: ${status.health}${status.failure ? ` (${status.failure})` : ''}${pending}`);
   if (status.source === 'files' && status.inUse) {
     lines.push('  in use: another process holds the files (a server whose admin socket did not answer?); ' +
       'these figures are read from the files and may be behind');

@@ -31,6 +31,14 @@ test('SIGHUP reloads the log level and resync rate and never stops the server; S
   t.is(reloaded?.level, 'info', 'log levels are names, not numbers');
   const status = (await tool(dir, ['status'])).stdout;
   t.regex(status, /limit 32 MiB\/s/, 'the new resync rate is in force');
+  const needRestart = (): Array<Record<string, unknown>> => server.logs.filter((entry) => String(entry.msg).includes('not applied until a restart'));
+  t.deepEqual(needRestart(), [], 'only keys a reload applies changed');
+  // A key only a restart applies: said by name, at warn, not silently ignored.
+  fs.writeFileSync(config, fs.readFileSync(config, 'utf8').replace('  unix: nbd.sock', '  unix: other.sock'));
+  process.kill(server.pid, 'SIGHUP');
+  await new Promise((resolve) => setTimeout(resolve, 700));
+  t.deepEqual(needRestart().map((entry) => entry.keys), [['listen.unix']]);
+  t.is(needRestart()[0]?.level, 'warn');
   t.is(await server.stop(), 0);
   t.true(await cleanShutdown(dir), 'the log says the stop was clean');
   t.false(fs.existsSync(pidFile), 'the PID file goes with a clean stop');
@@ -83,4 +91,18 @@ test('SIGTERM to the PID of `npm start` stops the server it started, cleanly', a
   const status = await cli(['status', '--json', '-d', dataDir]);
   t.true((JSON.parse(status.stdout) as Report).cleanShutdown, 'and it stopped cleanly');
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('offline status of a killed server says a resync is pending, not that one runs', async (t) => {
+  const dir = makeTempDir('ops-killed');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const server = await startConfiguredMirror(dir);
+  t.is((await cli(['resync', '--admin', path.join(dir, 'admin.sock')])).code, 0, 'every bit set, so the kill leaves them');
+  await server.kill();
+  const report = (await tool(dir, ['status', '--json'])).json as Report & { bitsSet: number };
+  t.is(report.health, 'resync-pending');
+  t.true(report.bitsSet > 0);
+  const human = await tool(dir, ['status']);
+  t.regex(human.stdout, /health: resync-pending \(the last server stopped uncleanly; the next start resyncs the \d+ regions whose bits are set\)/);
+  t.is(human.code, 1, 'not optimal');
 });
