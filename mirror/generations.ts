@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import type { Logger } from 'pino';
 import type { BlockDevice } from '../blockdev/types.js';
 import type { RegionLog } from '../regionlog/region-log.js';
@@ -41,6 +42,8 @@ export class Generations {
   }
 
   exit(generation: Generation): void {
+    // A request leaves the generation it entered, once: a second exit would retire one still in use under another.
+    assert(generation.refs > 0, `generation ${generation.number} exited more often than entered`);
     generation.refs -= 1;
     if (generation.refs === 0 && generation !== this.currentGeneration && this.live.has(generation)) this.retire(generation);
   }

@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { applyLegEvent } from './leg-states.js';
 import { errorAction } from '../blockdev/error-policy.js';
 import type { Logger } from 'pino';
@@ -337,6 +338,10 @@ export class MirrorDevice implements BlockDevice {
     apply: (leg: MirrorLeg) => Promise<void>): Promise<void> {
     const legs = generation.writable;
     if (generation.readable.length === 0) return Promise.reject(new BlockError('EIO', `${what}: no in-sync leg left`));
+    // Lesson 1's ordering: no leg sees a byte of a region whose bit a crash could lose (the bit reaches the log first).
+    for (let region = first; region <= last; region += 1) {
+      assert(this.log.isDurablyDirty(region), `${what}: region ${region} is about to be written with its bit not durable`);
+    }
     const applying = this.crashPoints.armed && legs.length > 1 ? crashBetweenLegs(this.crashPoints, legs, apply) : legs.map(apply);
     // Every leg taking the change is the common case; it needs no per-leg outcome.
     if (allFinishedNow(applying) && anyInSync(generation, legs)) {
@@ -357,6 +362,19 @@ export class MirrorDevice implements BlockDevice {
   private async afterLegFailures(what: string): Promise<void> {
     await Promise.all(this.legFailures.values());
     this.checkUsable(what);
+  }
+
+  /**
+   * At the answer to a change: every leg the log calls in sync took it on
+   * `generation`. A leg that joined since is rebuilding until resync has
+   * copied this change's region, which waits for the change to end.
+   */
+  private assertWentToEveryInSyncLeg(generation: Generation, what: string): void {
+    this.log.state.legs.forEach((record, slot) => {
+      if (record.state !== 'in_sync') return;
+      assert(generation.writable.some((leg) => leg.slot === slot),
+        `${what}: answered on generation ${generation.number}, which does not write leg ${slot}, in sync in the log`);
+    });
   }
 
   private async settleFanOut(generation: Generation, what: string, first: number, last: number,
@@ -386,6 +404,8 @@ export class MirrorDevice implements BlockDevice {
       this.checkUsable(what);
       throw new BlockError('EIO', `${what}: no in-sync leg accepted it`);
     }
+    if (this.legFailures.size > 0) await this.afterLegFailures(what);
+    this.assertWentToEveryInSyncLeg(generation, what);
   }
 
   /** The legs may differ in these regions until resync copies them from the source. */

@@ -30,7 +30,7 @@ test('a running mirror\'s files are refused to a second server and to offline to
     // before it comes near the files; on another port the locks refuse it.
     const twice = await cli(['serve', ...files, '--listen', `127.0.0.1:${server.port}`, '--no-unix', '--admin', admin]);
     t.is(twice.code, 2);
-    t.regex(twice.stderr, new RegExp(`listen\\.tcp: 127\\.0\\.0\\.1:${server.port} is in use`));
+    t.regex(twice.stderr, new RegExp(`command line: --listen: 127\\.0\\.0\\.1:${server.port} is in use`), 'the flag that named the address');
     const second = await cli(['serve', ...files, '--listen', '127.0.0.1:0', '--no-unix', '--admin', path.join(dir, 'second.sock')]);
     t.is(second.code, 2);
     t.regex(second.stderr, /EBUSY: region log .*mirror\.log is in use: another process holds it for writing \(a running nbd-mirror server/);
