@@ -10,9 +10,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { cliPath, startServerProcess } from '../test/helpers/server-process.js';
 import { makeTempDir } from '../test/helpers/tools.js';
-import { figure, roundOrder, runFio, standardJobs } from './fio.js';
+import { standardJobs } from './fio.js';
 import { largeIoJobs } from './large-io.js';
-import { formatRatio, RoundResults } from './paired-ratio.js';
+import { type BenchServer, measureJob, printJob } from './side-by-side.js';
 
 const baselineRoot = process.env.BENCH_BASELINE;
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
@@ -41,20 +41,20 @@ async function main(): Promise<void> {
         const log = path.join(dir, `${name}-${extra[0]}.log`);
         const server = await startServerProcess(['--leg', ...legs, '--log', log, '--size', String(sizeBytes), '--no-unix', '--no-admin', ...extra],
           { cli });
-        return { name, server, legs };
+        const side: BenchServer<'this' | 'baseline'> = { name: name as 'this' | 'baseline', uri: server.uri(), pid: server.pid, files: legs,
+          stop: async () => { await server.stop(); } };
+        return side;
       }));
       console.log(`\n${label}`);
       try {
         for (const job of jobs) {
-          const results = new RoundResults<string>();
-          for (let round = 0; round < rounds; round += 1) {
-            for (const side of roundOrder(sides, round)) results.add(side.name, await runFio(side.server.uri(), job, seconds, sizeBytes, side.legs));
-          }
-          console.log(`${job.name.padEnd(20)} this ${figure(job, results.best('this')).padStart(12)}   ` +
-            `baseline ${figure(job, results.best('baseline')).padStart(12)}   ratio ${formatRatio(results.ratio('this', 'baseline'))}`);
+          const results = await measureJob(sides, job, { seconds, rounds, sizeBytes });
+          printJob(job, sides, results, [['this', 'baseline']]);
+          // CPU per request is the steadier figure on these machines (every server gets about one core).
+          console.log(`  cpu/req this/baseline: ${(results.best('this').cpuPerRequestUs / results.best('baseline').cpuPerRequestUs).toFixed(2)}x`);
         }
       } finally {
-        await Promise.all(sides.map((side) => side.server.stop()));
+        await Promise.all(sides.map((side) => side.stop()));
       }
     }
   } finally {
