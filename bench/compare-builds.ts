@@ -5,6 +5,8 @@
  * this/baseline, taken round by round (paired-ratio.ts), is what a change did to the request path;
  * absolute figures drift on a shared machine.
  * BENCH_CONFIG=--cache or --no-cache keeps one configuration; BENCH_JOBS=name,... some jobs.
+ * BENCH_PREFILL=1 writes the whole device first (1 MiB sequential), so writes overwrite allocated blocks and
+ * reads find data, as on a disk in use (a sparse device makes random writes allocate and reads find holes).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,12 +14,14 @@ import { cliPath, startServerProcess } from '../test/helpers/server-process.js';
 import { makeTempDir } from '../test/helpers/tools.js';
 import { standardJobs } from './fio.js';
 import { largeIoJobs } from './large-io.js';
+import { fill } from './mirror.js';
 import { type BenchServer, measureJob, printJob } from './side-by-side.js';
 
 const baselineRoot = process.env.BENCH_BASELINE;
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const sizeBytes = Number(process.env.BENCH_SIZE_BYTES ?? 512 * 1024 ** 2);
+const prefill = process.env.BENCH_PREFILL === '1';
 // The request-path jobs a change is most likely to move; BENCH_JOBS picks others from the standard and large-I/O sets.
 const picked = process.env.BENCH_JOBS?.split(',') ?? ['4k-randread-qd32', '4k-randwrite-qd32', '4k-randwrite-qd1', '1m-seqwrite-qd8', '1m-seqread-qd8'];
 const known = new Map([...standardJobs, ...largeIoJobs].map((job) => [job.name, job]));
@@ -30,7 +34,7 @@ async function main(): Promise<void> {
   const baselineCli = path.join(path.resolve(baselineRoot), 'dist', 'cli', 'main.js');
   if (!fs.existsSync(baselineCli)) throw new Error(`${baselineCli} does not exist: run npm run build in ${baselineRoot}`);
   const dir = makeTempDir('bench-compare');
-  console.log(`compare: this checkout vs ${baselineRoot}; ${sizeBytes} bytes, ${seconds}s per job, ${rounds} rotated rounds ` +
+  console.log(`compare: this checkout vs ${baselineRoot}; ${sizeBytes} bytes${prefill ? ' prefilled' : ''}, ${seconds}s per job, ${rounds} rotated rounds ` +
     '(best of each shown; ratio: median of the rounds\' own, with their range)');
   const configurations: Array<[string, string[]]> = [['mirror + cache (default)', ['--cache']], ['mirror, --no-cache', ['--no-cache']]];
   const only = process.env.BENCH_CONFIG;
@@ -43,6 +47,7 @@ async function main(): Promise<void> {
           { cli });
         const side: BenchServer<'this' | 'baseline'> = { name: name as 'this' | 'baseline', uri: server.uri(), pid: server.pid, files: legs,
           stop: async () => { await server.stop(); } };
+        if (prefill) await fill(side.uri, sizeBytes);
         return side;
       }));
       console.log(`\n${label}`);
