@@ -30,8 +30,6 @@ opened: Array<OpenedLeg | undefined>;
 logFault: FaultDevice | undefined;
 /** Slots whose full rebuild must (re)start. */
 fullRebuilds: number[];
-/** Slots marked faulty at this start because their leg was missing or unreachable. */
-missingAtStart: number[];
 }
 
 /**
@@ -84,7 +82,6 @@ async function assembleFromLog(log: RegionLog, settings: MirrorSettings, logger:
   const legs: Array<MirrorLeg | undefined> = [];
   const opened: Array<OpenedLeg | undefined> = [];
   const fullRebuilds: number[] = [];
-  const missingAtStart: number[] = [];
   try {
     for (let slot = 0; slot < state.legs.length; slot += 1) {
       const record = state.legs[slot];
@@ -103,7 +100,6 @@ async function assembleFromLog(log: RegionLog, settings: MirrorSettings, logger:
         if (verdict.kind === 'missing') {
           logger.error({ slot, path, problem: verdict.problem }, 'leg missing: marked faulty, starting degraded');
           markFaulty(record);
-          missingAtStart.push(slot);
           legs.push(undefined);
           opened.push(undefined);
           continue;
@@ -144,7 +140,7 @@ async function assembleFromLog(log: RegionLog, settings: MirrorSettings, logger:
   logger.info({ mirror: formatUuid(state.mirrorUuid), cleanShutdown: wasClean, regionsToResync: recoveryRegions,
     bitsSet: log.dirtyRegions().length }, wasClean ? 'mirror assembled after a clean shutdown' : 'mirror assembled after an unclean shutdown');
   const resync = new ResyncEngine(device, { bytesPerSecond: settings.resyncBytesPerSecond, logger, events: settings.events });
-  return { device, resync, recoveryRegions, opened, fullRebuilds, missingAtStart };
+  return { device, resync, recoveryRegions, opened, fullRebuilds };
 }
 
 /** A leg that grew keeps its data; its label moves from the old end to the new one. */

@@ -205,3 +205,25 @@ export function greets(address: net.NetConnectOpts): Promise<boolean> {
     socket.once('data', (chunk: Buffer) => done(chunk.subarray(0, 8).toString('latin1') === 'NBDMAGIC'));
   });
 }
+
+/**
+ * A configuration file in `dir` for a two-leg mirror whose leg 1 is the remote `remoteUri`: admin socket,
+ * 1 MiB regions, a quick sweeper (so the bits a test sees are the ones it caused) and a short failfast.
+ * `extra` is appended as top-level YAML. Returns the file's path.
+ */
+export function writeRemoteMirrorConfig(dir: string, remoteUri: string, options: { sizeBytes: number; failfastMs: number; extra?: string }): string {
+  const file = path.join(dir, 'config.yaml');
+  fs.writeFileSync(file, `listen:
+  admin: admin.sock
+storage:
+  sizeBytes: ${options.sizeBytes}
+  regionSize: 1MiB
+  sweepIntervalMs: 300
+  log: mirror.log
+  legs:
+    - path: leg0.img
+    - path: "${remoteUri}"
+      failfastMs: ${options.failfastMs}
+${options.extra ?? ''}`);
+  return file;
+}

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { cli } from '../helpers/cli.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { legsIdentical } from '../helpers/mirror-fixture.js';
-import { serveRemote } from '../helpers/remote-exports.js';
+import { serveRemote, writeRemoteMirrorConfig } from '../helpers/remote-exports.js';
 import { startServerProcess } from '../helpers/server-process.js';
 import { makeTempDir, run } from '../helpers/tools.js';
 import { statusWhen } from '../helpers/wait.js';
@@ -16,20 +16,7 @@ const failfastMs = 2000;
 interface Status { health: string; legs: Array<{ state: string; remote: { link: string; attempts: number; problem: string | null } | null }>; regions: { bitsSet: number } }
 
 function writeConfig(dir: string, remoteUri: string): string {
-  const file = path.join(dir, 'config.yaml');
-  fs.writeFileSync(file, `listen:
-  admin: admin.sock
-storage:
-  sizeBytes: ${sizeBytes / MiB}MiB
-  regionSize: 1MiB
-  sweepIntervalMs: 300
-  log: mirror.log
-  legs:
-    - path: leg0.img
-    - path: "${remoteUri}"
-      failfastMs: ${failfastMs}
-`);
-  return file;
+  return writeRemoteMirrorConfig(dir, remoteUri, { sizeBytes, failfastMs });
 }
 
 async function qemuIo(uri: string, commands: string[]): Promise<{ ms: number; code: number | null; stderr: string }> {

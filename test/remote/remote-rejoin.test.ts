@@ -4,7 +4,7 @@ import path from 'node:path';
 import { cli } from '../helpers/cli.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { legsIdentical } from '../helpers/mirror-fixture.js';
-import { type RemoteExport, serveRemote } from '../helpers/remote-exports.js';
+import { type RemoteExport, serveRemote, writeRemoteMirrorConfig } from '../helpers/remote-exports.js';
 import { type ServerProcess, startServerProcess } from '../helpers/server-process.js';
 import { makeTempDir, run } from '../helpers/tools.js';
 import { statusWhen } from '../helpers/wait.js';
@@ -38,22 +38,7 @@ async function rig(t: ExecutionContext, remoteUri?: (remote: RemoteExport) => Pr
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const remote = await serveRemote(t, 'nbdkit', { sizeBytes: sizeBytes + MiB });
   const uri = remoteUri ? await remoteUri(remote) : remote.uri;
-  const config = path.join(dir, 'config.yaml');
-  fs.writeFileSync(config, `listen:
-  admin: admin.sock
-  unix: null
-storage:
-  sizeBytes: ${sizeBytes / MiB}MiB
-  regionSize: 1MiB
-  sweepIntervalMs: 300
-  log: mirror.log
-  legs:
-    - path: leg0.img
-    - path: "${uri}"
-      failfastMs: ${failfastMs}
-cache:
-  enabled: false
-`);
+  const config = writeRemoteMirrorConfig(dir, uri, { sizeBytes, failfastMs, extra: 'cache:\n  enabled: false\n' });
   const servers: ServerProcess[] = [];
   t.teardown(async () => {
     for (const server of servers) await server.kill();
