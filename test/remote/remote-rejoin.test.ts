@@ -176,6 +176,8 @@ test('a remote killed while the mirror is idle is seen at once: faulty in status
   const server = await r.start();
   await settled(r.admin);
   t.is(await metric(server, /nbd_mirror_remote_leg_connected\{slot="1"\} \d/), 'nbd_mirror_remote_leg_connected{slot="1"} 1');
+  t.regex((await cli(['status', '--admin', r.admin])).stdout, /leg 1: in_sync nbd:.*\n\s+remote link: connected \(1 connection\)/,
+    'a healthy link is shown too, not only in --json');
   const killedAt = Date.now();
   await r.remote.stop(true);
   const away = await statusWhen<Status>(r.admin, (status) => status.legs[1].state === 'faulty', 5000, 20);
