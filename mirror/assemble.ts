@@ -122,10 +122,14 @@ async function assembleFromLog(log: RegionLog, settings: MirrorSettings, logger:
       }
       if (record.state === 'rebuilding' && record.rebuildMode === 'full') fullRebuilds.push(slot);
     }
-    if (!legs.some((leg, slot) => leg && state.legs[slot].state === 'in_sync')) {
-      throw new MirrorSetupError('no in-sync leg is available; the mirror cannot start (check the leg paths, or restore a leg)');
-    }
-    await bumpEvents(log, legs, settings.legs);
+    const refuseWithoutInSyncLeg = (): void => {
+      if (!legs.some((leg, slot) => leg && state.legs[slot].state === 'in_sync')) {
+        throw new MirrorSetupError('no in-sync leg is available; the mirror cannot start (check the leg paths, or restore a leg)');
+      }
+    };
+    refuseWithoutInSyncLeg();
+    await bumpEvents(log, legs, opened, settings.legs, logger);
+    refuseWithoutInSyncLeg();
   } catch (error) {
     await Promise.allSettled(legs.map((leg) => leg?.device.close()));
     throw error;
@@ -171,7 +175,8 @@ function markFaulty(record: LegRecord): void {
  * the label writes; a crash between them leaves labels at either value, and
  * labelUpdatePending tells the next start that both are fine.
  */
-async function bumpEvents(log: RegionLog, legs: Array<MirrorLeg | undefined>, specs: LegSpec[]): Promise<void> {
+async function bumpEvents(log: RegionLog, legs: Array<MirrorLeg | undefined>, opened: Array<OpenedLeg | undefined>, specs: LegSpec[],
+  logger: Logger): Promise<void> {
   const { state } = log;
   state.eventsPrevious = state.eventsCurrent;
   state.eventsCurrent += 1n;
@@ -181,7 +186,24 @@ async function bumpEvents(log: RegionLog, legs: Array<MirrorLeg | undefined>, sp
   for (const [slot, record] of state.legs.entries()) {
     const leg = legs[slot];
     if (!leg || record.state !== 'in_sync') continue;
-    await stampLeg(specs[slot], state, slot, state.eventsCurrent, leg.remote);
+    try {
+      await stampLeg(specs[slot], state, slot, state.eventsCurrent, leg.remote);
+    } catch (error) {
+      // A remote link can break between the label check and this stamp. The leg is then away, as one that broke a
+      // moment later would be: faulty, and back by itself through a bitmap re-add. Its label holds the old value
+      // or, if the write landed and only the reply was lost, the new one: the record takes the new one, so a
+      // re-add accepts either (a faulty record refuses only a label newer than it). A local leg that cannot be
+      // written stops the start, as before.
+      if (!specs[slot].remote) throw error;
+      logger.error({ slot, path: specs[slot].path, err: (error as Error).message },
+        'remote leg lost while its label was stamped at start: marked faulty, starting degraded');
+      record.events = state.eventsCurrent;
+      applyLegEvent(record, 'failed');
+      await leg.device.close().catch(() => undefined);
+      legs[slot] = undefined;
+      opened[slot] = undefined;
+      continue;
+    }
     record.events = state.eventsCurrent;
   }
   state.labelUpdatePending = false;

@@ -210,3 +210,23 @@ test('a link that goes silent while the mirror is idle is caught by the idle pro
   t.true(server.logs.some((entry) => /idle probe/.test(String(entry.err))),
     `by the idle probe: ${JSON.stringify(server.logs.filter((entry) => entry.err !== undefined))}`);
 });
+
+test('the link cut while the start stamps the remote leg\'s label: the server starts degraded, and the leg rejoins when the link heals', async (t) => {
+  let proxy: Awaited<ReturnType<typeof startFaultProxy>> | undefined;
+  const r = await rig(t, async (remote) => {
+    proxy = await startFaultProxy(t, { host: '127.0.0.1', port: Number(new URL(remote.uri).port) });
+    return `nbd://127.0.0.1:${proxy.port}/`;
+  });
+  let server = await r.start();
+  await settled(r.admin);
+  t.is(await server.stop(), 0);
+  // The first write a restart sends the remote is the label stamp with the new events value.
+  proxy!.cutAtNextWrite();
+  server = await r.start();
+  t.true(server.logs.some((entry) => entry.msg === 'remote leg lost while its label was stamped at start: marked faulty, starting degraded'),
+    'the start went on without the leg');
+  t.is((await statusWhen<Status>(r.admin, () => true, 0, 100)).health, 'degraded');
+  await write(server, 0x66, 11);
+  proxy!.heal();
+  await rejoinedByItself(t, r, server, 4);
+});

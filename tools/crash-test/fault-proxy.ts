@@ -1,4 +1,5 @@
 import net from 'node:net';
+import { Command, REQUEST_MAGIC } from '../../nbd/constants.js';
 
 /**
  * A TCP proxy on 127.0.0.1 in front of a remote leg's server that can break
@@ -18,6 +19,11 @@ export interface FaultProxy {
   cut(): void;
   /** Undo stall and cut; a stalled connection's held bytes pass on. */
   heal(): void;
+  /**
+   * The next NBD write request a client sends (a chunk that starts with one) is not passed on: every connection
+   * is cut instead, and new ones refused until heal(). Breaks the link at one chosen step, such as a label stamp.
+   */
+  cutAtNextWrite(): void;
   /** Connections accepted so far. */
   readonly accepted: number;
   close(): Promise<void>;
@@ -29,10 +35,18 @@ export async function startFaultProxy(target: { host: string; port: number }): P
   let stalled = false;
   let cut = false;
   let accepted = 0;
+  let cutArmed = false;
   const held: Array<() => void> = [];
+  const startsWithWrite = (chunk: Buffer): boolean =>
+    chunk.length >= 8 && chunk.readUInt32BE(0) === REQUEST_MAGIC && chunk.readUInt16BE(6) === Command.WRITE;
 
-  const forward = (from: net.Socket, to: net.Socket): void => {
+  const forward = (from: net.Socket, to: net.Socket, fromClient: boolean): void => {
     from.on('data', (chunk: Buffer) => {
+      if (fromClient && cutArmed && startsWithWrite(chunk)) {
+        cutArmed = false;
+        proxy.cut();
+        return;
+      }
       const send = (): void => {
         if (!to.destroyed) to.write(chunk);
       };
@@ -63,8 +77,8 @@ export async function startFaultProxy(target: { host: string; port: number }): P
     upstream.on('error', end);
     client.on('close', end);
     upstream.on('close', end);
-    forward(client, upstream);
-    forward(upstream, client);
+    forward(client, upstream, true);
+    forward(upstream, client, false);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const resetAll = (): void => {
@@ -89,6 +103,7 @@ export async function startFaultProxy(target: { host: string; port: number }): P
       cut = false;
       for (const send of held.splice(0)) send();
     },
+    cutAtNextWrite: () => { cutArmed = true; },
     get accepted() { return accepted; },
     close: async () => {
       resetAll();
