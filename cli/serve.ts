@@ -11,7 +11,7 @@ import { ConfigError } from '../config/schema.js';
 import { ensureDefaultDataDir } from '../config/load.js';
 import { defaultConnectionOptions } from '../nbd/connection.js';
 import { InputPoll } from '../nbd/input-poll.js';
-import type { ExportEntry, ExportTable } from '../nbd/negotiation.js';
+import type { DirtyBitmapSource, ExportEntry, ExportTable } from '../nbd/negotiation.js';
 import { RequestStats } from '../nbd/request-stats.js';
 import { type ListenAddresses, NbdServer } from '../nbd/server.js';
 import { AllowList } from '../nbd/admission.js';
@@ -50,12 +50,13 @@ export interface StartOptions {
   onLegPathChanged?: (slot: number, path: string) => string | undefined;
 }
 
-export function singleExport(config: Config, device: BlockDevice): ExportTable {
+export function singleExport(config: Config, device: BlockDevice, dirtyBitmaps?: DirtyBitmapSource): ExportTable {
   const entry: ExportEntry = {
     name: config.export.name,
     description: config.export.description,
     device,
     readOnly: config.export.readOnly,
+    dirtyBitmaps,
   };
   return {
     find: (name) => (name === '' || name === entry.name ? entry : undefined),
@@ -166,7 +167,7 @@ export async function startServer(config: Config, logger: Logger, options: Start
     registry = buildRegistry({ target, requests: requestStats, events, connections: () => server.connectionCount,
       requestsInFlight: () => server.requestsInFlight });
   }
-  server.serve(singleExport(config, device));
+  server.serve(singleExport(config, device, stack.checkpoints));
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => (stopping ??= (async () => {

@@ -418,6 +418,9 @@ export class MirrorDevice implements BlockDevice {
   /** Set by the resync engine: called when regions become out of sync while running. */
   onOutOfSync: (() => void) | undefined;
 
+  /** Set when checkpoints track changes: the sweeper awaits it before clearing any bit (a rejection clears none). */
+  beforeClearingBits: (() => Promise<void>) | undefined;
+
   /**
    * Flush every writable leg. A leg whose flush fails fatally is failed
    * (durably, before we answer); the flush succeeds only if every leg still in

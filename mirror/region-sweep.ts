@@ -24,6 +24,8 @@ export interface SweepTarget {
   readonly fullyInSync: boolean;
   flush(): Promise<void>;
   enterFailed(error: BlockError): void;
+  /** Made durable before any bit is cleared (checkpoints' changed blocks); a rejection clears none. */
+  readonly beforeClearingBits: (() => Promise<void>) | undefined;
 }
 
 /**
@@ -58,8 +60,11 @@ export class RegionSweep {
     let synced = false;
     try {
       await mirror.flush();
-      synced = mirror.fullyInSync;
       if (mirror.crashPoints.armed) await mirror.crashPoints.reach('sweeper.after-sync');
+      // What is recorded elsewhere on the strength of these bits (checkpoints' changed blocks) is made durable
+      // before any of them is cleared: after a crash the bits still set are what the records may have missed.
+      if (mirror.beforeClearingBits) await mirror.beforeClearingBits();
+      synced = mirror.fullyInSync;
     } catch (error) {
       mirror.logger.warn({ err: (error as Error).message, candidates: candidates.length }, 'sweep sync failed: no bit cleared');
     }

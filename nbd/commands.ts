@@ -4,7 +4,7 @@ import { isBlockError, toBlockError } from '../blockdev/errors.js';
 import { type BlockDevice, finishedNow } from '../blockdev/types.js';
 import { Command, CommandFlag } from './constants.js';
 import { nbdErrorFor } from './errno.js';
-import { ReadReplies, type ReadReplyOptions } from './read-replies.js';
+import { type BlockStatusContexts, ReadReplies, type ReadReplyOptions } from './read-replies.js';
 import { simpleReply, structuredError } from './replies.js';
 import type { ReplyWriter } from './reply-writer.js';
 import type { RequestHeader } from './requests.js';
@@ -23,8 +23,8 @@ export class CommandRunner {
   private readonly reads: ReadReplies;
 
   constructor(private readonly device: BlockDevice, private readonly writer: ReplyWriter, private readonly structured: boolean,
-    options: ReadReplyOptions, private readonly logger: Logger) {
-    this.reads = new ReadReplies(device, writer, structured, options);
+    options: ReadReplyOptions, private readonly logger: Logger, statusContexts?: BlockStatusContexts) {
+    this.reads = new ReadReplies(device, writer, structured, options, statusContexts);
   }
 
   /**

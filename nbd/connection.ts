@@ -267,7 +267,8 @@ export class Connection {
     this.structured = negotiated.structuredReplies;
     const metaExport = negotiated.metaContextExport;
     this.blockStatusNegotiated = metaExport !== undefined && this.exports.find(metaExport) === entry;
-    this.commands = new CommandRunner(entry.device, this.writer, this.structured, this.options, this.options.logger);
+    this.commands = new CommandRunner(entry.device, this.writer, this.structured, this.options, this.options.logger,
+      { contexts: this.blockStatusNegotiated ? negotiated.metaContexts : [], bitmaps: entry.dirtyBitmaps });
     this.reader.useFullSlabs();
     this.optionReader = undefined;
     this.enterPhase('transmission');

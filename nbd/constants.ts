@@ -55,7 +55,11 @@ export const NbdErrno = {
 export const StateFlag = { HOLE: 1 << 0, ZERO: 1 << 1 } as const;
 
 export const BASE_ALLOCATION = 'base:allocation';
-/** The only metadata context we serve; its id is fixed per connection. */
+/** QEMU's changed-block contexts, one per checkpoint: qemu:dirty-bitmap:NAME (qemu docs/interop/nbd.rst). */
+export const DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:';
+/** In a qemu:dirty-bitmap context, bit 0 of a descriptor's flags: the extent changed since the checkpoint. */
+export const DIRTY_STATE = 1;
+/** base:allocation's id on every connection; dirty-bitmap contexts are numbered after it. */
 export const BASE_ALLOCATION_ID = 1;
 
 export const Limits = {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { ClientFlag, IHAVEOPT, Limits } from './constants.js';
 import type { InputQueue } from './input-queue.js';
 import {
-  answerUnreadOption, type ExportEntry, type ExportTable, handleOption, type Negotiation, negotiationAfterTls, newNegotiation,
+  answerUnreadOption, type ExportEntry, type ExportTable, handleOption, type MetaContext, type Negotiation, negotiationAfterTls, newNegotiation,
 } from './negotiation.js';
 import type { TlsMode } from './tls-credentials.js';
 
@@ -75,6 +75,10 @@ export class OptionReader {
 
   get metaContextExport(): string | undefined {
     return this.negotiation.metaContextExport;
+  }
+
+  get metaContexts(): MetaContext[] {
+    return this.negotiation.metaContexts;
   }
 
   next(input: InputQueue): HandshakeStep {

@@ -1,9 +1,16 @@
 import type { BlockDevice } from '../blockdev/types.js';
 import {
-  BASE_ALLOCATION, BASE_ALLOCATION_ID, ClientFlag, Info, Limits, Option, OptionReply, TransmissionFlag,
+  BASE_ALLOCATION, BASE_ALLOCATION_ID, ClientFlag, DIRTY_BITMAP_PREFIX, Info, Limits, Option, OptionReply, TransmissionFlag,
 } from './constants.js';
 import { optionReply } from './replies.js';
 import type { TlsMode } from './tls-credentials.js';
+
+/** Checkpoints' changed blocks an export offers as qemu:dirty-bitmap:NAME contexts (cbt/checkpoint-store.ts). */
+export interface DirtyBitmapSource {
+  names(): string[];
+  /** Runs covering the range (only the first with `one`), or undefined when the checkpoint no longer exists. */
+  runs(name: string, offsetBytes: number, lengthBytes: number, one: boolean): Array<{ lengthBytes: number; dirty: boolean }> | undefined;
+}
 
 /** What a client can attach to. The device is captured at GO time (a generation). */
 export interface ExportEntry {
@@ -11,6 +18,13 @@ export interface ExportEntry {
   description: string;
   device: BlockDevice;
   readOnly: boolean;
+  dirtyBitmaps?: DirtyBitmapSource;
+}
+
+/** A metadata context chosen with SET_META_CONTEXT, by its id on this connection. */
+export interface MetaContext {
+  id: number;
+  name: string;
 }
 
 export interface ExportTable {
@@ -23,8 +37,9 @@ export interface ExportTable {
 export interface Negotiation {
   clientFlags: number;
   structuredReplies: boolean;
-  /** base:allocation negotiated with SET_META_CONTEXT for the export named here. */
+  /** Metadata contexts chosen with SET_META_CONTEXT for the export named here (undefined: none). */
   metaContextExport: string | undefined;
+  metaContexts: MetaContext[];
   optionsSeen: number;
   /** The server's TLS mode, fixed for the connection's life (the spec requires one mode per connection). */
   tls: TlsMode;
@@ -43,7 +58,7 @@ export type OptionOutcome =
 export const advertisedBlockSizes = { minimum: 1, preferred: 4096, maximum: Limits.payloadBytesMax } as const;
 
 export function newNegotiation(clientFlags: number, tls: TlsMode = 'off'): Negotiation {
-  return { clientFlags, structuredReplies: false, metaContextExport: undefined, optionsSeen: 0, tls, tlsActive: false };
+  return { clientFlags, structuredReplies: false, metaContextExport: undefined, metaContexts: [], optionsSeen: 0, tls, tlsActive: false };
 }
 
 /** After the TLS handshake, negotiation starts over: nothing said in plaintext carries into the session. */
@@ -231,7 +246,10 @@ function infoOrGo(state: Negotiation, exports: ExportTable, option: number, payl
   replies.push(optionReply(option, OptionReply.INFO, sizes));
   replies.push(optionReply(option, OptionReply.ACK));
   if (option === Option.INFO) return { next: 'options', replies };
-  if (state.metaContextExport !== undefined && state.metaContextExport !== name) state.metaContextExport = undefined;
+  if (state.metaContextExport !== undefined && state.metaContextExport !== name) {
+    state.metaContextExport = undefined;
+    state.metaContexts = [];
+  }
   return { next: 'transmission', replies, entry, flags };
 }
 
@@ -271,21 +289,30 @@ function metaContext(state: Negotiation, exports: ExportTable, option: number, p
     at += 4 + queryBytes;
   }
   if (at !== payload.length) return invalid(option, `${what}: ${payload.length - at} trailing bytes after the queries`);
-  if (exports.find(name) === undefined) {
+  const entry = exports.find(name);
+  if (entry === undefined) {
     return { next: 'options', replies: [errorReply(option, OptionReply.ERR_UNKNOWN, `unknown export "${name.slice(0, 64)}"`)] };
   }
-  // An empty LIST query means "all contexts"; "base:" names the whole namespace.
-  const matches = queries.some((query) => query === BASE_ALLOCATION) ||
-    (option === Option.LIST_META_CONTEXT && (queries.length === 0 || queries.includes('base:')));
-  const replies: Buffer[] = [];
-  if (matches) {
-    const contextName = Buffer.from(BASE_ALLOCATION, 'utf8');
+  const bitmaps = (entry.dirtyBitmaps?.names() ?? []).map((checkpoint) => `${DIRTY_BITMAP_PREFIX}${checkpoint}`);
+  const listing = option === Option.LIST_META_CONTEXT;
+  // Exact names select; LIST also takes a namespace ("base:", "qemu:", "qemu:dirty-bitmap:") or no query for all.
+  const wanted = (context: string): boolean => queries.some((query) => query === context) || (listing && (queries.length === 0 ||
+    queries.some((query) => (query === 'base:' && context === BASE_ALLOCATION) ||
+      ((query === 'qemu:' || query === DIRTY_BITMAP_PREFIX) && context.startsWith(DIRTY_BITMAP_PREFIX)))));
+  const chosen = [BASE_ALLOCATION, ...bitmaps].filter(wanted);
+  let nextId = BASE_ALLOCATION_ID + 1;
+  const contexts: MetaContext[] = chosen.map((context) => ({ id: context === BASE_ALLOCATION ? BASE_ALLOCATION_ID : nextId++, name: context }));
+  const replies: Buffer[] = contexts.map((context) => {
+    const contextName = Buffer.from(context.name, 'utf8');
     const body = Buffer.allocUnsafe(4 + contextName.length);
-    body.writeUInt32BE(option === Option.SET_META_CONTEXT ? BASE_ALLOCATION_ID : 0, 0);
+    body.writeUInt32BE(listing ? 0 : context.id, 0);
     contextName.copy(body, 4);
-    replies.push(optionReply(option, OptionReply.META_CONTEXT, body));
+    return optionReply(option, OptionReply.META_CONTEXT, body);
+  });
+  if (!listing) {
+    state.metaContextExport = contexts.length > 0 ? name : undefined;
+    state.metaContexts = contexts;
   }
-  if (option === Option.SET_META_CONTEXT) state.metaContextExport = matches ? name : undefined;
   replies.push(optionReply(option, OptionReply.ACK));
   return { next: 'options', replies };
 }

@@ -1,12 +1,20 @@
 import type { BufferPool, PooledBuffer } from '../blockdev/buffer-pool.js';
 import { assertExtentsTile } from '../blockdev/checked-device.js';
 import { type BlockDevice, type Extent, finishedNow } from '../blockdev/types.js';
-import { BASE_ALLOCATION_ID, CommandFlag, SIMPLE_REPLY_HEADER_BYTES, StateFlag } from './constants.js';
+import { BlockError } from '../blockdev/errors.js';
+import { BASE_ALLOCATION, CommandFlag, DIRTY_BITMAP_PREFIX, DIRTY_STATE, SIMPLE_REPLY_HEADER_BYTES, StateFlag } from './constants.js';
+import type { DirtyBitmapSource, MetaContext } from './negotiation.js';
 import {
   blockStatusChunk, OFFSET_DATA_PREFIX_BYTES, offsetHoleChunk, structuredNone, writeOffsetDataPrefix, writeSimpleHeader,
 } from './replies.js';
 import type { ReplyWriter } from './reply-writer.js';
 import type { RequestHeader } from './requests.js';
+
+/** The metadata contexts a connection chose, and where the dirty-bitmap ones are read. */
+export interface BlockStatusContexts {
+  contexts: MetaContext[];
+  bitmaps: DirtyBitmapSource | undefined;
+}
 
 export interface ReadReplyOptions {
   bufferPool: BufferPool;
@@ -25,7 +33,7 @@ export interface ReadReplyOptions {
  */
 export class ReadReplies {
   constructor(private readonly device: BlockDevice, private readonly writer: ReplyWriter, private readonly structured: boolean,
-    private readonly options: ReadReplyOptions) {}
+    private readonly options: ReadReplyOptions, private readonly statusContexts: BlockStatusContexts = { contexts: [], bitmaps: undefined }) {}
 
   /** A read the device served from memory in this turn is answered in this turn (returns finishedNow). */
   serveRead(request: RequestHeader, offsetBytes: number): Promise<void> {
@@ -45,10 +53,31 @@ export class ReadReplies {
     return this.sendOffsetData(request, offsetBytes);
   }
 
+  /**
+   * One BLOCK_STATUS chunk per chosen context, the last one ending the
+   * reply. Every chunk is computed before any is sent, so a failure (a
+   * checkpoint removed since the client chose it) is one error reply.
+   */
   async serveBlockStatus(request: RequestHeader, offsetBytes: number): Promise<void> {
-    const extents = await this.device.blockStatus(offsetBytes, request.lengthBytes);
-    assertExtentsTile(extents, offsetBytes, request.lengthBytes, this.device.sizeBytes);
-    const endBytes = offsetBytes + request.lengthBytes;
+    const one = (request.flags & CommandFlag.REQ_ONE) !== 0;
+    const chunks: Array<{ id: number; descriptors: Array<{ lengthBytes: number; flags: number }> }> = [];
+    for (const context of this.statusContexts.contexts) {
+      if (context.name === BASE_ALLOCATION) {
+        chunks.push({ id: context.id, descriptors: await this.allocationDescriptors(offsetBytes, request.lengthBytes, one) });
+        continue;
+      }
+      const checkpoint = context.name.slice(DIRTY_BITMAP_PREFIX.length);
+      const runs = this.statusContexts.bitmaps?.runs(checkpoint, offsetBytes, request.lengthBytes, one);
+      if (runs === undefined) throw new BlockError('EINVAL', `block status: checkpoint ${checkpoint} was removed since ${context.name} was chosen`);
+      chunks.push({ id: context.id, descriptors: runs.map((run) => ({ lengthBytes: run.lengthBytes, flags: run.dirty ? DIRTY_STATE : 0 })) });
+    }
+    chunks.forEach((chunk, index) => this.writer.send(blockStatusChunk(request.cookie, chunk.id, chunk.descriptors, index === chunks.length - 1)));
+  }
+
+  private async allocationDescriptors(offsetBytes: number, lengthBytes: number, one: boolean): Promise<Array<{ lengthBytes: number; flags: number }>> {
+    const extents = await this.device.blockStatus(offsetBytes, lengthBytes);
+    assertExtentsTile(extents, offsetBytes, lengthBytes, this.device.sizeBytes);
+    const endBytes = offsetBytes + lengthBytes;
     const descriptors: Array<{ lengthBytes: number; flags: number }> = [];
     let position = offsetBytes;
     for (const extent of extents) {
@@ -57,9 +86,9 @@ export class ReadReplies {
       const flags = (extent.hole ? StateFlag.HOLE : 0) | (extent.zero ? StateFlag.ZERO : 0);
       descriptors.push({ lengthBytes: extentEnd - position, flags });
       position = extentEnd;
-      if ((request.flags & CommandFlag.REQ_ONE) !== 0 || position >= endBytes) break;
+      if (one || position >= endBytes) break;
     }
-    this.writer.send(blockStatusChunk(request.cookie, BASE_ALLOCATION_ID, descriptors));
+    return descriptors;
   }
 
   /** A large structured read: zero extents go out as OFFSET_HOLE chunks. */

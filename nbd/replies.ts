@@ -73,11 +73,11 @@ export function writeOffsetDataPrefix(
 }
 
 export function blockStatusChunk(
-  cookie: bigint, contextId: number, descriptors: Array<{ lengthBytes: number; flags: number }>,
+  cookie: bigint, contextId: number, descriptors: Array<{ lengthBytes: number; flags: number }>, done = true,
 ): Buffer {
   const payloadBytes = 4 + 8 * descriptors.length;
   const chunk = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_BYTES + payloadBytes);
-  writeStructuredHeader(chunk, 0, ReplyFlag.DONE, ReplyType.BLOCK_STATUS, cookie, payloadBytes);
+  writeStructuredHeader(chunk, 0, done ? ReplyFlag.DONE : 0, ReplyType.BLOCK_STATUS, cookie, payloadBytes);
   chunk.writeUInt32BE(contextId, 20);
   let at = 24;
   for (const descriptor of descriptors) {

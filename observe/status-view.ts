@@ -1,3 +1,4 @@
+import type { CheckpointStore } from '../cbt/checkpoint-store.js';
 import fs from 'node:fs';
 import type { CrashPoints } from '../faults/crash-points.js';
 import { FileLock } from '../sys/file-lock.js';
@@ -26,6 +27,8 @@ export interface AdminTarget {
   plain?: { path: string; sizeBytes: number; pool?: ThinLeg };
   /** The server's crash points and power-cut devices (the admin power-cut command). */
   crashPoints?: CrashPoints;
+  /** Checkpoints for incremental backup (a mirror only). */
+  checkpoints?: CheckpointStore;
 }
 
 export interface LegReport {

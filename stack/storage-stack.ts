@@ -1,3 +1,6 @@
+import { CheckpointStore, checkpointFilePath } from '../cbt/checkpoint-store.js';
+import { defaultGranularityBytes } from '../cbt/format.js';
+import { ChangeTrackingDevice } from '../cbt/tracking-device.js';
 import type { Logger } from 'pino';
 import { type OpenedLeg, openLeg } from '../backends/leg-spec.js';
 import { CheckedDevice } from '../blockdev/checked-device.js';
@@ -27,6 +30,8 @@ export interface StorageStack {
   crashPoints: CrashPoints;
   /** What the admin socket and the metrics read. */
   target: AdminTarget;
+  /** Checkpoints and their changed blocks (a mirror only: crash safety rides on its region log). */
+  checkpoints: CheckpointStore | undefined;
   /** Stops the sweeps, writes back and flushes top-down, closes every layer. */
   close(): Promise<void>;
 }
@@ -95,17 +100,30 @@ export async function openStorageStack(config: Config, logger: Logger, options: 
     ? new PageCache(below, { ...config.cache, logger: logger.child({ component: 'cache' }), events: options.events, clock })
     : undefined;
   const sweeper = new Sweeper({ mirror, cache }, config.storage.sweepIntervalMs, logger, clock);
-  const device = cache ? CheckedDevice.wrap(cache, 'cache') : below;
-  const target: AdminTarget = { mirror, cache, crashPoints,
+  let checkpoints: CheckpointStore | undefined;
+  if (mirror) {
+    const { state } = mirror.device.log;
+    checkpoints = CheckpointStore.open(checkpointFilePath(config.storage.log!), { mirrorUuid: state.mirrorUuid,
+      deviceSizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes, granularityBytes: defaultGranularityBytes,
+      regionsWithBitsSet: mirror.device.log.dirtyRegions() });
+    const store = checkpoints;
+    mirror.device.beforeClearingBits = () => store.persistBeforeClearing();
+  }
+  const top = cache ?? below;
+  const device = checkpoints ? CheckedDevice.wrap(new ChangeTrackingDevice(top, checkpoints), 'checkpoints')
+    : cache ? CheckedDevice.wrap(cache, 'cache') : below;
+  const target: AdminTarget = { mirror, cache, crashPoints, checkpoints,
     plain: plain ? { path: config.storage.legs[0].path, sizeBytes: below.sizeBytes, pool: plain.thin } : undefined };
   const close = async (): Promise<void> => {
     try {
       await sweeper.stop();
       if (mirror) await shutdownTopDown({ mirror, cache }, logger);
       else await device.flush().catch((error: unknown) => logger.error({ err: error }, 'final flush failed: data may not be durable'));
+      // Marks made since the last sweep (a degraded stop keeps bits set, which cover them anyway).
+      await checkpoints?.persistBeforeClearing().catch((error: unknown) => logger.error({ err: error }, 'checkpoint file not written at stop'));
     } finally {
       await device.close();
     }
   };
-  return { device, mirror, cache, plain, sweeper, crashPoints, target, close };
+  return { device, mirror, cache, plain, sweeper, crashPoints, target, checkpoints, close };
 }

@@ -22,6 +22,8 @@ export interface AdminRequest {
   bytesPerSecond?: number;
   /** events: send the current state first (drbdsetup events2 --now). */
   now?: boolean;
+  /** checkpoint-create, checkpoint-remove: the checkpoint's name. */
+  name?: string;
 }
 
 /** Progress lines sent while a long command runs. */
@@ -229,6 +231,19 @@ export class AdminServer {
         else throw new Error('fault needs action "trigger" or "heal"');
         return { slot: request.slot, action: request.action, injected: fault.injected };
       }
+      case 'checkpoint-create':
+      case 'checkpoint-remove':
+      case 'checkpoint-list': {
+        const store = target.checkpoints;
+        if (!store) throw new Error('checkpoints need a mirror (its region log makes them crash-safe); this server exports one plain leg');
+        if (request.command === 'checkpoint-list') return store.list();
+        if (typeof request.name !== 'string') throw new Error(`${request.command} needs the checkpoint's name`);
+        if (request.command === 'checkpoint-remove') {
+          await store.remove(request.name);
+          return `checkpoint ${request.name} removed`;
+        }
+        return store.create(request.name);
+      }
       case 'power-cut': {
         const crashPoints = target.crashPoints;
         if (crashPoints === undefined || crashPoints.powerCuts.size === 0) throw new Error('no power-cut device is configured (storage.legs[].powerCut, storage.log.powerCut)');
@@ -238,7 +253,7 @@ export class AdminServer {
       }
       default:
         throw new Error(`unknown command "${request.command}" (status, report, events, re-add, replace, fail, remove, resync, resync-rate, ` +
-          'check, repair, sweep, wait-resync, pool-grow, cache-drop, fault, power-cut)');
+          'check, repair, sweep, wait-resync, pool-grow, cache-drop, fault, power-cut, checkpoint-create, checkpoint-list, checkpoint-remove)');
     }
   }
 
