@@ -24,7 +24,9 @@ export type MirrorEvent =
   | { event: 'mirror-failed'; message: string }
   | { event: 'client-attached' | 'client-detached'; id: number; remote: string }
   /** Refused at accept (allow list, per-address cap, full house), or dropped while negotiating to admit a newer client. */
-  | { event: 'client-refused'; reason: string; remote: string };
+  | { event: 'client-refused'; reason: string; remote: string }
+  /** A checkpoint for incremental backup was created or removed, durably (docs/changed-blocks.md). */
+  | { event: 'checkpoint-created' | 'checkpoint-removed'; name: string };
 
 export type EventSink = (event: MirrorEvent) => void;
 

@@ -2,10 +2,18 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BlockError } from '../blockdev/errors.js';
+import { type EventSink, noEvents } from '../blockdev/events.js';
 import {
   bitmapBytesFor, type CheckpointFileState, CheckpointFormatError, checkpointNameProblem, checkpointsMax, decodeCheckpointFile,
   encodeCheckpointFile, granulesFor,
 } from './format.js';
+
+/** Set bits in each byte value. */
+const bitsIn = Uint8Array.from({ length: 256 }, (_, value) => {
+  let count = 0;
+  for (let bits = value; bits !== 0; bits &= bits - 1) count += 1;
+  return count;
+});
 
 /** Beside the region log, as the log's companion: `mirror.log.checkpoints`. */
 export function checkpointFilePath(logPath: string): string {
@@ -45,6 +53,8 @@ export interface CheckpointStoreOptions {
    * marking every granule of these regions leaves no change unreported.
    */
   regionsWithBitsSet: number[];
+  /** Where created and removed checkpoints are reported. */
+  events?: EventSink;
 }
 
 /**
@@ -63,7 +73,7 @@ export class CheckpointStore {
   private changedSincePersist = false;
   private persisting: Promise<void> = Promise.resolve();
 
-  private constructor(readonly path: string, state: CheckpointFileState) {
+  private constructor(readonly path: string, state: CheckpointFileState, private readonly events: EventSink) {
     this.state = state;
   }
 
@@ -88,7 +98,7 @@ export class CheckpointStore {
         throw new CheckpointError(`checkpoint file ${file} tracks a ${state.deviceSizeBytes}-byte device, this mirror is ${options.deviceSizeBytes}`);
       }
     }
-    const store = new CheckpointStore(file, state);
+    const store = new CheckpointStore(file, state, options.events ?? noEvents);
     for (const region of options.regionsWithBitsSet) {
       store.mark(region * options.regionSizeBytes, Math.min(options.regionSizeBytes, options.deviceSizeBytes - region * options.regionSizeBytes));
     }
@@ -122,16 +132,16 @@ export class CheckpointStore {
   }
 
   list(): CheckpointInfo[] {
-    const granules = granulesFor(this.state.deviceSizeBytes, this.state.granularityBytes);
+    const { granularityBytes, deviceSizeBytes } = this.state;
+    const lastGranule = granulesFor(deviceSizeBytes, granularityBytes) - 1;
+    // The last granule may be short: counted whole by the popcount, then corrected.
+    const shortBy = (lastGranule + 1) * granularityBytes - deviceSizeBytes;
     return this.state.checkpoints.map((checkpoint) => {
-      let dirty = 0;
-      for (let granule = 0; granule < granules; granule += 1) {
-        if ((checkpoint.bitmap[granule >> 3] & (1 << (granule & 7))) !== 0) {
-          dirty += Math.min(this.state.granularityBytes, this.state.deviceSizeBytes - granule * this.state.granularityBytes);
-        }
-      }
-      return { name: checkpoint.name, createdAt: new Date(checkpoint.createdAtMs).toISOString(), dirtyBytes: dirty,
-        granularityBytes: this.state.granularityBytes };
+      let granules = 0;
+      for (const byte of checkpoint.bitmap) if (byte !== 0) granules += bitsIn[byte];
+      const lastDirty = (checkpoint.bitmap[lastGranule >> 3] & (1 << (lastGranule & 7))) !== 0;
+      return { name: checkpoint.name, createdAt: new Date(checkpoint.createdAtMs).toISOString(),
+        dirtyBytes: granules * granularityBytes - (lastDirty ? shortBy : 0), granularityBytes };
     });
   }
 
@@ -153,6 +163,7 @@ export class CheckpointStore {
     this.state = { ...this.state, checkpoints: [...this.state.checkpoints, { name, uuid: randomBytes(16), createdAtMs, bitmap }] };
     this.changedSincePersist = true;
     await this.persist();
+    this.events({ event: 'checkpoint-created', name });
     return this.list().find((info) => info.name === name)!;
   }
 
@@ -162,6 +173,7 @@ export class CheckpointStore {
     this.state = { ...this.state, checkpoints: this.state.checkpoints.filter((checkpoint) => checkpoint.name !== name) };
     this.changedSincePersist = true;
     await this.persist();
+    this.events({ event: 'checkpoint-removed', name });
   }
 
   /**

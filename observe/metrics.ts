@@ -112,6 +112,10 @@ export function buildRegistry(sources: MetricsSources): client.Registry {
   gauge('nbd_mirror_thin_pool_capacity_bytes', 'Capacity of each thin leg\'s pool', ['slot'], (metric) => {
     for (const leg of status().legs) if (leg.pool) metric.set({ slot: String(leg.slot) }, leg.pool.capacityBytes);
   });
+  gauge('nbd_mirror_checkpoint_changed_bytes', 'Each checkpoint: bytes changed since it was created (whole 64 KiB granules)', ['name'],
+    (metric) => {
+      for (const checkpoint of status().checkpoints ?? []) metric.set({ name: checkpoint.name }, checkpoint.dirtyBytes);
+    });
   counterFromEvents('nbd_mirror_enospc_total', 'Times writeback ran out of space (a thin pool full)', [],
     (event) => (event.event === 'enospc' ? {} : undefined));
   counterFromEvents('nbd_mirror_connections_refused_total', 'Clients refused at accept or dropped while negotiating, by reason', ['reason'],

@@ -1,4 +1,5 @@
-import type { CheckpointStore } from '../cbt/checkpoint-store.js';
+import { type CheckpointInfo, CheckpointStore, checkpointFilePath } from '../cbt/checkpoint-store.js';
+import { defaultGranularityBytes } from '../cbt/format.js';
 import fs from 'node:fs';
 import type { CrashPoints } from '../faults/crash-points.js';
 import { FileLock } from '../sys/file-lock.js';
@@ -9,7 +10,7 @@ import { readLegLabel } from '../mirror/leg-media.js';
 import type { RemoteLegStatus } from '../mirror/remote-legs.js';
 import type { ResyncProgress } from '../mirror/resync.js';
 import type { PageCache, PageCacheStatus } from '../pagecache/page-cache.js';
-import { formatUuid, regionsSet } from '../regionlog/format.js';
+import { formatUuid, type LogState, regionsSet } from '../regionlog/format.js';
 import { RegionLog } from '../regionlog/region-log.js';
 
 /**
@@ -69,6 +70,8 @@ export interface StatusReport {
   resync: (ResyncProgress & { bytesPerSecondLimit: number }) | null;
   lastCheck: LastCheck | null;
   cache: PageCacheStatus | null;
+  /** Checkpoints for incremental backup and the bytes changed since each (a mirror only). */
+  checkpoints: CheckpointInfo[] | null;
   counters: { sweeps: number; regionsCleared: number; logCommits: number; generation: number } | null;
 }
 
@@ -99,6 +102,7 @@ export function serverStatus(target: AdminTarget): StatusReport {
         rebuildMode: leg.rebuildMode, failedAt: leg.failedAt ?? null, labelProblem: null, pool: leg.pool ?? null,
         remote: leg.remote ?? null })),
       regions: status.regions, resync: status.resync, lastCheck: status.lastCheck ?? null, cache: target.cache?.status() ?? null,
+      checkpoints: target.checkpoints?.list() ?? null,
       counters: { sweeps: status.sweeps, regionsCleared: status.regionsCleared, logCommits: status.logCommits, generation: status.generation },
     };
   }
@@ -109,8 +113,18 @@ export function serverStatus(target: AdminTarget): StatusReport {
     health: failure ? 'failed' : 'optimal', failure: failure ?? null, cleanShutdown: null, inUse: true, bitsSet: null,
     legs: [{ slot: 0, path: plain?.path ?? null, uuid: null, state: 'in_sync', rebuildMode: 'none', failedAt: null, labelProblem: null,
       pool: plain?.pool?.usage() ?? null, remote: null }],
-    regions: null, resync: null, lastCheck: null, cache: cache?.status() ?? null, counters: null,
+    regions: null, resync: null, lastCheck: null, cache: cache?.status() ?? null, checkpoints: null, counters: null,
   };
+}
+
+/**
+ * The checkpoints a stopped mirror's file holds, read as a restart would: widened by the regions whose bits are
+ * set, so a list after a crash shows what the next backup will copy.
+ */
+export function offlineCheckpoints(logPath: string, state: LogState): CheckpointInfo[] {
+  return CheckpointStore.open(checkpointFilePath(logPath), { mirrorUuid: state.mirrorUuid, deviceSizeBytes: state.deviceSizeBytes,
+    regionSizeBytes: state.regionSizeBytes, granularityBytes: defaultGranularityBytes,
+    regionsWithBitsSet: regionsSet(state.dirty, state.regionCount) }).list();
 }
 
 /** The view from the files of a mirror no server answers for. */
@@ -156,7 +170,7 @@ export async function filesStatus(config: Config, logPath: string): Promise<Stat
     regionSizeBytes: state.regionSizeBytes, regionCount: state.regionCount, health,
     failure: usable.length === 0 ? 'no in-sync leg is usable' : null, cleanShutdown: state.cleanShutdown,
     inUse, bitsSet, legs,
-    regions: null, resync: null, lastCheck: null, cache: null, counters: null,
+    regions: null, resync: null, lastCheck: null, cache: null, checkpoints: offlineCheckpoints(logPath, state), counters: null,
   };
 }
 

@@ -105,7 +105,7 @@ export async function openStorageStack(config: Config, logger: Logger, options: 
     const { state } = mirror.device.log;
     checkpoints = CheckpointStore.open(checkpointFilePath(config.storage.log!), { mirrorUuid: state.mirrorUuid,
       deviceSizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes, granularityBytes: defaultGranularityBytes,
-      regionsWithBitsSet: mirror.device.log.dirtyRegions() });
+      regionsWithBitsSet: mirror.device.log.dirtyRegions(), events: options.events });
     const store = checkpoints;
     mirror.device.beforeClearingBits = () => store.persistBeforeClearing();
   }

@@ -1,5 +1,4 @@
-import { type CheckpointInfo, CheckpointStore, checkpointFilePath } from '../cbt/checkpoint-store.js';
-import { defaultGranularityBytes } from '../cbt/format.js';
+import type { CheckpointInfo } from '../cbt/checkpoint-store.js';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { openLeg } from '../backends/leg-spec.js';
@@ -17,7 +16,7 @@ import { registerCrashTest } from './crash-test/command.js';
 import { registerEvents } from './events-command.js';
 import { formatPool, formatStatus } from './format-status.js';
 import { progressBar } from './progress.js';
-import { exitCodeFor, filesStatus, type StatusReport } from '../observe/status-view.js';
+import { exitCodeFor, filesStatus, offlineCheckpoints, type StatusReport } from '../observe/status-view.js';
 import { online, print, requireOnline, targetConfig, targetOptions, type TargetOptions } from './target.js';
 import { exitNoSuchMirror, ToolError } from './tool-error.js';
 
@@ -177,7 +176,7 @@ export function registerTools(program: Command): void {
       else {
         const config = targetConfig(options);
         if (!config.storage.log) throw new ToolError('checkpoints need a mirror: the configuration has no storage.log');
-        list = offlineCheckpoints(config.storage.log);
+        list = offlineCheckpoints(config.storage.log, RegionLog.inspect(config.storage.log).state);
       }
       print(options, list, () => (list.length === 0 ? 'no checkpoints' : list.map((info) =>
         `${info.name.padEnd(24)} created ${info.createdAt}   changed since: ${info.dirtyBytes} bytes`).join('\n')));
@@ -306,17 +305,6 @@ function parseSizeArgument(value: string, flag: string): number {
   } catch (error) {
     throw new ToolError(error instanceof ConfigError ? `${flag}: ${error.problem}` : (error as Error).message);
   }
-}
-
-/**
- * The checkpoints a stopped mirror's file holds. Read as a restart would, widened by the regions whose bits are
- * set, so a list after a crash shows what the next backup will copy.
- */
-function offlineCheckpoints(logPath: string): CheckpointInfo[] {
-  const { state } = RegionLog.inspect(logPath);
-  return CheckpointStore.open(checkpointFilePath(logPath), { mirrorUuid: state.mirrorUuid, deviceSizeBytes: state.deviceSizeBytes,
-    regionSizeBytes: state.regionSizeBytes, granularityBytes: defaultGranularityBytes,
-    regionsWithBitsSet: regionsSet(state.dirty, state.regionCount) }).list();
 }
 
 async function statusReport(options: TargetOptions): Promise<StatusReport> {

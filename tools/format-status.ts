@@ -78,5 +78,8 @@ export function formatStatus(status: StatusReport): string {
       : `  last check: nothing compared (one in-sync leg) at ${c.finishedAt}`);
   }
   if (status.cache) lines.push(`  ${formatCache(status.cache)}`);
+  for (const checkpoint of status.checkpoints ?? []) {
+    lines.push(`  checkpoint ${checkpoint.name}: created ${checkpoint.createdAt}, ${mib(checkpoint.dirtyBytes)} changed since`);
+  }
   return lines.join('\n');
 }

@@ -59,7 +59,7 @@ async function qemuIo(server: ServerProcess, commands: string[]): Promise<void> 
 
 test('a checkpoint\'s changed blocks are qemu:dirty-bitmap:NAME for nbdinfo and qemu-img, exact at 64 KiB; names are checked', async (t) => {
   const r = rig(t);
-  const server = await r.start();
+  const server = await r.start(['--metrics', '127.0.0.1:0']);
   await qemuIo(server, ['write -P 1 0 4M']);
   const created = await cli(['checkpoint', 'create', 'full-1', '--admin', r.admin]);
   t.is(created.code, 0, created.stderr);
@@ -88,6 +88,10 @@ test('a checkpoint\'s changed blocks are qemu:dirty-bitmap:NAME for nbdinfo and 
   const list = await cli(['checkpoint', 'list', '--json', '--admin', r.admin]);
   const listed = JSON.parse(list.stdout) as Array<{ name: string; dirtyBytes: number }>;
   t.deepEqual(listed.map((entry) => [entry.name, entry.dirtyBytes]), [['full-1', 7 * granule], ['inc-2', granule]]);
+  t.regex((await cli(['status', '--admin', r.admin])).stdout, /checkpoint inc-2: created .*, 0\.1 MiB changed since/);
+  const metricsPort = (server.logs.find((entry) => entry.msg === 'listening')?.metrics as { port: number }).port;
+  const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  t.regex(metrics, /^nbd_mirror_checkpoint_changed_bytes\{name="full-1"\} 458752$/m);
 
   for (const [name, problem] of [['full-1', /exists already/], ['a b', /may hold only letters/], ['', /is empty|missing required argument/],
     ['x'.repeat(96), /longer than 95 bytes/]] as const) {

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { CheckpointError, CheckpointStore } from '../../cbt/checkpoint-store.js';
 import { bitmapBytesFor, type CheckpointFileState, decodeCheckpointFile, encodeCheckpointFile } from '../../cbt/format.js';
 import { ChangeTrackingDevice } from '../../cbt/tracking-device.js';
+import type { MirrorEvent } from '../../blockdev/events.js';
 import { type BlockDevice, finishedNow } from '../../blockdev/types.js';
 import { makeTempDir } from '../helpers/tools.js';
 
@@ -41,10 +42,13 @@ test('a store refuses another mirror\'s file and widens by the regions whose log
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const file = path.join(dir, 'mirror.log.checkpoints');
   const mirrorUuid = randomBytes(16);
-  const options = { mirrorUuid, deviceSizeBytes: 8 * MiB, granularityBytes: granule, regionSizeBytes: MiB, regionsWithBitsSet: [] };
+  const events: MirrorEvent[] = [];
+  const options = { mirrorUuid, deviceSizeBytes: 8 * MiB, granularityBytes: granule, regionSizeBytes: MiB, regionsWithBitsSet: [],
+    events: (event: MirrorEvent) => events.push(event) };
   const store = CheckpointStore.open(file, options);
   t.false(store.active);
   await store.create('c');
+  t.deepEqual(events, [{ event: 'checkpoint-created', name: 'c' }], 'reported once durable');
   store.mark(3 * MiB + 5, 10);
   await store.persist();
   const reopened = CheckpointStore.open(file, { ...options, regionsWithBitsSet: [6] });
@@ -55,6 +59,9 @@ test('a store refuses another mirror\'s file and widens by the regions whose log
   await t.throwsAsync(reopened.create('c'), { message: /exists already/ });
   for (let index = 1; index < 16; index += 1) await reopened.create(`n${index}`);
   await t.throwsAsync(reopened.create('one-too-many'), { message: /16 checkpoints exist, the most there can be/ });
+  await reopened.remove('n3');
+  t.deepEqual(events.at(-1), { event: 'checkpoint-removed', name: 'n3' });
+  t.deepEqual(CheckpointStore.open(file, options).names().length, 15, 'the removal is durable');
 });
 
 test('a checkpoint created while a write is in flight counts that write as changed', async (t) => {
