@@ -1,4 +1,4 @@
-import { type CheckpointInfo, CheckpointStore, checkpointFilePath } from '../cbt/checkpoint-store.js';
+import { CheckpointError, type CheckpointInfo, CheckpointStore, checkpointFilePath } from '../cbt/checkpoint-store.js';
 import { defaultGranularityBytes } from '../cbt/format.js';
 import fs from 'node:fs';
 import type { CrashPoints } from '../faults/crash-points.js';
@@ -127,6 +127,16 @@ export function offlineCheckpoints(logPath: string, state: LogState): Checkpoint
     regionsWithBitsSet: regionsSet(state.dirty, state.regionCount) }).list();
 }
 
+/** Offline status reports a damaged checkpoint file as no list; a start and `checkpoint list` say why. */
+function checkpointsOrNull(logPath: string, state: LogState): CheckpointInfo[] | null {
+  try {
+    return offlineCheckpoints(logPath, state);
+  } catch (error) {
+    if (error instanceof CheckpointError) return null;
+    throw error;
+  }
+}
+
 /** The view from the files of a mirror no server answers for. */
 export async function filesStatus(config: Config, logPath: string): Promise<StatusReport> {
   const { state } = RegionLog.inspect(logPath);
@@ -170,7 +180,7 @@ export async function filesStatus(config: Config, logPath: string): Promise<Stat
     regionSizeBytes: state.regionSizeBytes, regionCount: state.regionCount, health,
     failure: usable.length === 0 ? 'no in-sync leg is usable' : null, cleanShutdown: state.cleanShutdown,
     inUse, bitsSet, legs,
-    regions: null, resync: null, lastCheck: null, cache: null, checkpoints: offlineCheckpoints(logPath, state), counters: null,
+    regions: null, resync: null, lastCheck: null, cache: null, checkpoints: checkpointsOrNull(logPath, state), counters: null,
   };
 }
 
