@@ -16,6 +16,7 @@ import { benchMetrics } from './metrics.js';
 import { benchLargeIo, largeIoJobs } from './large-io.js';
 import { benchTls, tlsJobs } from './tls.js';
 import { benchRemote, remoteJobs } from './remote.js';
+import { benchCheckpoints } from './checkpoints.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
@@ -45,11 +46,12 @@ async function main(): Promise<void> {
   }
   const dir = makeTempDir('bench');
   const only = process.env.BENCH_ONLY;
-  if (only === 'large' || only === 'tls' || only === 'remote') {
+  if (only === 'large' || only === 'tls' || only === 'remote' || only === 'checkpoints') {
     // These tables start their own servers on their own files.
     try {
       if (only === 'large') await benchLargeIo({ dir, sizeBytes, seconds, rounds, jobs: picked });
       else if (only === 'tls') await benchTls({ dir, sizeBytes, seconds, rounds, jobs: picked });
+      else if (only === 'checkpoints') await benchCheckpoints({ dir, sizeBytes, seconds, rounds });
       else await benchRemote({ dir, sizeBytes, seconds, rounds, jobs: picked });
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
@@ -89,6 +91,7 @@ async function main(): Promise<void> {
     }
     if (only === undefined || only === 'cache') await benchCache({ dir, sizeBytes, seconds, rounds });
     if (only === undefined || only === 'metrics') await benchMetrics({ dir, sizeBytes, seconds, rounds });
+    if (only === undefined) await benchCheckpoints({ dir, sizeBytes, seconds, rounds });
   } finally {
     await server.stop();
     nbdkit.child.kill('SIGTERM');
