@@ -38,6 +38,8 @@ test('raw workload: a few dozen kill -9s, crash points and power cuts, with leg 
   for (const kind of ['raw/kill', 'raw/point', 'raw/power-cut']) t.regex(summary, new RegExp(`${kind} (\\d+)/\\1 pass`));
   const struck = /crash points: (\d+) of (\d+) struck/.exec(stdout);
   t.true(struck !== null && Number(struck[1]) > 0, `named crash points must really strike: ${struck?.[0] ?? 'no summary'}`);
+  // Invariant 6 (no checkpoint reports a changed block clean) runs from the second iteration on.
+  t.is([...stdout.matchAll(/invariants 1:\w+ 2:\w+ 3:\w+ 4:\w+ 5:[\w/]+ 6:pass/g)].length, rawIterations - 1, 'every checkpoint checked passed');
 });
 
 const clientIterations = Number(process.env.CRASH_TEST_CLIENT_ITERATIONS ?? 36);

@@ -104,14 +104,14 @@ export function printTable(report: CrashTestReport, say: (line: string) => void)
   say('');
   say(`seed ${report.seed}: ${report.crashes} crashes, ${report.recoveries} recoveries, ${report.failures} failing, ` +
     `${Math.round(report.elapsedMs / 1000)} s`);
-  say('iter  workload  crash                                      fault          cache  resync              1     2     3     4     5');
+  say('iter  workload  crash                                      fault          cache  resync              1     2     3     4     5     6');
   for (const result of report.results) {
     const { plan } = result;
     const crash = plan.crash === 'point' ? pointText(plan) : plan.crash;
     const mark = (verdict: string): string => (verdict.startsWith('fail') ? 'FAIL' : verdict);
     say(`${String(plan.index).padEnd(5)} ${plan.workload.padEnd(9)} ${crash.padEnd(42)} ${plan.fault.padEnd(14)} ` +
       `${(plan.cache ? 'on' : 'off').padEnd(6)} ${`${result.recoveryRegions} rg ${formatBytes(result.resyncBytes)}`.padEnd(19)} ` +
-      `${[1, 2, 3, 4, 5].map((key) => mark(result.invariants[key as 1 | 2 | 3 | 4 | 5]).padEnd(5)).join(' ')}`);
+      `${([1, 2, 3, 4, 5, 6] as const).map((key) => mark(result.invariants[key]).padEnd(5)).join(' ')}`);
   }
   const byKind = new Map<string, { runs: number; failures: number }>();
   for (const result of report.results) {

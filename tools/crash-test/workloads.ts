@@ -7,6 +7,7 @@ import { type IterationResult, type Say, sleep, workloadScript } from './harness
 import { DurabilityOracle, readJournal, type Phase } from './oracle.js';
 import type { CrashTestSettings, IterationPlan, Paths } from './plan.js';
 import { run, runOk, type RunResult } from './process-tools.js';
+import type { CheckpointExpectation } from './checkpoint-oracle.js';
 import type { ServerProcess } from './server-process.js';
 
 /** What carries over from one iteration to the next: the device keeps its data, so the checks keep their expectations. */
@@ -20,6 +21,8 @@ export interface WorkloadState {
   rawPhases: Phase[];
   ext4Made?: boolean;
   fioSeed?: number;
+  /** Checkpoints the harness made, with the content they must report changes against (invariant 6). */
+  checkpoints: CheckpointExpectation[];
 }
 
 export interface WorkloadContext {
@@ -130,7 +133,7 @@ async function stableReads(context: WorkloadContext, server: ServerProcess): Pro
     : `fail: ${reads.mismatches.length} of ${reads.compared} blocks read differently twice (at ${reads.mismatches.slice(0, 4).join(', ')})`;
 }
 
-async function exportImage(context: WorkloadContext, server: ServerProcess): Promise<Buffer> {
+export async function exportImage(context: WorkloadContext, server: ServerProcess): Promise<Buffer> {
   const file = path.join(context.settings.workDir, 'export.img');
   fs.rmSync(file, { force: true });
   const copy = await run('nbdcopy', [server.uri('crash'), file], { timeoutMs: 120_000 });
