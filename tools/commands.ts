@@ -1,4 +1,5 @@
 import type { CheckpointInfo } from '../cbt/checkpoint-store.js';
+import { BackupPullError, backupPull, type PullResult } from './backup-pull.js';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { openLeg } from '../backends/leg-spec.js';
@@ -187,6 +188,29 @@ export function registerTools(program: Command): void {
       const socket = await requireOnline(options, 'checkpoint remove');
       const message = await adminRequest(socket, { command: 'checkpoint-remove', name });
       print(options, { message }, () => String(message));
+    });
+
+  program.command('backup').description('incremental backup (docs/changed-blocks.md)')
+    .command('pull').description('copy an export into FILE: all of its allocated extents, or with --since only the blocks changed ' +
+      'since that checkpoint over the image a previous pull made; works with any server offering qemu:dirty-bitmap:NAME')
+    .argument('<uri>', 'the export, as an NBD URI (nbd://host:port/name, nbd+unix:///name?socket=PATH, nbds://...)')
+    .requiredOption('--to <file>', 'the image file')
+    .option('--since <checkpoint>', 'copy only the blocks changed since this checkpoint (qemu:dirty-bitmap:CHECKPOINT)')
+    .option('--force', 'a full pull replaces an existing FILE')
+    .option('--json', 'print the result as JSON')
+    .action(async (uri: string, options: { to: string; since?: string; force?: boolean; json?: boolean }) => {
+      const bar = progressBar(options.since === undefined ? 'pull' : `pull since ${options.since}`, 'MiB');
+      let result: PullResult;
+      try {
+        result = await backupPull(uri, options.to, { since: options.since, force: options.force,
+          onProgress: (done, total, copied) => bar.update({ done: Math.floor(done / 2 ** 20), total: Math.ceil(total / 2 ** 20), bytes: copied }) });
+      } catch (error) {
+        throw error instanceof BackupPullError ? new ToolError(error.message) : error;
+      } finally {
+        bar.stop();
+      }
+      print(options, result, () => `${result.mode} pull: ${result.copiedBytes} bytes in ${result.extents} extents copied into ` +
+        `${options.to} (${result.sizeBytes} bytes)`);
     });
 
   targetOptions(program.command('resync-rate').description('change the resync bandwidth limit of the running server (storage.resyncRate is the next start\'s)'))

@@ -15,10 +15,10 @@ function formatRate(bytesPerSecond: number): string {
  * A bar with percent, rate and ETA on a terminal (stderr), like qemu-img -p;
  * nothing when stderr is not a terminal, so scripts get only the result.
  */
-export function progressBar(label: string): ProgressDisplay {
+export function progressBar(label: string, unit = 'regions'): ProgressDisplay {
   if (!process.stderr.isTTY) return { update: () => undefined, stop: () => undefined };
   const bar = new cliProgress.SingleBar({
-    format: `${label} [{bar}] {percentage}% {value}/{total} regions | {rate} | eta {eta_formatted}{kind}`,
+    format: `${label} [{bar}] {percentage}% {value}/{total} ${unit} | {rate} | eta {eta_formatted}{kind}`,
     stream: process.stderr, etaBuffer: 20,
   }, cliProgress.Presets.shades_classic);
   let started = false;

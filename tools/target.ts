@@ -79,6 +79,6 @@ export async function requireOnline(options: TargetOptions, what: string): Promi
     'start it with nbd-mirror serve', exitNoSuchMirror);
 }
 
-export function print(options: TargetOptions, value: unknown, text: () => string): void {
+export function print(options: Pick<TargetOptions, 'json'>, value: unknown, text: () => string): void {
   console.log(options.json ? JSON.stringify(value, (_key, entry: unknown) => (typeof entry === 'bigint' ? entry.toString() : entry), 2) : text());
 }

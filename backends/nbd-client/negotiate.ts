@@ -19,6 +19,8 @@ export interface RemoteExport {
   structuredReplies: boolean;
   /** Set when base:allocation was negotiated. */
   baseAllocationId: number | undefined;
+  /** Every metadata context the server chose, by name (base:allocation and any asked for with extraContexts). */
+  contextIds: Map<string, number>;
   minimumBlockBytes: number;
   preferredBlockBytes: number;
   maximumBlockBytes: number;
@@ -50,7 +52,8 @@ const errorNames = new Map(Object.entries(OptionReply).filter(([, value]) => val
  * A server without GO gets EXPORT_NAME, as libnbd does.
  */
 export async function negotiate(address: NbdAddress, tlsOptions: tls.ConnectionOptions | undefined,
-  options: { connectTimeoutMs: number }): Promise<RemoteExport> {
+  options: { connectTimeoutMs: number; /** More metadata contexts to ask for (qemu:dirty-bitmap:NAME). */ extraContexts?: string[] }):
+  Promise<RemoteExport> {
   let socket = await connectSocket(address, options.connectTimeoutMs);
   /** From STARTTLS on: a reset or close then is most likely the server refusing our credentials. */
   let inTls = false;
@@ -92,29 +95,33 @@ export async function negotiate(address: NbdAddress, tlsOptions: tls.ConnectionO
     const structured = await ask(Option.STRUCTURED_REPLY);
     if (structured.type === OptionReply.ERR_TLS_REQD) fail(refusal(structured, 'every option'));
     const structuredReplies = structured.type === OptionReply.ACK;
-    let baseAllocationId: number | undefined;
+    const contextIds = new Map<string, number>();
     if (structuredReplies) {
       const name = Buffer.from(address.exportName, 'utf8');
-      const query = Buffer.from(BASE_ALLOCATION, 'utf8');
-      const request = Buffer.alloc(4 + name.length + 4 + 4 + query.length);
+      const queries = [BASE_ALLOCATION, ...(options.extraContexts ?? [])].map((query) => Buffer.from(query, 'utf8'));
+      const request = Buffer.alloc(4 + name.length + 4 + queries.reduce((sum, query) => sum + 4 + query.length, 0));
       request.writeUInt32BE(name.length, 0);
       name.copy(request, 4);
-      request.writeUInt32BE(1, 4 + name.length);
-      request.writeUInt32BE(query.length, 8 + name.length);
-      query.copy(request, 12 + name.length);
+      request.writeUInt32BE(queries.length, 4 + name.length);
+      let at = 8 + name.length;
+      for (const query of queries) {
+        request.writeUInt32BE(query.length, at);
+        query.copy(request, at + 4);
+        at += 4 + query.length;
+      }
       sendOption(socket, Option.SET_META_CONTEXT, request);
       for (let replies = 0; replies < 64; replies += 1) {
         const reply = await readOptionReply(reader, Option.SET_META_CONTEXT, fail);
-        if (reply.type === OptionReply.META_CONTEXT && reply.data.length >= 4
-          && reply.data.subarray(4).toString('utf8') === BASE_ALLOCATION) baseAllocationId = reply.data.readUInt32BE(0);
+        if (reply.type === OptionReply.META_CONTEXT && reply.data.length >= 4) contextIds.set(reply.data.subarray(4).toString('utf8'), reply.data.readUInt32BE(0));
         if (reply.type !== OptionReply.META_CONTEXT) break;
       }
     }
+    const baseAllocationId = contextIds.get(BASE_ALLOCATION);
 
     const negotiated = await go(socket, reader, address, noZeroes, fail, refusal);
     clearTimeout(deadline);
     const leftover = reader.detach();
-    return { socket, leftover, structuredReplies, baseAllocationId, ...negotiated };
+    return { socket, leftover, structuredReplies, baseAllocationId, contextIds, ...negotiated };
   } catch (error) {
     clearTimeout(deadline);
     socket.destroy();

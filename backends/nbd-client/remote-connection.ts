@@ -13,6 +13,8 @@ export const commandNames: Record<number, string> = Object.fromEntries(Object.en
 /** A request on the wire, and what its reply fills in. */
 export class InFlight implements AwaitedReply {
   sentAtMs = 0;
+  /** Block status descriptors of contexts other than base:allocation, by context id. */
+  otherContexts: Map<number, Array<{ lengthBytes: number; flags: number }>> | undefined;
   /** Failfast: unanswered this long, the connection is lost (an idle probe has a shorter deadline than a request). */
   timeoutMs = 0;
   extents: Extent[] | undefined;
@@ -25,7 +27,15 @@ export class InFlight implements AwaitedReply {
     private readonly baseAllocationId: number | undefined) {}
 
   onChunk(type: number, payload: Buffer): void {
-    if (type !== ReplyType.BLOCK_STATUS || payload.length < 4 || payload.readUInt32BE(0) !== this.baseAllocationId) return;
+    if (type !== ReplyType.BLOCK_STATUS || payload.length < 4) return;
+    if (payload.readUInt32BE(0) !== this.baseAllocationId) {
+      const descriptors: Array<{ lengthBytes: number; flags: number }> = [];
+      for (let index = 4; index + 8 <= payload.length; index += 8) {
+        descriptors.push({ lengthBytes: payload.readUInt32BE(index), flags: payload.readUInt32BE(index + 4) });
+      }
+      (this.otherContexts ??= new Map()).set(payload.readUInt32BE(0), descriptors);
+      return;
+    }
     const extents: Extent[] = [];
     let at = this.offsetBytes;
     const end = this.offsetBytes + this.lengthBytes;

@@ -24,6 +24,8 @@ export interface RemoteLegOptions {
   bytesInFlightMax?: number;
   /** Only read (offline check): a read-only export is then accepted, and the device refuses writes. */
   readOnly?: boolean;
+  /** More metadata contexts to negotiate (a backup client's qemu:dirty-bitmap:NAME); read with contextStatus. */
+  extraContexts?: string[];
   /**
    * Connections to open when the remote advertises multi-conn (its flush on
    * one connection covers writes completed on all); one otherwise.
@@ -94,14 +96,15 @@ export class RemoteLeg implements BlockDevice {
   static async connect(options: RemoteLegOptions, tlsOptions?: tls.ConnectionOptions): Promise<RemoteLeg> {
     const { address } = options;
     const credentials = address.tls ? tlsOptions ?? clientTlsOptions(address) : undefined;
-    const negotiation = { connectTimeoutMs: options.connectTimeoutMs ?? remoteLegDefaults.connectTimeoutMs };
+    const negotiation = { connectTimeoutMs: options.connectTimeoutMs ?? remoteLegDefaults.connectTimeoutMs, extraContexts: options.extraContexts };
     const remote = await negotiate(address, credentials, negotiation);
     const refuse = (problem: string): never => {
       remote.socket.destroy();
       throw new NegotiationError(address.uri, problem);
     };
     if (hasFlag(remote.flags, TransmissionFlag.READ_ONLY) && !options.readOnly) refuse('the export is read-only; a leg must be writable');
-    if (!hasFlag(remote.flags, TransmissionFlag.SEND_FLUSH)) {
+    // A reader (offline check, a backup client) writes nothing it would need flushed.
+    if (!options.readOnly && !hasFlag(remote.flags, TransmissionFlag.SEND_FLUSH)) {
       refuse('the server does not offer flush, so nothing written there could be promised durable');
     }
     if (options.usableSizeBytes !== undefined && remote.sizeBytes < options.usableSizeBytes) {
@@ -203,6 +206,35 @@ export class RemoteLeg implements BlockDevice {
     if (this.remote.baseAllocationId === undefined) return [{ offsetBytes, lengthBytes, hole: false, zero: false }];
     const request = await this.send(Command.BLOCK_STATUS, 0, offsetBytes, length, undefined, undefined);
     return request.extents ?? [{ offsetBytes, lengthBytes: length, hole: false, zero: false }];
+  }
+
+  /**
+   * Block status in metadata context `name` (negotiated with extraContexts)
+   * from `offsetBytes`: the server's descriptors, clipped to the range. The
+   * server may answer less than the whole range; the caller asks again from
+   * where the answer ends.
+   */
+  async contextStatus(name: string, offsetBytes: number, lengthBytes: number): Promise<Array<{ offsetBytes: number; lengthBytes: number; flags: number }>> {
+    const id = this.remote.contextIds.get(name);
+    if (id === undefined) throw new BlockError('ENOTSUP', `${this.options.address.uri} does not offer the metadata context ${name}`);
+    const request = await this.send(Command.BLOCK_STATUS, 0, offsetBytes, Math.min(lengthBytes, rangeCommandBytesMax), undefined, undefined);
+    const descriptors = request.otherContexts?.get(id);
+    if (!descriptors || descriptors.length === 0) throw new BlockError('EIO', `${this.options.address.uri}: no block status for ${name} at ${offsetBytes}`);
+    const runs: Array<{ offsetBytes: number; lengthBytes: number; flags: number }> = [];
+    let at = offsetBytes;
+    const end = offsetBytes + lengthBytes;
+    for (const descriptor of descriptors) {
+      if (at >= end || descriptor.lengthBytes === 0) break;
+      const length = Math.min(descriptor.lengthBytes, end - at);
+      runs.push({ offsetBytes: at, lengthBytes: length, flags: descriptor.flags });
+      at += length;
+    }
+    return runs;
+  }
+
+  /** The metadata contexts the server chose, by name. */
+  get contexts(): ReadonlySet<string> {
+    return new Set(this.remote.contextIds.keys());
   }
 
   async close(): Promise<void> {

@@ -1,10 +1,12 @@
 import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointFilePath } from '../../cbt/checkpoint-store.js';
 import { cli } from '../helpers/cli.js';
 import { type ServerProcess, startServerProcess } from '../helpers/server-process.js';
 import { makeTempDir, run } from '../helpers/tools.js';
+import { waitUntil } from '../helpers/wait.js';
 
 /**
  * Checkpoints for incremental backup, through real clients: the blocks
@@ -152,4 +154,69 @@ test('a corrupted checkpoint file stops the start with the reason, and nothing i
   t.not(refused.code, 0);
   t.regex(refused.stderr, /checkpoint file .*mirror\.log\.checkpoints is unreadable: checksum mismatch .*move the file away to start without checkpoints/);
   t.true(fs.readFileSync(file).equals(bytes), 'the file is left as it was');
+});
+
+/** The export's bytes, as a client reads them. */
+async function exportBytes(server: ServerProcess, dir: string): Promise<Buffer> {
+  const file = path.join(dir, 'export-now.img');
+  fs.rmSync(file, { force: true });
+  const copy = await run('nbdcopy', [server.uri(), file]);
+  if (copy.code !== 0) throw new Error(`nbdcopy: ${copy.stderr}`);
+  const bytes = fs.readFileSync(file);
+  fs.rmSync(file);
+  return bytes;
+}
+
+test('the backup chain: a full pull at one checkpoint, writes, an incremental pull since it makes the image equal the export', async (t) => {
+  const r = rig(t);
+  const server = await r.start();
+  await qemuIo(server, ['write -P 0x11 0 8M', 'write -P 0x12 20M 1M']);
+  t.is((await cli(['checkpoint', 'create', 'c1', '--admin', r.admin])).code, 0);
+  const image = path.join(r.dir, 'backup.img');
+  const full = await cli(['backup', 'pull', server.uri(), '--to', image, '--json']);
+  t.is(full.code, 0, full.stderr);
+  const fullResult = JSON.parse(full.stdout) as { mode: string; copiedBytes: number; sizeBytes: number };
+  t.is(fullResult.mode, 'full');
+  t.true(fullResult.copiedBytes < sizeBytes, `only allocated extents copied (${fullResult.copiedBytes} of ${sizeBytes})`);
+  t.true(fs.readFileSync(image).equals(await exportBytes(server, r.dir)), 'the full image is the export');
+
+  await qemuIo(server, ['write -P 0x21 1M 4k', 'write -P 0x22 40M 64k', 'discard 20M 1M', 'write -z 4M 128k']);
+  t.is((await cli(['checkpoint', 'create', 'c2', '--admin', r.admin])).code, 0);
+  const incremental = await cli(['backup', 'pull', server.uri(), '--to', image, '--since', 'c1', '--json']);
+  t.is(incremental.code, 0, incremental.stderr);
+  const incrementalResult = JSON.parse(incremental.stdout) as { mode: string; copiedBytes: number; extents: number };
+  t.is(incrementalResult.mode, 'incremental');
+  t.is(incrementalResult.copiedBytes, granule + granule + MiB + 2 * granule, 'exactly the changed granules');
+  t.true(fs.readFileSync(image).equals(await exportBytes(server, r.dir)), 'the updated image is the export now');
+
+  const missing = await cli(['backup', 'pull', server.uri(), '--to', image, '--since', 'nope']);
+  t.regex(missing.stderr, /does not offer qemu:dirty-bitmap:nope/);
+  const exists = await cli(['backup', 'pull', server.uri(), '--to', image]);
+  t.regex(exists.stderr, /exists; a full pull writes a new image/);
+  t.is(await server.stop(), 0);
+});
+
+test('backup pull --since reads a bitmap served by qemu-nbd -B as well', async (t) => {
+  const dir = makeTempDir('pull-qemu');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const qcow2 = path.join(dir, 'disk.qcow2');
+  for (const command of [['qemu-img', 'create', '-q', '-f', 'qcow2', qcow2, '16M'], ['qemu-img', 'bitmap', '--add', qcow2, 'b0'],
+    ['qemu-io', '-f', 'qcow2', '-c', 'write -P 0x33 1M 64k', '-c', 'write -P 0x34 9M 128k', qcow2]]) {
+    const result = await run(command[0], command.slice(1));
+    t.is(result.code, 0, `${command.join(' ')}: ${result.stderr}`);
+  }
+  // The previous full backup: the disk as it was when b0 started, empty.
+  const image = path.join(dir, 'backup.img');
+  fs.writeFileSync(image, '');
+  fs.truncateSync(image, 16 * MiB);
+  const socket = path.join(dir, 'nbd.sock');
+  const qemuNbd = spawn('qemu-nbd', ['-r', '-f', 'qcow2', '-B', 'b0', '-k', socket, '-x', 'disk', qcow2], { stdio: 'ignore' });
+  t.teardown(() => { qemuNbd.kill('SIGKILL'); });
+  t.true(await waitUntil(() => fs.existsSync(socket), 10_000, 50), 'qemu-nbd listens');
+  const pulled = await cli(['backup', 'pull', `nbd+unix:///disk?socket=${socket}`, '--to', image, '--since', 'b0', '--json']);
+  t.is(pulled.code, 0, pulled.stderr);
+  t.is((JSON.parse(pulled.stdout) as { copiedBytes: number }).copiedBytes, 3 * granule);
+  const raw = path.join(dir, 'disk.raw');
+  t.is((await run('qemu-img', ['convert', '-O', 'raw', qcow2, raw])).code, 0);
+  t.true(fs.readFileSync(image).equals(fs.readFileSync(raw)), 'the image equals the disk');
 });
