@@ -4,7 +4,7 @@ import path from 'node:path';
 import { BlockError } from '../blockdev/errors.js';
 import { type EventSink, noEvents } from '../blockdev/events.js';
 import {
-  bitmapBytesFor, type CheckpointFileState, CheckpointFormatError, checkpointNameProblem, checkpointsMax, decodeCheckpointFile,
+  bitmapBytesFor, type CheckpointFileState, type CheckpointRecord, CheckpointFormatError, checkpointNameProblem, checkpointsMax, decodeCheckpointFile,
   encodeCheckpointFile, granulesFor,
 } from './format.js';
 
@@ -72,6 +72,8 @@ export class CheckpointStore {
   /** Marks made since the last persist began: a persist with nothing new is skipped. */
   private changedSincePersist = false;
   private persisting: Promise<void> = Promise.resolve();
+  /** Checkpoints being removed: left out of the file being written, still marked until the removal is durable. */
+  private readonly leaving = new Set<CheckpointRecord>();
 
   private constructor(readonly path: string, state: CheckpointFileState, private readonly events: EventSink) {
     this.state = state;
@@ -160,19 +162,34 @@ export class CheckpointStore {
     }
     const createdAtMs = Date.now();
     const bitmap = new Uint8Array(bitmapBytesFor(this.state.deviceSizeBytes, this.state.granularityBytes));
-    this.state = { ...this.state, checkpoints: [...this.state.checkpoints, { name, uuid: randomBytes(16), createdAtMs, bitmap }] };
+    const checkpoint = { name, uuid: randomBytes(16), createdAtMs, bitmap };
+    this.state = { ...this.state, checkpoints: [...this.state.checkpoints, checkpoint] };
     this.changedSincePersist = true;
-    await this.persist();
+    try {
+      await this.persist();
+    } catch (error) {
+      // Not durable, so it does not exist: a backup must not rely on a checkpoint the next crash forgets.
+      this.state = { ...this.state, checkpoints: this.state.checkpoints.filter((each) => each !== checkpoint) };
+      throw error;
+    }
     this.events({ event: 'checkpoint-created', name });
     return this.list().find((info) => info.name === name)!;
   }
 
   /** Removes checkpoint `name` and resolves once the removal is durable. */
   async remove(name: string): Promise<void> {
-    if (!this.state.checkpoints.some((checkpoint) => checkpoint.name === name)) throw new CheckpointError(`no checkpoint named ${name}`);
-    this.state = { ...this.state, checkpoints: this.state.checkpoints.filter((checkpoint) => checkpoint.name !== name) };
+    const removed = this.state.checkpoints.find((checkpoint) => checkpoint.name === name && !this.leaving.has(checkpoint));
+    if (!removed) throw new CheckpointError(`no checkpoint named ${name}`);
+    // Written out of the file first and dropped from memory only once that is durable: until then it is still
+    // marked, so a failed removal leaves a checkpoint that missed nothing.
+    this.leaving.add(removed);
     this.changedSincePersist = true;
-    await this.persist();
+    try {
+      await this.persist();
+    } finally {
+      this.leaving.delete(removed);
+    }
+    this.state = { ...this.state, checkpoints: this.state.checkpoints.filter((checkpoint) => checkpoint !== removed) };
     this.events({ event: 'checkpoint-removed', name });
   }
 
@@ -224,7 +241,8 @@ export class CheckpointStore {
   private async writeFile(): Promise<void> {
     if (!this.changedSincePersist && fs.existsSync(this.path)) return;
     this.changedSincePersist = false;
-    const state = { ...this.state, sequence: this.state.sequence + 1n };
+    const state = { ...this.state, sequence: this.state.sequence + 1n,
+      checkpoints: this.state.checkpoints.filter((checkpoint) => !this.leaving.has(checkpoint)) };
     // Encoded now, in one turn: marks made while the write is under way belong to the next persist.
     const bytes = encodeCheckpointFile({ ...state, checkpoints: state.checkpoints.map((checkpoint) => ({ ...checkpoint,
       bitmap: Uint8Array.from(checkpoint.bitmap) })) });

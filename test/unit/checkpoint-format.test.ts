@@ -86,3 +86,21 @@ test('a checkpoint created while a write is in flight counts that write as chang
   t.deepEqual(store.runs('during', 5 * MiB, 4 * granule, false), [{ lengthBytes: 3 * granule, dirty: true }, { lengthBytes: granule, dirty: false }]);
   t.deepEqual(store.runs('during', 5 * MiB, 4 * granule, true), [{ lengthBytes: 3 * granule, dirty: true }], 'REQ_ONE: the first run only');
 });
+
+test('a create or remove whose file cannot be written changes nothing: no checkpoint appears, none is lost or misses a mark', async (t) => {
+  const dir = makeTempDir('checkpoint-failing');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const folder = path.join(dir, 'log-folder');
+  fs.mkdirSync(folder);
+  const store = CheckpointStore.open(path.join(folder, 'c'), { mirrorUuid: randomBytes(16), deviceSizeBytes: 8 * MiB, granularityBytes: granule,
+    regionSizeBytes: MiB, regionsWithBitsSet: [] });
+  await store.create('kept');
+  fs.rmSync(folder, { recursive: true });
+  await t.throwsAsync(store.create('not-durable'), { message: /checkpoint file .*ENOENT/ });
+  t.deepEqual(store.names(), ['kept'], 'a checkpoint that is not durable does not exist');
+  const removing = store.remove('kept');
+  store.mark(MiB, 10);
+  await t.throwsAsync(removing, { message: /ENOENT/ });
+  t.deepEqual(store.names(), ['kept'], 'the removal did not happen');
+  t.deepEqual(store.runs('kept', MiB, granule, false), [{ lengthBytes: granule, dirty: true }], 'and it was marked meanwhile');
+});
