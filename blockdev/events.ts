@@ -26,7 +26,10 @@ export type MirrorEvent =
   /** Refused at accept (allow list, per-address cap, full house), or dropped while negotiating to admit a newer client. */
   | { event: 'client-refused'; reason: string; remote: string }
   /** A checkpoint for incremental backup was created or removed, durably (docs/changed-blocks.md). */
-  | { event: 'checkpoint-created' | 'checkpoint-removed'; name: string };
+  | { event: 'checkpoint-created' | 'checkpoint-removed'; name: string }
+  /** A point-in-time backup view started or stopped (with why it had failed, if it had). */
+  | { event: 'backup-started'; name: string; since: string | null }
+  | { event: 'backup-stopped'; name: string; failed: string | null };
 
 export type EventSink = (event: MirrorEvent) => void;
 

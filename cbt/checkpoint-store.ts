@@ -8,6 +8,27 @@ import {
   encodeCheckpointFile, granulesFor,
 } from './format.js';
 
+/** Runs of granules of one state over [offset, offset + length) of `bitmap` (only the first with `one`). */
+export function runsOf(bitmap: Uint8Array, granularity: number, offsetBytes: number, lengthBytes: number, one: boolean): DirtyRun[] {
+  const end = offsetBytes + lengthBytes;
+  const runs: DirtyRun[] = [];
+  let at = offsetBytes;
+  while (at < end) {
+    const granule = Math.floor(at / granularity);
+    const dirty = (bitmap[granule >> 3] & (1 << (granule & 7))) !== 0;
+    let next = Math.min(end, (granule + 1) * granularity);
+    while (next < end) {
+      const following = Math.floor(next / granularity);
+      if (((bitmap[following >> 3] & (1 << (following & 7))) !== 0) !== dirty) break;
+      next = Math.min(end, (following + 1) * granularity);
+    }
+    runs.push({ lengthBytes: next - at, dirty });
+    at = next;
+    if (one) break;
+  }
+  return runs;
+}
+
 /** Set bits in each byte value. */
 const bitsIn = Uint8Array.from({ length: 256 }, (_, value) => {
   let count = 0;
@@ -201,25 +222,13 @@ export class CheckpointStore {
   runs(name: string, offsetBytes: number, lengthBytes: number, one: boolean): DirtyRun[] | undefined {
     const checkpoint = this.state.checkpoints.find((each) => each.name === name);
     if (!checkpoint) return undefined;
-    const { bitmap } = checkpoint;
-    const granularity = this.state.granularityBytes;
-    const end = offsetBytes + lengthBytes;
-    const runs: DirtyRun[] = [];
-    let at = offsetBytes;
-    while (at < end) {
-      const granule = Math.floor(at / granularity);
-      const dirty = (bitmap[granule >> 3] & (1 << (granule & 7))) !== 0;
-      let next = Math.min(end, (granule + 1) * granularity);
-      while (next < end) {
-        const following = Math.floor(next / granularity);
-        if (((bitmap[following >> 3] & (1 << (following & 7))) !== 0) !== dirty) break;
-        next = Math.min(end, (following + 1) * granularity);
-      }
-      runs.push({ lengthBytes: next - at, dirty });
-      at = next;
-      if (one) break;
-    }
-    return runs;
+    return runsOf(checkpoint.bitmap, this.state.granularityBytes, offsetBytes, lengthBytes, one);
+  }
+
+  /** A copy of checkpoint `name`'s bitmap as it is now (a backup view's --since, frozen at its instant). */
+  frozenBitmap(name: string): Uint8Array | undefined {
+    const checkpoint = this.state.checkpoints.find((each) => each.name === name);
+    return checkpoint ? Uint8Array.from(checkpoint.bitmap) : undefined;
   }
 
   /**

@@ -1,4 +1,5 @@
 import { type BlockDevice, type Extent, finishedNow, type WriteFlags, type ZeroFlags } from '../blockdev/types.js';
+import type { BackupView } from './backup-view.js';
 import type { CheckpointStore } from './checkpoint-store.js';
 
 /**
@@ -16,6 +17,10 @@ export class ChangeTrackingDevice implements BlockDevice {
   readonly blockSizeBytes: number;
   readonly capabilities: BlockDevice['capabilities'];
   readonly lendFileRange: BlockDevice['lendFileRange'];
+  private readonly views = new Set<BackupView>();
+  /** Changes waiting to preserve for a view, and the end of that queue. */
+  private queued = 0;
+  private queue: Promise<void> = Promise.resolve();
 
   constructor(private readonly inner: BlockDevice, private readonly store: CheckpointStore) {
     this.sizeBytes = inner.sizeBytes;
@@ -29,18 +34,44 @@ export class ChangeTrackingDevice implements BlockDevice {
   }
 
   write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
-    this.store.mark(offsetBytes, data.length);
-    return this.markWhenSettled(offsetBytes, data.length, this.inner.write(offsetBytes, data, flags));
+    return this.change(offsetBytes, data.length, () => this.inner.write(offsetBytes, data, flags));
   }
 
   trim(offsetBytes: number, lengthBytes: number, flags: WriteFlags): Promise<void> {
-    this.store.mark(offsetBytes, lengthBytes);
-    return this.markWhenSettled(offsetBytes, lengthBytes, this.inner.trim(offsetBytes, lengthBytes, flags));
+    return this.change(offsetBytes, lengthBytes, () => this.inner.trim(offsetBytes, lengthBytes, flags));
   }
 
   writeZeroes(offsetBytes: number, lengthBytes: number, flags: ZeroFlags): Promise<void> {
+    return this.change(offsetBytes, lengthBytes, () => this.inner.writeZeroes(offsetBytes, lengthBytes, flags));
+  }
+
+  /** A point-in-time backup view: from now on every change first preserves what it overwrites there. */
+  addView(view: BackupView): void {
+    this.views.add(view);
+  }
+
+  removeView(view: BackupView): void {
+    this.views.delete(view);
+  }
+
+  /**
+   * Marks, and with a backup view running, preserves the old bytes before
+   * the change goes down. Changes then wait in one queue, in arrival order,
+   * so overlapping ones still apply in the order they came (a later one
+   * whose granules are preserved must not overtake an earlier one still
+   * copying); the queue drains before the direct path resumes.
+   */
+  private change(offsetBytes: number, lengthBytes: number, apply: () => Promise<void>): Promise<void> {
     this.store.mark(offsetBytes, lengthBytes);
-    return this.markWhenSettled(offsetBytes, lengthBytes, this.inner.writeZeroes(offsetBytes, lengthBytes, flags));
+    if (this.views.size === 0 && this.queued === 0) return this.markWhenSettled(offsetBytes, lengthBytes, apply());
+    const views = [...this.views];
+    this.queued += 1;
+    const preserved = this.queue.then(() => Promise.all(views.map((view) => view.beforeChange(offsetBytes, lengthBytes)))).then(() => undefined);
+    this.queue = preserved;
+    return this.markWhenSettled(offsetBytes, lengthBytes, preserved.then(() => {
+      this.queued -= 1;
+      return apply();
+    }));
   }
 
   flush(): Promise<void> {

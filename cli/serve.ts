@@ -12,6 +12,9 @@ import { ensureDefaultDataDir } from '../config/load.js';
 import { defaultConnectionOptions } from '../nbd/connection.js';
 import { InputPoll } from '../nbd/input-poll.js';
 import type { DirtyBitmapSource, ExportEntry, ExportTable } from '../nbd/negotiation.js';
+import type { BackupView } from '../cbt/backup-view.js';
+import { CheckedDevice } from '../blockdev/checked-device.js';
+import type { Backups } from '../cbt/backups.js';
 import { RequestStats } from '../nbd/request-stats.js';
 import { type ListenAddresses, NbdServer } from '../nbd/server.js';
 import { AllowList } from '../nbd/admission.js';
@@ -50,7 +53,11 @@ export interface StartOptions {
   onLegPathChanged?: (slot: number, path: string) => string | undefined;
 }
 
-export function singleExport(config: Config, device: BlockDevice, dirtyBitmaps?: DirtyBitmapSource): ExportTable {
+/**
+ * The one export, and while backups run their point-in-time views as
+ * `<export>@NAME`, read-only, each offering its frozen --since bitmap.
+ */
+export function singleExport(config: Config, device: BlockDevice, dirtyBitmaps?: DirtyBitmapSource, backups?: Backups): ExportTable {
   const entry: ExportEntry = {
     name: config.export.name,
     description: config.export.description,
@@ -58,9 +65,27 @@ export function singleExport(config: Config, device: BlockDevice, dirtyBitmaps?:
     readOnly: config.export.readOnly,
     dirtyBitmaps,
   };
+  // One entry per view: a connection recognises the export it negotiated contexts for by identity.
+  const viewEntries = new WeakMap<BackupView, ExportEntry>();
+  const viewEntry = (view: BackupView): ExportEntry => {
+    let found = viewEntries.get(view);
+    if (found === undefined) {
+      found = { name: `${entry.name}@${view.name}`, description: `point-in-time backup ${view.name} of ${entry.name}`,
+        device: CheckedDevice.wrap(view, `backup ${view.name}`), readOnly: true, dirtyBitmaps: view };
+      viewEntries.set(view, found);
+    }
+    return found;
+  };
   return {
-    find: (name) => (name === '' || name === entry.name ? entry : undefined),
-    list: () => [entry],
+    find: (name) => {
+      if (name === '' || name === entry.name) return entry;
+      const view = name.startsWith(`${entry.name}@`) ? backups?.view(name.slice(entry.name.length + 1)) : undefined;
+      return view ? viewEntry(view) : undefined;
+    },
+    list: () => [entry, ...(backups?.list() ?? []).flatMap((status) => {
+      const view = backups!.view(status.name);
+      return view ? [viewEntry(view)] : [];
+    })],
   };
 }
 
@@ -167,7 +192,7 @@ export async function startServer(config: Config, logger: Logger, options: Start
     registry = buildRegistry({ target, requests: requestStats, events, connections: () => server.connectionCount,
       requestsInFlight: () => server.requestsInFlight });
   }
-  server.serve(singleExport(config, device, stack.checkpoints));
+  server.serve(singleExport(config, device, stack.checkpoints, stack.backups));
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => (stopping ??= (async () => {

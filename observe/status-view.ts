@@ -1,5 +1,7 @@
 import { CheckpointError, type CheckpointInfo, CheckpointStore, checkpointFilePath } from '../cbt/checkpoint-store.js';
 import { defaultGranularityBytes } from '../cbt/format.js';
+import type { BackupViewStatus } from '../cbt/backup-view.js';
+import type { Backups } from '../cbt/backups.js';
 import fs from 'node:fs';
 import type { CrashPoints } from '../faults/crash-points.js';
 import { FileLock } from '../sys/file-lock.js';
@@ -30,6 +32,8 @@ export interface AdminTarget {
   crashPoints?: CrashPoints;
   /** Checkpoints for incremental backup (a mirror only). */
   checkpoints?: CheckpointStore;
+  /** Point-in-time backup views. */
+  backups?: Backups;
 }
 
 export interface LegReport {
@@ -72,6 +76,8 @@ export interface StatusReport {
   cache: PageCacheStatus | null;
   /** Checkpoints for incremental backup and the bytes changed since each (a mirror only). */
   checkpoints: CheckpointInfo[] | null;
+  /** Point-in-time backup views running (a server only). */
+  backups: BackupViewStatus[] | null;
   counters: { sweeps: number; regionsCleared: number; logCommits: number; generation: number } | null;
 }
 
@@ -102,7 +108,7 @@ export function serverStatus(target: AdminTarget): StatusReport {
         rebuildMode: leg.rebuildMode, failedAt: leg.failedAt ?? null, labelProblem: null, pool: leg.pool ?? null,
         remote: leg.remote ?? null })),
       regions: status.regions, resync: status.resync, lastCheck: status.lastCheck ?? null, cache: target.cache?.status() ?? null,
-      checkpoints: target.checkpoints?.list() ?? null,
+      checkpoints: target.checkpoints?.list() ?? null, backups: target.backups?.list() ?? null,
       counters: { sweeps: status.sweeps, regionsCleared: status.regionsCleared, logCommits: status.logCommits, generation: status.generation },
     };
   }
@@ -113,7 +119,7 @@ export function serverStatus(target: AdminTarget): StatusReport {
     health: failure ? 'failed' : 'optimal', failure: failure ?? null, cleanShutdown: null, inUse: true, bitsSet: null,
     legs: [{ slot: 0, path: plain?.path ?? null, uuid: null, state: 'in_sync', rebuildMode: 'none', failedAt: null, labelProblem: null,
       pool: plain?.pool?.usage() ?? null, remote: null }],
-    regions: null, resync: null, lastCheck: null, cache: cache?.status() ?? null, checkpoints: null, counters: null,
+    regions: null, resync: null, lastCheck: null, cache: cache?.status() ?? null, checkpoints: null, backups: null, counters: null,
   };
 }
 
@@ -180,7 +186,7 @@ export async function filesStatus(config: Config, logPath: string): Promise<Stat
     regionSizeBytes: state.regionSizeBytes, regionCount: state.regionCount, health,
     failure: usable.length === 0 ? 'no in-sync leg is usable' : null, cleanShutdown: state.cleanShutdown,
     inUse, bitsSet, legs,
-    regions: null, resync: null, lastCheck: null, cache: null, checkpoints: checkpointsOrNull(logPath, state), counters: null,
+    regions: null, resync: null, lastCheck: null, cache: null, checkpoints: checkpointsOrNull(logPath, state), backups: null, counters: null,
   };
 }
 

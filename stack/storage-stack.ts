@@ -1,6 +1,8 @@
 import { CheckpointStore, checkpointFilePath } from '../cbt/checkpoint-store.js';
 import { defaultGranularityBytes } from '../cbt/format.js';
 import { ChangeTrackingDevice } from '../cbt/tracking-device.js';
+import { Backups } from '../cbt/backups.js';
+import { noEvents } from '../blockdev/events.js';
 import type { Logger } from 'pino';
 import { type OpenedLeg, openLeg } from '../backends/leg-spec.js';
 import { CheckedDevice } from '../blockdev/checked-device.js';
@@ -32,6 +34,8 @@ export interface StorageStack {
   target: AdminTarget;
   /** Checkpoints and their changed blocks (a mirror only: crash safety rides on its region log). */
   checkpoints: CheckpointStore | undefined;
+  /** Point-in-time backup views over the export (with checkpoints). */
+  backups: Backups | undefined;
   /** Stops the sweeps, writes back and flushes top-down, closes every layer. */
   close(): Promise<void>;
 }
@@ -110,12 +114,14 @@ export async function openStorageStack(config: Config, logger: Logger, options: 
     mirror.device.beforeClearingBits = () => store.persistBeforeClearing();
   }
   const top = cache ?? below;
-  const device = checkpoints ? CheckedDevice.wrap(new ChangeTrackingDevice(top, checkpoints), 'checkpoints')
-    : cache ? CheckedDevice.wrap(cache, 'cache') : below;
-  const target: AdminTarget = { mirror, cache, crashPoints, checkpoints,
+  const tracker = checkpoints ? new ChangeTrackingDevice(top, checkpoints) : undefined;
+  const backups = checkpoints && tracker ? new Backups(checkpoints, tracker, top, config.storage.log!, options.events ?? noEvents) : undefined;
+  const device = tracker ? CheckedDevice.wrap(tracker, 'checkpoints') : cache ? CheckedDevice.wrap(cache, 'cache') : below;
+  const target: AdminTarget = { mirror, cache, crashPoints, checkpoints, backups,
     plain: plain ? { path: config.storage.legs[0].path, sizeBytes: below.sizeBytes, pool: plain.thin } : undefined };
   const close = async (): Promise<void> => {
     try {
+      await backups?.stopAll();
       await sweeper.stop();
       if (mirror) await shutdownTopDown({ mirror, cache }, logger);
       else await device.flush().catch((error: unknown) => logger.error({ err: error }, 'final flush failed: data may not be durable'));
@@ -125,5 +131,5 @@ export async function openStorageStack(config: Config, logger: Logger, options: 
       await device.close();
     }
   };
-  return { device, mirror, cache, plain, sweeper, crashPoints, target, checkpoints, close };
+  return { device, mirror, cache, plain, sweeper, crashPoints, target, checkpoints, backups, close };
 }

@@ -22,8 +22,11 @@ export interface AdminRequest {
   bytesPerSecond?: number;
   /** events: send the current state first (drbdsetup events2 --now). */
   now?: boolean;
-  /** checkpoint-create, checkpoint-remove: the checkpoint's name. */
+  /** checkpoint-create, checkpoint-remove, backup-start, backup-stop: the checkpoint's (and backup's) name. */
   name?: string;
+  /** backup-start: the checkpoint to report changes since, and the scratch space's size. */
+  since?: string;
+  scratchBytes?: number;
 }
 
 /** Progress lines sent while a long command runs. */
@@ -244,6 +247,16 @@ export class AdminServer {
         }
         return store.create(request.name);
       }
+      case 'backup-start':
+      case 'backup-stop':
+      case 'backup-list': {
+        const { backups } = target;
+        if (!backups) throw new Error('backups need a mirror (its region log makes checkpoints crash-safe); this server exports one plain leg');
+        if (request.command === 'backup-list') return backups.list();
+        if (typeof request.name !== 'string') throw new Error(`${request.command} needs the backup's name`);
+        if (request.command === 'backup-stop') return backups.stop(request.name);
+        return backups.start(request.name, { since: request.since, scratchBytes: positive(request.scratchBytes) });
+      }
       case 'power-cut': {
         const crashPoints = target.crashPoints;
         if (crashPoints === undefined || crashPoints.powerCuts.size === 0) throw new Error('no power-cut device is configured (storage.legs[].powerCut, storage.log.powerCut)');
@@ -253,7 +266,7 @@ export class AdminServer {
       }
       default:
         throw new Error(`unknown command "${request.command}" (status, report, events, re-add, replace, fail, remove, resync, resync-rate, ` +
-          'check, repair, sweep, wait-resync, pool-grow, cache-drop, fault, power-cut, checkpoint-create, checkpoint-list, checkpoint-remove)');
+          'check, repair, sweep, wait-resync, pool-grow, cache-drop, fault, power-cut, checkpoint-create, checkpoint-list, checkpoint-remove, backup-start, backup-stop, backup-list)');
     }
   }
 

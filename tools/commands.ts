@@ -1,4 +1,5 @@
 import type { CheckpointInfo } from '../cbt/checkpoint-store.js';
+import type { BackupViewStatus } from '../cbt/backup-view.js';
 import { BackupPullError, backupPull, type PullResult } from './backup-pull.js';
 import path from 'node:path';
 import type { Command } from 'commander';
@@ -190,7 +191,29 @@ export function registerTools(program: Command): void {
       print(options, { message }, () => String(message));
     });
 
-  program.command('backup').description('incremental backup (docs/changed-blocks.md)')
+  const backup = program.command('backup').description('pull-mode backup (docs/changed-blocks.md)');
+  targetOptions(backup.command('start').description('create checkpoint NAME and serve the export as it is at this instant, read-only, ' +
+    'as EXPORT@NAME (copy-before-write into scratch space), while the live export keeps taking writes'))
+    .argument('<name>', 'the new checkpoint and backup')
+    .option('--since <checkpoint>', 'EXPORT@NAME also offers qemu:dirty-bitmap:CHECKPOINT: the blocks changed between it and NAME')
+    .option('--scratch-size <size>', 'space for the old bytes of blocks written while the backup runs (default 1GiB); when it runs ' +
+      'out the backup fails, never the export')
+    .action(async (name: string, options: TargetOptions & { since?: string; scratchSize?: string }) => {
+      const socket = await requireOnline(options, 'backup start');
+      const scratchBytes = options.scratchSize === undefined ? undefined : parseSizeArgument(options.scratchSize, '--scratch-size');
+      const started = await adminRequest(socket, { command: 'backup-start', name, since: options.since, scratchBytes }) as BackupViewStatus;
+      print(options, started, () => `backup ${name} started: the export as of ${started.startedAt} is served read-only as EXPORT@${name}` +
+        `${started.since ? `, with qemu:dirty-bitmap:${started.since} (changed since ${started.since})` : ''}; ` +
+        `scratch space ${started.scratchLimitBytes} bytes. Pull it, then: nbd-mirror backup stop ${name}`);
+    });
+  targetOptions(backup.command('stop').description('end backup NAME\'s view and free its scratch space; checkpoint NAME stays'))
+    .argument('<name>')
+    .action(async (name: string, options: TargetOptions) => {
+      const socket = await requireOnline(options, 'backup stop');
+      const message = await adminRequest(socket, { command: 'backup-stop', name });
+      print(options, { message }, () => String(message));
+    });
+  backup
     .command('pull').description('copy an export into FILE: all of its allocated extents, or with --since only the blocks changed ' +
       'since that checkpoint over the image a previous pull made; works with any server offering qemu:dirty-bitmap:NAME')
     .argument('<uri>', 'the export, as an NBD URI (nbd://host:port/name, nbd+unix:///name?socket=PATH, nbds://...)')

@@ -81,5 +81,9 @@ export function formatStatus(status: StatusReport): string {
   for (const checkpoint of status.checkpoints ?? []) {
     lines.push(`  checkpoint ${checkpoint.name}: created ${checkpoint.createdAt}, ${mib(checkpoint.dirtyBytes)} changed since`);
   }
+  for (const view of status.backups ?? []) {
+    lines.push(`  backup ${view.name}${view.since ? ` (since ${view.since})` : ''}: started ${view.startedAt}, scratch ${mib(view.scratchUsedBytes)} ` +
+      `used of ${mib(view.scratchLimitBytes)}${view.failed ? `; FAILED (${view.failed})` : ''}`);
+  }
   return lines.join('\n');
 }

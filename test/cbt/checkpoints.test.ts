@@ -220,3 +220,77 @@ test('backup pull --since reads a bitmap served by qemu-nbd -B as well', async (
   t.is((await run('qemu-img', ['convert', '-O', 'raw', qcow2, raw])).code, 0);
   t.true(fs.readFileSync(image).equals(fs.readFileSync(raw)), 'the image equals the disk');
 });
+
+test('a point-in-time backup view: pulled while writes run, full then since the last one, each image is the export at its start', async (t) => {
+  const r = rig(t);
+  const server = await r.start(['--export-name', 'disk']);
+  const live = server.uri('disk');
+  await qemuIo(server, ['write -P 0x41 0 24M']);
+  const snapshot = async (name: string): Promise<Buffer> => {
+    const file = path.join(r.dir, `${name}.expected`);
+    t.is((await run('nbdcopy', [live, file])).code, 0);
+    return fs.readFileSync(file);
+  };
+  // Backup 1, full: the export is copied with nothing writing, then the view starts and writes begin at once.
+  const atFirst = await snapshot('first');
+  const started = await cli(['backup', 'start', 'b1', '--admin', r.admin]);
+  t.is(started.code, 0, started.stderr);
+  t.regex((await run('nbdinfo', ['--list', live])).stdout, /export="disk@b1"/);
+  const writer = qemuIo(server, ['write -P 0x42 0 8M', 'write -P 0x43 12M 4M', 'discard 20M 1M']);
+  const image = path.join(r.dir, 'backup.img');
+  const full = await cli(['backup', 'pull', server.uri('disk@b1'), '--to', image]);
+  await writer;
+  t.is(full.code, 0, full.stderr);
+  t.true(fs.readFileSync(image).equals(atFirst), 'the full image is the export when b1 started, whatever was written since');
+  const refused = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 4k', server.uri('disk@b1')]);
+  t.not(refused.code, 0, 'the view is read-only');
+  t.regex((await cli(['status', '--admin', r.admin])).stdout, /backup b1: started .*, scratch \d+(\.\d)? MiB used of 1024 MiB/);
+  t.is((await cli(['backup', 'stop', 'b1', '--admin', r.admin])).code, 0);
+  t.false(fs.readdirSync(r.dir).some((file) => file.endsWith('.scratch')), 'the scratch file is gone');
+
+  // Backup 2, incremental since b1, with writes again during the pull.
+  await qemuIo(server, ['write -P 0x44 30M 2M']);
+  const atSecond = await snapshot('second');
+  t.is((await cli(['backup', 'start', 'b2', '--since', 'b1', '--admin', r.admin])).code, 0);
+  const writer2 = qemuIo(server, ['write -P 0x45 30M 4M', 'write -P 0x46 0 1M']);
+  const incremental = await cli(['backup', 'pull', server.uri('disk@b2'), '--to', image, '--since', 'b1', '--json']);
+  await writer2;
+  t.is(incremental.code, 0, incremental.stderr);
+  t.true(fs.readFileSync(image).equals(atSecond), 'the updated image is the export when b2 started');
+  t.is((JSON.parse(incremental.stdout) as { copiedBytes: number }).copiedBytes, 8 * MiB + 4 * MiB + MiB + 2 * MiB,
+    'the blocks changed between b1 and b2, frozen at b2 (not the writes after it)');
+  t.is((await cli(['backup', 'stop', 'b2', '--admin', r.admin])).code, 0);
+  t.is(await server.stop(), 0);
+});
+
+test('a backup whose scratch space runs out fails with the reason, and the live export never does', async (t) => {
+  const r = rig(t);
+  const server = await r.start(['--export-name', 'disk']);
+  await qemuIo(server, ['write -P 0x51 0 8M']);
+  t.is((await cli(['backup', 'start', 'small', '--scratch-size', '1MiB', '--admin', r.admin])).code, 0);
+  await qemuIo(server, ['write -P 0x52 0 4M', 'flush']);
+  const pull = await cli(['backup', 'pull', server.uri('disk@small'), '--to', path.join(r.dir, 'small.img')]);
+  t.not(pull.code, 0);
+  t.regex(pull.stderr, /scratch space full: 1048576 bytes/);
+  t.regex((await cli(['status', '--admin', r.admin])).stdout, /backup small: .*FAILED \(scratch space full/);
+  const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x52 0 4M', '-c', 'read -P 0x51 4M 4M', server.uri('disk')]);
+  t.is(read.code, 0, `the live export took every write: ${read.stdout}${read.stderr}`);
+  const stopped = await cli(['backup', 'stop', 'small', '--admin', r.admin]);
+  t.regex(stopped.stdout, /the view had failed: scratch space full/);
+  t.is(await server.stop(), 0);
+});
+
+test('a crash during a backup ends the view and removes its scratch file; the checkpoint stays', async (t) => {
+  const r = rig(t);
+  let server = await r.start();
+  t.is((await cli(['backup', 'start', 'b1', '--admin', r.admin])).code, 0);
+  await qemuIo(server, ['write -P 0x61 0 1M']);
+  t.true(fs.readdirSync(r.dir).some((file) => file.endsWith('.scratch')));
+  await server.kill();
+  server = await r.start();
+  t.false(fs.readdirSync(r.dir).some((file) => file.endsWith('.scratch')), 'no scratch file after the restart');
+  t.regex((await cli(['checkpoint', 'list', '--admin', r.admin])).stdout, /^b1 /m);
+  t.deepEqual(await dirtyExtents(server, 'qemu:dirty-bitmap:b1'), [[0, MiB]], 'the write after b1 is reported (its whole region after the crash)');
+  t.notRegex((await run('nbdinfo', ['--list', server.uri()])).stdout, /@b1/, 'no view is served');
+  t.is(await server.stop(), 0);
+});
