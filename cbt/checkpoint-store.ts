@@ -120,6 +120,8 @@ export class CheckpointStore {
       if (state.deviceSizeBytes !== options.deviceSizeBytes) {
         throw new CheckpointError(`checkpoint file ${file} tracks a ${state.deviceSizeBytes}-byte device, this mirror is ${options.deviceSizeBytes}`);
       }
+      // The granule is fixed while checkpoints exist (their bitmaps are in it); with none, the configured one applies.
+      if (state.checkpoints.length === 0) state = { ...state, granularityBytes: options.granularityBytes };
     }
     const store = new CheckpointStore(file, state, options.events ?? noEvents);
     for (const region of options.regionsWithBitsSet) {

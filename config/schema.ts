@@ -53,6 +53,8 @@ export interface Config {
     preferredLeg: number | undefined;
     sweepIntervalMs: number;
     resyncBytesPerSecond: number;
+    /** Changed-block tracking granule of checkpoints created from now on (docs/changed-blocks.md). */
+    checkpointGranularityBytes: number;
     /** Take in foreign, stale or unlabelled legs and rebuild them fully. */
     force: boolean;
   };
@@ -190,7 +192,7 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   rejectUnknownKeys(exported, ['name', 'description', 'readOnly'], 'export');
   const storage = objectAt(root.storage, 'storage');
   rejectUnknownKeys(storage, ['sizeBytes', 'legs', 'log', 'regionSize', 'readPolicy', 'preferredLeg', 'sweepIntervalMs',
-    'resyncRate', 'force'], 'storage');
+    'resyncRate', 'force', 'checkpointGranularity'], 'storage');
   const limits = objectAt(root.limits, 'limits');
   rejectUnknownKeys(limits, ['maxConnections', 'negotiatingMax', 'perAddressMax', 'handshakeTimeoutMs', 'inFlightRequestsMax', 'inFlightBytesMax',
     'pollMaxMicroseconds', 'sendfileReplyBytes'], 'limits');
@@ -254,6 +256,12 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
   if (regionSizeBytes < 4096 || (regionSizeBytes & (regionSizeBytes - 1)) !== 0 || regionSizeBytes > 1024 ** 3) {
     throw new ConfigError('storage.regionSize', `${regionSizeBytes} must be a power of two from 4KiB to 1GiB`);
   }
+  const checkpointGranularityBytes = storage.checkpointGranularity === undefined ? 64 * 1024
+    : parseSize(storage.checkpointGranularity, 'storage.checkpointGranularity');
+  if (checkpointGranularityBytes < 4096 || (checkpointGranularityBytes & (checkpointGranularityBytes - 1)) !== 0
+    || checkpointGranularityBytes > 16 * 1024 * 1024) {
+    throw new ConfigError('storage.checkpointGranularity', `${checkpointGranularityBytes} must be a power of two from 4KiB to 16MiB`);
+  }
   const readPolicy = storage.readPolicy ?? 'round-robin';
   if (readPolicy !== 'round-robin' && readPolicy !== 'least-pending' && readPolicy !== 'preferred') {
     throw new ConfigError('storage.readPolicy', 'must be round-robin, least-pending or preferred');
@@ -298,6 +306,7 @@ export function parseConfig(raw: unknown, baseDir: string): Config {
       resyncBytesPerSecond: storage.resyncRate === undefined ? resyncRateDefaultBytes
         : storage.resyncRate === null || storage.resyncRate === 0 ? 0 : parseSize(storage.resyncRate, 'storage.resyncRate'),
       force: booleanAt(storage.force, 'storage.force', false),
+      checkpointGranularityBytes,
     },
     cache: parseCache(root.cache),
     limits: {

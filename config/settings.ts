@@ -107,6 +107,7 @@ export const settings: readonly Setting[] = [
     yaml: { comment: 'how often quiet regions are synced and their bits cleared' },
     flag: { spec: '--sweep-interval-ms <n>', help: 'how often the sweeper clears quiet regions', integer: true } },
   { key: 'storage.resyncRate', yaml: { value: '256MiB', comment: 'per second; 0 for unlimited' } },
+  { key: 'storage.checkpointGranularity' },
   { key: 'storage.force', override: 'force',
     flag: { spec: '--force', help: 'take in legs that are stale, foreign or unlabelled, and rebuild them fully' } },
   { key: 'cache.enabled', yaml: { value: 'true' } },

@@ -1,5 +1,4 @@
 import { CheckpointStore, checkpointFilePath } from '../cbt/checkpoint-store.js';
-import { defaultGranularityBytes } from '../cbt/format.js';
 import { ChangeTrackingDevice } from '../cbt/tracking-device.js';
 import { Backups } from '../cbt/backups.js';
 import { noEvents } from '../blockdev/events.js';
@@ -108,9 +107,13 @@ export async function openStorageStack(config: Config, logger: Logger, options: 
   if (mirror) {
     const { state } = mirror.device.log;
     checkpoints = CheckpointStore.open(checkpointFilePath(config.storage.log!), { mirrorUuid: state.mirrorUuid,
-      deviceSizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes, granularityBytes: defaultGranularityBytes,
+      deviceSizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes, granularityBytes: config.storage.checkpointGranularityBytes,
       regionsWithBitsSet: mirror.device.log.dirtyRegions(), events: options.events });
     const store = checkpoints;
+    if (store.granularityBytes !== config.storage.checkpointGranularityBytes) {
+      logger.warn({ configured: config.storage.checkpointGranularityBytes, kept: store.granularityBytes },
+        'storage.checkpointGranularity applies once no checkpoint exists; the existing checkpoints keep theirs');
+    }
     mirror.device.beforeClearingBits = () => store.persistBeforeClearing();
   }
   const top = cache ?? below;

@@ -104,3 +104,19 @@ test('a create or remove whose file cannot be written changes nothing: no checkp
   t.deepEqual(store.names(), ['kept'], 'the removal did not happen');
   t.deepEqual(store.runs('kept', MiB, granule, false), [{ lengthBytes: granule, dirty: true }], 'and it was marked meanwhile');
 });
+
+test('the configured granule applies while no checkpoint exists; existing checkpoints keep theirs', async (t) => {
+  const dir = makeTempDir('checkpoint-granule');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'c');
+  const options = { mirrorUuid: randomBytes(16), deviceSizeBytes: 8 * MiB, granularityBytes: granule, regionSizeBytes: MiB, regionsWithBitsSet: [] };
+  const store = CheckpointStore.open(file, options);
+  await store.create('a');
+  t.is(CheckpointStore.open(file, { ...options, granularityBytes: 4 * granule }).granularityBytes, granule, 'kept while a exists');
+  await store.remove('a');
+  const empty = CheckpointStore.open(file, { ...options, granularityBytes: 4 * granule });
+  t.is(empty.granularityBytes, 4 * granule, 'applies once none exists');
+  await empty.create('b');
+  empty.mark(MiB, 1);
+  t.deepEqual(empty.runs('b', MiB, 4 * granule, false), [{ lengthBytes: 4 * granule, dirty: true }], 'one 256 KiB granule');
+});

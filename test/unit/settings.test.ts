@@ -74,3 +74,13 @@ test('storage.resyncRate left out of a hand-written file is the documented 256Mi
   }
   t.is(parseConfig({ storage: { ...handWritten.storage, resyncRate: '32MiB' } }, '/tmp').storage.resyncBytesPerSecond, 32 * 1024 * 1024);
 });
+
+test('storage.checkpointGranularity: 64KiB by default, a power of two from 4KiB to 16MiB', (t) => {
+  const storage = { log: 'mirror.log', legs: [{ path: 'leg0.img' }, { path: 'leg1.img' }] };
+  t.is(parseConfig({ storage }, '/tmp').storage.checkpointGranularityBytes, 64 * 1024);
+  t.is(parseConfig({ storage: { ...storage, checkpointGranularity: '1MiB' } }, '/tmp').storage.checkpointGranularityBytes, 1024 * 1024);
+  for (const bad of ['2KiB', '96KiB', '32MiB']) {
+    t.throws(() => parseConfig({ storage: { ...storage, checkpointGranularity: bad } }, '/tmp'),
+      { message: /storage\.checkpointGranularity: \d+ must be a power of two from 4KiB to 16MiB/ }, bad);
+  }
+});
