@@ -116,6 +116,13 @@ export function buildRegistry(sources: MetricsSources): client.Registry {
     (metric) => {
       for (const checkpoint of status().checkpoints ?? []) metric.set({ name: checkpoint.name }, checkpoint.dirtyBytes);
     });
+  gauge('nbd_mirror_backup_scratch_used_bytes', 'Each running backup view: scratch bytes holding the old contents of blocks written since it started',
+    ['name'], (metric) => {
+      for (const view of status().backups ?? []) metric.set({ name: view.name }, view.scratchUsedBytes);
+    });
+  gauge('nbd_mirror_backup_failed', 'Each running backup view: 1 once it failed (scratch full), until stopped', ['name'], (metric) => {
+    for (const view of status().backups ?? []) metric.set({ name: view.name }, view.failed ? 1 : 0);
+  });
   counterFromEvents('nbd_mirror_enospc_total', 'Times writeback ran out of space (a thin pool full)', [],
     (event) => (event.event === 'enospc' ? {} : undefined));
   counterFromEvents('nbd_mirror_connections_refused_total', 'Clients refused at accept or dropped while negotiating, by reason', ['reason'],

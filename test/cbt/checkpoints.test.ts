@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { checkpointFilePath } from '../../cbt/checkpoint-store.js';
 import { cli } from '../helpers/cli.js';
-import { type ServerProcess, startServerProcess } from '../helpers/server-process.js';
+import { projectRoot, type ServerProcess, startServerProcess } from '../helpers/server-process.js';
 import { makeTempDir, run } from '../helpers/tools.js';
 import { waitUntil } from '../helpers/wait.js';
 
@@ -77,6 +77,11 @@ test('a checkpoint\'s changed blocks are qemu:dirty-bitmap:NAME for nbdinfo and 
   await qemuIo(server, ['write -P 4 30M 4k']);
   t.deepEqual(await dirtyExtents(server, 'qemu:dirty-bitmap:inc-2'), [[30 * MiB, granule]], 'only what changed since inc-2');
   t.is((await dirtyExtents(server, 'qemu:dirty-bitmap:full-1')).length, 5, 'full-1 keeps counting');
+
+  // libnbd from Python, both contexts in one block status reply, as a Python backup tool reads them.
+  const python = await run('/usr/bin/python3', [path.join(projectRoot, 'test', 'python', 'dirty_bitmap.py'), server.uri(), 'inc-2']);
+  t.is(python.code, 0, python.stderr);
+  t.deepEqual(JSON.parse(python.stdout), [[30 * MiB, granule]]);
 
   const contexts = await run('nbdinfo', ['--list', '--content', server.uri()]);
   t.regex(contexts.stdout, /base:allocation\s+qemu:dirty-bitmap:full-1\s+qemu:dirty-bitmap:inc-2/);
@@ -265,7 +270,7 @@ test('a point-in-time backup view: pulled while writes run, full then since the 
 
 test('a backup whose scratch space runs out fails with the reason, and the live export never does', async (t) => {
   const r = rig(t);
-  const server = await r.start(['--export-name', 'disk']);
+  const server = await r.start(['--export-name', 'disk', '--metrics', '127.0.0.1:0']);
   await qemuIo(server, ['write -P 0x51 0 8M']);
   t.is((await cli(['backup', 'start', 'small', '--scratch-size', '1MiB', '--admin', r.admin])).code, 0);
   await qemuIo(server, ['write -P 0x52 0 4M', 'flush']);
@@ -273,6 +278,8 @@ test('a backup whose scratch space runs out fails with the reason, and the live 
   t.not(pull.code, 0);
   t.regex(pull.stderr, /scratch space full: 1048576 bytes/);
   t.regex((await cli(['status', '--admin', r.admin])).stdout, /backup small: .*FAILED \(scratch space full/);
+  const metricsPort = (server.logs.find((entry) => entry.msg === 'listening')?.metrics as { port: number }).port;
+  t.regex(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text(), /^nbd_mirror_backup_failed\{name="small"\} 1$/m);
   const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x52 0 4M', '-c', 'read -P 0x51 4M 4M', server.uri('disk')]);
   t.is(read.code, 0, `the live export took every write: ${read.stdout}${read.stderr}`);
   const stopped = await cli(['backup', 'stop', 'small', '--admin', r.admin]);
