@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BlockError } from '../blockdev/errors.js';
 import { type EventSink, noEvents } from '../blockdev/events.js';
+import type { CrashPoints } from '../faults/crash-points.js';
 import {
   bitmapBytesFor, type CheckpointFileState, type CheckpointRecord, CheckpointFormatError, checkpointNameProblem, checkpointsMax, decodeCheckpointFile,
   encodeCheckpointFile, granulesFor,
@@ -76,6 +77,8 @@ export interface CheckpointStoreOptions {
   regionsWithBitsSet: number[];
   /** Where created and removed checkpoints are reported. */
   events?: EventSink;
+  /** The server's crash points (checkpoint.before-rename, checkpoint.after-rename). */
+  crashPoints?: CrashPoints;
 }
 
 /**
@@ -96,7 +99,8 @@ export class CheckpointStore {
   /** Checkpoints being removed: left out of the file being written, still marked until the removal is durable. */
   private readonly leaving = new Set<CheckpointRecord>();
 
-  private constructor(readonly path: string, state: CheckpointFileState, private readonly events: EventSink) {
+  private constructor(readonly path: string, state: CheckpointFileState, private readonly events: EventSink,
+    private readonly crashPoints: CrashPoints | undefined) {
     this.state = state;
   }
 
@@ -123,7 +127,7 @@ export class CheckpointStore {
       // The granule is fixed while checkpoints exist (their bitmaps are in it); with none, the configured one applies.
       if (state.checkpoints.length === 0) state = { ...state, granularityBytes: options.granularityBytes };
     }
-    const store = new CheckpointStore(file, state, options.events ?? noEvents);
+    const store = new CheckpointStore(file, state, options.events ?? noEvents, options.crashPoints);
     for (const region of options.regionsWithBitsSet) {
       store.mark(region * options.regionSizeBytes, Math.min(options.regionSizeBytes, options.deviceSizeBytes - region * options.regionSizeBytes));
     }
@@ -266,7 +270,9 @@ export class CheckpointStore {
       } finally {
         await handle.close();
       }
+      if (this.crashPoints?.armed) await this.crashPoints.reach('checkpoint.before-rename');
       await fs.promises.rename(temporary, this.path);
+      if (this.crashPoints?.armed) await this.crashPoints.reach('checkpoint.after-rename');
       const directory = await fs.promises.open(path.dirname(this.path), 'r');
       try {
         await directory.sync();

@@ -21,7 +21,18 @@ export const crashPointNames = [
   'regionlog.clearing-bits',
   /** Resync read a chunk from the source leg and has not written it to the others. */
   'resync.between-read-and-write',
+  /** A checkpoint file's new version is written and synced under its temporary name, not yet renamed into place. */
+  'checkpoint.before-rename',
+  /** The checkpoint file is renamed into place; the folder is not yet synced and the caller not yet answered. */
+  'checkpoint.after-rename',
 ] as const;
+
+/**
+ * The points a crash-test workload reaches while it runs, which the planner
+ * draws from; the checkpoint points are reached by checkpoint commands and
+ * are armed by hand (`--crash-point`).
+ */
+export const workloadCrashPointNames = crashPointNames.filter((name) => !name.startsWith('checkpoint.'));
 
 export type CrashPointName = typeof crashPointNames[number];
 export type CrashAction = 'kill' | 'power-cut';

@@ -108,7 +108,7 @@ export async function openStorageStack(config: Config, logger: Logger, options: 
     const { state } = mirror.device.log;
     checkpoints = CheckpointStore.open(checkpointFilePath(config.storage.log!), { mirrorUuid: state.mirrorUuid,
       deviceSizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes, granularityBytes: config.storage.checkpointGranularityBytes,
-      regionsWithBitsSet: mirror.device.log.dirtyRegions(), events: options.events });
+      regionsWithBitsSet: mirror.device.log.dirtyRegions(), events: options.events, crashPoints });
     const store = checkpoints;
     if (store.granularityBytes !== config.storage.checkpointGranularityBytes) {
       logger.warn({ configured: config.storage.checkpointGranularityBytes, kept: store.granularityBytes },

@@ -301,3 +301,21 @@ test('a crash during a backup ends the view and removes its scratch file; the ch
   t.notRegex((await run('nbdinfo', ['--list', server.uri()])).stdout, /@b1/, 'no view is served');
   t.is(await server.stop(), 0);
 });
+
+test('a crash inside checkpoint create, before or after the file is renamed into place, leaves the old file or the new one', async (t) => {
+  for (const [point, present] of [['checkpoint.before-rename', false], ['checkpoint.after-rename', true]] as const) {
+    const r = rig(t);
+    let server = await r.start(['--crash-point', `${point}@2:kill`]);
+    t.is((await cli(['checkpoint', 'create', 'c1', '--admin', r.admin])).code, 0, 'the first reach does not strike');
+    const crashed = await cli(['checkpoint', 'create', 'c2', '--admin', r.admin]);
+    t.not(crashed.code, 0, `${point}: the server died answering`);
+    t.not(await server.exited, 0);
+    server = await r.start();
+    const listed = (await cli(['checkpoint', 'list', '--admin', r.admin])).stdout;
+    t.regex(listed, /^c1 /m, `${point}: the older checkpoint is intact`);
+    t.is(/^c2 /m.test(listed), present, `${point}: c2 ${present ? 'is' : 'is not'} there`);
+    await qemuIo(server, ['write -P 1 5M 4k']);
+    t.deepEqual(await dirtyExtents(server, 'qemu:dirty-bitmap:c1'), [[5 * MiB, granule]]);
+    t.is(await server.stop(), 0);
+  }
+});

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
-import { type CrashPointName, crashPointNames, formatCrashPlan } from '../../faults/crash-points.js';
+import { type CrashPointName, formatCrashPlan, workloadCrashPointNames } from '../../faults/crash-points.js';
 import { type CutPolicy, cutPolicies } from '../../faults/power-cut-device.js';
 import { randomBelow, seededRandom } from '../../faults/seeded-random.js';
 
@@ -88,7 +88,7 @@ export function planIteration(settings: CrashTestSettings, index: number): Itera
   // A link fault is on the remote leg's link, which is leg1's.
   if (isLinkFault(fault)) plan.faultSlot = 1;
   if (crash === 'point') {
-    const name = pick(crashPointNames);
+    const name = pick(workloadCrashPointNames);
     const action = random() < 0.5 ? 'kill' : 'power-cut';
     // Every other point strikes at its first hit after the planned crash time, however often the workload
     // reaches it. Resync runs at the restart, over only the regions the crash left dirty: an early hit.
