@@ -34,6 +34,8 @@ export interface AdminTarget {
   checkpoints?: CheckpointStore;
   /** Point-in-time backup views. */
   backups?: Backups;
+  /** Why this server has no checkpoints (a plain export, a region log on a block device). */
+  checkpointsUnavailable?: string;
 }
 
 export interface LegReport {

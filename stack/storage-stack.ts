@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import { CheckpointStore, checkpointFilePath } from '../cbt/checkpoint-store.js';
 import { ChangeTrackingDevice } from '../cbt/tracking-device.js';
 import { Backups } from '../cbt/backups.js';
@@ -104,7 +105,9 @@ export async function openStorageStack(config: Config, logger: Logger, options: 
     : undefined;
   const sweeper = new Sweeper({ mirror, cache }, config.storage.sweepIntervalMs, logger, clock);
   let checkpoints: CheckpointStore | undefined;
-  if (mirror) {
+  // The checkpoint file lives beside the region log; a log on a block device has no folder of its own to hold it.
+  const logOnBlockDevice = mirror !== undefined && fs.statSync(config.storage.log!).isBlockDevice();
+  if (mirror && !logOnBlockDevice) {
     const { state } = mirror.device.log;
     checkpoints = CheckpointStore.open(checkpointFilePath(config.storage.log!), { mirrorUuid: state.mirrorUuid,
       deviceSizeBytes: state.deviceSizeBytes, regionSizeBytes: state.regionSizeBytes, granularityBytes: config.storage.checkpointGranularityBytes,
@@ -121,6 +124,8 @@ export async function openStorageStack(config: Config, logger: Logger, options: 
   const backups = checkpoints && tracker ? new Backups(checkpoints, tracker, top, config.storage.log!, options.events ?? noEvents) : undefined;
   const device = tracker ? CheckedDevice.wrap(tracker, 'checkpoints') : cache ? CheckedDevice.wrap(cache, 'cache') : below;
   const target: AdminTarget = { mirror, cache, crashPoints, checkpoints, backups,
+    checkpointsUnavailable: !mirror ? 'checkpoints need a mirror (its region log makes them crash-safe); this server exports one plain leg'
+      : logOnBlockDevice ? `checkpoints need storage.log to be a file (their file lives beside it); ${config.storage.log} is a block device` : undefined,
     plain: plain ? { path: config.storage.legs[0].path, sizeBytes: below.sizeBytes, pool: plain.thin } : undefined };
   const close = async (): Promise<void> => {
     try {

@@ -238,7 +238,7 @@ export class AdminServer {
       case 'checkpoint-remove':
       case 'checkpoint-list': {
         const store = target.checkpoints;
-        if (!store) throw new Error('checkpoints need a mirror (its region log makes them crash-safe); this server exports one plain leg');
+        if (!store) throw new Error(target.checkpointsUnavailable ?? 'this server has no checkpoints');
         if (request.command === 'checkpoint-list') return store.list();
         if (typeof request.name !== 'string') throw new Error(`${request.command} needs the checkpoint's name`);
         if (request.command === 'checkpoint-remove') {
@@ -251,7 +251,7 @@ export class AdminServer {
       case 'backup-stop':
       case 'backup-list': {
         const { backups } = target;
-        if (!backups) throw new Error('backups need a mirror (its region log makes checkpoints crash-safe); this server exports one plain leg');
+        if (!backups) throw new Error(target.checkpointsUnavailable ?? 'this server has no checkpoints');
         if (request.command === 'backup-list') return backups.list();
         if (typeof request.name !== 'string') throw new Error(`${request.command} needs the backup's name`);
         if (request.command === 'backup-stop') return backups.stop(request.name);

@@ -319,3 +319,17 @@ test('a crash inside checkpoint create, before or after the file is renamed into
     t.is(await server.stop(), 0);
   }
 });
+
+test('a plain export has no checkpoints, and says why', async (t) => {
+  const dir = makeTempDir('checkpoints-plain');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const admin = path.join(dir, 'admin.sock');
+  const server = await startServerProcess(['--leg', path.join(dir, 'plain.img'), '--size', String(sizeBytes), '--admin', admin, '--no-unix']);
+  t.teardown(() => server.kill());
+  const refused = await cli(['checkpoint', 'create', 'c', '--admin', admin]);
+  t.not(refused.code, 0);
+  t.regex(refused.stderr, /checkpoints need a mirror \(its region log makes them crash-safe\)/);
+  t.regex((await cli(['backup', 'start', 'b', '--admin', admin])).stderr, /checkpoints need a mirror/);
+  t.notRegex((await run('nbdinfo', ['--list', '--content', server.uri()])).stdout, /qemu:dirty-bitmap/);
+  t.is(await server.stop(), 0);
+});
