@@ -259,6 +259,8 @@ export class MirrorController {
     if (!pool) throw new MirrorSetupError(`leg ${slot} is not a thin leg (or is not attached); only thin pools grow`);
     const usage = await pool.grow(size);
     this.logger.info({ slot, path: pool.path, capacityBytes: usage.capacityBytes, freeBytes: usage.freeBytes }, 'thin pool grown');
+    // A resync stopped by ENOSPC waits for its retry timer; the space it waited for is here now.
+    if (this.device.regions.outOfSyncRegions > 0) this.resync.kick();
     return usage;
   }
 

@@ -200,7 +200,8 @@ async function runIteration(settings: CrashTestSettings, plan: IterationPlan, pa
       await link.restore();
       const back = await remoteLegBack(paths.admin, remoteRejoinMs);
       if (back.inSync) {
-        if (back.wasAway) result.notes.push(`leg1 (remote) came back by itself in ${back.ms} ms`);
+        result.notes.push(back.wasAway ? `leg1 (remote) in sync by itself ${back.ms} ms after its link and server were back`
+          : 'leg1 (remote) in sync by itself when its link and server were back');
       } else {
         result.invariants[1] = `fail: remote leg1 did not come back by itself within ${remoteRejoinMs} ms of its link and server ` +
           `being back: ${JSON.stringify(back.leg)}`;
