@@ -33,8 +33,13 @@ export class Backups {
     return this.views.get(name);
   }
 
+  /** The running views, in the order they started. */
+  all(): BackupView[] {
+    return [...this.views.values()];
+  }
+
   list(): BackupViewStatus[] {
-    return [...this.views.values()].map((view) => view.status());
+    return this.all().map((view) => view.status());
   }
 
   async start(name: string, options: { since?: string; scratchBytes?: number } = {}): Promise<BackupViewStatus> {

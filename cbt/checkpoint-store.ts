@@ -96,6 +96,8 @@ export class CheckpointStore {
   /** Marks made since the last persist began: a persist with nothing new is skipped. */
   private changedSincePersist = false;
   private persisting: Promise<void> = Promise.resolve();
+  /** list()'s answer and the state it was counted from (a mark forgets it; a new state object replaces it). */
+  private listed: { state: CheckpointFileState; infos: CheckpointInfo[] } | undefined;
   /** Checkpoints being removed: left out of the file being written, still marked until the removal is durable. */
   private readonly leaving = new Set<CheckpointRecord>();
 
@@ -158,9 +160,20 @@ export class CheckpointStore {
       for (let granule = first; granule <= last; granule += 1) bitmap[granule >> 3] |= 1 << (granule & 7);
     }
     this.changedSincePersist = true;
+    this.listed = undefined;
   }
 
+  /**
+   * The checkpoints with the bytes changed since each. Kept until the next
+   * mark or change of checkpoints: status and every gauge of a metrics scrape
+   * ask for it, and counting a TiB's bitmaps takes milliseconds.
+   */
   list(): CheckpointInfo[] {
+    if (this.listed?.state !== this.state) this.listed = { state: this.state, infos: this.count() };
+    return this.listed.infos;
+  }
+
+  private count(): CheckpointInfo[] {
     const { granularityBytes, deviceSizeBytes } = this.state;
     const lastGranule = granulesFor(deviceSizeBytes, granularityBytes) - 1;
     // The last granule may be short: counted whole by the popcount, then corrected.

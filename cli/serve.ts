@@ -82,10 +82,7 @@ export function singleExport(config: Config, device: BlockDevice, dirtyBitmaps?:
       const view = name.startsWith(`${entry.name}@`) ? backups?.view(name.slice(entry.name.length + 1)) : undefined;
       return view ? viewEntry(view) : undefined;
     },
-    list: () => [entry, ...(backups?.list() ?? []).flatMap((status) => {
-      const view = backups!.view(status.name);
-      return view ? [viewEntry(view)] : [];
-    })],
+    list: () => [entry, ...(backups?.all() ?? []).map(viewEntry)],
   };
 }
 

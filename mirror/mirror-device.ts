@@ -404,7 +404,7 @@ export class MirrorDevice implements BlockDevice {
       this.checkUsable(what);
       throw new BlockError('EIO', `${what}: no in-sync leg accepted it`);
     }
-    if (this.legFailures.size > 0) await this.afterLegFailures(what);
+    // A leg failing elsewhere is already faulty in memory (its commit is awaited by fanOut before the answer).
     this.assertWentToEveryInSyncLeg(generation, what);
   }
 
