@@ -43,7 +43,7 @@ export class Generations {
 
   exit(generation: Generation): void {
     // A request leaves the generation it entered, once: a second exit would retire one still in use under another.
-    assert(generation.refs > 0, `generation ${generation.number} exited more often than entered`);
+    if (generation.refs <= 0) assert.fail(`generation ${generation.number} exited more often than entered`);
     generation.refs -= 1;
     if (generation.refs === 0 && generation !== this.currentGeneration && this.live.has(generation)) this.retire(generation);
   }

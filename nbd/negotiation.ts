@@ -37,8 +37,9 @@ export interface ExportTable {
 export interface Negotiation {
   clientFlags: number;
   structuredReplies: boolean;
-  /** Metadata contexts chosen with SET_META_CONTEXT for the export named here (undefined: none). */
+  /** The export SET_META_CONTEXT chose contexts for (undefined: none chosen). */
   metaContextExport: string | undefined;
+  /** The contexts chosen for it, with their ids on this connection. */
   metaContexts: MetaContext[];
   optionsSeen: number;
   /** The server's TLS mode, fixed for the connection's life (the spec requires one mode per connection). */

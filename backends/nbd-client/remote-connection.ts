@@ -10,11 +10,18 @@ import { type AwaitedReply, ReplyParser } from './reply-parser.js';
 export const commandNames: Record<number, string> = Object.fromEntries(Object.entries(wireCommandNames)
   .map(([command, name]) => [command, name.toLowerCase().replace('_', '-')]));
 
+/** A run of one state in a metadata context's block status, within the request's range. */
+export interface ContextRun {
+  offsetBytes: number;
+  lengthBytes: number;
+  flags: number;
+}
+
 /** A request on the wire, and what its reply fills in. */
 export class InFlight implements AwaitedReply {
   sentAtMs = 0;
-  /** Block status descriptors of contexts other than base:allocation, by context id. */
-  otherContexts: Map<number, Array<{ lengthBytes: number; flags: number }>> | undefined;
+  /** Block status of contexts other than base:allocation, by context id. */
+  otherContexts: Map<number, ContextRun[]> | undefined;
   /** Failfast: unanswered this long, the connection is lost (an idle probe has a shorter deadline than a request). */
   timeoutMs = 0;
   extents: Extent[] | undefined;
@@ -26,27 +33,26 @@ export class InFlight implements AwaitedReply {
     private readonly legName: string,
     private readonly baseAllocationId: number | undefined) {}
 
+  /** A block status chunk of any context: its descriptors as runs from the request's offset, clipped to its range. */
   onChunk(type: number, payload: Buffer): void {
     if (type !== ReplyType.BLOCK_STATUS || payload.length < 4) return;
-    if (payload.readUInt32BE(0) !== this.baseAllocationId) {
-      const descriptors: Array<{ lengthBytes: number; flags: number }> = [];
-      for (let index = 4; index + 8 <= payload.length; index += 8) {
-        descriptors.push({ lengthBytes: payload.readUInt32BE(index), flags: payload.readUInt32BE(index + 4) });
-      }
-      (this.otherContexts ??= new Map()).set(payload.readUInt32BE(0), descriptors);
-      return;
-    }
-    const extents: Extent[] = [];
+    const runs: ContextRun[] = [];
     let at = this.offsetBytes;
     const end = this.offsetBytes + this.lengthBytes;
     for (let index = 4; index + 8 <= payload.length && at < end; index += 8) {
       const length = Math.min(payload.readUInt32BE(index), end - at);
-      const flags = payload.readUInt32BE(index + 4);
       if (length === 0) break;
-      extents.push({ offsetBytes: at, lengthBytes: length, hole: (flags & StateFlag.HOLE) !== 0, zero: (flags & StateFlag.ZERO) !== 0 });
+      runs.push({ offsetBytes: at, lengthBytes: length, flags: payload.readUInt32BE(index + 4) });
       at += length;
     }
-    if (extents.length > 0) this.extents = extents;
+    if (runs.length === 0) return;
+    const contextId = payload.readUInt32BE(0);
+    if (contextId !== this.baseAllocationId) {
+      (this.otherContexts ??= new Map()).set(contextId, runs);
+      return;
+    }
+    this.extents = runs.map((run) => ({ offsetBytes: run.offsetBytes, lengthBytes: run.lengthBytes,
+      hole: (run.flags & StateFlag.HOLE) !== 0, zero: (run.flags & StateFlag.ZERO) !== 0 }));
   }
 
   onError(errno: number, message: string | undefined): void {

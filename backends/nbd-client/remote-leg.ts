@@ -5,7 +5,7 @@ import { Command, CommandFlag, TransmissionFlag } from '../../nbd/constants.js';
 import { clientTlsOptions } from './client-tls.js';
 import type { NbdAddress } from './nbd-uri.js';
 import { hasFlag, negotiate, NegotiationError, type RemoteExport } from './negotiate.js';
-import { commandNames, type InFlight, RemoteConnection } from './remote-connection.js';
+import { commandNames, type ContextRun, type InFlight, RemoteConnection } from './remote-connection.js';
 
 export interface RemoteLegOptions {
   address: NbdAddress;
@@ -210,25 +210,15 @@ export class RemoteLeg implements BlockDevice {
 
   /**
    * Block status in metadata context `name` (negotiated with extraContexts)
-   * from `offsetBytes`: the server's descriptors, clipped to the range. The
-   * server may answer less than the whole range; the caller asks again from
-   * where the answer ends.
+   * from `offsetBytes`, clipped to the range. The server may answer less than
+   * the whole range; the caller asks again from where the answer ends.
    */
-  async contextStatus(name: string, offsetBytes: number, lengthBytes: number): Promise<Array<{ offsetBytes: number; lengthBytes: number; flags: number }>> {
+  async contextStatus(name: string, offsetBytes: number, lengthBytes: number): Promise<ContextRun[]> {
     const id = this.remote.contextIds.get(name);
     if (id === undefined) throw new BlockError('ENOTSUP', `${this.options.address.uri} does not offer the metadata context ${name}`);
     const request = await this.send(Command.BLOCK_STATUS, 0, offsetBytes, Math.min(lengthBytes, rangeCommandBytesMax), undefined, undefined);
-    const descriptors = request.otherContexts?.get(id);
-    if (!descriptors || descriptors.length === 0) throw new BlockError('EIO', `${this.options.address.uri}: no block status for ${name} at ${offsetBytes}`);
-    const runs: Array<{ offsetBytes: number; lengthBytes: number; flags: number }> = [];
-    let at = offsetBytes;
-    const end = offsetBytes + lengthBytes;
-    for (const descriptor of descriptors) {
-      if (at >= end || descriptor.lengthBytes === 0) break;
-      const length = Math.min(descriptor.lengthBytes, end - at);
-      runs.push({ offsetBytes: at, lengthBytes: length, flags: descriptor.flags });
-      at += length;
-    }
+    const runs = request.otherContexts?.get(id);
+    if (runs === undefined) throw new BlockError('EIO', `${this.options.address.uri}: no block status for ${name} at ${offsetBytes}`);
     return runs;
   }
 
