@@ -246,29 +246,45 @@ export class PageCache implements BlockDevice {
     page.data.copy(target, from - offsetBytes, from - pageStart, to - pageStart);
   }
 
-  async write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
-    this.checkUsable('write');
-    if (data.length === 0) return;
+  /**
+   * Not itself async: a small write that goes around the cache answers
+   * finishedNow when the device below finished it in the turn (see
+   * StraightBelow.writeAround), as most writes of a busy cache do.
+   */
+  write(offsetBytes: number, data: Buffer, flags: WriteFlags): Promise<void> {
+    try {
+      this.checkUsable('write');
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (data.length === 0) return finishedNow;
     const end = offsetBytes + data.length;
     if (this.writeAround.isLarge(data.length)) {
       const aroundStart = alignUp(offsetBytes, this.pageBytes);
       const aroundEnd = end === this.sizeBytes ? end : alignDown(end, this.pageBytes);
+      // Whole pages (the usual large write) go down as they are, and finish in the turn when the device below does.
+      if (aroundStart === offsetBytes && aroundEnd === end) return this.straightBelow.writeAround(offsetBytes, data, flags);
       if (aroundEnd > aroundStart) return this.writeAroundWithEnds(offsetBytes, data, flags, aroundStart, aroundEnd);
     }
     const [first, last] = this.pages.pagesOf(offsetBytes, data.length);
     const wholePages = offsetBytes % this.pageBytes === 0 && (end % this.pageBytes === 0 || end === this.sizeBytes);
     if (wholePages && this.writeAround.smallWriteGoesAround(first, last, this.writeback.noSpace !== undefined)) {
       this.stats.smallWritesAround += 1;
-      try {
-        return await this.straightBelow.writeAround(offsetBytes, data, flags);
-      } catch (error) {
+      const around = this.straightBelow.writeAround(offsetBytes, data, flags);
+      if (around === finishedNow) return finishedNow;
+      return around.catch((error: unknown) => {
         const failure = toBlockError(error, `write at ${offsetBytes}`);
         if (!failure.retryable) throw failure;
         // Out of space below: this write is cached after all, as small writes were before the device filled,
         // and writeback's no-space state keeps the next ones in the cache under the no-space policy.
         this.writeback.retryableFailureBelow(failure);
-      }
+        return this.writeCached(offsetBytes, data, flags, first, last);
+      });
     }
+    return this.writeCached(offsetBytes, data, flags, first, last);
+  }
+
+  private async writeCached(offsetBytes: number, data: Buffer, flags: WriteFlags, first: number, last: number): Promise<void> {
     const reserved = await this.throttle.makeRoom(first, last);
     try {
       await this.fillAndApply(offsetBytes, data, first, last);

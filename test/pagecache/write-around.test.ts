@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import test from 'ava';
 import { FileLeg } from '../../backends/file-leg.js';
-import type { BlockDevice, Extent, WriteFlags, ZeroFlags } from '../../blockdev/types.js';
+import { type BlockDevice, type Extent, finishedNow, type WriteFlags, type ZeroFlags } from '../../blockdev/types.js';
 import { PowerCutDevice, PowerCutRegistry } from '../../faults/power-cut-device.js';
 import { PageCache } from '../../pagecache/page-cache.js';
 import { cacheOptions, cacheOverMirror, cacheStackSizeBytes, fill, readBack, shutDown } from '../helpers/cache-stack.js';
@@ -296,4 +296,33 @@ test('ENOSPC during a small write around: the write is cached and acknowledged i
     t.true(data.subarray(100 * page, 101 * page).equals(fill(2, page)));
     t.true(data.subarray(300 * page, 301 * page).equals(fill(3, page)));
   }
+});
+
+test('a write around that the device below finishes in its turn is answered in that turn (finishedNow), its older pages dropped', async (t) => {
+  const dir = makeTempDir('write-around-turn');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // A file leg writes into the kernel's page cache on the event loop: it answers finishedNow.
+  const leg = await FileLeg.open({ path: path.join(dir, 'leg.img'), createSizeBytes: 1024 * KiB });
+  const cache = new PageCache(leg, cacheOptions({ writeAroundBytes: aroundFrom }));
+  t.teardown(() => cache.close().catch(() => undefined));
+  await cache.write(4096, fill(1, 4096), { fua: false });
+  t.is(cache.status().dirtyBytes, 4096);
+  const around = cache.write(0, fill(2, 64 * KiB), { fua: false });
+  t.is(around, finishedNow, 'no promise turn between the write landing below and its answer');
+  t.is(cache.stats.writesAround, 1);
+  t.is(cache.status().dirtyBytes, 0, 'the older dirty page inside the range was superseded in the same turn');
+  t.true((await readBack(cache, 0, 64 * KiB)).equals(fill(2, 64 * KiB)));
+  // A write the cache keeps (a partial page) still answers through a promise, after its copy into pages.
+  const cached = cache.write(100 * KiB + 512, fill(3, 512), { fua: false });
+  t.not(cached, finishedNow);
+  await cached;
+  t.is(cache.status().dirtyBytes, 4096);
+  // A failure below is still the cache's to classify: a write past a leg that is closed fails as a value, not a throw.
+  await cache.flush();
+  await leg.close();
+  await t.throwsAsync(cache.write(128 * KiB, fill(4, 64 * KiB), { fua: false }));
+  t.is(cache.failed?.code, undefined, 'a shut device below is not a medium failure');
+  // The failed write left its range: a cached whole-page write of it would otherwise wait at the gate for ever.
+  await cache.write(128 * KiB, fill(5, 4096), { fua: false });
+  t.is(cache.status().dirtyBytes, 4096);
 });
