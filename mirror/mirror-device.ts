@@ -453,15 +453,31 @@ export class MirrorDevice implements BlockDevice {
     }
   }
 
-  async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
-    this.checkUsable('block-status');
-    const generation = this.enter();
+  /**
+   * Not itself async: every structured read of 64 KiB or more asks for
+   * block status first (nbd/read-replies.ts), and an async function that
+   * awaits the leg's answer costs a promise and two more turns.
+   */
+  blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
+    let generation: Generation | undefined;
+    let status: Promise<Extent[]>;
     try {
+      this.checkUsable('block-status');
+      generation = this.enter();
       if (!generation.source) throw new BlockError('EIO', 'no in-sync leg left');
-      return await generation.source.device.blockStatus(offsetBytes, lengthBytes);
-    } finally {
-      this.exit(generation);
+      status = generation.source.device.blockStatus(offsetBytes, lengthBytes);
+    } catch (error) {
+      if (generation) this.exit(generation);
+      return Promise.reject(error);
     }
+    const entered = generation;
+    return status.then((extents) => {
+      this.exit(entered);
+      return extents;
+    }, (error: unknown) => {
+      this.exit(entered);
+      throw error;
+    });
   }
 
   /**

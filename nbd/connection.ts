@@ -385,18 +385,20 @@ export class Connection {
       this.endRequest(heldBytes, pooled, ticket, false);
       return;
     }
-    let failure: string | undefined;
-    executing
-      .catch((error: unknown) => {
-        failure = isBlockError(error) ? error.code : 'EIO';
+    // One reaction for either outcome: a catch and a finally would each cost a promise and a turn.
+    const settled = (failure: string | undefined): void => {
+      stats?.record(request.type, heldBytes, startedMs, failure);
+      this.options.inputPoll?.replySent();
+      this.endRequest(heldBytes, pooled, ticket, true);
+      this.pump();
+    };
+    executing.then(() => settled(undefined), (error: unknown) => {
+      try {
         commands.replyFailure(request, error);
-      })
-      .finally(() => {
-        stats?.record(request.type, heldBytes, startedMs, failure);
-        this.options.inputPoll?.replySent();
-        this.endRequest(heldBytes, pooled, ticket, true);
-        this.pump();
-      });
+      } finally {
+        settled(isBlockError(error) ? error.code : 'EIO');
+      }
+    });
   }
 
   private endRequest(heldBytes: number, pooled: PooledBuffer | undefined, ticket: Ticket | undefined, pumpOnResume: boolean): void {
