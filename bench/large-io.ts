@@ -21,6 +21,8 @@ export const largeIoJobs: FioJob[] = [
   { name: '1m-seqread-qd8', rw: 'read', blockSize: '1m', iodepth: 8 },
   { name: '4k-randwrite-qd32', rw: 'randwrite', blockSize: '4k', iodepth: 32 },
   { name: '4k-randread-qd32', rw: 'randread', blockSize: '4k', iodepth: 32 },
+  // A database's commit: each 4 KiB write followed by a flush, one at a time. Its figure is write IOPS (a pair each).
+  { name: '4k-write-flush-qd1', rw: 'randwrite', blockSize: '4k', iodepth: 1, fsyncEvery: 1 },
 ];
 
 type ServerName = 'cache' | 'no-cache' | 'plain' | 'plain-cache' | 'nbdkit' | 'nbdkit-cache' | 'c-mirror';

@@ -385,10 +385,12 @@ export class Connection {
       this.endRequest(heldBytes, pooled, ticket, false);
       return;
     }
+    const flush = request.type === Command.FLUSH;
+    if (flush) this.options.inputPoll?.flushWaiting();
     // One reaction for either outcome: a catch and a finally would each cost a promise and a turn.
     const settled = (failure: string | undefined): void => {
       stats?.record(request.type, heldBytes, startedMs, failure);
-      this.options.inputPoll?.replySent();
+      this.options.inputPoll?.replySent(flush);
       this.endRequest(heldBytes, pooled, ticket, true);
       this.pump();
     };

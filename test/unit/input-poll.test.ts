@@ -32,7 +32,7 @@ test('InputPoll: input in quick succession opens a window, a late reply polls to
   clock.advance(1);
   await turn();
   t.false(poll.isPolling, 'no input for 1 ms: polling stopped at the end of the window');
-  poll.replySent();
+  poll.replySent(false);
   t.true(poll.isPolling, 'a reply that went out late: poll for the next request');
   clock.advance(1);
   await turn();
@@ -45,4 +45,38 @@ test('InputPoll: input in quick succession opens a window, a late reply polls to
   const off = new InputPoll(0, clock);
   off.inputArrived();
   t.false(off.isPolling, 'a maximum of 0 never polls');
+});
+
+test('InputPoll: no polling while a flush waits on the device; its reply polls again, and the window is kept; other late requests keep it', async (t) => {
+  const clock = new ManualClock(1000);
+  const poll = new InputPoll(200, clock);
+  for (let input = 0; input < 20; input += 1) {
+    poll.inputArrived();
+    await turn();
+    clock.advance(0.01);
+  }
+  const window = poll.currentWindowUs;
+  t.true(window > 0);
+  // A write that went to the thread pool keeps the window: its client may well send more meanwhile.
+  poll.inputArrived();
+  await turn();
+  t.true(poll.isPolling, 'a late write does not stop the window');
+  clock.advance(0.01);
+  // A flush arrives and goes to the thread pool: the client waits for its reply.
+  poll.inputArrived();
+  poll.flushWaiting();
+  t.true(poll.isPolling, 'the chain is pending until the end of the turn');
+  await turn();
+  t.false(poll.isPolling, 'a flush waits on the device: the loop sleeps instead of spinning out the window');
+  clock.advance(0.3);
+  poll.replySent(true);
+  t.true(poll.isPolling, 'its reply went out: poll for the next request');
+  clock.advance(0.01);
+  poll.inputArrived();
+  t.is(poll.currentWindowUs, window, 'the next request came within the window, which the wait on the device did not shrink');
+  await turn();
+  clock.advance(1);
+  await turn();
+  t.false(poll.isPolling);
+  t.throws(() => poll.replySent(true), { message: /no waiting flush/ }, 'every flush reply pairs with a flush that waited');
 });
