@@ -95,7 +95,7 @@ export function printJob<Name extends string>(job: FioJob, servers: Array<BenchS
   console.log(`\n${job.name}`);
   for (const server of servers) {
     const { result, cpuPerRequestUs } = results.best(server.name);
-    console.log(`  ${server.name.padEnd(13)} ${figure(job, result).padStart(12)}   cpu/req ${cpuPerRequestUs.toFixed(0).padStart(5)} us   ` +
+    console.log(`  ${server.name.padEnd(13)} ${figure(job, result).padStart(12)}   cpu/req ${cpuPerRequestUs.toFixed(cpuPerRequestUs < 100 ? 1 : 0).padStart(6)} us   ` +
       `p99 ${(result.latencyP99Us / 1000).toFixed(2).padStart(7)} ms`);
   }
   const shown = ratios.filter(([a, b]) => results.ran(a) && results.ran(b)).map(([a, b]) => `${a}/${b} ${formatRatio(results.ratio(a, b))}`);

@@ -20,6 +20,22 @@ const busyDirtyShare = 0.25;
 const recentlyAroundSlots = 4096;
 /** Recent write ends kept to recognise streams (bcache keeps 64 for its sequential cutoff). */
 const streamSlots = 128;
+/**
+ * A client that flushes after every write or few (a database's commit, fio
+ * --fsync=1) gains nothing from the cache: each flush at once writes back
+ * what the writes before it cached, through a writeback run, before the
+ * flush below. Flushes that follow at most this many small writes count as
+ * such (counted whether the writes were cached or not, so the bypass ends
+ * when the client starts writing more between flushes); after
+ * `syncFlushesToBypass` of them in a row, each within `syncFlushGapMs` of
+ * the one before, small writes go around until a flush follows more
+ * writes or none comes for that long. 4k write + flush at QD1 over the
+ * mirror: with the cache caching each write, 0.90x the mirror without it
+ * (287 us of server CPU per pair against 209).
+ */
+const syncFlushWritesMax = 8;
+const syncFlushesToBypass = 3;
+const syncFlushGapMs = 50;
 
 export interface WriteAroundPolicyOptions {
   /** Writes of at least this size always go around; 0: no write goes around. */
@@ -39,6 +55,8 @@ export interface WriteAroundPolicyOptions {
  *   - it rewrites a page written around recently: a hot page, cached from
  *     its second write (admission on a second hit, as in 2Q and dm-cache's
  *     smq).
+ * And while the client flushes after (nearly) every write, every small
+ * whole-page write goes around: the flush would write it back at once.
  * Anything else is a write the cache would copy, track and later write back
  * on its own, for nothing: uniform random 4 KiB writes over a device four
  * times the cache ran at 0.5-0.65x the same mirror without the cache, and
@@ -59,7 +77,30 @@ export class WriteAroundPolicy {
   /** The page after the last page of recent writes, cached or not. */
   private readonly streamEnds = new Float64Array(streamSlots).fill(-1);
 
+  /** Consecutive flushes that followed at most syncFlushWritesMax small writes, and when the last one came. */
+  private syncFlushes = 0;
+  private lastSyncFlushMs = -Infinity;
+  /** Small whole-page writes since the last flush. */
+  private writesSinceFlush = 0;
+
   constructor(private readonly pages: PageTable, private readonly options: WriteAroundPolicyOptions) {}
+
+  /** A client flush is starting (see syncFlushWritesMax). */
+  flushStarting(nowMs: number): void {
+    const followsFewWrites = this.writesSinceFlush <= syncFlushWritesMax;
+    this.writesSinceFlush = 0;
+    if (!followsFewWrites) {
+      this.syncFlushes = 0;
+      return;
+    }
+    this.syncFlushes = nowMs - this.lastSyncFlushMs <= syncFlushGapMs ? this.syncFlushes + 1 : 1;
+    this.lastSyncFlushMs = nowMs;
+  }
+
+  /** Whether the client flushes after (nearly) every write, as far as the last flushes tell. */
+  flushesFollowWrites(nowMs: number): boolean {
+    return this.syncFlushes >= syncFlushesToBypass && nowMs - this.lastSyncFlushMs <= syncFlushGapMs;
+  }
 
   /** Whether a write of `lengthBytes` goes around whatever the cache holds. */
   isLarge(lengthBytes: number): boolean {
@@ -71,10 +112,12 @@ export class WriteAroundPolicy {
    * writeback is out of space: caching it keeps the no-space policy's answer
    * (queue or error at the dirty limit) instead of ENOSPC from below at once.
    */
-  smallWriteGoesAround(first: number, last: number, outOfSpace: boolean): boolean {
+  smallWriteGoesAround(first: number, last: number, outOfSpace: boolean, nowMs: number): boolean {
     if (this.options.writeAroundBytes === 0 || outOfSpace) return false;
+    this.writesSinceFlush += 1;
     const continuesStream = this.streamEnds[first % streamSlots] === first;
     this.streamEnds[(last + 1) % streamSlots] = last + 1;
+    if (this.flushesFollowWrites(nowMs)) return true;
     if (continuesStream || this.pages.dirtyBytes < this.options.dirtyLimitBytes * busyDirtyShare) return false;
     for (let index = first; index <= last; index += 1) {
       if (this.pages.isDirty(index) || this.recentlyAround[index % recentlyAroundSlots] === index) return false;

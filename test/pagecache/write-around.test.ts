@@ -8,6 +8,7 @@ import { PageCache } from '../../pagecache/page-cache.js';
 import { cacheOptions, cacheOverMirror, cacheStackSizeBytes, fill, readBack, shutDown } from '../helpers/cache-stack.js';
 import { legContents, legsIdentical } from '../helpers/mirror-fixture.js';
 import { makeTempDir } from '../helpers/tools.js';
+import { ManualClock } from '../../sys/clock.js';
 
 const KiB = 1024;
 const aroundFrom = 64 * KiB;
@@ -325,4 +326,36 @@ test('a write around that the device below finishes in its turn is answered in t
   // The failed write left its range: a cached whole-page write of it would otherwise wait at the gate for ever.
   await cache.write(128 * KiB, fill(5, 4096), { fua: false });
   t.is(cache.status().dirtyBytes, 4096);
+});
+
+test('while the client flushes after every write, small writes go around the quiet cache; when the flushes stop or follow many writes, they are cached again', async (t) => {
+  t.timeout(30_000);
+  const clock = new ManualClock(1000);
+  const s = await cacheOverMirror(t, { cache: { writeAroundBytes: aroundFrom, clock } });
+  const { cache } = s;
+  const commit = async (page: number): Promise<void> => {
+    await cache.write(page * 4096, fill(page + 1, 4096), { fua: false });
+    await cache.flush();
+    clock.advance(1);
+  };
+  // A database's commits: a page, a flush, a millisecond apart. The first three are cached, then flushed.
+  for (let page = 0; page < 3; page += 1) await commit(page);
+  t.is(cache.stats.smallWritesAround, 0, 'the quiet cache kept the first three');
+  for (let page = 3; page < 6; page += 1) await commit(page);
+  t.is(cache.stats.smallWritesAround, 3, 'then the writes went around: each flush would write them back at once');
+  t.true((await readBack(cache, 0, 6 * 4096)).equals(Buffer.concat([1, 2, 3, 4, 5, 6].map((byte) => fill(byte, 4096)))));
+  // No flush for longer than the gap: writes are cached again.
+  clock.advance(100);
+  await cache.write(10 * 4096, fill(10, 4096), { fua: false });
+  t.is(cache.status().dirtyBytes, 4096, 'the flushes stopped: the write is cached');
+  for (let page = 11; page < 15; page += 1) await commit(page);
+  t.is(cache.stats.smallWritesAround, 4, 'commits again: the fourth goes around');
+  // Many writes between two flushes: the client is not committing page by page, and the bypass ends there.
+  for (let page = 32; page < 48; page += 1) await cache.write(page * 4096, fill(12, 4096), { fua: false });
+  t.is(cache.stats.smallWritesAround, 20, 'until the next flush the writes still go around');
+  await cache.flush();
+  await cache.write(64 * 4096, fill(13, 4096), { fua: false });
+  t.is(cache.stats.smallWritesAround, 20, 'that flush followed 16 writes: this one is cached');
+  t.is(cache.status().dirtyBytes, 4096);
+  await shutDown(s);
 });

@@ -18,8 +18,8 @@ test('nextPollWindowUs follows QEMU: keep within the window, stop above the maxi
 
 const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
-test('InputPoll: input in quick succession opens a window, a late reply polls too, and every poll chain ends by itself', async (t) => {
-  // Time moves only when the test says: each step is exact, however busy the machine is.
+/** A poll whose window opened on 20 inputs 10 us apart; time moves only when the test says, so each step is exact however busy the machine is. */
+async function openedPoll(): Promise<{ clock: ManualClock; poll: InputPoll }> {
   const clock = new ManualClock(1000);
   const poll = new InputPoll(200, clock);
   for (let input = 0; input < 20; input += 1) {
@@ -27,6 +27,11 @@ test('InputPoll: input in quick succession opens a window, a late reply polls to
     await turn();
     clock.advance(0.01);
   }
+  return { clock, poll };
+}
+
+test('InputPoll: input in quick succession opens a window, a late reply polls too, and every poll chain ends by itself', async (t) => {
+  const { clock, poll } = await openedPoll();
   t.true(poll.currentWindowUs > 0, 'inputs 10 us apart opened a window');
   t.true(poll.isPolling, 'the last input is inside its window: still polling');
   clock.advance(1);
@@ -48,13 +53,7 @@ test('InputPoll: input in quick succession opens a window, a late reply polls to
 });
 
 test('InputPoll: no polling while a flush waits on the device; its reply polls again, and the window is kept; other late requests keep it', async (t) => {
-  const clock = new ManualClock(1000);
-  const poll = new InputPoll(200, clock);
-  for (let input = 0; input < 20; input += 1) {
-    poll.inputArrived();
-    await turn();
-    clock.advance(0.01);
-  }
+  const { clock, poll } = await openedPoll();
   const window = poll.currentWindowUs;
   t.true(window > 0);
   // A write that went to the thread pool keeps the window: its client may well send more meanwhile.
