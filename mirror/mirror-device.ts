@@ -459,23 +459,25 @@ export class MirrorDevice implements BlockDevice {
    * awaits the leg's answer costs a promise and two more turns.
    */
   blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
-    let generation: Generation | undefined;
-    let status: Promise<Extent[]>;
     try {
       this.checkUsable('block-status');
-      generation = this.enter();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const generation = this.enter();
+    let status: Promise<Extent[]>;
+    try {
       if (!generation.source) throw new BlockError('EIO', 'no in-sync leg left');
       status = generation.source.device.blockStatus(offsetBytes, lengthBytes);
     } catch (error) {
-      if (generation) this.exit(generation);
+      this.exit(generation);
       return Promise.reject(error);
     }
-    const entered = generation;
     return status.then((extents) => {
-      this.exit(entered);
+      this.exit(generation);
       return extents;
     }, (error: unknown) => {
-      this.exit(entered);
+      this.exit(generation);
       throw error;
     });
   }

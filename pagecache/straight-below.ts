@@ -109,17 +109,15 @@ export class StraightBelow {
    * cost several times what it does now.
    */
   private exclusive(what: string, start: number, end: number, apply: () => Promise<void>, landed: () => void): Promise<void> {
-    if (this.gate.blocking(start, end) !== undefined || this.busyIn(start, end) !== undefined) {
-      return this.exclusiveAfterWaits(what, start, end, apply, landed);
-    }
-    const release = this.gate.tryEnter(start, end);
-    assert(release !== undefined, 'the gate refused a range it had just found free');
-    return this.applyHeld(what, release, apply, landed);
+    const enteredAtOnce = this.gate.tryEnter(start, end);
+    if (enteredAtOnce !== undefined && this.busyIn(start, end) === undefined) return this.applyHeld(what, enteredAtOnce, apply, landed);
+    return this.exclusiveAfterWaits(what, start, end, apply, landed, enteredAtOnce);
   }
 
-  private async exclusiveAfterWaits(what: string, start: number, end: number, apply: () => Promise<void>, landed: () => void):
-    Promise<void> {
-    const release = await this.gate.enter(start, end);
+  /** exclusive() when the range is held by another operation (`enteredAtOnce` undefined) or has loads or writebacks under way. */
+  private async exclusiveAfterWaits(what: string, start: number, end: number, apply: () => Promise<void>, landed: () => void,
+    enteredAtOnce: (() => void) | undefined): Promise<void> {
+    const release = enteredAtOnce ?? await this.gate.enter(start, end);
     try {
       const busy = this.busyIn(start, end);
       if (busy !== undefined) await Promise.allSettled(busy);
