@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { BlockError, toBlockError } from '../blockdev/errors.js';
 import { type BlockDevice, type DeviceCapabilities, type Extent } from '../blockdev/types.js';
+import { pwriteAllSync } from '../sys/fs-io.js';
 import { type DirtyRun, runsOf } from './checkpoint-store.js';
 
 export interface BackupViewStatus {
@@ -102,7 +103,7 @@ export class BackupView implements BlockDevice {
     try {
       const old = Buffer.allocUnsafe(length);
       await this.live.read(start, old);
-      writeAllAt(this.scratch, old, at);
+      pwriteAllSync(this.scratch, old, at);
       this.preservedAt[granule] = at;
     } catch (error) {
       this.fail(`preserving bytes ${start}-${start + length} failed: ${toBlockError(error, 'preserve').message}`);
@@ -197,10 +198,6 @@ export class BackupView implements BlockDevice {
     if (readers === undefined || readers.count === 0) return Promise.resolve();
     return new Promise((resolve) => readers.drained.push(resolve));
   }
-}
-
-function writeAllAt(fd: number, data: Buffer, position: number): void {
-  for (let written = 0; written < data.length;) written += fs.writeSync(fd, data, written, data.length - written, position + written);
 }
 
 function readAllAt(fd: number, target: Buffer, position: number): void {
