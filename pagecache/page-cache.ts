@@ -142,7 +142,7 @@ export class PageCache implements BlockDevice {
       stats: this.stats,
     }, this.clock);
     this.writeAround = new WriteAroundPolicy(this.pages, {
-      writeAroundBytes: options.writeAroundBytes ?? 0, dirtyLimitBytes: options.dirtyLimitBytes,
+      writeAroundBytes: options.writeAroundBytes ?? 0, dirtyLimitBytes: options.dirtyLimitBytes, clock: this.clock,
     });
     this.scheduleBackgroundWriteback();
   }
@@ -268,7 +268,7 @@ export class PageCache implements BlockDevice {
     }
     const [first, last] = this.pages.pagesOf(offsetBytes, data.length);
     const wholePages = offsetBytes % this.pageBytes === 0 && (end % this.pageBytes === 0 || end === this.sizeBytes);
-    if (wholePages && this.writeAround.smallWriteGoesAround(first, last, this.writeback.noSpace !== undefined, this.clock.now())) {
+    if (wholePages && this.writeAround.smallWriteGoesAround(first, last, this.writeback.noSpace !== undefined)) {
       this.stats.smallWritesAround += 1;
       const around = this.straightBelow.writeAround(offsetBytes, data, flags);
       if (around === finishedNow) return finishedNow;
@@ -399,7 +399,7 @@ export class PageCache implements BlockDevice {
    */
   async flush(): Promise<void> {
     this.checkUsable('flush');
-    this.writeAround.flushStarting(this.clock.now());
+    this.writeAround.flushStarting();
     await this.writeBackAll();
     await this.flushBelow();
     this.checkUsable('flush');

@@ -1,3 +1,4 @@
+import type { Clock } from '../sys/clock.js';
 import type { PageTable } from './page-table.js';
 
 /**
@@ -41,6 +42,8 @@ export interface WriteAroundPolicyOptions {
   /** Writes of at least this size always go around; 0: no write goes around. */
   writeAroundBytes: number;
   dirtyLimitBytes: number;
+  /** Time for the flush gaps (see syncFlushGapMs); read only once flushes have come close together. */
+  clock: Pick<Clock, 'now'>;
 }
 
 /**
@@ -86,20 +89,21 @@ export class WriteAroundPolicy {
   constructor(private readonly pages: PageTable, private readonly options: WriteAroundPolicyOptions) {}
 
   /** A client flush is starting (see syncFlushWritesMax). */
-  flushStarting(nowMs: number): void {
+  flushStarting(): void {
     const followsFewWrites = this.writesSinceFlush <= syncFlushWritesMax;
     this.writesSinceFlush = 0;
     if (!followsFewWrites) {
       this.syncFlushes = 0;
       return;
     }
+    const nowMs = this.options.clock.now();
     this.syncFlushes = nowMs - this.lastSyncFlushMs <= syncFlushGapMs ? this.syncFlushes + 1 : 1;
     this.lastSyncFlushMs = nowMs;
   }
 
   /** Whether the client flushes after (nearly) every write, as far as the last flushes tell. */
-  flushesFollowWrites(nowMs: number): boolean {
-    return this.syncFlushes >= syncFlushesToBypass && nowMs - this.lastSyncFlushMs <= syncFlushGapMs;
+  flushesFollowWrites(): boolean {
+    return this.syncFlushes >= syncFlushesToBypass && this.options.clock.now() - this.lastSyncFlushMs <= syncFlushGapMs;
   }
 
   /** Whether a write of `lengthBytes` goes around whatever the cache holds. */
@@ -112,12 +116,12 @@ export class WriteAroundPolicy {
    * writeback is out of space: caching it keeps the no-space policy's answer
    * (queue or error at the dirty limit) instead of ENOSPC from below at once.
    */
-  smallWriteGoesAround(first: number, last: number, outOfSpace: boolean, nowMs: number): boolean {
+  smallWriteGoesAround(first: number, last: number, outOfSpace: boolean): boolean {
     if (this.options.writeAroundBytes === 0 || outOfSpace) return false;
     this.writesSinceFlush += 1;
     const continuesStream = this.streamEnds[first % streamSlots] === first;
     this.streamEnds[(last + 1) % streamSlots] = last + 1;
-    if (this.flushesFollowWrites(nowMs)) return true;
+    if (this.flushesFollowWrites()) return true;
     if (continuesStream || this.pages.dirtyBytes < this.options.dirtyLimitBytes * busyDirtyShare) return false;
     for (let index = first; index <= last; index += 1) {
       if (this.pages.isDirty(index) || this.recentlyAround[index % recentlyAroundSlots] === index) return false;
