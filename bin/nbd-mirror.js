@@ -1,2 +1,2 @@
-#!/usr/bin/env -S node --no-memory-reducer
+#!/usr/bin/env -S node --no-memory-reducer --initial-old-space-size=64
 import '../dist/cli/main.js';

@@ -108,8 +108,8 @@ async function serve(options: Record<string, unknown>): Promise<void> {
   }
   const missingFlags = missingServerNodeFlags();
   if (missingFlags.length > 0) {
-    logger.warn({ missing: missingFlags }, `node was started without ${missingFlags.join(' ')}: after an idle spell, small ` +
-      'requests can run a third slower (see sys/node-flags.ts); bin/nbd-mirror.js and npm start pass it');
+    logger.warn({ missing: missingFlags }, `node was started without ${missingFlags.join(' ')}: V8 then runs full garbage collections ` +
+      'far more often under load, and small requests cost more CPU (see sys/node-flags.ts); bin/nbd-mirror.js and npm start pass them');
   }
   const pidFile = typeof options.pidFile === 'string' ? path.resolve(options.pidFile) : undefined;
   if (pidFile) writePidFile(pidFile);

@@ -29,5 +29,5 @@ test('a server started through the bin runs with the flags; one started by plain
   await plain.stop();
   const warning = plain.logs.find((entry) => missingFlagWarning.test(String(entry.msg)));
   t.truthy(warning, 'plain node: warned');
-  t.deepEqual(warning?.missing, ['--no-memory-reducer']);
+  t.deepEqual(warning?.missing, [...serverNodeFlags]);
 });
