@@ -7,10 +7,11 @@
  * BENCH_CONFIG=--cache or --no-cache keeps one configuration; BENCH_JOBS=name,... some jobs.
  * BENCH_PREFILL=1 writes the whole device first (1 MiB sequential), so writes overwrite allocated blocks and
  * reads find data, as on a disk in use (a sparse device makes random writes allocate and reads find holes).
+ * Each build runs with the node flags its own bin/nbd-mirror.js starts node with, as its users run it.
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { cliPath, startServerProcess } from '../test/helpers/server-process.js';
+import { cliPath, projectRoot, startServerProcess } from '../test/helpers/server-process.js';
 import { makeTempDir } from '../test/helpers/tools.js';
 import { standardJobs } from './fio.js';
 import { largeIoJobs } from './large-io.js';
@@ -27,6 +28,12 @@ const picked = process.env.BENCH_JOBS?.split(',') ?? ['4k-randread-qd32', '4k-ra
 const known = new Map([...standardJobs, ...largeIoJobs].map((job) => [job.name, job]));
 const jobs = picked.flatMap((name) => known.get(name) ?? []);
 
+/** The node flags a build's bin starts the server with: its shebang's `--` words (none before sys/node-flags.ts). */
+function launcherFlags(root: string): string[] {
+  const shebang = fs.readFileSync(path.join(root, 'bin', 'nbd-mirror.js'), 'utf8').split('\n')[0]!;
+  return shebang.split(/\s+/).filter((word) => word.startsWith('--'));
+}
+
 async function main(): Promise<void> {
   if (!baselineRoot) throw new Error('BENCH_BASELINE must name another checkout of nbd-mirror, built (npm run build)');
   const unknown = picked.filter((name) => !known.has(name));
@@ -34,18 +41,23 @@ async function main(): Promise<void> {
   const baselineCli = path.join(path.resolve(baselineRoot), 'dist', 'cli', 'main.js');
   if (!fs.existsSync(baselineCli)) throw new Error(`${baselineCli} does not exist: run npm run build in ${baselineRoot}`);
   const dir = makeTempDir('bench-compare');
+  const launchers: Record<'this' | 'baseline', string[]> = {
+    this: [process.execPath, ...launcherFlags(projectRoot), cliPath],
+    baseline: [process.execPath, ...launcherFlags(path.resolve(baselineRoot)), baselineCli],
+  };
+  console.log(`node flags: this ${launchers.this.slice(1, -1).join(' ') || '(none)'}; baseline ${launchers.baseline.slice(1, -1).join(' ') || '(none)'}`);
   console.log(`compare: this checkout vs ${baselineRoot}; ${sizeBytes} bytes${prefill ? ' prefilled' : ''}, ${seconds}s per job, ${rounds} rotated rounds ` +
     '(best of each shown; ratio: median of the rounds\' own, with their range)');
   const configurations: Array<[string, string[]]> = [['mirror + cache (default)', ['--cache']], ['mirror, --no-cache', ['--no-cache']]];
   const only = process.env.BENCH_CONFIG;
   try {
     for (const [label, extra] of configurations.filter(([, args]) => only === undefined || args.includes(only))) {
-      const sides = await Promise.all([['this', cliPath], ['baseline', baselineCli]].map(async ([name, cli]) => {
+      const sides = await Promise.all((['this', 'baseline'] as const).map(async (name) => {
         const legs = [0, 1].map((slot) => path.join(dir, `${name}-${extra[0]}-leg${slot}.img`));
         const log = path.join(dir, `${name}-${extra[0]}.log`);
         const server = await startServerProcess(['--leg', ...legs, '--log', log, '--size', String(sizeBytes), '--no-unix', '--no-admin', ...extra],
-          { cli });
-        const side: BenchServer<'this' | 'baseline'> = { name: name as 'this' | 'baseline', uri: server.uri(), pid: server.pid, files: legs,
+          { launcher: launchers[name] });
+        const side: BenchServer<'this' | 'baseline'> = { name, uri: server.uri(), pid: server.pid, files: legs,
           stop: async () => { await server.stop(); } };
         if (prefill) await fill(side.uri, sizeBytes);
         return side;
