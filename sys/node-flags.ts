@@ -25,6 +25,10 @@
  * at QD32 and 1.01-1.09x in the other two, 0.94-1.02x at QD1, 0.94-0.98x on
  * 4k write + flush; 64 KiB mixed, 4k reads and 1 MiB reads and writes moved
  * inside the noise, with or without the cache. Peak RSS grew by 2-10 MB.
+ * bench:compare against the build before it (4 rounds, cache): 4k random
+ * writes QD32 1.03x (0.94-1.05), CPU per request 0.96x; QD1 0.99x, 1.07x;
+ * 64 KiB mixed 1.44x (1.07-1.90), 0.87x. Without the cache, 4k random
+ * writes at QD1 and QD32: 1.01x and 1.05x, CPU per request 1.00x and 0.97x.
  * On 2026-12-03 the floor was left out after throughput pairs showed no gain
  * beyond noise; the full collections it saves are CPU the other jobs on
  * these 2-vCPU machines (the client, the kernel) get back, which CPU per
