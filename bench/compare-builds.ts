@@ -7,11 +7,13 @@
  * BENCH_CONFIG=--cache or --no-cache keeps one configuration; BENCH_JOBS=name,... some jobs.
  * BENCH_PREFILL=1 writes the whole device first (1 MiB sequential), so writes overwrite allocated blocks and
  * reads find data, as on a disk in use (a sparse device makes random writes allocate and reads find holes).
- * Each build runs with the node flags its own bin/nbd-mirror.js starts node with, as its users run it.
+ * Each build runs with the node flags its own bin/nbd-mirror.js starts node with, as its users run it (this
+ * checkout's are serverNodeFlags, which its bin carries: test/operations/node-flags.test.ts).
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { cliPath, projectRoot, startServerProcess } from '../test/helpers/server-process.js';
+import { serverNodeFlags } from '../sys/node-flags.js';
+import { cliPath, startServerProcess } from '../test/helpers/server-process.js';
 import { makeTempDir } from '../test/helpers/tools.js';
 import { standardJobs } from './fio.js';
 import { largeIoJobs } from './large-io.js';
@@ -28,7 +30,7 @@ const picked = process.env.BENCH_JOBS?.split(',') ?? ['4k-randread-qd32', '4k-ra
 const known = new Map([...standardJobs, ...largeIoJobs].map((job) => [job.name, job]));
 const jobs = picked.flatMap((name) => known.get(name) ?? []);
 
-/** The node flags a build's bin starts the server with: its shebang's `--` words (none before sys/node-flags.ts). */
+/** The node flags another build's bin starts the server with: its shebang's `--` words (none before sys/node-flags.ts). */
 function launcherFlags(root: string): string[] {
   const shebang = fs.readFileSync(path.join(root, 'bin', 'nbd-mirror.js'), 'utf8').split('\n')[0]!;
   return shebang.split(/\s+/).filter((word) => word.startsWith('--'));
@@ -42,7 +44,7 @@ async function main(): Promise<void> {
   if (!fs.existsSync(baselineCli)) throw new Error(`${baselineCli} does not exist: run npm run build in ${baselineRoot}`);
   const dir = makeTempDir('bench-compare');
   const launchers: Record<'this' | 'baseline', string[]> = {
-    this: [process.execPath, ...launcherFlags(projectRoot), cliPath],
+    this: [process.execPath, ...serverNodeFlags, cliPath],
     baseline: [process.execPath, ...launcherFlags(path.resolve(baselineRoot)), baselineCli],
   };
   console.log(`node flags: this ${launchers.this.slice(1, -1).join(' ') || '(none)'}; baseline ${launchers.baseline.slice(1, -1).join(' ') || '(none)'}`);
